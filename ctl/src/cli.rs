@@ -1,0 +1,194 @@
+//! Command-line definitions: every flag and subcommand of `tandemctl`, with its help text and
+//! its parsing, in one place.
+//!
+//! Must not: connect to the agent or print anything; it only turns argv into plain values.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Talk to the local tandemd agent: sources, status, live events.
+#[derive(Debug, Parser)]
+#[command(name = "tandemctl", version, about, propagate_version = true)]
+pub struct Cli {
+    /// Home directory of the agent to talk to; its control socket is DIR/control.sock
+    /// [default: the platform's data directory, e.g. ~/.local/share/tandem]
+    #[arg(long, global = true, env = "TANDEM_HOME", value_name = "DIR")]
+    pub home: Option<PathBuf>,
+
+    /// Print the agent's reply as JSON (one object per line for `watch`)
+    #[arg(long, global = true)]
+    pub json: bool,
+
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// One subcommand; each is a single call to the agent.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Print this device's ID
+    Id,
+    /// Show every source's state, counters and item errors
+    Status,
+    /// Add, list or remove sources
+    #[command(subcommand)]
+    Source(SourceCommand),
+    /// Scan a source now (all sources when ID is omitted)
+    Rescan(OptionalSource),
+    /// Stop syncing a source (all sources when ID is omitted)
+    Pause(OptionalSource),
+    /// Start syncing a paused source again (all sources when ID is omitted)
+    Resume(OptionalSource),
+    /// Wait until every source is in sync; exits 4 if the timeout passes first
+    Wait {
+        /// Give up after this many seconds (fractions allowed); without it, wait as long as it takes
+        #[arg(long, value_name = "SECONDS", value_parser = parse_timeout)]
+        timeout: Option<Duration>,
+    },
+    /// Print live events, one line each, until interrupted (times are UTC)
+    Watch,
+}
+
+/// `source …` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum SourceCommand {
+    /// Start syncing the directory PATH as source ID
+    Add {
+        /// Name of the source; the same on every device that shares it
+        id: String,
+        /// Directory to sync; a relative path is taken from the current directory
+        path: PathBuf,
+        /// How the agent reads the source (e.g. files, vcard, ical, csv)
+        #[arg(long, default_value = "files", value_name = "F")]
+        format: String,
+        /// Device to share the source with; repeat for several
+        #[arg(long = "peer", value_name = "DEVICE")]
+        peers: Vec<String>,
+    },
+    /// List the sources
+    List,
+    /// Stop syncing source ID and forget it (the files stay on disk)
+    Remove {
+        /// Source to remove
+        id: String,
+    },
+}
+
+/// An optional source ID, where omitting it means every source.
+#[derive(Debug, Args)]
+pub struct OptionalSource {
+    /// Source to act on (all sources when omitted)
+    pub id: Option<String>,
+}
+
+impl OptionalSource {
+    /// The ID as the agent expects it: empty means every source.
+    pub fn wire_id(&self) -> String {
+        self.id.clone().unwrap_or_default()
+    }
+}
+
+/// Parses `--timeout`: non-negative, finite seconds, fractions allowed.
+fn parse_timeout(text: &str) -> Result<Duration, String> {
+    let seconds: f64 = text
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{text}` is not a number of seconds (e.g. 30 or 2.5)"))?;
+    Duration::try_from_secs_f64(seconds)
+        .map_err(|_| format!("`{text}` must be a finite, non-negative number of seconds"))
+}
+
+/// Milliseconds for `WaitRequest.timeout_ms`, where 0 means "no limit".
+///
+/// A given timeout is rounded up and never becomes 0, so `--timeout 0` still means "check once
+/// and report" rather than silently waiting forever.
+pub fn timeout_ms(timeout: Option<Duration>) -> u64 {
+    match timeout {
+        None => 0,
+        Some(d) => {
+            let ms = d.as_nanos().div_ceil(1_000_000);
+            u64::try_from(ms).unwrap_or(u64::MAX).max(1)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn definition_is_valid() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn timeout_parses_whole_and_fractional_seconds() {
+        assert_eq!(parse_timeout("30"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_timeout("2.5"), Ok(Duration::from_millis(2500)));
+        assert_eq!(parse_timeout("0"), Ok(Duration::ZERO));
+    }
+
+    #[test]
+    fn timeout_rejects_nonsense() {
+        for bad in ["", "abc", "-1", "NaN", "inf", "1e400"] {
+            assert!(parse_timeout(bad).is_err(), "{bad:?} should be rejected");
+        }
+    }
+
+    #[test]
+    fn timeout_ms_keeps_zero_for_no_limit_only() {
+        assert_eq!(timeout_ms(None), 0);
+        assert_eq!(timeout_ms(Some(Duration::ZERO)), 1);
+        assert_eq!(timeout_ms(Some(Duration::from_micros(1))), 1);
+        assert_eq!(timeout_ms(Some(Duration::from_millis(2500))), 2500);
+        assert_eq!(timeout_ms(Some(Duration::MAX)), u64::MAX);
+    }
+
+    #[test]
+    fn global_flags_work_after_the_subcommand() {
+        let cli = Cli::try_parse_from(["tandemctl", "status", "--json", "--home", "/tmp/h"])
+            .expect("valid command line");
+        assert!(cli.json);
+        assert_eq!(cli.home, Some(PathBuf::from("/tmp/h")));
+    }
+
+    #[test]
+    fn source_add_defaults_and_repeated_peers() {
+        let cli = Cli::try_parse_from([
+            "tandemctl",
+            "source",
+            "add",
+            "docs",
+            "d",
+            "--peer",
+            "A",
+            "--peer",
+            "B",
+        ])
+        .expect("valid command line");
+        match cli.command {
+            Command::Source(SourceCommand::Add {
+                id,
+                path,
+                format,
+                peers,
+            }) => {
+                assert_eq!(id, "docs");
+                assert_eq!(path, PathBuf::from("d"));
+                assert_eq!(format, "files");
+                assert_eq!(peers, ["A", "B"]);
+            }
+            other => panic!("parsed as {other:?}"),
+        }
+    }
+
+    #[test]
+    fn missing_argument_is_a_usage_error() {
+        let err = Cli::try_parse_from(["tandemctl", "source", "remove"]).expect_err("needs ID");
+        assert_eq!(err.exit_code(), 2);
+    }
+}

@@ -1,0 +1,202 @@
+//! One function per subcommand: build the request, make the one RPC, print the reply.
+//!
+//! Must not: hold daemon logic (validation of IDs, formats or paths beyond making PATH absolute
+//! is the agent's job) or choose exit codes; it reports an [`Outcome`] or a [`Failure`].
+
+use std::io::Write;
+use std::path::Path;
+
+use tandem_proto::control::control_client::ControlClient;
+use tandem_proto::control::{
+    Ack, IdRequest, SourceAddRequest, SourceListRequest, SourceRequest, StatusRequest, WaitRequest,
+    WatchRequest,
+};
+use tonic::transport::Channel;
+
+use crate::cli::{self, Command, OptionalSource, SourceCommand};
+use crate::output;
+use crate::{Failure, Outcome};
+
+/// Connection and output settings shared by every command.
+pub struct Ctx<W> {
+    /// Client on the agent's control socket.
+    pub client: ControlClient<Channel>,
+    /// Print JSON instead of human text.
+    pub json: bool,
+    /// Where replies go (stdout in the binary).
+    pub out: W,
+}
+
+/// Runs `command` against the agent.
+///
+/// # Errors
+/// Agent errors, usage problems the agent can't see (a non-UTF-8 PATH) and output failures.
+pub async fn run<W: Write>(ctx: &mut Ctx<W>, command: Command) -> Result<Outcome, Failure> {
+    match command {
+        Command::Id => id(ctx).await,
+        Command::Status => status(ctx).await,
+        Command::Source(SourceCommand::Add {
+            id,
+            path,
+            format,
+            peers,
+        }) => source_add(ctx, id, &path, format, peers).await,
+        Command::Source(SourceCommand::List) => source_list(ctx).await,
+        Command::Source(SourceCommand::Remove { id }) => {
+            let ack = ctx
+                .client
+                .source_remove(SourceRequest { id: id.clone() })
+                .await?
+                .into_inner();
+            print_ack(ctx, &ack, &format!("removed source {id}"))
+        }
+        Command::Rescan(target) => {
+            let ack = ctx.client.rescan(request(&target)).await?.into_inner();
+            print_ack(ctx, &ack, &describe("rescanning", &target))
+        }
+        Command::Pause(target) => {
+            let ack = ctx.client.pause(request(&target)).await?.into_inner();
+            print_ack(ctx, &ack, &describe("paused", &target))
+        }
+        Command::Resume(target) => {
+            let ack = ctx.client.resume(request(&target)).await?.into_inner();
+            print_ack(ctx, &ack, &describe("resumed", &target))
+        }
+        Command::Wait { timeout } => wait(ctx, cli::timeout_ms(timeout)).await,
+        Command::Watch => watch(ctx).await,
+    }
+}
+
+async fn id<W: Write>(ctx: &mut Ctx<W>) -> Result<Outcome, Failure> {
+    let reply = ctx.client.id(IdRequest {}).await?.into_inner();
+    if ctx.json {
+        output::json_document(&mut ctx.out, &reply)?;
+    } else {
+        // Just the ID: scripts take the last word of stdout.
+        writeln!(ctx.out, "{}", reply.device_id)?;
+    }
+    Ok(Outcome::Success)
+}
+
+async fn status<W: Write>(ctx: &mut Ctx<W>) -> Result<Outcome, Failure> {
+    let reply = ctx.client.status(StatusRequest {}).await?.into_inner();
+    if ctx.json {
+        output::json_document(&mut ctx.out, &reply)?;
+    } else {
+        output::status(&mut ctx.out, &reply, output::now_unix_ms())?;
+    }
+    Ok(Outcome::Success)
+}
+
+async fn source_add<W: Write>(
+    ctx: &mut Ctx<W>,
+    id: String,
+    path: &Path,
+    format: String,
+    peers: Vec<String>,
+) -> Result<Outcome, Failure> {
+    // The agent has a different working directory, so a relative PATH must be resolved here.
+    let absolute = std::path::absolute(path)
+        .map_err(|err| Failure::Usage(format!("PATH {}: {err}", path.display())))?;
+    let path = absolute
+        .to_str()
+        .ok_or_else(|| {
+            Failure::Usage(format!(
+                "PATH {} is not valid UTF-8; rename it or pick another directory",
+                absolute.display()
+            ))
+        })?
+        .to_owned();
+    let reply = ctx
+        .client
+        .source_add(SourceAddRequest {
+            id,
+            path,
+            format,
+            peers,
+        })
+        .await?
+        .into_inner();
+    if ctx.json {
+        output::json_document(&mut ctx.out, &reply)?;
+    } else {
+        writeln!(
+            ctx.out,
+            "added source {}: {} (format {}, {})",
+            reply.id, reply.path, reply.format, reply.state
+        )?;
+    }
+    Ok(Outcome::Success)
+}
+
+async fn source_list<W: Write>(ctx: &mut Ctx<W>) -> Result<Outcome, Failure> {
+    let reply = ctx
+        .client
+        .source_list(SourceListRequest {})
+        .await?
+        .into_inner();
+    if ctx.json {
+        output::json_document(&mut ctx.out, &reply)?;
+    } else {
+        output::source_list(&mut ctx.out, &reply.sources)?;
+    }
+    Ok(Outcome::Success)
+}
+
+async fn wait<W: Write>(ctx: &mut Ctx<W>, timeout_ms: u64) -> Result<Outcome, Failure> {
+    let reply = ctx
+        .client
+        .wait(WaitRequest { timeout_ms })
+        .await?
+        .into_inner();
+    if ctx.json {
+        output::json_document(&mut ctx.out, &reply)?;
+    } else {
+        output::wait(&mut ctx.out, &reply)?;
+    }
+    Ok(if reply.in_sync {
+        Outcome::Success
+    } else {
+        Outcome::NotInSync
+    })
+}
+
+async fn watch<W: Write>(ctx: &mut Ctx<W>) -> Result<Outcome, Failure> {
+    let mut events = ctx.client.watch(WatchRequest {}).await?.into_inner();
+    while let Some(event) = events.message().await? {
+        if ctx.json {
+            output::json_line(&mut ctx.out, &event)?;
+        } else {
+            writeln!(ctx.out, "{}", output::event_line(&event))?;
+        }
+        // Readers follow the stream line by line through a pipe; don't let lines sit in a buffer.
+        ctx.out.flush()?;
+    }
+    // The agent closed the stream (it is shutting down): a normal end.
+    Ok(Outcome::Success)
+}
+
+fn request(target: &OptionalSource) -> SourceRequest {
+    SourceRequest {
+        id: target.wire_id(),
+    }
+}
+
+fn describe(done: &str, target: &OptionalSource) -> String {
+    match &target.id {
+        Some(id) => format!("{done} source {id}"),
+        None => format!("{done} all sources"),
+    }
+}
+
+/// Prints an acknowledgement: its JSON, its message, or `fallback` when the agent sent none.
+fn print_ack<W: Write>(ctx: &mut Ctx<W>, ack: &Ack, fallback: &str) -> Result<Outcome, Failure> {
+    if ctx.json {
+        output::json_document(&mut ctx.out, ack)?;
+    } else if ack.message.is_empty() {
+        writeln!(ctx.out, "{fallback}")?;
+    } else {
+        writeln!(ctx.out, "{}", ack.message)?;
+    }
+    Ok(Outcome::Success)
+}

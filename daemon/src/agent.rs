@@ -1,0 +1,497 @@
+//! Start-up order, the set of running sources, and shutdown.
+//!
+//! The agent task owns the map of sources; the control service reaches it through an
+//! [`AgentHandle`]. Must not: hold sync logic (that lives in `source`, `scanner`, `store`).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::sync::{Notify, mpsc, oneshot, watch};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::config::{Config, Home, HomeLock};
+use crate::control;
+use crate::events::{Event, EventBus, EventKind, unix_ms_now};
+use crate::identity::{DeviceId, Identity};
+use crate::source::{self, SourceCommander, SourceConfig, SourceHandle, SourceStatus};
+use crate::store::{self, SourceRow, StoreHandle};
+
+/// Formats a source may name. Only `files` has a reader and writer in this build.
+pub const FORMATS: &[&str] = &[
+    "files",
+    "vcard-dir",
+    "vcard-file",
+    "ical-dir",
+    "ical-file",
+    "csv-contacts",
+];
+const AVAILABLE_FORMATS: &[&str] = &["files"];
+
+/// Why the agent could not start, or refused a request.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Config(#[from] crate::config::Error),
+    #[error(transparent)]
+    Identity(#[from] crate::identity::Error),
+    #[error(transparent)]
+    Store(#[from] store::Error),
+    #[error("cannot serve the control socket {path}: {reason}")]
+    Control { path: PathBuf, reason: String },
+    #[error("no source with id {0:?}; `tandemctl source list` shows the ids")]
+    UnknownSource(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("the agent is shutting down")]
+    ShuttingDown,
+}
+
+/// Facts about this agent that never change while it runs.
+#[derive(Debug, Clone)]
+pub struct AgentInfo {
+    pub device_id: DeviceId,
+    pub home: PathBuf,
+    pub listen: SocketAddr,
+    pub started: Instant,
+}
+
+/// A `source add` request as the user gave it.
+#[derive(Debug, Clone)]
+pub struct AddSource {
+    pub id: String,
+    pub path: PathBuf,
+    pub format: String,
+    pub peers: Vec<String>,
+}
+
+enum Msg {
+    Statuses(oneshot::Sender<Vec<SourceStatus>>),
+    Add(AddSource, oneshot::Sender<Result<SourceStatus, Error>>),
+    Remove(String, oneshot::Sender<Result<(), Error>>),
+    Targets(
+        Option<String>,
+        oneshot::Sender<Result<Vec<(String, SourceCommander)>, Error>>,
+    ),
+    Subscribe(oneshot::Sender<Vec<watch::Receiver<SourceStatus>>>),
+}
+
+/// Cloneable handle to the agent task.
+#[derive(Clone)]
+pub struct AgentHandle {
+    tx: mpsc::Sender<Msg>,
+    store: StoreHandle,
+    /// Woken whenever any source publishes a new status.
+    pub changed: Arc<Notify>,
+    pub events: EventBus,
+    pub info: Arc<AgentInfo>,
+}
+
+impl AgentHandle {
+    async fn ask<T>(&self, msg: impl FnOnce(oneshot::Sender<T>) -> Msg) -> Result<T, Error> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(msg(tx))
+            .await
+            .map_err(|_| Error::ShuttingDown)?;
+        rx.await.map_err(|_| Error::ShuttingDown)
+    }
+
+    /// Status snapshots of every source, in id order.
+    pub async fn statuses(&self) -> Result<Vec<SourceStatus>, Error> {
+        self.ask(Msg::Statuses).await
+    }
+
+    /// Adds and starts a source.
+    pub async fn add_source(&self, req: AddSource) -> Result<SourceStatus, Error> {
+        self.ask(|tx| Msg::Add(req, tx)).await?
+    }
+
+    /// Stops a source and forgets its prior state (the folder itself is left alone).
+    pub async fn remove_source(&self, id: String) -> Result<(), Error> {
+        self.ask(|tx| Msg::Remove(id, tx)).await?
+    }
+
+    /// Asks one source (or all) for a full rescan.
+    pub async fn rescan(&self, id: Option<String>) -> Result<usize, Error> {
+        let targets = self.ask(|tx| Msg::Targets(id, tx)).await??;
+        for (_, t) in &targets {
+            t.rescan().await;
+        }
+        Ok(targets.len())
+    }
+
+    /// Pauses one source (or all), remembering it across restarts.
+    pub async fn pause(&self, id: Option<String>) -> Result<usize, Error> {
+        let targets = self.ask(|tx| Msg::Targets(id, tx)).await??;
+        for (id, t) in &targets {
+            t.pause().await;
+            self.store.set_paused(id.clone(), true).await?;
+        }
+        Ok(targets.len())
+    }
+
+    /// Resumes one source (or all).
+    pub async fn resume(&self, id: Option<String>) -> Result<usize, Error> {
+        let targets = self.ask(|tx| Msg::Targets(id, tx)).await??;
+        for (id, t) in &targets {
+            self.store.set_paused(id.clone(), false).await?;
+            t.resume().await;
+        }
+        Ok(targets.len())
+    }
+
+    /// Receivers of every source's status, for waiting on them.
+    pub async fn subscribe(&self) -> Result<Vec<watch::Receiver<SourceStatus>>, Error> {
+        self.ask(Msg::Subscribe).await
+    }
+}
+
+/// Runs the agent until `shutdown` is cancelled (or a signal arrives in `tandemd`).
+pub async fn run(
+    home: Home,
+    _lock: HomeLock,
+    listen: Option<SocketAddr>,
+    shutdown: CancellationToken,
+) -> Result<(), Error> {
+    let config = Config::load(&home)?;
+    let listen = listen.unwrap_or(config.listen);
+    let identity = Identity::load_or_create(&home.identity_dir())?;
+    info!(device = %identity.device_id, home = %home.root().display(), "starting tandemd");
+    let (store, store_thread) = store::open(&home.database())?;
+
+    let info = Arc::new(AgentInfo {
+        device_id: identity.device_id,
+        home: home.root().to_path_buf(),
+        listen,
+        started: Instant::now(),
+    });
+    let (tx, rx) = mpsc::channel(64);
+    let handle = AgentHandle {
+        tx,
+        store: store.clone(),
+        changed: Arc::new(Notify::new()),
+        events: EventBus::new(4096),
+        info,
+    };
+    let sources_cancel = CancellationToken::new();
+    let mut task = AgentTask {
+        rx,
+        store: store.clone(),
+        config,
+        home: home.clone(),
+        local: identity.device_id,
+        sources: BTreeMap::new(),
+        changed: handle.changed.clone(),
+        events: handle.events.clone(),
+        cancel: sources_cancel.clone(),
+    };
+    task.start_recorded().await?;
+    let agent = tokio::spawn(task.run());
+
+    let served = control::serve(&home.control_socket(), handle.clone(), shutdown.clone()).await;
+    if let Err(e) = &served {
+        warn!(error = %e, "control socket failed; shutting down");
+    }
+    info!("shutting down");
+    sources_cancel.cancel();
+    drop(handle);
+    if let Err(e) = agent.await {
+        warn!(error = %e, "agent task ended abnormally");
+    }
+    drop(store);
+    store_thread.join();
+    served
+}
+
+struct AgentTask {
+    rx: mpsc::Receiver<Msg>,
+    store: StoreHandle,
+    config: Config,
+    home: Home,
+    local: DeviceId,
+    sources: BTreeMap<String, SourceHandle>,
+    changed: Arc<Notify>,
+    events: EventBus,
+    cancel: CancellationToken,
+}
+
+impl AgentTask {
+    /// Starts a task for every source recorded in the database.
+    async fn start_recorded(&mut self) -> Result<(), Error> {
+        for row in self.store.sources().await? {
+            self.start(&row);
+        }
+        Ok(())
+    }
+
+    fn start(&mut self, row: &SourceRow) {
+        let cfg = SourceConfig {
+            id: row.id.clone(),
+            root: PathBuf::from(&row.path),
+            format: row.format.clone(),
+            paused: row.paused,
+            peers: row.peers.clone(),
+            local: self.local.short(),
+            debounce: self.config.debounce,
+            debounce_max: self.config.debounce_max,
+            rescan_interval: self.config.rescan_interval,
+        };
+        let handle = source::spawn(
+            cfg,
+            self.store.clone(),
+            self.events.clone(),
+            self.changed.clone(),
+            self.cancel.child_token(),
+        );
+        self.sources.insert(row.id.clone(), handle);
+    }
+
+    async fn run(mut self) {
+        loop {
+            tokio::select! {
+                () = self.cancel.cancelled() => break,
+                msg = self.rx.recv() => match msg {
+                    Some(msg) => self.handle(msg).await,
+                    None => break,
+                },
+            }
+        }
+        for (_, handle) in std::mem::take(&mut self.sources) {
+            handle.stop().await;
+        }
+    }
+
+    async fn handle(&mut self, msg: Msg) {
+        // A caller that hung up does not need its answer.
+        match msg {
+            Msg::Statuses(reply) => {
+                let _ = reply.send(self.sources.values().map(SourceHandle::status).collect());
+            }
+            Msg::Add(req, reply) => {
+                let _ = reply.send(self.add(req).await);
+            }
+            Msg::Remove(id, reply) => {
+                let _ = reply.send(self.remove(id).await);
+            }
+            Msg::Targets(id, reply) => {
+                let targets = match id {
+                    None => Ok(self
+                        .sources
+                        .iter()
+                        .map(|(id, h)| (id.clone(), h.commander()))
+                        .collect()),
+                    Some(id) => match self.sources.get(&id) {
+                        Some(h) => Ok(vec![(id, h.commander())]),
+                        None => Err(Error::UnknownSource(id)),
+                    },
+                };
+                let _ = reply.send(targets);
+            }
+            Msg::Subscribe(reply) => {
+                let _ = reply.send(self.sources.values().map(SourceHandle::subscribe).collect());
+            }
+        }
+    }
+
+    async fn add(&mut self, req: AddSource) -> Result<SourceStatus, Error> {
+        validate_id(&req.id)?;
+        if self.sources.contains_key(&req.id) {
+            return Err(Error::Invalid(format!(
+                "a source with id {:?} already exists; pick another id or remove it first",
+                req.id
+            )));
+        }
+        validate_format(&req.format)?;
+        let root = validate_path(&req.path, self.home.root())?;
+        for (id, h) in &self.sources {
+            let other = h.status().path;
+            if root.starts_with(&other) || other.starts_with(&root) {
+                return Err(Error::Invalid(format!(
+                    "{} overlaps source {id:?} at {}; sources cannot be nested",
+                    root.display(),
+                    other.display()
+                )));
+            }
+        }
+        let mut peers = Vec::new();
+        for p in &req.peers {
+            let id: DeviceId = p
+                .parse()
+                .map_err(|e: crate::identity::ParseDeviceIdError| Error::Invalid(e.to_string()))?;
+            peers.push(id.to_string());
+        }
+        let root_str = root.to_str().ok_or_else(|| {
+            Error::Invalid(format!(
+                "{} is not valid UTF-8; use a folder with a UTF-8 path",
+                root.display()
+            ))
+        })?;
+        let row = SourceRow {
+            id: req.id.clone(),
+            path: root_str.to_owned(),
+            format: req.format.clone(),
+            paused: false,
+            sequence: 0,
+            created_unix_ms: unix_ms_now(),
+            peers,
+        };
+        self.store.add_source(row.clone()).await?;
+        self.start(&row);
+        info!(source = %row.id, path = %row.path, "source added");
+        self.events
+            .emit(Event::now(&row.id, EventKind::SourceAdded).detail(row.path.clone()));
+        self.sources
+            .get(&row.id)
+            .map(SourceHandle::status)
+            .ok_or(Error::ShuttingDown)
+    }
+
+    async fn remove(&mut self, id: String) -> Result<(), Error> {
+        let handle = self
+            .sources
+            .remove(&id)
+            .ok_or_else(|| Error::UnknownSource(id.clone()))?;
+        handle.stop().await;
+        self.store.remove_source(id.clone()).await?;
+        info!(source = %id, "source removed");
+        self.events.emit(Event::now(&id, EventKind::SourceRemoved));
+        Ok(())
+    }
+}
+
+fn validate_id(id: &str) -> Result<(), Error> {
+    let ok = !id.is_empty()
+        && id.len() <= 64
+        && !id.starts_with('.')
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::Invalid(format!(
+            "source id {id:?} is not valid; use 1 to 64 letters, digits, '.', '_' or '-', not starting with '.'"
+        )))
+    }
+}
+
+fn validate_format(format: &str) -> Result<(), Error> {
+    if AVAILABLE_FORMATS.contains(&format) {
+        Ok(())
+    } else if FORMATS.contains(&format) {
+        Err(Error::Invalid(format!(
+            "format {format:?} is not available in this build yet; use --format files for now"
+        )))
+    } else {
+        Err(Error::Invalid(format!(
+            "unknown format {format:?}; known formats: {}",
+            FORMATS.join(", ")
+        )))
+    }
+}
+
+fn validate_path(path: &Path, home: &Path) -> Result<PathBuf, Error> {
+    if !path.is_absolute() {
+        return Err(Error::Invalid(format!(
+            "source path {} is relative; give an absolute path",
+            path.display()
+        )));
+    }
+    let root = match std::fs::canonicalize(path) {
+        Ok(root) => root,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(Error::Invalid(format!(
+                "source path {} does not exist; create the folder first or fix the path",
+                path.display()
+            )));
+        }
+        Err(e) => {
+            return Err(Error::Invalid(format!(
+                "cannot open source path {}: {e}; check its permissions",
+                path.display()
+            )));
+        }
+    };
+    if !root.is_dir() {
+        return Err(Error::Invalid(format!(
+            "source path {} is not a folder",
+            path.display()
+        )));
+    }
+    if root.starts_with(home) || home.starts_with(&root) {
+        return Err(Error::Invalid(format!(
+            "source path {} overlaps the agent's home {}; keep sources and the home apart",
+            path.display(),
+            home.display()
+        )));
+    }
+    Ok(root)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_checked() {
+        assert!(validate_id("docs").is_ok());
+        assert!(validate_id("a.b_c-1").is_ok());
+        for bad in ["", ".hidden", "a/b", "sp ace", &"x".repeat(65)] {
+            let e = validate_id(bad).unwrap_err().to_string();
+            assert!(e.contains("not valid"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn formats_are_checked() {
+        assert!(validate_format("files").is_ok());
+        assert!(
+            validate_format("vcard-dir")
+                .unwrap_err()
+                .to_string()
+                .contains("not available")
+        );
+        assert!(
+            validate_format("xml")
+                .unwrap_err()
+                .to_string()
+                .contains("known formats")
+        );
+    }
+
+    #[test]
+    fn paths_are_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = dir.path().join("home");
+        std::fs::create_dir(&home).unwrap();
+        let missing = dir.path().join("missing");
+        let e = validate_path(&missing, &home).unwrap_err().to_string();
+        assert!(e.contains("does not exist") && e.contains("missing"), "{e}");
+        let e = validate_path(&home.join("x"), &home)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("does not exist"), "{e}");
+        std::fs::create_dir(home.join("inside")).unwrap();
+        let e = validate_path(&home.join("inside"), &home)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("overlaps"), "{e}");
+        assert!(
+            validate_path(Path::new("rel"), &home)
+                .unwrap_err()
+                .to_string()
+                .contains("relative")
+        );
+        let ok = dir.path().join("data");
+        std::fs::create_dir(&ok).unwrap();
+        assert_eq!(
+            validate_path(&ok, &home).unwrap(),
+            ok.canonicalize().unwrap()
+        );
+    }
+}

@@ -1,0 +1,293 @@
+//! The `--home` layout and `config.toml`, read once into plain validated structs.
+//!
+//! Must not: be a global, or change at run time behind anyone's back. Several agents with
+//! different homes run side by side in one test process, so everything is passed down.
+
+use std::fs::{self, File, OpenOptions, TryLockError};
+use std::io::{Read, Write};
+use std::net::SocketAddr;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Errors while preparing the home folder or reading its configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot use {path} as the agent's home: {source}; pick a writable folder with --home")]
+    Home {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "another tandemd is already running with home {home}{pid}; stop it first, or start this one with a different --home"
+    )]
+    AlreadyRunning { home: PathBuf, pid: String },
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path} is not valid: {reason}; fix the file or delete it to get the defaults back")]
+    Invalid { path: PathBuf, reason: String },
+    #[error(
+        "no home folder given and none could be derived (is $HOME set?); pass --home DIR or set TANDEM_HOME"
+    )]
+    NoDefaultHome,
+}
+
+/// The platform's default home: `~/.local/share/tandem` on Linux. `tandemctl` uses the same rule.
+pub fn default_home() -> Result<PathBuf, Error> {
+    directories::ProjectDirs::from("", "", "tandem")
+        .map(|dirs| dirs.data_local_dir().to_path_buf())
+        .ok_or(Error::NoDefaultHome)
+}
+
+/// Where every file the agent owns lives, under one `--home` folder.
+#[derive(Debug, Clone)]
+pub struct Home {
+    root: PathBuf,
+}
+
+impl Home {
+    /// Creates the folder (owner-only) if needed and makes the path absolute.
+    pub fn prepare(root: &Path) -> Result<Home, Error> {
+        let err = |source| Error::Home {
+            path: root.to_path_buf(),
+            source,
+        };
+        if !root.exists() {
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(root)
+                .map_err(err)?;
+        }
+        let root = fs::canonicalize(root).map_err(err)?;
+        let home = Home { root };
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(home.log_dir())
+            .map_err(|source| Error::Home {
+                path: home.log_dir(),
+                source,
+            })?;
+        Ok(home)
+    }
+
+    /// The home folder itself.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+    /// `config.toml`: settings the user may edit.
+    pub fn config_file(&self) -> PathBuf {
+        self.root.join("config.toml")
+    }
+    /// Folder of the TLS certificate and key that make the device identity.
+    pub fn identity_dir(&self) -> PathBuf {
+        self.root.join("identity")
+    }
+    /// The SQLite database with the prior state of every source.
+    pub fn database(&self) -> PathBuf {
+        self.root.join("tandem.db")
+    }
+    /// The owner-only Unix socket `tandemctl` talks to.
+    pub fn control_socket(&self) -> PathBuf {
+        self.root.join("control.sock")
+    }
+    /// Folder of the agent's log files.
+    pub fn log_dir(&self) -> PathBuf {
+        self.root.join("logs")
+    }
+    /// The lock file that keeps a second agent off this home.
+    pub fn lock_file(&self) -> PathBuf {
+        self.root.join("tandemd.lock")
+    }
+
+    /// Takes the home's lock for the life of the returned guard.
+    ///
+    /// # Errors
+    /// [`Error::AlreadyRunning`] when another process holds it.
+    pub fn lock(&self) -> Result<HomeLock, Error> {
+        let path = self.lock_file();
+        let io = |source| Error::Home {
+            path: path.clone(),
+            source,
+        };
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(&path)
+            .map_err(io)?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(TryLockError::WouldBlock) => {
+                let mut pid = String::new();
+                // The pid is only a hint for the message; an unreadable one is left out.
+                let _ = file.read_to_string(&mut pid);
+                let pid = pid.trim();
+                let pid = if pid.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (pid {pid})")
+                };
+                return Err(Error::AlreadyRunning {
+                    home: self.root.clone(),
+                    pid,
+                });
+            }
+            Err(TryLockError::Error(e)) => return Err(io(e)),
+        }
+        file.set_len(0).map_err(io)?;
+        write!(file, "{}", std::process::id()).map_err(io)?;
+        Ok(HomeLock { _file: file })
+    }
+}
+
+/// Holds the home's lock; dropping it (or the process dying) releases it.
+#[derive(Debug)]
+pub struct HomeLock {
+    _file: File,
+}
+
+/// Settings from `config.toml`, validated; every field has a sensible default.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Address the peer service listens on; `--listen` overrides it.
+    pub listen: SocketAddr,
+    /// How long the watcher waits for a burst of events to settle before scanning.
+    pub debounce: Duration,
+    /// Longest a change may wait in the debouncer while events keep coming.
+    pub debounce_max: Duration,
+    /// Full rescan of every source this often, as a safety net behind the watcher.
+    pub rescan_interval: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: SocketAddr::from(([0, 0, 0, 0], 22000)),
+            debounce: Duration::from_millis(100),
+            debounce_max: Duration::from_millis(500),
+            rescan_interval: Duration::from_secs(3600),
+        }
+    }
+}
+
+/// `config.toml` as written by a person: every key optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    listen: Option<String>,
+    debounce_ms: Option<u64>,
+    debounce_max_ms: Option<u64>,
+    rescan_interval_s: Option<u64>,
+}
+
+const DEFAULT_CONFIG: &str = "\
+# Tandem agent settings. Every key is optional; delete one to get its default back.
+
+# Address the peer service listens on (the --listen flag overrides it).
+# listen = \"0.0.0.0:22000\"
+
+# Milliseconds to let a burst of file events settle before scanning.
+# debounce_ms = 100
+
+# Longest, in milliseconds, a change waits while events keep coming.
+# debounce_max_ms = 500
+
+# Seconds between full rescans of every source (a safety net behind the watcher).
+# rescan_interval_s = 3600
+";
+
+impl Config {
+    /// Reads `config.toml` from the home, writing the commented defaults on first start.
+    pub fn load(home: &Home) -> Result<Config, Error> {
+        let path = home.config_file();
+        let text = match fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                fs::write(&path, DEFAULT_CONFIG).map_err(|source| Error::Home {
+                    path: path.clone(),
+                    source,
+                })?;
+                DEFAULT_CONFIG.to_owned()
+            }
+            Err(source) => return Err(Error::Read { path, source }),
+        };
+        Self::parse(&text).map_err(|reason| Error::Invalid { path, reason })
+    }
+
+    /// Parses and validates the text of a `config.toml`.
+    pub fn parse(text: &str) -> Result<Config, String> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| e.to_string())?;
+        let mut config = Config::default();
+        if let Some(listen) = raw.listen {
+            config.listen = listen
+                .parse()
+                .map_err(|_| format!("listen = {listen:?} is not an address like 0.0.0.0:22000"))?;
+        }
+        if let Some(ms) = raw.debounce_ms {
+            if !(1..=60_000).contains(&ms) {
+                return Err(format!("debounce_ms = {ms} is outside 1..=60000"));
+            }
+            config.debounce = Duration::from_millis(ms);
+        }
+        if let Some(ms) = raw.debounce_max_ms {
+            if !(1..=600_000).contains(&ms) {
+                return Err(format!("debounce_max_ms = {ms} is outside 1..=600000"));
+            }
+            config.debounce_max = Duration::from_millis(ms);
+        }
+        if config.debounce_max < config.debounce {
+            config.debounce_max = config.debounce;
+        }
+        if let Some(s) = raw.rescan_interval_s {
+            if s < 10 {
+                return Err(format!(
+                    "rescan_interval_s = {s} is below the minimum of 10"
+                ));
+            }
+            config.rescan_interval = Duration::from_secs(s);
+        }
+        Ok(config)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_parse_to_the_default_config() {
+        let c = Config::parse(DEFAULT_CONFIG).unwrap();
+        assert_eq!(c.debounce, Config::default().debounce);
+        assert_eq!(c.listen, Config::default().listen);
+    }
+
+    #[test]
+    fn bad_values_name_the_key() {
+        let e = Config::parse("listen = \"nowhere\"").unwrap_err();
+        assert!(e.contains("listen"), "{e}");
+        let e = Config::parse("rescan_interval_s = 1").unwrap_err();
+        assert!(e.contains("rescan_interval_s"), "{e}");
+        let e = Config::parse("colour = 3").unwrap_err();
+        assert!(e.contains("colour"), "{e}");
+    }
+
+    #[test]
+    fn second_lock_on_the_same_home_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = Home::prepare(dir.path()).unwrap();
+        let _first = home.lock().unwrap();
+        let err = home.lock().unwrap_err();
+        assert!(matches!(err, Error::AlreadyRunning { .. }), "{err}");
+        assert!(err.to_string().contains("already running"));
+    }
+}

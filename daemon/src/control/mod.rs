@@ -1,0 +1,302 @@
+//! `control.proto` on the owner-only Unix socket in the home; the events behind `watch`.
+//!
+//! Translates requests into [`AgentHandle`] calls and agent types into protobuf replies.
+//! Must not: keep state or contain business rules.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::pin::Pin;
+use std::time::Duration;
+
+use tandem_proto::control as pb;
+use tandem_proto::control::control_server::{Control, ControlServer};
+use tokio::net::UnixListener;
+use tokio_stream::wrappers::{
+    BroadcastStream, UnixListenerStream, errors::BroadcastStreamRecvError,
+};
+use tokio_stream::{Stream, StreamExt};
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status};
+
+use crate::agent::{AddSource, AgentHandle, Error};
+use crate::events::{Event, unix_ms_now};
+use crate::source::{SourceStatus, State};
+
+/// Serves the control socket until `shutdown` is cancelled; removes the socket afterwards.
+pub async fn serve(
+    path: &Path,
+    agent: AgentHandle,
+    shutdown: CancellationToken,
+) -> Result<(), Error> {
+    let err = |reason: String| Error::Control {
+        path: path.to_path_buf(),
+        reason,
+    };
+    // The caller holds the home's lock, so a socket file left here is from a dead agent.
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(err(e.to_string())),
+    }
+    let listener = UnixListener::bind(path).map_err(|e| {
+        err(format!(
+            "{e} (a Unix socket path must be under 108 bytes; use a shorter --home)"
+        ))
+    })?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| err(e.to_string()))?;
+    tracing::info!(socket = %path.display(), "control socket ready");
+    let service = ControlService { agent };
+    let result = tonic::transport::Server::builder()
+        .add_service(ControlServer::new(service))
+        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown.cancelled())
+        .await
+        .map_err(|e| err(e.to_string()));
+    // Leaving the socket behind would only mislead the next `tandemctl` into connecting.
+    let _ = std::fs::remove_file(path);
+    result
+}
+
+struct ControlService {
+    agent: AgentHandle,
+}
+
+fn status_of(e: Error) -> Status {
+    match e {
+        Error::UnknownSource(_) => Status::not_found(e.to_string()),
+        Error::Invalid(_) => Status::invalid_argument(e.to_string()),
+        Error::ShuttingDown => Status::unavailable(e.to_string()),
+        other => Status::internal(other.to_string()),
+    }
+}
+
+fn source_pb(s: &SourceStatus) -> pb::SourceStatus {
+    pb::SourceStatus {
+        id: s.id.clone(),
+        path: s.path.display().to_string(),
+        format: s.format.clone(),
+        state: s.state.as_str().to_owned(),
+        error: s.error.clone().unwrap_or_default(),
+        files: s.totals.files,
+        directories: s.totals.directories,
+        symlinks: s.totals.symlinks,
+        bytes: s.totals.bytes,
+        sequence: s.totals.sequence,
+        hashed_bytes: s.hashed_bytes,
+        scans: s.scans,
+        last_scan_unix_ms: s.last_scan_unix_ms,
+        item_errors: s
+            .item_errors
+            .iter()
+            .map(|(item, message)| pb::ItemError {
+                item: item.clone(),
+                message: message.clone(),
+            })
+            .collect(),
+        peers: s.peers.clone(),
+    }
+}
+
+fn event_pb(e: Event) -> pb::Event {
+    pb::Event {
+        unix_ms: e.unix_ms,
+        source: e.source,
+        kind: e.kind.as_str().to_owned(),
+        item: e.item,
+        detail: e.detail,
+        sequence: e.sequence,
+    }
+}
+
+/// Empty id in a request means "every source".
+fn target(id: String) -> Option<String> {
+    if id.is_empty() { None } else { Some(id) }
+}
+
+fn ack(verb: &str, n: usize) -> Response<pb::Ack> {
+    let what = if n == 1 {
+        "source".to_owned()
+    } else {
+        format!("{n} sources")
+    };
+    Response::new(pb::Ack {
+        message: format!("{verb} {what}"),
+    })
+}
+
+/// One line per source that is not in sync yet.
+fn pending_lines(statuses: &[SourceStatus]) -> Vec<String> {
+    statuses
+        .iter()
+        .filter(|s| !s.settled())
+        .map(|s| match s.state {
+            State::Error => format!(
+                "{}: stopped: {}",
+                s.id,
+                s.error.as_deref().unwrap_or("unknown error")
+            ),
+            State::Scanning if s.scans == 0 => format!("{}: first scan not finished", s.id),
+            _ => format!("{}: changes waiting to be scanned", s.id),
+        })
+        .collect()
+}
+
+type EventStream = Pin<Box<dyn Stream<Item = Result<pb::Event, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Control for ControlService {
+    async fn id(&self, _: Request<pb::IdRequest>) -> Result<Response<pb::IdReply>, Status> {
+        let info = &self.agent.info;
+        Ok(Response::new(pb::IdReply {
+            device_id: info.device_id.to_string(),
+            home: info.home.display().to_string(),
+            listen: info.listen.to_string(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+        }))
+    }
+
+    async fn status(
+        &self,
+        _: Request<pb::StatusRequest>,
+    ) -> Result<Response<pb::StatusReply>, Status> {
+        let statuses = self.agent.statuses().await.map_err(status_of)?;
+        let info = &self.agent.info;
+        Ok(Response::new(pb::StatusReply {
+            device_id: info.device_id.to_string(),
+            uptime_ms: u64::try_from(info.started.elapsed().as_millis()).unwrap_or(u64::MAX),
+            hashed_bytes: statuses.iter().map(|s| s.hashed_bytes).sum(),
+            sources: statuses.iter().map(source_pb).collect(),
+        }))
+    }
+
+    async fn source_add(
+        &self,
+        req: Request<pb::SourceAddRequest>,
+    ) -> Result<Response<pb::SourceStatus>, Status> {
+        let req = req.into_inner();
+        let format = if req.format.is_empty() {
+            "files".to_owned()
+        } else {
+            req.format
+        };
+        let status = self
+            .agent
+            .add_source(AddSource {
+                id: req.id,
+                path: req.path.into(),
+                format,
+                peers: req.peers,
+            })
+            .await
+            .map_err(status_of)?;
+        Ok(Response::new(source_pb(&status)))
+    }
+
+    async fn source_list(
+        &self,
+        _: Request<pb::SourceListRequest>,
+    ) -> Result<Response<pb::SourceListReply>, Status> {
+        let statuses = self.agent.statuses().await.map_err(status_of)?;
+        Ok(Response::new(pb::SourceListReply {
+            sources: statuses.iter().map(source_pb).collect(),
+        }))
+    }
+
+    async fn source_remove(
+        &self,
+        req: Request<pb::SourceRequest>,
+    ) -> Result<Response<pb::Ack>, Status> {
+        let id = req.into_inner().id;
+        if id.is_empty() {
+            return Err(Status::invalid_argument("name the source to remove"));
+        }
+        self.agent
+            .remove_source(id.clone())
+            .await
+            .map_err(status_of)?;
+        Ok(Response::new(pb::Ack {
+            message: format!("removed source {id}; its folder was left as it is"),
+        }))
+    }
+
+    async fn rescan(&self, req: Request<pb::SourceRequest>) -> Result<Response<pb::Ack>, Status> {
+        let n = self
+            .agent
+            .rescan(target(req.into_inner().id))
+            .await
+            .map_err(status_of)?;
+        Ok(ack("rescanning", n))
+    }
+
+    async fn pause(&self, req: Request<pb::SourceRequest>) -> Result<Response<pb::Ack>, Status> {
+        let n = self
+            .agent
+            .pause(target(req.into_inner().id))
+            .await
+            .map_err(status_of)?;
+        Ok(ack("paused", n))
+    }
+
+    async fn resume(&self, req: Request<pb::SourceRequest>) -> Result<Response<pb::Ack>, Status> {
+        let n = self
+            .agent
+            .resume(target(req.into_inner().id))
+            .await
+            .map_err(status_of)?;
+        Ok(ack("resumed", n))
+    }
+
+    async fn wait(&self, req: Request<pb::WaitRequest>) -> Result<Response<pb::WaitReply>, Status> {
+        let timeout_ms = req.into_inner().timeout_ms;
+        let deadline = (timeout_ms > 0)
+            .then(|| tokio::time::Instant::now() + Duration::from_millis(timeout_ms));
+        let receivers = self.agent.subscribe().await.map_err(status_of)?;
+        loop {
+            // Register interest before reading, so a change between the read and the await
+            // still wakes us.
+            let notified = self.agent.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let statuses: Vec<SourceStatus> =
+                receivers.iter().map(|r| r.borrow().clone()).collect();
+            let pending = pending_lines(&statuses);
+            // A stopped source will not sync by waiting; say so at once.
+            let stopped = statuses.iter().any(|s| s.state == State::Error);
+            if pending.is_empty() || stopped {
+                return Ok(Response::new(pb::WaitReply {
+                    in_sync: pending.is_empty(),
+                    pending,
+                }));
+            }
+            match deadline {
+                Some(deadline) => {
+                    if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                        return Ok(Response::new(pb::WaitReply {
+                            in_sync: false,
+                            pending,
+                        }));
+                    }
+                }
+                None => notified.await,
+            }
+        }
+    }
+
+    type WatchStream = EventStream;
+
+    async fn watch(
+        &self,
+        _: Request<pb::WatchRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        let stream = BroadcastStream::new(self.agent.events.subscribe()).map(|item| match item {
+            Ok(event) => Ok(event_pb(event)),
+            Err(BroadcastStreamRecvError::Lagged(n)) => Ok(pb::Event {
+                unix_ms: unix_ms_now(),
+                kind: "lagged".to_owned(),
+                detail: format!("{n} events were dropped because this watcher fell behind"),
+                ..pb::Event::default()
+            }),
+        });
+        Ok(Response::new(Box::pin(stream)))
+    }
+}

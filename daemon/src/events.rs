@@ -1,0 +1,121 @@
+//! Live events for `tandemctl watch`: one broadcast bus per agent.
+//!
+//! Must not: block a sender. A slow watcher misses events (and is told how many), never the
+//! source task.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use tokio::sync::broadcast;
+
+/// What happened, as `tandemctl watch` names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventKind {
+    Added,
+    Modified,
+    Deleted,
+    ScanStarted,
+    ScanFinished,
+    ItemError,
+    SourceError,
+    Rescan,
+    Paused,
+    Resumed,
+    SourceAdded,
+    SourceRemoved,
+}
+
+impl EventKind {
+    /// The stable name printed by `tandemctl watch`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::Added => "added",
+            EventKind::Modified => "modified",
+            EventKind::Deleted => "deleted",
+            EventKind::ScanStarted => "scan-started",
+            EventKind::ScanFinished => "scan-finished",
+            EventKind::ItemError => "item-error",
+            EventKind::SourceError => "source-error",
+            EventKind::Rescan => "rescan",
+            EventKind::Paused => "paused",
+            EventKind::Resumed => "resumed",
+            EventKind::SourceAdded => "source-added",
+            EventKind::SourceRemoved => "source-removed",
+        }
+    }
+}
+
+/// One event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event {
+    pub unix_ms: u64,
+    pub source: String,
+    pub kind: EventKind,
+    pub item: String,
+    pub detail: String,
+    pub sequence: u64,
+}
+
+impl Event {
+    /// An event stamped with the current time.
+    pub fn now(source: &str, kind: EventKind) -> Event {
+        Event {
+            unix_ms: unix_ms_now(),
+            source: source.to_owned(),
+            kind,
+            item: String::new(),
+            detail: String::new(),
+            sequence: 0,
+        }
+    }
+
+    /// The same event about one item.
+    pub fn item(mut self, item: &str) -> Event {
+        self.item = item.to_owned();
+        self
+    }
+
+    /// The same event with a human detail.
+    pub fn detail(mut self, detail: impl Into<String>) -> Event {
+        self.detail = detail.into();
+        self
+    }
+
+    /// The same event with the local sequence it was committed under.
+    pub fn sequence(mut self, sequence: u64) -> Event {
+        self.sequence = sequence;
+        self
+    }
+}
+
+/// Milliseconds since the Unix epoch, 0 if the clock is before it.
+pub fn unix_ms_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+/// The agent's event bus; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct EventBus {
+    tx: broadcast::Sender<Event>,
+}
+
+impl EventBus {
+    /// A bus that keeps up to `capacity` events for slow subscribers.
+    pub fn new(capacity: usize) -> EventBus {
+        let (tx, _) = broadcast::channel(capacity);
+        EventBus { tx }
+    }
+
+    /// Publishes an event; without subscribers it is simply dropped.
+    pub fn emit(&self, event: Event) {
+        // No subscriber is the normal case when nobody runs `tandemctl watch`.
+        let _ = self.tx.send(event);
+    }
+
+    /// A new subscription that sees every event from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+        self.tx.subscribe()
+    }
+}

@@ -1,0 +1,98 @@
+//! Item domain types shared by the scanner, the store and the source task.
+//!
+//! Must not: do I/O. These are plain values; the store persists them, the scanner fills them.
+
+use crate::chunker::{ChunkRef, Hash128};
+use crate::index::VersionVector;
+
+/// What kind of thing an item path names in a `files` source.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ItemKind {
+    /// A regular file; its content moves as chunks.
+    File,
+    /// A directory; synced so empty ones and their permissions survive.
+    Directory,
+    /// A symbolic link, synced as a link and never followed.
+    Symlink,
+}
+
+impl ItemKind {
+    /// Stable small integer used in the database.
+    pub fn code(self) -> i64 {
+        match self {
+            ItemKind::File => 0,
+            ItemKind::Directory => 1,
+            ItemKind::Symlink => 2,
+        }
+    }
+
+    /// Inverse of [`ItemKind::code`]; `None` for a code this build does not know.
+    pub fn from_code(code: i64) -> Option<ItemKind> {
+        match code {
+            0 => Some(ItemKind::File),
+            1 => Some(ItemKind::Directory),
+            2 => Some(ItemKind::Symlink),
+            _ => None,
+        }
+    }
+}
+
+/// What the filesystem says about an item, as compared between scans.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Metadata {
+    pub kind: ItemKind,
+    /// Size in bytes (files), 0 otherwise.
+    pub size: u64,
+    /// Modification time, nanoseconds since the Unix epoch.
+    pub mtime_ns: i64,
+    pub inode: u64,
+    /// Permission bits (`mode & 0o7777`).
+    pub mode: u32,
+    /// Link target, for symlinks.
+    pub symlink_target: Option<String>,
+}
+
+impl Metadata {
+    /// True when nothing the scanner compares differs: the content need not be read again.
+    pub fn same_stat(&self, other: &Metadata) -> bool {
+        self.kind == other.kind
+            && self.size == other.size
+            && self.mtime_ns == other.mtime_ns
+            && self.inode == other.inode
+    }
+}
+
+/// The prior state of one item: what the agent last recorded for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PriorItem {
+    pub path: String,
+    pub meta: Metadata,
+    pub version: VersionVector,
+    pub sequence: u64,
+    pub hash: Option<Hash128>,
+    pub deleted: bool,
+}
+
+/// New content for an item, as a difference carries it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Content {
+    /// Content unchanged (a metadata-only change): keep the recorded hash and chunks.
+    Keep,
+    /// New file content.
+    Replace {
+        hash: Hash128,
+        chunks: Vec<ChunkRef>,
+    },
+    /// No content: directories, symlinks and tombstones.
+    Empty,
+}
+
+/// One item's change, ready to be committed with the next local sequence.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Difference {
+    pub path: String,
+    pub meta: Metadata,
+    pub version: VersionVector,
+    pub content: Content,
+    pub deleted: bool,
+}

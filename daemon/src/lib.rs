@@ -1,0 +1,17 @@
+//! The Tandem agent as a library: `tandemd` is a thin binary over [`agent::run`].
+//!
+//! ARCHITECTURE.md at the top of the repository maps the modules and how data flows.
+
+pub mod agent;
+pub mod chunker;
+pub mod config;
+pub mod control;
+pub mod events;
+pub mod identity;
+pub mod index;
+pub mod item;
+pub mod logging;
+pub mod scanner;
+pub mod source;
+pub mod store;
+pub mod watcher;

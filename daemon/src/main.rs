@@ -1,0 +1,73 @@
+//! `tandemd`: the Tandem agent. Parses flags, takes the home, runs [`tandem::agent::run`].
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Parser;
+use tokio_util::sync::CancellationToken;
+
+/// Keeps data sources the same on every device that shares them.
+#[derive(Debug, Parser)]
+#[command(name = "tandemd", version, about)]
+struct Args {
+    /// Folder for everything the agent owns: config, identity, database, socket, logs.
+    #[arg(long, env = "TANDEM_HOME", value_name = "DIR")]
+    home: Option<PathBuf>,
+    /// Address for the peer service (overrides `listen` in config.toml).
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<SocketAddr>,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    match run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("tandemd: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: Args) -> anyhow::Result<()> {
+    let home = match args.home {
+        Some(home) => home,
+        None => tandem::config::default_home()?,
+    };
+    let home = tandem::config::Home::prepare(&home)?;
+    let lock = home.lock()?;
+    let _log_guard = tandem::logging::init(&home.log_dir()).context("cannot start logging")?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async move {
+        let shutdown = CancellationToken::new();
+        let on_signal = shutdown.clone();
+        tokio::spawn(async move {
+            wait_for_signal().await;
+            on_signal.cancel();
+        });
+        tandem::agent::run(home, lock, args.listen, shutdown).await
+    })?;
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for SIGTERM; only Ctrl-C stops the agent");
+            // Without a handler Ctrl-C still ends the process, just without a clean shutdown.
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

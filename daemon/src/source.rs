@@ -1,0 +1,773 @@
+//! The per-source task: watcher → scanner → differences → store → events.
+//!
+//! One task owns everything about one source; others reach it through a [`SourceHandle`]
+//! (commands in, a status snapshot out). Scans run on the blocking pool. Must not: own
+//! sockets or block the runtime.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{Notify, mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, debug, info, warn};
+
+use crate::events::{Event, EventBus, EventKind, unix_ms_now};
+use crate::index::{ShortId, VersionVector};
+use crate::item::{Content, Difference, PriorItem};
+use crate::scanner::{self, Found, ScanError, ScanRequest, Scope, Sink};
+use crate::store::{self, StoreHandle, Totals};
+use crate::watcher::{self, Debouncer, Pending, WatchEvent};
+
+/// Differences committed per SQLite transaction during a scan.
+const COMMIT_BATCH: usize = 1000;
+/// How often a stopped source checks whether its folder is back.
+const ERROR_RETRY: Duration = Duration::from_secs(5);
+/// Full rescan interval when the OS refuses a file watch.
+const UNWATCHED_RESCAN: Duration = Duration::from_secs(60);
+
+/// Everything a source task needs to know at start.
+#[derive(Debug, Clone)]
+pub struct SourceConfig {
+    pub id: String,
+    pub root: PathBuf,
+    pub format: String,
+    pub paused: bool,
+    pub peers: Vec<String>,
+    /// This device, whose counter a local change bumps.
+    pub local: ShortId,
+    pub debounce: Duration,
+    pub debounce_max: Duration,
+    pub rescan_interval: Duration,
+}
+
+/// Coarse state of a source, as `status` shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    /// The first scan has not finished yet, or a scan is running.
+    Scanning,
+    /// Scanned, watching, nothing pending.
+    Idle,
+    /// Paused by the user: not watched, not scanned.
+    Paused,
+    /// Stopped because the source as a whole cannot be read.
+    Error,
+}
+
+impl State {
+    /// The name `status` prints.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Scanning => "scanning",
+            State::Idle => "idle",
+            State::Paused => "paused",
+            State::Error => "error",
+        }
+    }
+}
+
+/// A read-only snapshot of one source, published after every change.
+#[derive(Debug, Clone)]
+pub struct SourceStatus {
+    pub id: String,
+    pub path: PathBuf,
+    pub format: String,
+    pub state: State,
+    pub error: Option<String>,
+    pub totals: Totals,
+    pub hashed_bytes: u64,
+    pub scans: u64,
+    pub last_scan_unix_ms: u64,
+    /// Items that could not be read, with the reason, by item path.
+    pub item_errors: BTreeMap<String, String>,
+    pub peers: Vec<String>,
+    /// Events or rechecks are waiting: not settled yet.
+    pub pending: bool,
+}
+
+impl SourceStatus {
+    /// True when nothing is left to do locally: scanned, nothing pending (or paused).
+    pub fn settled(&self) -> bool {
+        match self.state {
+            State::Paused => true,
+            State::Idle => !self.pending,
+            State::Scanning | State::Error => false,
+        }
+    }
+}
+
+/// Commands a source task accepts.
+#[derive(Debug)]
+enum Msg {
+    Rescan,
+    Pause(oneshot::Sender<()>),
+    Resume(oneshot::Sender<()>),
+}
+
+/// Cloneable sender of commands to one source task.
+#[derive(Debug, Clone)]
+pub struct SourceCommander {
+    tx: mpsc::Sender<Msg>,
+}
+
+impl SourceCommander {
+    /// Asks for a full rescan; returns at once.
+    pub async fn rescan(&self) {
+        // A stopped task has nothing to rescan.
+        let _ = self.tx.send(Msg::Rescan).await;
+    }
+
+    /// Pauses watching and scanning; returns once paused.
+    pub async fn pause(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.tx.send(Msg::Pause(tx)).await.is_ok() {
+            // The task answers unless it stops first, which also means "not running".
+            let _ = rx.await;
+        }
+    }
+
+    /// Resumes after a pause (and rescans); returns once resumed.
+    pub async fn resume(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.tx.send(Msg::Resume(tx)).await.is_ok() {
+            let _ = rx.await;
+        }
+    }
+}
+
+/// Handle to a running source task.
+#[derive(Debug)]
+pub struct SourceHandle {
+    tx: mpsc::Sender<Msg>,
+    status: watch::Receiver<SourceStatus>,
+    cancel: CancellationToken,
+    join: JoinHandle<()>,
+}
+
+impl SourceHandle {
+    /// The latest status snapshot.
+    pub fn status(&self) -> SourceStatus {
+        self.status.borrow().clone()
+    }
+
+    /// A receiver that sees every new status snapshot.
+    pub fn subscribe(&self) -> watch::Receiver<SourceStatus> {
+        self.status.clone()
+    }
+
+    /// A cloneable sender of commands to this source.
+    pub fn commander(&self) -> SourceCommander {
+        SourceCommander {
+            tx: self.tx.clone(),
+        }
+    }
+
+    /// Stops the task and waits for it to finish its current transaction.
+    pub async fn stop(self) {
+        self.cancel.cancel();
+        if let Err(e) = self.join.await {
+            warn!(error = %e, "source task ended abnormally");
+        }
+    }
+}
+
+/// Starts the task for one source.
+pub fn spawn(
+    cfg: SourceConfig,
+    store: StoreHandle,
+    events: EventBus,
+    changed: Arc<Notify>,
+    cancel: CancellationToken,
+) -> SourceHandle {
+    let status = SourceStatus {
+        id: cfg.id.clone(),
+        path: cfg.root.clone(),
+        format: cfg.format.clone(),
+        state: if cfg.paused {
+            State::Paused
+        } else {
+            State::Scanning
+        },
+        error: None,
+        totals: Totals::default(),
+        hashed_bytes: 0,
+        scans: 0,
+        last_scan_unix_ms: 0,
+        item_errors: BTreeMap::new(),
+        peers: cfg.peers.clone(),
+        pending: !cfg.paused,
+    };
+    let (status_tx, status_rx) = watch::channel(status);
+    let (tx, rx) = mpsc::channel(64);
+    let span = tracing::info_span!("source", id = %cfg.id);
+    let task = SourceTask {
+        debouncer: Debouncer::new(cfg.debounce, cfg.debounce_max),
+        cfg,
+        store,
+        events,
+        changed,
+        status: status_tx,
+        inbox: rx,
+        cancel: cancel.clone(),
+        watcher: None,
+        watch_rx: None,
+        racy: HashSet::new(),
+        racy_deadline: None,
+        next_full: Instant::now(),
+        retry_at: None,
+    };
+    let join = tokio::spawn(task.run().instrument(span));
+    SourceHandle {
+        tx,
+        status: status_rx,
+        cancel,
+        join,
+    }
+}
+
+struct SourceTask {
+    cfg: SourceConfig,
+    store: StoreHandle,
+    events: EventBus,
+    changed: Arc<Notify>,
+    status: watch::Sender<SourceStatus>,
+    inbox: mpsc::Receiver<Msg>,
+    cancel: CancellationToken,
+    watcher: Option<watcher::Watcher>,
+    watch_rx: Option<mpsc::Receiver<WatchEvent>>,
+    debouncer: Debouncer,
+    racy: HashSet<String>,
+    racy_deadline: Option<Instant>,
+    next_full: Instant,
+    retry_at: Option<Instant>,
+}
+
+/// Receives from an optional channel; without one, waits forever.
+async fn recv_opt<T>(rx: &mut Option<mpsc::Receiver<T>>) -> Option<T> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn sleep_opt(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Why a scan ended early.
+enum Stop {
+    Cancelled,
+    /// The user paused the source mid-scan; reply once paused.
+    Paused(oneshot::Sender<()>),
+    Source(String),
+}
+
+impl SourceTask {
+    async fn run(mut self) {
+        match self.store.totals(self.cfg.id.clone()).await {
+            Ok(totals) => self.publish(|s| s.totals = totals),
+            Err(e) => warn!(error = %e, "cannot read the source's totals"),
+        }
+        if !self.cfg.paused {
+            self.start_watching();
+            self.debouncer.push_full(Instant::now());
+            self.publish(|s| s.pending = true);
+        }
+        loop {
+            let deadline = self.debouncer.deadline();
+            tokio::select! {
+                biased;
+                () = self.cancel.cancelled() => break,
+                msg = self.inbox.recv() => match msg {
+                    Some(msg) => self.handle(msg).await,
+                    None => break,
+                },
+                ev = recv_opt(&mut self.watch_rx) => match ev {
+                    Some(ev) => self.on_watch(ev),
+                    None => self.watch_lost("the file watch stopped"),
+                },
+                () = sleep_opt(deadline) => {
+                    if let Some(pending) = self.debouncer.take() {
+                        self.run_pending(pending).await;
+                    }
+                }
+                () = sleep_opt(self.racy_deadline) => {
+                    self.racy_deadline = None;
+                    let paths: Vec<String> = self.racy.iter().cloned().collect();
+                    let force = std::mem::take(&mut self.racy);
+                    self.scan(Scope::Under(paths), force).await;
+                }
+                () = tokio::time::sleep_until(self.next_full), if !self.cfg.paused && self.retry_at.is_none() => {
+                    debug!("periodic full rescan");
+                    self.debouncer.push_full(Instant::now());
+                    self.next_full = Instant::now() + self.cfg.rescan_interval;
+                }
+                () = sleep_opt(self.retry_at) => {
+                    self.retry_at = None;
+                    self.start_watching();
+                    self.debouncer.push_full(Instant::now());
+                }
+            }
+            self.publish_pending();
+        }
+        debug!("source task stopped");
+    }
+
+    async fn handle(&mut self, msg: Msg) {
+        match msg {
+            Msg::Rescan => {
+                if !self.cfg.paused {
+                    self.events
+                        .emit(Event::now(&self.cfg.id, EventKind::Rescan));
+                    self.debouncer.push_full(Instant::now());
+                }
+            }
+            Msg::Pause(done) => {
+                if !self.cfg.paused {
+                    self.cfg.paused = true;
+                    self.watcher = None;
+                    self.watch_rx = None;
+                    self.debouncer.take();
+                    self.racy.clear();
+                    self.racy_deadline = None;
+                    self.retry_at = None;
+                    self.publish(|s| {
+                        s.state = State::Paused;
+                        s.pending = false;
+                    });
+                    self.events
+                        .emit(Event::now(&self.cfg.id, EventKind::Paused));
+                    info!("paused");
+                }
+                let _ = done.send(());
+            }
+            Msg::Resume(done) => {
+                if self.cfg.paused {
+                    self.cfg.paused = false;
+                    self.start_watching();
+                    // Whatever happened while paused is found by a full scan.
+                    self.debouncer.push_full(Instant::now());
+                    self.publish(|s| {
+                        s.state = State::Scanning;
+                        s.pending = true;
+                    });
+                    self.events
+                        .emit(Event::now(&self.cfg.id, EventKind::Resumed));
+                    info!("resumed");
+                }
+                let _ = done.send(());
+            }
+        }
+    }
+
+    fn start_watching(&mut self) {
+        if self.watcher.is_some() {
+            return;
+        }
+        let (tx, rx) = mpsc::channel(4096);
+        match watcher::watch(&self.cfg.root, tx) {
+            Ok(w) => {
+                self.watcher = Some(w);
+                self.watch_rx = Some(rx);
+                self.next_full = Instant::now() + self.cfg.rescan_interval;
+            }
+            Err(e) => {
+                warn!(
+                    error = %e,
+                    "cannot watch the source folder; falling back to a full rescan every {}s \
+                     (on Linux, raise fs.inotify.max_user_watches)",
+                    UNWATCHED_RESCAN.as_secs()
+                );
+                self.next_full = Instant::now() + UNWATCHED_RESCAN;
+            }
+        }
+    }
+
+    fn watch_lost(&mut self, why: &str) {
+        warn!("{why}; rescanning and watching again");
+        self.watcher = None;
+        self.watch_rx = None;
+        if !self.cfg.paused {
+            self.start_watching();
+            self.debouncer.push_full(Instant::now());
+        }
+    }
+
+    fn on_watch(&mut self, ev: WatchEvent) {
+        if self.cfg.paused {
+            return;
+        }
+        if let WatchEvent::Rescan { reason } = &ev {
+            warn!(reason = %reason, "file events were lost; scanning the whole source");
+        }
+        self.debouncer.push(Instant::now(), ev);
+    }
+
+    async fn run_pending(&mut self, pending: Pending) {
+        let overflowed = self
+            .watcher
+            .as_ref()
+            .is_some_and(watcher::Watcher::take_overflow);
+        let scope = if overflowed {
+            warn!("the watch queue overflowed; scanning the whole source");
+            Scope::Full
+        } else {
+            match pending {
+                Pending::Full => Scope::Full,
+                Pending::Paths(paths) => Scope::Under(paths),
+            }
+        };
+        self.scan(scope, HashSet::new()).await;
+    }
+
+    /// Publishes a change to the status snapshot and wakes anyone waiting on it.
+    fn publish(&self, f: impl FnOnce(&mut SourceStatus)) {
+        self.status.send_modify(f);
+        self.changed.notify_waiters();
+    }
+
+    fn publish_pending(&self) {
+        let pending = self.debouncer.is_pending() || !self.racy.is_empty();
+        if self.status.borrow().pending != pending {
+            self.publish(|s| s.pending = pending);
+        }
+    }
+
+    /// Runs one scan to the end, committing differences as they come.
+    async fn scan(&mut self, scope: Scope, force: HashSet<String>) {
+        let full = scope == Scope::Full;
+        let id = self.cfg.id.clone();
+        if full {
+            self.events.emit(Event::now(&id, EventKind::ScanStarted));
+        }
+        self.publish(|s| s.state = State::Scanning);
+        let started = Instant::now();
+        let result = self.scan_inner(scope.clone(), force).await;
+        match result {
+            Ok(summary) => {
+                let ms = started.elapsed().as_millis();
+                if full {
+                    info!(
+                        seen = summary.seen,
+                        hashed_bytes = summary.hashed_bytes,
+                        ms,
+                        "full scan done"
+                    );
+                    self.events
+                        .emit(Event::now(&id, EventKind::ScanFinished).detail(format!(
+                            "{} items, {} bytes hashed, {ms} ms",
+                            summary.seen, summary.hashed_bytes
+                        )));
+                }
+                if !summary.racy.is_empty() {
+                    self.racy.extend(summary.racy);
+                    self.racy_deadline = Some(Instant::now() + scanner::RACY_WINDOW * 2);
+                }
+                self.publish(|s| {
+                    s.state = State::Idle;
+                    s.error = None;
+                    s.scans += 1;
+                    s.last_scan_unix_ms = unix_ms_now();
+                });
+            }
+            Err(Stop::Cancelled) => {}
+            Err(Stop::Paused(done)) => self.handle(Msg::Pause(done)).await,
+            Err(Stop::Source(message)) => {
+                warn!(error = %message, "source stopped");
+                if self.status.borrow().error.as_deref() != Some(message.as_str()) {
+                    self.events
+                        .emit(Event::now(&id, EventKind::SourceError).detail(message.clone()));
+                }
+                self.watcher = None;
+                self.watch_rx = None;
+                self.debouncer.take();
+                self.retry_at = Some(Instant::now() + ERROR_RETRY);
+                self.publish(|s| {
+                    s.state = State::Error;
+                    s.error = Some(message);
+                });
+            }
+        }
+    }
+
+    async fn scan_inner(
+        &mut self,
+        scope: Scope,
+        force: HashSet<String>,
+    ) -> Result<scanner::ScanSummary, Stop> {
+        let id = self.cfg.id.clone();
+        let under = match &scope {
+            Scope::Full => None,
+            Scope::Under(paths) => Some(paths.clone()),
+        };
+        let prior = self
+            .store
+            .prior_items(id.clone(), under)
+            .await
+            .map_err(|e| Stop::Source(e.to_string()))?;
+        let prior: HashMap<String, PriorItem> =
+            prior.into_iter().map(|p| (p.path.clone(), p)).collect();
+        let req = ScanRequest {
+            root: self.cfg.root.clone(),
+            scope: scope.clone(),
+            prior,
+            force_rehash: force,
+        };
+
+        let (tx, mut rx) = mpsc::channel::<Batch>(4);
+        let scan = tokio::task::spawn_blocking(move || {
+            let mut sink = BatchSink {
+                tx,
+                batch: Batch::default(),
+                last_flush: std::time::Instant::now(),
+            };
+            let result = scanner::scan(req, &mut sink);
+            sink.flush();
+            result
+        });
+
+        let mut seen_errors: BTreeMap<String, String> = BTreeMap::new();
+        loop {
+            tokio::select! {
+                biased;
+                () = self.cancel.cancelled() => {
+                    drop(rx);
+                    // The scanner stops at its next result once the channel is closed.
+                    let _ = scan.await;
+                    return Err(Stop::Cancelled);
+                }
+                batch = rx.recv() => match batch {
+                    Some(batch) => {
+                        if let Err(e) = self.commit_batch(batch, &mut seen_errors).await {
+                            drop(rx);
+                            let _ = scan.await;
+                            return Err(Stop::Source(e.to_string()));
+                        }
+                    }
+                    None => break,
+                },
+                ev = recv_opt(&mut self.watch_rx) => match ev {
+                    Some(ev) => self.on_watch(ev),
+                    None => self.watch_lost("the file watch stopped"),
+                },
+                msg = self.inbox.recv() => match msg {
+                    // A rescan asked for mid-scan runs after this one.
+                    Some(Msg::Rescan) => self.debouncer.push_full(Instant::now()),
+                    Some(Msg::Resume(done)) => {
+                        let _ = done.send(());
+                    }
+                    Some(Msg::Pause(done)) => {
+                        drop(rx);
+                        let _ = scan.await;
+                        return Err(Stop::Paused(done));
+                    }
+                    None => {}
+                },
+            }
+        }
+        let summary = match scan.await {
+            Ok(Ok(summary)) => summary,
+            Ok(Err(ScanError::Cancelled)) => return Err(Stop::Cancelled),
+            Ok(Err(e)) => return Err(Stop::Source(e.to_string())),
+            Err(e) => return Err(Stop::Source(format!("the scanner crashed: {e}"))),
+        };
+        // Errors under the scanned scope are replaced by what this scan found.
+        self.publish(|s| {
+            match &scope {
+                Scope::Full => s.item_errors.retain(|_, _| false),
+                Scope::Under(paths) => s.item_errors.retain(|item, _| {
+                    !paths
+                        .iter()
+                        .any(|p| p.is_empty() || p == item || scanner::is_under(item, p))
+                }),
+            }
+            s.item_errors.extend(seen_errors);
+        });
+        Ok(summary)
+    }
+
+    /// Turns one batch of scan results into differences and commits them in one transaction.
+    async fn commit_batch(
+        &mut self,
+        batch: Batch,
+        seen_errors: &mut BTreeMap<String, String>,
+    ) -> Result<(), store::Error> {
+        let id = self.cfg.id.clone();
+        let mut diffs = Vec::with_capacity(batch.found.len());
+        let mut kinds = Vec::with_capacity(batch.found.len());
+        let mut delta = TotalsDelta::default();
+        for found in batch.found {
+            match found {
+                Found::Changed {
+                    path,
+                    meta,
+                    content,
+                    prior,
+                } => {
+                    let live = prior.as_ref().filter(|p| !p.deleted);
+                    kinds.push(if live.is_some() {
+                        EventKind::Modified
+                    } else {
+                        EventKind::Added
+                    });
+                    if let Some(p) = live {
+                        delta.remove(&p.meta);
+                    }
+                    delta.add(&meta);
+                    let version = bumped(prior.as_ref(), self.cfg.local);
+                    diffs.push(Difference {
+                        path,
+                        meta,
+                        version,
+                        content,
+                        deleted: false,
+                    });
+                }
+                Found::Deleted { prior } => {
+                    kinds.push(EventKind::Deleted);
+                    delta.remove(&prior.meta);
+                    let version = bumped(Some(&prior), self.cfg.local);
+                    let mut meta = prior.meta.clone();
+                    meta.size = 0;
+                    diffs.push(Difference {
+                        path: prior.path,
+                        meta,
+                        version,
+                        content: Content::Empty,
+                        deleted: true,
+                    });
+                }
+                Found::Error { path, message } => {
+                    let known = self.status.borrow().item_errors.get(&path) == Some(&message);
+                    if !known {
+                        warn!(item = %path, error = %message, "cannot scan item");
+                        self.events.emit(
+                            Event::now(&id, EventKind::ItemError)
+                                .item(&path)
+                                .detail(message.clone()),
+                        );
+                    }
+                    seen_errors.insert(path, message);
+                }
+            }
+        }
+        let seqs = if diffs.is_empty() {
+            Vec::new()
+        } else {
+            self.store.commit(id.clone(), diffs.clone()).await?
+        };
+        for ((diff, kind), seq) in diffs.iter().zip(kinds).zip(&seqs) {
+            debug!(item = %diff.path, seq, kind = kind.as_str(), "recorded");
+            self.events
+                .emit(Event::now(&id, kind).item(&diff.path).sequence(*seq));
+        }
+        let last_seq = seqs.last().copied();
+        let committed: Vec<String> = diffs.into_iter().map(|d| d.path).collect();
+        self.publish(|s| {
+            s.hashed_bytes += batch.hashed_bytes;
+            delta.apply(&mut s.totals);
+            if let Some(seq) = last_seq {
+                s.totals.sequence = seq;
+            }
+            for path in &committed {
+                s.item_errors.remove(path);
+            }
+        });
+        Ok(())
+    }
+}
+
+/// The prior version with this device's counter bumped; a new item starts from empty.
+fn bumped(prior: Option<&PriorItem>, local: ShortId) -> VersionVector {
+    let mut v = prior.map(|p| p.version.clone()).unwrap_or_default();
+    v.bump(local);
+    v
+}
+
+/// Change to a source's totals from one batch.
+#[derive(Debug, Default)]
+struct TotalsDelta {
+    files: i64,
+    directories: i64,
+    symlinks: i64,
+    bytes: i128,
+}
+
+impl TotalsDelta {
+    fn step(&mut self, meta: &crate::item::Metadata, sign: i64) {
+        use crate::item::ItemKind;
+        match meta.kind {
+            ItemKind::File => {
+                self.files += sign;
+                self.bytes += i128::from(sign) * i128::from(meta.size);
+            }
+            ItemKind::Directory => self.directories += sign,
+            ItemKind::Symlink => self.symlinks += sign,
+        }
+    }
+    fn add(&mut self, meta: &crate::item::Metadata) {
+        self.step(meta, 1);
+    }
+    fn remove(&mut self, meta: &crate::item::Metadata) {
+        self.step(meta, -1);
+    }
+    fn apply(&self, t: &mut Totals) {
+        fn add(v: u64, d: i128) -> u64 {
+            u64::try_from((i128::from(v) + d).max(0)).unwrap_or(u64::MAX)
+        }
+        t.files = add(t.files, self.files.into());
+        t.directories = add(t.directories, self.directories.into());
+        t.symlinks = add(t.symlinks, self.symlinks.into());
+        t.bytes = add(t.bytes, self.bytes);
+    }
+}
+
+/// Scan results on their way from the blocking scanner to the source task.
+#[derive(Debug, Default)]
+struct Batch {
+    found: Vec<Found>,
+    hashed_bytes: u64,
+}
+
+struct BatchSink {
+    tx: mpsc::Sender<Batch>,
+    batch: Batch,
+    last_flush: std::time::Instant,
+}
+
+impl BatchSink {
+    /// Hands the batch over; false when the source task has gone away.
+    fn flush(&mut self) -> bool {
+        self.last_flush = std::time::Instant::now();
+        if self.batch.found.is_empty() && self.batch.hashed_bytes == 0 {
+            return true;
+        }
+        self.tx
+            .blocking_send(std::mem::take(&mut self.batch))
+            .is_ok()
+    }
+
+    fn due(&self) -> bool {
+        // Small batches keep `watch` within a second of a change during a long scan.
+        self.batch.found.len() >= COMMIT_BATCH
+            || (!self.batch.found.is_empty()
+                && self.last_flush.elapsed() >= Duration::from_millis(200))
+    }
+}
+
+impl Sink for BatchSink {
+    fn found(&mut self, found: Found) -> bool {
+        self.batch.found.push(found);
+        if self.due() { self.flush() } else { true }
+    }
+
+    fn hashed(&mut self, bytes: u64) {
+        self.batch.hashed_bytes += bytes;
+    }
+}

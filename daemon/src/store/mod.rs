@@ -1,0 +1,187 @@
+//! The one owner of the SQLite database: migrations, typed queries, one transaction per batch.
+//!
+//! A dedicated thread owns the `Connection`; everyone else holds a cheap [`StoreHandle`] and
+//! awaits replies. Must not: expose `rusqlite` types, know protobuf, or touch paths on disk
+//! (item paths are just keys here).
+
+mod migrations;
+mod queries;
+
+use std::path::{Path, PathBuf};
+use std::sync::mpsc as std_mpsc;
+use std::thread::JoinHandle;
+
+use tokio::sync::oneshot;
+
+pub use queries::{SourceRow, Totals};
+
+/// A failure of the store; each names what was being done.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(
+        "database {path}: {reason}; if it is damaged, move it aside and restart (sources are rescanned)"
+    )]
+    Open { path: PathBuf, reason: String },
+    #[error("database error while {doing}: {reason}")]
+    Sqlite { doing: &'static str, reason: String },
+    #[error("a source with id {0:?} already exists; pick another id or remove it first")]
+    SourceExists(String),
+    #[error("no source with id {0:?}; `tandemctl source list` shows the ids")]
+    UnknownSource(String),
+    #[error(
+        "prior state of {path:?} in source {source_id:?} is unreadable ({reason}); rescan the source"
+    )]
+    Corrupt {
+        source_id: String,
+        path: String,
+        reason: String,
+    },
+    #[error("the store has shut down")]
+    Closed,
+}
+
+/// Result type of every store call.
+pub type Result<T> = std::result::Result<T, Error>;
+
+type Job = Box<dyn FnOnce(&mut rusqlite::Connection) + Send>;
+
+/// Cloneable handle to the store thread.
+#[derive(Clone)]
+pub struct StoreHandle {
+    jobs: std_mpsc::SyncSender<Job>,
+}
+
+/// The store thread; joining it after every handle is dropped closes the database cleanly.
+pub struct StoreThread {
+    thread: JoinHandle<()>,
+}
+
+impl StoreThread {
+    /// Waits for the store thread to finish its queued work and close the database.
+    pub fn join(self) {
+        // A panic in the store thread was already reported by the panic hook.
+        let _ = self.thread.join();
+    }
+}
+
+/// Opens (creating if needed) the database and migrates it to the latest schema.
+pub fn open(path: &Path) -> Result<(StoreHandle, StoreThread)> {
+    let open_err = |reason: String| Error::Open {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let mut conn = rusqlite::Connection::open(path).map_err(|e| open_err(e.to_string()))?;
+    configure(&conn).map_err(|e| open_err(e.to_string()))?;
+    migrations::to_latest(&mut conn).map_err(open_err)?;
+    queries::run_pending_maintenance(&mut conn).map_err(|e| open_err(e.to_string()))?;
+    Ok(spawn(conn))
+}
+
+/// An in-memory store for unit tests and benchmarks.
+pub fn open_in_memory() -> Result<(StoreHandle, StoreThread)> {
+    let open_err = |reason: String| Error::Open {
+        path: PathBuf::from(":memory:"),
+        reason,
+    };
+    let mut conn = rusqlite::Connection::open_in_memory().map_err(|e| open_err(e.to_string()))?;
+    configure(&conn).map_err(|e| open_err(e.to_string()))?;
+    migrations::to_latest(&mut conn).map_err(open_err)?;
+    Ok(spawn(conn))
+}
+
+fn configure(conn: &rusqlite::Connection) -> rusqlite::Result<()> {
+    // WAL lets tests and `doctor` read while the agent writes; NORMAL sync is durable against
+    // a crashed process, and a lost last transaction after power loss only means a rescan.
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    conn.busy_timeout(std::time::Duration::from_secs(10))?;
+    Ok(())
+}
+
+fn spawn(mut conn: rusqlite::Connection) -> (StoreHandle, StoreThread) {
+    // Bounded so a flood of callers waits instead of growing memory.
+    let (tx, rx) = std_mpsc::sync_channel::<Job>(256);
+    let span = tracing::info_span!("store");
+    let thread = std::thread::Builder::new()
+        .name("tandem-store".into())
+        .spawn(move || {
+            let _enter = span.enter();
+            while let Ok(job) = rx.recv() {
+                job(&mut conn);
+            }
+            tracing::debug!("store closed");
+        })
+        .expect("the OS refused to start the store thread");
+    (StoreHandle { jobs: tx }, StoreThread { thread })
+}
+
+impl StoreHandle {
+    /// Runs `f` on the store thread and returns its result.
+    async fn call<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut rusqlite::Connection) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let (reply, rx) = oneshot::channel();
+        let job: Job = Box::new(move |conn| {
+            // The caller may have gone away; its answer is then not needed.
+            let _ = reply.send(f(conn));
+        });
+        let jobs = self.jobs.clone();
+        // The channel is bounded: a blocking send must not stall the runtime's worker.
+        tokio::task::spawn_blocking(move || jobs.send(job))
+            .await
+            .map_err(|_| Error::Closed)?
+            .map_err(|_| Error::Closed)?;
+        rx.await.map_err(|_| Error::Closed)?
+    }
+
+    /// Records a new source.
+    pub async fn add_source(&self, row: SourceRow) -> Result<()> {
+        self.call(move |c| queries::add_source(c, &row)).await
+    }
+
+    /// Forgets a source and the prior state of all its items.
+    pub async fn remove_source(&self, id: String) -> Result<()> {
+        self.call(move |c| queries::remove_source(c, &id)).await
+    }
+
+    /// All sources, in id order.
+    pub async fn sources(&self) -> Result<Vec<SourceRow>> {
+        self.call(queries::sources).await
+    }
+
+    /// Remembers whether a source is paused, so a restart keeps it paused.
+    pub async fn set_paused(&self, id: String, paused: bool) -> Result<()> {
+        self.call(move |c| queries::set_paused(c, &id, paused))
+            .await
+    }
+
+    /// Prior state of a source's items: all of them, or those at or under the given paths.
+    pub async fn prior_items(
+        &self,
+        source_id: String,
+        under: Option<Vec<String>>,
+    ) -> Result<Vec<crate::item::PriorItem>> {
+        self.call(move |c| queries::prior_items(c, &source_id, under.as_deref()))
+            .await
+    }
+
+    /// Commits a batch of differences in one transaction; returns the sequence given to each.
+    pub async fn commit(
+        &self,
+        source_id: String,
+        diffs: Vec<crate::item::Difference>,
+    ) -> Result<Vec<u64>> {
+        self.call(move |c| queries::commit(c, &source_id, &diffs))
+            .await
+    }
+
+    /// Counts of live items and bytes in a source, and its local sequence.
+    pub async fn totals(&self, source_id: String) -> Result<Totals> {
+        self.call(move |c| queries::totals(c, &source_id)).await
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,471 @@
+//! Typed SQL for the store thread. Every function takes the connection the thread owns.
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+use super::{Error, Result};
+use crate::chunker::{self, Hash128};
+use crate::index::VersionVector;
+use crate::item::{Content, Difference, ItemKind, Metadata, PriorItem};
+
+/// A source as recorded in the database.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceRow {
+    pub id: String,
+    /// The source's local folder, as the user gave it (absolute).
+    pub path: String,
+    pub format: String,
+    pub paused: bool,
+    /// Highest local sequence given so far.
+    pub sequence: u64,
+    pub created_unix_ms: u64,
+    /// Device IDs the source is shared with.
+    pub peers: Vec<String>,
+}
+
+/// Live (not deleted) items of a source, by kind, and its local sequence.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Totals {
+    pub files: u64,
+    pub directories: u64,
+    pub symlinks: u64,
+    pub bytes: u64,
+    pub sequence: u64,
+}
+
+fn sql(doing: &'static str) -> impl Fn(rusqlite::Error) -> Error {
+    move |e| Error::Sqlite {
+        doing,
+        reason: e.to_string(),
+    }
+}
+
+// SQLite integers are signed 64-bit; sizes, inodes and sequences beyond i64::MAX cannot occur
+// on real filesystems, so they are clamped rather than wrapped into negative numbers.
+fn to_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+fn to_u64(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
+
+pub(super) fn add_source(c: &mut Connection, row: &SourceRow) -> Result<()> {
+    let tx = c.transaction().map_err(sql("adding a source"))?;
+    let exists: bool = tx
+        .query_row(
+            "SELECT EXISTS (SELECT 1 FROM sources WHERE id = ?1)",
+            [&row.id],
+            |r| r.get(0),
+        )
+        .map_err(sql("adding a source"))?;
+    if exists {
+        return Err(Error::SourceExists(row.id.clone()));
+    }
+    tx.execute(
+        "INSERT INTO sources (id, path, format, paused, sequence, created_unix_ms)
+         VALUES (?1, ?2, ?3, ?4, 0, ?5)",
+        params![
+            row.id,
+            row.path,
+            row.format,
+            row.paused,
+            to_i64(row.created_unix_ms)
+        ],
+    )
+    .map_err(sql("adding a source"))?;
+    for peer in &row.peers {
+        tx.execute(
+            "INSERT OR IGNORE INTO source_peers (source_id, device_id) VALUES (?1, ?2)",
+            params![row.id, peer],
+        )
+        .map_err(sql("adding a source's peers"))?;
+    }
+    tx.commit().map_err(sql("adding a source"))
+}
+
+pub(super) fn remove_source(c: &mut Connection, id: &str) -> Result<()> {
+    let n = c
+        .execute("DELETE FROM sources WHERE id = ?1", [id])
+        .map_err(sql("removing a source"))?;
+    if n == 0 {
+        return Err(Error::UnknownSource(id.to_owned()));
+    }
+    Ok(())
+}
+
+pub(super) fn set_paused(c: &mut Connection, id: &str, paused: bool) -> Result<()> {
+    let n = c
+        .execute(
+            "UPDATE sources SET paused = ?2 WHERE id = ?1",
+            params![id, paused],
+        )
+        .map_err(sql("pausing a source"))?;
+    if n == 0 {
+        return Err(Error::UnknownSource(id.to_owned()));
+    }
+    Ok(())
+}
+
+pub(super) fn sources(c: &mut Connection) -> Result<Vec<SourceRow>> {
+    let err = sql("listing sources");
+    let mut stmt = c
+        .prepare_cached(
+            "SELECT id, path, format, paused, sequence, created_unix_ms FROM sources ORDER BY id",
+        )
+        .map_err(&err)?;
+    let mut rows = stmt
+        .query_map([], |r| {
+            Ok(SourceRow {
+                id: r.get(0)?,
+                path: r.get(1)?,
+                format: r.get(2)?,
+                paused: r.get(3)?,
+                sequence: to_u64(r.get(4)?),
+                created_unix_ms: to_u64(r.get(5)?),
+                peers: Vec::new(),
+            })
+        })
+        .map_err(&err)?
+        .collect::<rusqlite::Result<Vec<_>>>()
+        .map_err(&err)?;
+    let mut peers = c
+        .prepare_cached(
+            "SELECT device_id FROM source_peers WHERE source_id = ?1 ORDER BY device_id",
+        )
+        .map_err(&err)?;
+    for row in &mut rows {
+        row.peers = peers
+            .query_map([&row.id], |r| r.get(0))
+            .map_err(&err)?
+            .collect::<rusqlite::Result<Vec<String>>>()
+            .map_err(&err)?;
+    }
+    Ok(rows)
+}
+
+const ITEM_COLUMNS: &str =
+    "path, kind, size, mtime_ns, inode, mode, version, sequence, hash, symlink_target, deleted";
+
+type RawItem = (
+    String,
+    i64,
+    i64,
+    i64,
+    i64,
+    i64,
+    Vec<u8>,
+    i64,
+    Option<Vec<u8>>,
+    Option<String>,
+    bool,
+);
+
+fn raw_item(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawItem> {
+    Ok((
+        r.get(0)?,
+        r.get(1)?,
+        r.get(2)?,
+        r.get(3)?,
+        r.get(4)?,
+        r.get(5)?,
+        r.get(6)?,
+        r.get(7)?,
+        r.get(8)?,
+        r.get(9)?,
+        r.get(10)?,
+    ))
+}
+
+fn decode_item(source_id: &str, raw: RawItem) -> Result<PriorItem> {
+    let (path, kind, size, mtime_ns, inode, mode, version, sequence, hash, target, deleted) = raw;
+    let corrupt = |reason: String| Error::Corrupt {
+        source_id: source_id.to_owned(),
+        path: path.clone(),
+        reason,
+    };
+    let kind = ItemKind::from_code(kind).ok_or_else(|| corrupt(format!("unknown kind {kind}")))?;
+    let version = VersionVector::decode(&version).map_err(|e| corrupt(e.to_string()))?;
+    let hash = match hash {
+        Some(bytes) => Some(
+            Hash128::from_slice(&bytes).ok_or_else(|| corrupt("hash is not 16 bytes".into()))?,
+        ),
+        None => None,
+    };
+    Ok(PriorItem {
+        meta: Metadata {
+            kind,
+            size: to_u64(size),
+            mtime_ns,
+            inode: to_u64(inode),
+            mode: u32::try_from(mode).unwrap_or(0),
+            symlink_target: target,
+        },
+        path,
+        version,
+        sequence: to_u64(sequence),
+        hash,
+        deleted,
+    })
+}
+
+pub(super) fn prior_items(
+    c: &mut Connection,
+    source_id: &str,
+    under: Option<&[String]>,
+) -> Result<Vec<PriorItem>> {
+    let err = sql("reading prior state");
+    let mut raws = Vec::new();
+    match under {
+        None => {
+            let mut stmt = c
+                .prepare_cached(&format!(
+                    "SELECT {ITEM_COLUMNS} FROM items WHERE source_id = ?1 ORDER BY path"
+                ))
+                .map_err(&err)?;
+            for raw in stmt.query_map([source_id], raw_item).map_err(&err)? {
+                raws.push(raw.map_err(&err)?);
+            }
+        }
+        Some(prefixes) if prefixes.iter().any(String::is_empty) => {
+            // The root itself: everything.
+            return prior_items(c, source_id, None);
+        }
+        Some(prefixes) => {
+            // Item paths use '/', and '0' is the byte after '/', so [p/, p0) is exactly the
+            // subtree of p under SQLite's binary collation.
+            let mut stmt = c
+                .prepare_cached(&format!(
+                    "SELECT {ITEM_COLUMNS} FROM items WHERE source_id = ?1
+                     AND (path = ?2 OR (path >= ?2 || '/' AND path < ?2 || '0'))"
+                ))
+                .map_err(&err)?;
+            for prefix in prefixes {
+                for raw in stmt
+                    .query_map(params![source_id, prefix], raw_item)
+                    .map_err(&err)?
+                {
+                    raws.push(raw.map_err(&err)?);
+                }
+            }
+        }
+    }
+    raws.into_iter()
+        .map(|raw| decode_item(source_id, raw))
+        .collect()
+}
+
+pub(super) fn commit(
+    c: &mut Connection,
+    source_id: &str,
+    diffs: &[Difference],
+) -> Result<Vec<u64>> {
+    let err = sql("committing differences");
+    let tx = c.transaction().map_err(&err)?;
+    let mut seq: u64 = tx
+        .query_row(
+            "SELECT sequence FROM sources WHERE id = ?1",
+            [source_id],
+            |r| r.get(0),
+        )
+        .optional()
+        .map_err(&err)?
+        .map(to_u64)
+        .ok_or_else(|| Error::UnknownSource(source_id.to_owned()))?;
+    let mut seqs = Vec::with_capacity(diffs.len());
+    {
+        let mut upsert_keep = tx
+            .prepare_cached(
+                "INSERT INTO items (source_id, path, kind, size, mtime_ns, inode, mode, version,
+                                    sequence, hash, chunks, symlink_target, deleted)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, NULL, NULL, ?10, ?11)
+                 ON CONFLICT (source_id, path) DO UPDATE SET
+                    kind = excluded.kind, size = excluded.size, mtime_ns = excluded.mtime_ns,
+                    inode = excluded.inode, mode = excluded.mode, version = excluded.version,
+                    sequence = excluded.sequence, symlink_target = excluded.symlink_target,
+                    deleted = excluded.deleted",
+            )
+            .map_err(&err)?;
+        let mut set_content = tx
+            .prepare_cached(
+                "UPDATE items SET hash = ?3, chunks = ?4 WHERE source_id = ?1 AND path = ?2",
+            )
+            .map_err(&err)?;
+        let mut drop_locations = tx
+            .prepare_cached("DELETE FROM chunk_locations WHERE source_id = ?1 AND path = ?2")
+            .map_err(&err)?;
+        let mut add_location = tx
+            .prepare_cached(
+                "INSERT OR REPLACE INTO chunk_locations (hash, source_id, path, offset, len)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+            )
+            .map_err(&err)?;
+        for d in diffs {
+            seq += 1;
+            seqs.push(seq);
+            upsert_keep
+                .execute(params![
+                    source_id,
+                    d.path,
+                    d.meta.kind.code(),
+                    to_i64(d.meta.size),
+                    d.meta.mtime_ns,
+                    to_i64(d.meta.inode),
+                    i64::from(d.meta.mode),
+                    d.version.encode(),
+                    to_i64(seq),
+                    d.meta.symlink_target,
+                    d.deleted,
+                ])
+                .map_err(&err)?;
+            match &d.content {
+                Content::Keep => {}
+                Content::Empty => {
+                    set_content
+                        .execute(params![source_id, d.path, None::<Vec<u8>>, None::<Vec<u8>>])
+                        .map_err(&err)?;
+                    drop_locations
+                        .execute(params![source_id, d.path])
+                        .map_err(&err)?;
+                }
+                Content::Replace { hash, chunks } => {
+                    set_content
+                        .execute(params![
+                            source_id,
+                            d.path,
+                            hash.0.as_slice(),
+                            chunker::encode_chunk_list(chunks)
+                        ])
+                        .map_err(&err)?;
+                    drop_locations
+                        .execute(params![source_id, d.path])
+                        .map_err(&err)?;
+                    for ch in chunks {
+                        add_location
+                            .execute(params![
+                                ch.hash.0.as_slice(),
+                                source_id,
+                                d.path,
+                                to_i64(ch.offset),
+                                i64::from(ch.len)
+                            ])
+                            .map_err(&err)?;
+                    }
+                }
+            }
+        }
+    }
+    tx.execute(
+        "UPDATE sources SET sequence = ?2 WHERE id = ?1",
+        params![source_id, to_i64(seq)],
+    )
+    .map_err(&err)?;
+    tx.commit().map_err(&err)?;
+    Ok(seqs)
+}
+
+pub(super) fn totals(c: &mut Connection, source_id: &str) -> Result<Totals> {
+    let err = sql("counting items");
+    let sequence: u64 = c
+        .query_row(
+            "SELECT sequence FROM sources WHERE id = ?1",
+            [source_id],
+            |r| r.get(0),
+        )
+        .optional()
+        .map_err(&err)?
+        .map(to_u64)
+        .ok_or_else(|| Error::UnknownSource(source_id.to_owned()))?;
+    let mut totals = Totals {
+        sequence,
+        ..Totals::default()
+    };
+    let mut stmt = c
+        .prepare_cached(
+            "SELECT kind, COUNT(*), COALESCE(SUM(size), 0) FROM items
+             WHERE source_id = ?1 AND deleted = 0 GROUP BY kind",
+        )
+        .map_err(&err)?;
+    let rows = stmt
+        .query_map([source_id], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, i64>(2)?,
+            ))
+        })
+        .map_err(&err)?;
+    for row in rows {
+        let (kind, count, bytes) = row.map_err(&err)?;
+        match ItemKind::from_code(kind) {
+            Some(ItemKind::File) => {
+                totals.files = to_u64(count);
+                totals.bytes = to_u64(bytes);
+            }
+            Some(ItemKind::Directory) => totals.directories = to_u64(count),
+            Some(ItemKind::Symlink) => totals.symlinks = to_u64(count),
+            None => {}
+        }
+    }
+    Ok(totals)
+}
+
+/// Runs upgrade work a migration asked for but SQL alone cannot do.
+pub(super) fn run_pending_maintenance(c: &mut Connection) -> Result<()> {
+    let err = sql("upgrading the database");
+    let pending: bool = c
+        .query_row(
+            "SELECT EXISTS (SELECT 1 FROM pending_maintenance WHERE task = 'rebuild_chunk_locations')",
+            [],
+            |r| r.get(0),
+        )
+        .map_err(&err)?;
+    if !pending {
+        return Ok(());
+    }
+    tracing::info!("indexing the chunks of items recorded before the chunk index existed");
+    let tx = c.transaction().map_err(&err)?;
+    {
+        let mut read = tx
+            .prepare("SELECT source_id, path, chunks FROM items WHERE chunks IS NOT NULL AND deleted = 0")
+            .map_err(&err)?;
+        let mut add = tx
+            .prepare(
+                "INSERT OR REPLACE INTO chunk_locations (hash, source_id, path, offset, len)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+            )
+            .map_err(&err)?;
+        let rows = read
+            .query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, Vec<u8>>(2)?,
+                ))
+            })
+            .map_err(&err)?;
+        for row in rows {
+            let (source_id, path, blob) = row.map_err(&err)?;
+            // A damaged chunk list is not fatal here: the item is simply not a local chunk
+            // source until its next scan rewrites it.
+            let Ok(chunks) = chunker::decode_chunk_list(&blob) else {
+                tracing::warn!(source = %source_id, item = %path, "unreadable chunk list skipped");
+                continue;
+            };
+            for ch in chunks {
+                add.execute(params![
+                    ch.hash.0.as_slice(),
+                    source_id,
+                    path,
+                    to_i64(ch.offset),
+                    i64::from(ch.len)
+                ])
+                .map_err(&err)?;
+            }
+        }
+    }
+    tx.execute(
+        "DELETE FROM pending_maintenance WHERE task = 'rebuild_chunk_locations'",
+        [],
+    )
+    .map_err(&err)?;
+    tx.commit().map_err(&err)
+}

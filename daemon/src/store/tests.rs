@@ -1,0 +1,190 @@
+#![allow(clippy::unwrap_used)]
+
+use super::*;
+use crate::chunker::{ChunkRef, Hash128};
+use crate::index::{ShortId, VersionVector};
+use crate::item::{Content, Difference, ItemKind, Metadata};
+
+fn row(id: &str) -> SourceRow {
+    SourceRow {
+        id: id.into(),
+        path: format!("/data/{id}"),
+        format: "files".into(),
+        paused: false,
+        sequence: 0,
+        created_unix_ms: 1,
+        peers: vec!["PEER".into()],
+    }
+}
+
+fn file(path: &str, size: u64, hash: u8) -> Difference {
+    let mut version = VersionVector::new();
+    version.bump(ShortId(7));
+    Difference {
+        path: path.into(),
+        meta: Metadata {
+            kind: ItemKind::File,
+            size,
+            mtime_ns: 5,
+            inode: 9,
+            mode: 0o644,
+            symlink_target: None,
+        },
+        version,
+        content: Content::Replace {
+            hash: Hash128([hash; 16]),
+            chunks: vec![ChunkRef {
+                offset: 0,
+                len: u32::try_from(size).unwrap(),
+                hash: Hash128([hash; 16]),
+            }],
+        },
+        deleted: false,
+    }
+}
+
+#[tokio::test]
+async fn differences_round_trip_through_prior_state() {
+    let (store, thread) = open_in_memory().unwrap();
+    store.add_source(row("docs")).await.unwrap();
+    let err = store.add_source(row("docs")).await.unwrap_err();
+    assert!(matches!(err, Error::SourceExists(_)), "{err}");
+
+    let seqs = store
+        .commit("docs".into(), vec![file("a", 3, 1), file("b/c", 4, 2)])
+        .await
+        .unwrap();
+    assert_eq!(seqs, [1, 2]);
+    let mut gone = file("a", 0, 0);
+    gone.deleted = true;
+    gone.content = Content::Empty;
+    let seqs = store.commit("docs".into(), vec![gone]).await.unwrap();
+    assert_eq!(seqs, [3]);
+
+    let all = store.prior_items("docs".into(), None).await.unwrap();
+    assert_eq!(all.len(), 2);
+    assert!(all[0].deleted && all[0].hash.is_none() && all[0].sequence == 3);
+    assert_eq!(all[1].hash, Some(Hash128([2; 16])));
+    assert_eq!(all[1].version.counter(ShortId(7)), 1);
+
+    let under = store
+        .prior_items("docs".into(), Some(vec!["b".into()]))
+        .await
+        .unwrap();
+    assert_eq!(
+        under.iter().map(|p| p.path.as_str()).collect::<Vec<_>>(),
+        ["b/c"]
+    );
+
+    let totals = store.totals("docs".into()).await.unwrap();
+    assert_eq!(
+        totals,
+        Totals {
+            files: 1,
+            directories: 0,
+            symlinks: 0,
+            bytes: 4,
+            sequence: 3
+        }
+    );
+
+    assert_eq!(store.sources().await.unwrap()[0].peers, ["PEER"]);
+    store.set_paused("docs".into(), true).await.unwrap();
+    assert!(store.sources().await.unwrap()[0].paused);
+    store.remove_source("docs".into()).await.unwrap();
+    assert!(
+        store
+            .prior_items("docs".into(), None)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(matches!(
+        store.remove_source("docs".into()).await,
+        Err(Error::UnknownSource(_))
+    ));
+    assert!(matches!(
+        store.commit("docs".into(), vec![]).await,
+        Err(Error::UnknownSource(_))
+    ));
+    drop(store);
+    thread.join();
+}
+
+#[test]
+fn migrates_from_an_empty_database() {
+    let mut conn = rusqlite::Connection::open_in_memory().unwrap();
+    migrations::to_latest(&mut conn).unwrap();
+    let version: i64 = conn
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .unwrap();
+    assert_eq!(version, 2);
+    migrations::all().validate().unwrap();
+}
+
+#[test]
+fn migrates_from_the_previous_schema_keeping_prior_state() {
+    let mut conn = rusqlite::Connection::open_in_memory().unwrap();
+    migrations::to_version(&mut conn, 1).unwrap();
+    conn.execute(
+        "INSERT INTO sources (id, path, format, created_unix_ms) VALUES ('s', '/s', 'files', 1)",
+        [],
+    )
+    .unwrap();
+    let chunks = crate::chunker::encode_chunk_list(&[
+        ChunkRef {
+            offset: 0,
+            len: 10,
+            hash: Hash128([1; 16]),
+        },
+        ChunkRef {
+            offset: 10,
+            len: 5,
+            hash: Hash128([2; 16]),
+        },
+    ]);
+    let mut v = VersionVector::new();
+    v.bump(ShortId(1));
+    conn.execute(
+        "INSERT INTO items (source_id, path, kind, size, mtime_ns, inode, mode, version, sequence, hash, chunks)
+         VALUES ('s', 'f', 0, 15, 1, 2, 420, ?1, 1, ?2, ?3)",
+        rusqlite::params![v.encode(), [9u8; 16].as_slice(), chunks],
+    )
+    .unwrap();
+
+    migrations::to_latest(&mut conn).unwrap();
+    queries::run_pending_maintenance(&mut conn).unwrap();
+    let items = queries::prior_items(&mut conn, "s", None).unwrap();
+    assert_eq!(items.len(), 1);
+    assert_eq!(items[0].meta.size, 15);
+    let located: i64 = conn
+        .query_row(
+            "SELECT COUNT(*) FROM chunk_locations WHERE source_id = 's'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(located, 2, "chunks recorded before the upgrade are indexed");
+    // The upgrade work runs once.
+    let pending: i64 = conn
+        .query_row("SELECT COUNT(*) FROM pending_maintenance", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(pending, 0);
+}
+
+#[test]
+fn a_damaged_record_is_an_error_naming_the_item() {
+    let mut conn = rusqlite::Connection::open_in_memory().unwrap();
+    migrations::to_latest(&mut conn).unwrap();
+    queries::add_source(&mut conn, &row("s")).unwrap();
+    conn.execute(
+        "INSERT INTO items (source_id, path, kind, size, mtime_ns, inode, mode, version, sequence)
+         VALUES ('s', 'bad', 0, 1, 1, 1, 1, x'0102', 1)",
+        [],
+    )
+    .unwrap();
+    let err = queries::prior_items(&mut conn, "s", None)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("\"bad\"") && err.contains("rescan"), "{err}");
+}

@@ -1,0 +1,257 @@
+//! `notify` events → debounced "these item paths may have changed", per source.
+//!
+//! Must not: read file contents or decide what changed (the scanner does). When events are
+//! lost (kernel queue overflow, a full channel, a watch that fails) it asks for a full rescan.
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use notify::{RecursiveMode, Watcher as _};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use crate::scanner::is_internal;
+
+/// What the watcher tells the source task.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WatchEvent {
+    /// These item paths (relative, '/'-separated; "" is the root) may have changed.
+    Paths(Vec<String>),
+    /// Events were lost or cannot be trusted: scan everything.
+    Rescan { reason: String },
+}
+
+/// A live watch on one source root; dropping it stops the watch.
+pub struct Watcher {
+    _inner: notify::RecommendedWatcher,
+    overflow: Arc<AtomicBool>,
+}
+
+impl Watcher {
+    /// True (once) if events were dropped because the source task fell behind.
+    pub fn take_overflow(&self) -> bool {
+        self.overflow.swap(false, Ordering::Relaxed)
+    }
+}
+
+/// Starts watching `root` recursively; events arrive on `tx`.
+///
+/// # Errors
+/// When the OS refuses the watch (for example the inotify watch limit is reached).
+pub fn watch(root: &Path, tx: mpsc::Sender<WatchEvent>) -> Result<Watcher, notify::Error> {
+    let overflow = Arc::new(AtomicBool::new(false));
+    let flag = overflow.clone();
+    let base = root.to_path_buf();
+    let mut inner = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+        let msg = match res {
+            Ok(event) if event.need_rescan() => WatchEvent::Rescan {
+                reason: "the OS dropped file events (queue overflow)".into(),
+            },
+            // Opening and reading (our own scanner does both) changes nothing.
+            Ok(event) if is_read_only(&event.kind) => return,
+            Ok(event) => {
+                let paths: Vec<String> = event
+                    .paths
+                    .iter()
+                    .filter_map(|p| item_path(&base, p))
+                    .collect();
+                if paths.is_empty() {
+                    return;
+                }
+                WatchEvent::Paths(paths)
+            }
+            Err(e) => WatchEvent::Rescan {
+                reason: format!("the file watch failed: {e}"),
+            },
+        };
+        // Never block the OS watcher thread: when the source task is behind, remember that
+        // events were dropped and let it rescan.
+        if tx.try_send(msg).is_err() {
+            flag.store(true, Ordering::Relaxed);
+        }
+    })?;
+    inner.watch(root, RecursiveMode::Recursive)?;
+    Ok(Watcher {
+        _inner: inner,
+        overflow,
+    })
+}
+
+fn is_read_only(kind: &notify::EventKind) -> bool {
+    use notify::event::{AccessKind, AccessMode};
+    matches!(kind, notify::EventKind::Access(a) if *a != AccessKind::Close(AccessMode::Write))
+}
+
+/// The item path of an absolute event path, or `None` for paths outside the root or the
+/// agent's own files.
+fn item_path(root: &Path, path: &Path) -> Option<String> {
+    let rel = path.strip_prefix(root).ok()?;
+    let s = match rel.to_str() {
+        Some(s) => s.to_owned(),
+        // Non-UTF-8 names are reported by the scanner of their (UTF-8) parent.
+        None => rel.parent()?.to_str()?.to_owned(),
+    };
+    if is_internal(&s) {
+        return None;
+    }
+    Some(s)
+}
+
+/// What the debouncer hands over when its deadline passes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Pending {
+    /// Scan the whole source.
+    Full,
+    /// Scan these item paths.
+    Paths(Vec<String>),
+}
+
+/// Collects bursts of events and releases them once quiet, or after a maximum delay.
+#[derive(Debug)]
+pub struct Debouncer {
+    quiet: Duration,
+    max: Duration,
+    paths: HashSet<String>,
+    full: bool,
+    first: Option<Instant>,
+    last: Option<Instant>,
+}
+
+impl Debouncer {
+    /// Waits `quiet` after the last event, but never more than `max` after the first.
+    pub fn new(quiet: Duration, max: Duration) -> Debouncer {
+        Debouncer {
+            quiet,
+            max,
+            paths: HashSet::new(),
+            full: false,
+            first: None,
+            last: None,
+        }
+    }
+
+    fn touch(&mut self, now: Instant) {
+        self.first.get_or_insert(now);
+        self.last = Some(now);
+    }
+
+    /// Adds an event.
+    pub fn push(&mut self, now: Instant, event: WatchEvent) {
+        self.touch(now);
+        match event {
+            WatchEvent::Paths(paths) if !self.full => self.paths.extend(paths),
+            WatchEvent::Paths(_) => {}
+            WatchEvent::Rescan { .. } => {
+                self.full = true;
+                self.paths.clear();
+            }
+        }
+    }
+
+    /// Asks for a full scan at the next deadline.
+    pub fn push_full(&mut self, now: Instant) {
+        self.push(
+            now,
+            WatchEvent::Rescan {
+                reason: String::new(),
+            },
+        );
+    }
+
+    /// True while something waits to be scanned.
+    pub fn is_pending(&self) -> bool {
+        self.first.is_some()
+    }
+
+    /// When the pending work should be released, if any.
+    pub fn deadline(&self) -> Option<Instant> {
+        let (first, last) = (self.first?, self.last?);
+        Some((last + self.quiet).min(first + self.max))
+    }
+
+    /// Takes the pending work, leaving the debouncer empty.
+    pub fn take(&mut self) -> Option<Pending> {
+        self.first?;
+        self.first = None;
+        self.last = None;
+        if std::mem::take(&mut self.full) {
+            self.paths.clear();
+            return Some(Pending::Full);
+        }
+        let mut paths: Vec<String> = self.paths.drain().collect();
+        paths.sort();
+        if paths.iter().any(String::is_empty) {
+            return Some(Pending::Full);
+        }
+        Some(Pending::Paths(paths))
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn paths(p: &[&str]) -> WatchEvent {
+        WatchEvent::Paths(p.iter().map(|s| s.to_string()).collect())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn quiet_period_restarts_with_each_event_up_to_the_maximum() {
+        let mut d = Debouncer::new(Duration::from_millis(100), Duration::from_millis(250));
+        let t0 = Instant::now();
+        assert_eq!(d.deadline(), None);
+        d.push(t0, paths(&["a"]));
+        assert_eq!(d.deadline(), Some(t0 + Duration::from_millis(100)));
+        tokio::time::advance(Duration::from_millis(80)).await;
+        d.push(Instant::now(), paths(&["b"]));
+        assert_eq!(d.deadline(), Some(t0 + Duration::from_millis(180)));
+        tokio::time::advance(Duration::from_millis(90)).await;
+        d.push(Instant::now(), paths(&["a"]));
+        // 170 + 100 would pass the 250 ms cap measured from the first event.
+        assert_eq!(d.deadline(), Some(t0 + Duration::from_millis(250)));
+        assert_eq!(d.take(), Some(Pending::Paths(vec!["a".into(), "b".into()])));
+        assert!(!d.is_pending());
+        assert_eq!(d.take(), None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_rescan_swallows_paths() {
+        let mut d = Debouncer::new(Duration::from_millis(10), Duration::from_millis(20));
+        let now = Instant::now();
+        d.push(now, paths(&["x"]));
+        d.push(
+            now,
+            WatchEvent::Rescan {
+                reason: "overflow".into(),
+            },
+        );
+        d.push(now, paths(&["y"]));
+        assert_eq!(d.take(), Some(Pending::Full));
+        d.push(now, paths(&["", "z"]));
+        assert_eq!(
+            d.take(),
+            Some(Pending::Full),
+            "an event on the root means everything"
+        );
+    }
+
+    #[test]
+    fn event_paths_become_item_paths() {
+        let root = Path::new("/data/src");
+        assert_eq!(
+            item_path(root, Path::new("/data/src/a/b.txt")),
+            Some("a/b.txt".into())
+        );
+        assert_eq!(item_path(root, Path::new("/data/src")), Some(String::new()));
+        assert_eq!(item_path(root, Path::new("/elsewhere/x")), None);
+        assert_eq!(item_path(root, Path::new("/data/src/.tandem/db")), None);
+        assert_eq!(
+            item_path(root, Path::new("/data/src/d/.tandem-tmp-123")),
+            None
+        );
+    }
+}
