@@ -1,14 +1,14 @@
 //! Compiles the .proto files with protox (pure Rust), so a build needs no protoc binary.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let protos = ["control.proto"];
+    let protos = ["control.proto", "peer.proto"];
     for p in &protos {
         println!("cargo:rerun-if-changed={p}");
     }
     let fds = protox::compile(protos, ["."])?;
     tonic_prost_build::configure()
         // JSON output of `tandemctl --json` mirrors the control messages one to one.
-        .type_attribute(".", "#[derive(serde::Serialize)]")
+        .type_attribute(".tandem.control", "#[derive(serde::Serialize)]")
         .compile_fds(fds)?;
     Ok(())
 }

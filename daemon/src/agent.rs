@@ -159,7 +159,13 @@ pub async fn run(
 ) -> Result<(), Error> {
     let config = Config::load(&home)?;
     let listen = listen.unwrap_or(config.listen);
-    let identity = Identity::load_or_create(&home.identity_dir())?;
+    let (identity, opened) = Identity::open(&home.identity_dir())?;
+    if opened.created {
+        info!(device = %identity.device_id, "created a new device identity");
+    }
+    if opened.key_mode_fixed {
+        warn!("the identity key was readable by others; its mode is now 0600");
+    }
     info!(device = %identity.device_id, home = %home.root().display(), "starting tandemd");
     let (store, store_thread) = store::open(&home.database())?;
 

@@ -14,4 +14,5 @@ pub mod logging;
 pub mod scanner;
 pub mod source;
 pub mod store;
+pub mod universal;
 pub mod watcher;

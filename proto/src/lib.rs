@@ -7,3 +7,9 @@ pub mod control {
     #![allow(missing_docs, clippy::all)]
     tonic::include_proto!("tandem.control.v1");
 }
+
+/// Messages and service of `peer.proto`: device ⇄ device, the universal difference format.
+pub mod peer {
+    #![allow(missing_docs, clippy::all)]
+    tonic::include_proto!("tandem.peer.v1");
+}

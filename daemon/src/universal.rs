@@ -1,0 +1,448 @@
+//! The universal difference format: protobuf messages ⇄ domain types, and the one place where
+//! anything a peer sends is checked (paths, sizes, counts, hashes).
+//!
+//! Must not: do I/O, or let a raw prost type or an unchecked path past it.
+
+use std::fmt;
+
+use tandem_proto::peer as pb;
+
+use crate::chunker::{ChunkRef, Hash128, MAX_CHUNK_SIZE};
+use crate::index::VersionVector;
+use crate::item::{ItemKind, Metadata};
+use crate::scanner::{AGENT_DIR, TEMP_PREFIX};
+
+/// Longest item path accepted, in bytes (Linux PATH_MAX).
+pub const MAX_PATH_BYTES: usize = 4096;
+/// Longest single path component, in bytes (NAME_MAX).
+pub const MAX_NAME_BYTES: usize = 255;
+/// Most chunks one item may list (about 30 GiB at the average chunk size).
+pub const MAX_CHUNKS_PER_ITEM: usize = 500_000;
+/// Most items one index update may carry.
+pub const MAX_ITEMS_PER_UPDATE: usize = 5_000;
+/// Longest symlink target accepted, in bytes.
+pub const MAX_LINK_BYTES: usize = 4096;
+/// Most devices one version vector may name.
+pub const MAX_VERSION_COUNTERS: usize = 1_000;
+
+/// Why something from a peer was refused. Nothing of a refused item is written.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refused {
+    #[error("path {path:?} is not allowed: {reason}")]
+    Path { path: String, reason: &'static str },
+    #[error("item {path:?}: {reason}")]
+    Item { path: String, reason: String },
+    #[error(
+        "index update for source {source_id:?} has {count} items, more than the limit of {MAX_ITEMS_PER_UPDATE}"
+    )]
+    TooManyItems { source_id: String, count: usize },
+}
+
+/// A relative item path that is safe to join to a source root: no `..`, no absolute path,
+/// no empty or `.` components, no NUL, not the agent's own folder or temp files.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ItemPath(String);
+
+impl ItemPath {
+    /// Checks a path from a peer (or anywhere else untrusted).
+    ///
+    /// # Errors
+    /// [`Refused::Path`] naming the path and what is wrong with it.
+    pub fn parse(path: &str) -> Result<ItemPath, Refused> {
+        let refuse = |reason| {
+            Err(Refused::Path {
+                path: path.to_owned(),
+                reason,
+            })
+        };
+        if path.is_empty() {
+            return refuse("it is empty");
+        }
+        if path.len() > MAX_PATH_BYTES {
+            return refuse("it is longer than 4096 bytes");
+        }
+        if path.contains('\0') {
+            return refuse("it contains a NUL byte");
+        }
+        if path.starts_with('/') {
+            return refuse("it is absolute");
+        }
+        for name in path.split('/') {
+            match name {
+                "" => return refuse("it has an empty component (leading, trailing or double '/')"),
+                "." | ".." => return refuse("it has a '.' or '..' component"),
+                _ if name.len() > MAX_NAME_BYTES => {
+                    return refuse("a component is longer than 255 bytes");
+                }
+                _ if name.starts_with(TEMP_PREFIX) => return refuse("it names an agent temp file"),
+                _ => {}
+            }
+        }
+        if path == AGENT_DIR || path.starts_with(&format!("{AGENT_DIR}/")) {
+            return refuse("it is inside the agent's own folder");
+        }
+        Ok(ItemPath(path.to_owned()))
+    }
+
+    /// The path as a string.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for ItemPath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// One item's state as a peer announced it, after every check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteItem {
+    pub path: ItemPath,
+    pub meta: Metadata,
+    pub version: VersionVector,
+    pub hash: Option<Hash128>,
+    pub chunks: Vec<ChunkRef>,
+    pub deleted: bool,
+    /// The sender's local sequence for this item.
+    pub sequence: u64,
+}
+
+/// Encodes a version vector.
+pub fn version_to_pb(v: &VersionVector) -> pb::Version {
+    pb::Version {
+        counters: v
+            .iter()
+            .map(|(id, value)| pb::Counter {
+                device: id.0,
+                value,
+            })
+            .collect(),
+    }
+}
+
+/// Decodes a version vector, refusing duplicates, zeros and oversized vectors.
+pub fn version_from_pb(path: &str, v: Option<&pb::Version>) -> Result<VersionVector, Refused> {
+    let item = |reason: String| Refused::Item {
+        path: path.to_owned(),
+        reason,
+    };
+    let Some(v) = v else {
+        return Err(item("it has no version".into()));
+    };
+    if v.counters.len() > MAX_VERSION_COUNTERS {
+        return Err(item(format!(
+            "its version names {} devices",
+            v.counters.len()
+        )));
+    }
+    let mut pairs: Vec<(u64, u64)> = v.counters.iter().map(|c| (c.device, c.value)).collect();
+    pairs.sort_unstable();
+    let mut bytes = Vec::with_capacity(pairs.len() * 16);
+    for (device, value) in pairs {
+        bytes.extend_from_slice(&device.to_be_bytes());
+        bytes.extend_from_slice(&value.to_be_bytes());
+    }
+    let version = VersionVector::decode(&bytes).map_err(|e| item(format!("bad version: {e}")))?;
+    if version.is_empty() {
+        return Err(item("its version is empty".into()));
+    }
+    Ok(version)
+}
+
+/// Encodes an item for a peer.
+pub fn item_to_pb(item: &RemoteItem) -> pb::Item {
+    pb::Item {
+        path: item.path.as_str().to_owned(),
+        kind: match item.meta.kind {
+            ItemKind::File => pb::ItemKind::File,
+            ItemKind::Directory => pb::ItemKind::Directory,
+            ItemKind::Symlink => pb::ItemKind::Symlink,
+        } as i32,
+        size: item.meta.size,
+        mtime_ns: item.meta.mtime_ns,
+        mode: item.meta.mode,
+        version: Some(version_to_pb(&item.version)),
+        hash: item.hash.map(|h| h.0.to_vec()).unwrap_or_default(),
+        chunks: item
+            .chunks
+            .iter()
+            .map(|c| pb::ChunkInfo {
+                hash: c.hash.0.to_vec(),
+                len: c.len,
+            })
+            .collect(),
+        symlink_target: item.meta.symlink_target.clone().unwrap_or_default(),
+        deleted: item.deleted,
+        sequence: item.sequence,
+    }
+}
+
+/// Checks and decodes one item from a peer.
+///
+/// # Errors
+/// [`Refused`] naming the item and what is wrong; nothing of it may be used.
+pub fn item_from_pb(msg: &pb::Item) -> Result<RemoteItem, Refused> {
+    let path = ItemPath::parse(&msg.path)?;
+    let bad = |reason: String| Refused::Item {
+        path: msg.path.clone(),
+        reason,
+    };
+    let kind = match pb::ItemKind::try_from(msg.kind) {
+        Ok(pb::ItemKind::File) => ItemKind::File,
+        Ok(pb::ItemKind::Directory) => ItemKind::Directory,
+        Ok(pb::ItemKind::Symlink) => ItemKind::Symlink,
+        Err(_) => return Err(bad(format!("unknown kind {}", msg.kind))),
+    };
+    let version = version_from_pb(&msg.path, msg.version.as_ref())?;
+    if msg.mode > 0o7777 {
+        return Err(bad(format!(
+            "mode {:o} has bits beyond permissions",
+            msg.mode
+        )));
+    }
+    let mut hash = None;
+    let mut chunks = Vec::new();
+    let symlink_target = match kind {
+        ItemKind::Symlink if !msg.deleted => {
+            let t = &msg.symlink_target;
+            if t.is_empty() || t.len() > MAX_LINK_BYTES || t.contains('\0') {
+                return Err(bad(
+                    "symlink target is empty, too long or has a NUL byte".into()
+                ));
+            }
+            Some(t.clone())
+        }
+        _ => None,
+    };
+    if kind == ItemKind::File && !msg.deleted {
+        hash = Some(
+            Hash128::from_slice(&msg.hash)
+                .ok_or_else(|| bad("content hash is not 16 bytes".into()))?,
+        );
+        if msg.chunks.len() > MAX_CHUNKS_PER_ITEM {
+            return Err(bad(format!(
+                "{} chunks is more than the limit",
+                msg.chunks.len()
+            )));
+        }
+        let mut offset: u64 = 0;
+        chunks.reserve(msg.chunks.len());
+        for (i, c) in msg.chunks.iter().enumerate() {
+            let h = Hash128::from_slice(&c.hash)
+                .ok_or_else(|| bad(format!("chunk {i} hash is not 16 bytes")))?;
+            if c.len == 0 || c.len > MAX_CHUNK_SIZE {
+                return Err(bad(format!("chunk {i} has length {}", c.len)));
+            }
+            chunks.push(ChunkRef {
+                offset,
+                len: c.len,
+                hash: h,
+            });
+            offset += u64::from(c.len);
+        }
+        if offset != msg.size {
+            return Err(bad(format!(
+                "chunks add up to {offset} bytes but the size is {}",
+                msg.size
+            )));
+        }
+    } else if !msg.chunks.is_empty() || (msg.size != 0 && kind != ItemKind::File) {
+        return Err(bad("only a live file may carry content".into()));
+    }
+    Ok(RemoteItem {
+        path,
+        meta: Metadata {
+            kind,
+            size: if msg.deleted { 0 } else { msg.size },
+            mtime_ns: msg.mtime_ns,
+            inode: 0,
+            mode: msg.mode,
+            symlink_target,
+        },
+        version,
+        hash,
+        chunks,
+        deleted: msg.deleted,
+        sequence: msg.sequence,
+    })
+}
+
+/// Checks and decodes a whole index update; refuses it whole if it is oversized, and
+/// reports bad items one by one so the good ones still apply.
+pub fn update_from_pb(msg: &pb::IndexUpdate) -> Result<Vec<Result<RemoteItem, Refused>>, Refused> {
+    if msg.items.len() > MAX_ITEMS_PER_UPDATE {
+        return Err(Refused::TooManyItems {
+            source_id: msg.source.clone(),
+            count: msg.items.len(),
+        });
+    }
+    Ok(msg.items.iter().map(item_from_pb).collect())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::index::ShortId;
+    use proptest::prelude::*;
+
+    fn check_path(path: &str, expect: Result<(), &str>) {
+        match (ItemPath::parse(path), expect) {
+            (Ok(p), Ok(())) => assert_eq!(p.as_str(), path),
+            (Err(Refused::Path { reason, .. }), Err(want)) => {
+                assert!(
+                    reason.contains(want),
+                    "{path:?}: {reason:?} should mention {want:?}"
+                )
+            }
+            (got, want) => panic!("{path:?}: got {got:?}, want {want:?}"),
+        }
+    }
+
+    #[test]
+    fn paths_from_peers_are_checked() {
+        check_path("a/b c/ü.txt", Ok(()));
+        check_path("name\nwith newline", Ok(()));
+        check_path(".tandemx", Ok(()));
+        check_path("", Err("empty"));
+        check_path("/etc/passwd", Err("absolute"));
+        check_path("../x", Err("'..'"));
+        check_path("a/../../x", Err("'..'"));
+        check_path("a/./b", Err("'.'"));
+        check_path("a//b", Err("empty component"));
+        check_path("a/", Err("empty component"));
+        check_path("a\0b", Err("NUL"));
+        check_path(".tandem", Err("agent's own folder"));
+        check_path(".tandem/db", Err("agent's own folder"));
+        check_path("d/.tandem-tmp-1", Err("temp file"));
+        check_path(&"x".repeat(256), Err("255"));
+        check_path(&"a/".repeat(2100), Err("4096"));
+    }
+
+    fn file_item() -> RemoteItem {
+        let mut version = VersionVector::new();
+        version.bump(ShortId(42));
+        RemoteItem {
+            path: ItemPath::parse("docs/a.txt").unwrap(),
+            meta: Metadata {
+                kind: ItemKind::File,
+                size: 30,
+                mtime_ns: -5,
+                inode: 0,
+                mode: 0o640,
+                symlink_target: None,
+            },
+            version,
+            hash: Some(Hash128([7; 16])),
+            chunks: vec![
+                ChunkRef {
+                    offset: 0,
+                    len: 10,
+                    hash: Hash128([1; 16]),
+                },
+                ChunkRef {
+                    offset: 10,
+                    len: 20,
+                    hash: Hash128([2; 16]),
+                },
+            ],
+            deleted: false,
+            sequence: 9,
+        }
+    }
+
+    #[test]
+    fn items_round_trip() {
+        let item = file_item();
+        assert_eq!(item_from_pb(&item_to_pb(&item)).unwrap(), item);
+        let mut link = file_item();
+        link.meta = Metadata {
+            kind: ItemKind::Symlink,
+            size: 0,
+            mtime_ns: 1,
+            inode: 0,
+            mode: 0o777,
+            symlink_target: Some("../elsewhere".into()),
+        };
+        link.hash = None;
+        link.chunks.clear();
+        assert_eq!(item_from_pb(&item_to_pb(&link)).unwrap(), link);
+    }
+
+    #[test]
+    fn inconsistent_items_are_refused() {
+        let good = item_to_pb(&file_item());
+        type Mutation = Box<dyn Fn(&mut pb::Item)>;
+        let cases: Vec<(&str, Mutation)> = vec![
+            ("size", Box::new(|m| m.size += 1)),
+            ("16 bytes", Box::new(|m| m.hash.truncate(3))),
+            ("chunk 1 hash", Box::new(|m| m.chunks[1].hash.push(0))),
+            ("length 0", Box::new(|m| m.chunks[0].len = 0)),
+            ("no version", Box::new(|m| m.version = None)),
+            (
+                "empty",
+                Box::new(|m| m.version = Some(pb::Version::default())),
+            ),
+            ("unknown kind", Box::new(|m| m.kind = 9)),
+            ("mode", Box::new(|m| m.mode = 0o170000)),
+            (
+                "only a live file",
+                Box::new(|m| m.kind = pb::ItemKind::Directory as i32),
+            ),
+            (
+                "twice",
+                Box::new(|m| {
+                    let c = m.version.as_ref().unwrap().counters[0];
+                    m.version.as_mut().unwrap().counters.push(c);
+                }),
+            ),
+        ];
+        for (want, mutate) in cases {
+            let mut m = good.clone();
+            mutate(&mut m);
+            let err = item_from_pb(&m).unwrap_err().to_string();
+            assert!(
+                err.contains(want) && err.contains("docs/a.txt"),
+                "{want}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn oversized_updates_are_refused_whole() {
+        let update = pb::IndexUpdate {
+            source: "s".into(),
+            items: vec![pb::Item::default(); MAX_ITEMS_PER_UPDATE + 1],
+            caught_up: false,
+        };
+        assert!(matches!(
+            update_from_pb(&update),
+            Err(Refused::TooManyItems { .. })
+        ));
+        let mut bad = item_to_pb(&file_item());
+        bad.path = "../escape".into();
+        let update = pb::IndexUpdate {
+            source: "s".into(),
+            items: vec![item_to_pb(&file_item()), bad],
+            caught_up: true,
+        };
+        let results = update_from_pb(&update).unwrap();
+        assert!(
+            results[0].is_ok() && results[1].is_err(),
+            "one bad item does not spoil the rest"
+        );
+    }
+
+    proptest! {
+        #[test]
+        fn parsed_paths_never_escape(path in "[a-z./\\\\]{0,12}") {
+            if let Ok(p) = ItemPath::parse(&path) {
+                let joined = std::path::Path::new("/root").join(p.as_str());
+                prop_assert!(joined.starts_with("/root"));
+                prop_assert!(joined.components().all(|c| matches!(c, std::path::Component::RootDir | std::path::Component::Normal(_))));
+            }
+        }
+    }
+}
