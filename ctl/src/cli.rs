@@ -36,6 +36,9 @@ pub enum Command {
     /// Add, list or remove sources
     #[command(subcommand)]
     Source(SourceCommand),
+    /// Add, list or remove the devices this device talks to
+    #[command(subcommand)]
+    Peer(PeerCommand),
     /// Scan a source now (all sources when ID is omitted)
     Rescan(OptionalSource),
     /// Stop syncing a source (all sources when ID is omitted)
@@ -74,6 +77,25 @@ pub enum SourceCommand {
     Remove {
         /// Source to remove
         id: String,
+    },
+}
+
+/// `peer …` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum PeerCommand {
+    /// Trust device DEVICE (the ID `tandemctl id` prints there), reachable at ADDR (host:port)
+    Add {
+        /// The other device's ID
+        device: String,
+        /// Where to reach it; omit when it only dials in
+        address: Option<String>,
+    },
+    /// List the trusted devices
+    List,
+    /// Stop trusting device DEVICE
+    Remove {
+        /// The device's ID
+        device: String,
     },
 }
 

@@ -8,12 +8,12 @@ use std::path::Path;
 
 use tandem_proto::control::control_client::ControlClient;
 use tandem_proto::control::{
-    Ack, IdRequest, SourceAddRequest, SourceListRequest, SourceRequest, StatusRequest, WaitRequest,
-    WatchRequest,
+    Ack, IdRequest, PeerAddRequest, PeerListRequest, PeerRequest, SourceAddRequest,
+    SourceListRequest, SourceRequest, StatusRequest, WaitRequest, WatchRequest,
 };
 use tonic::transport::Channel;
 
-use crate::cli::{self, Command, OptionalSource, SourceCommand};
+use crate::cli::{self, Command, OptionalSource, PeerCommand, SourceCommand};
 use crate::output;
 use crate::{Failure, Outcome};
 
@@ -49,6 +49,48 @@ pub async fn run<W: Write>(ctx: &mut Ctx<W>, command: Command) -> Result<Outcome
                 .await?
                 .into_inner();
             print_ack(ctx, &ack, &format!("removed source {id}"))
+        }
+        Command::Peer(PeerCommand::Add { device, address }) => {
+            let reply = ctx
+                .client
+                .peer_add(PeerAddRequest {
+                    device_id: device,
+                    address: address.unwrap_or_default(),
+                })
+                .await?
+                .into_inner();
+            if ctx.json {
+                output::json_document(&mut ctx.out, &reply)?;
+            } else {
+                writeln!(ctx.out, "added peer {}", output::peer_line(&reply))?;
+            }
+            Ok(Outcome::Success)
+        }
+        Command::Peer(PeerCommand::List) => {
+            let reply = ctx.client.peer_list(PeerListRequest {}).await?.into_inner();
+            if ctx.json {
+                output::json_document(&mut ctx.out, &reply)?;
+            } else if reply.peers.is_empty() {
+                writeln!(
+                    ctx.out,
+                    "no peers; add one with: tandemctl peer add DEVICE [ADDR]"
+                )?;
+            } else {
+                for p in &reply.peers {
+                    writeln!(ctx.out, "{}", output::peer_line(p))?;
+                }
+            }
+            Ok(Outcome::Success)
+        }
+        Command::Peer(PeerCommand::Remove { device }) => {
+            let ack = ctx
+                .client
+                .peer_remove(PeerRequest {
+                    device_id: device.clone(),
+                })
+                .await?
+                .into_inner();
+            print_ack(ctx, &ack, &format!("removed peer {device}"))
         }
         Command::Rescan(target) => {
             let ack = ctx.client.rescan(request(&target)).await?.into_inner();

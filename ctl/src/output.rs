@@ -8,7 +8,7 @@ use std::io::{self, Write};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
-use tandem_proto::control::{Event, SourceStatus, StatusReply, WaitReply};
+use tandem_proto::control::{Event, PeerInfo, SourceStatus, StatusReply, WaitReply};
 
 /// Writes `value` as one pretty-printed JSON document.
 pub fn json_document(out: &mut impl Write, value: &impl Serialize) -> io::Result<()> {
@@ -93,6 +93,16 @@ pub fn source_list(out: &mut impl Write, sources: &[SourceStatus]) -> io::Result
         )?;
     }
     Ok(())
+}
+
+/// One peer: its device ID and where it is dialled.
+pub fn peer_line(p: &PeerInfo) -> String {
+    let address = if p.address.is_empty() {
+        "(dials in)"
+    } else {
+        p.address.as_str()
+    };
+    format!("{}  {}", p.device_id, address)
 }
 
 /// Writes "in sync", or what is still pending.

@@ -124,6 +124,37 @@ impl Control for Fake {
         }))
     }
 
+    async fn peer_add(
+        &self,
+        request: Request<tandem_proto::control::PeerAddRequest>,
+    ) -> Result<Response<tandem_proto::control::PeerInfo>, Status> {
+        let req = request.into_inner();
+        Ok(Response::new(tandem_proto::control::PeerInfo {
+            device_id: req.device_id,
+            address: req.address,
+            added_unix_ms: 1,
+        }))
+    }
+
+    async fn peer_list(
+        &self,
+        _: Request<tandem_proto::control::PeerListRequest>,
+    ) -> Result<Response<tandem_proto::control::PeerListReply>, Status> {
+        Ok(Response::new(
+            tandem_proto::control::PeerListReply::default(),
+        ))
+    }
+
+    async fn peer_remove(
+        &self,
+        request: Request<tandem_proto::control::PeerRequest>,
+    ) -> Result<Response<Ack>, Status> {
+        Err(Status::not_found(format!(
+            "no peer with device ID {}",
+            request.into_inner().device_id
+        )))
+    }
+
     type WatchStream = ReceiverStream<Result<Event, Status>>;
 
     async fn watch(&self, _: Request<WatchRequest>) -> Result<Response<Self::WatchStream>, Status> {

@@ -18,7 +18,7 @@ use crate::control;
 use crate::events::{Event, EventBus, EventKind, unix_ms_now};
 use crate::identity::{DeviceId, Identity};
 use crate::source::{self, SourceCommander, SourceConfig, SourceHandle, SourceStatus};
-use crate::store::{self, SourceRow, StoreHandle};
+use crate::store::{self, PeerRow, SourceRow, StoreHandle};
 
 /// Formats a source may name. Only `files` has a reader and writer in this build.
 pub const FORMATS: &[&str] = &[
@@ -44,6 +44,8 @@ pub enum Error {
     Control { path: PathBuf, reason: String },
     #[error("no source with id {0:?}; `tandemctl source list` shows the ids")]
     UnknownSource(String),
+    #[error("no peer with device ID {0}; `tandemctl peer list` shows the known devices")]
+    UnknownPeer(String),
     #[error("{0}")]
     Invalid(String),
     #[error("the agent is shutting down")]
@@ -142,6 +144,52 @@ impl AgentHandle {
             t.resume().await;
         }
         Ok(targets.len())
+    }
+
+    /// Pins a device, or updates the address of one already pinned.
+    pub async fn add_peer(&self, device_id: &str, address: &str) -> Result<PeerRow, Error> {
+        let id: DeviceId = device_id
+            .parse()
+            .map_err(|e: crate::identity::ParseDeviceIdError| Error::Invalid(e.to_string()))?;
+        if id == self.info.device_id {
+            return Err(Error::Invalid(format!(
+                "{id} is this device's own ID; add the ID that `tandemctl id` prints on the other device"
+            )));
+        }
+        let address = validate_address(address)?;
+        let row = PeerRow {
+            device_id: id.to_string(),
+            address,
+            added_unix_ms: unix_ms_now(),
+        };
+        self.store.add_peer(row.clone()).await?;
+        info!(peer = %id.short_string(), address = ?row.address, "peer added");
+        let peers = self.store.peers().await?;
+        peers
+            .into_iter()
+            .find(|p| p.device_id == row.device_id)
+            .ok_or(Error::ShuttingDown)
+    }
+
+    /// Forgets a device.
+    pub async fn remove_peer(&self, device_id: &str) -> Result<(), Error> {
+        // Accept the ID in any spelling the user might paste; store it canonically.
+        let canonical = match device_id.parse::<DeviceId>() {
+            Ok(id) => id.to_string(),
+            Err(e) => return Err(Error::Invalid(e.to_string())),
+        };
+        self.store
+            .remove_peer(canonical)
+            .await
+            .map_err(|e| match e {
+                store::Error::UnknownPeer(id) => Error::UnknownPeer(id),
+                other => Error::Store(other),
+            })
+    }
+
+    /// Every pinned device.
+    pub async fn peers(&self) -> Result<Vec<PeerRow>, Error> {
+        Ok(self.store.peers().await?)
     }
 
     /// Receivers of every source's status, for waiting on them.
@@ -400,6 +448,31 @@ fn validate_format(format: &str) -> Result<(), Error> {
     }
 }
 
+/// Checks a `host:port` to dial; empty means "the peer dials in".
+fn validate_address(address: &str) -> Result<Option<String>, Error> {
+    if address.is_empty() {
+        return Ok(None);
+    }
+    let bad = || {
+        Error::Invalid(format!(
+            "address {address:?} is not host:port (for example 192.168.1.20:22000 or nas.local:22000)"
+        ))
+    };
+    if address.parse::<SocketAddr>().is_ok() {
+        return Ok(Some(address.to_owned()));
+    }
+    let (host, port) = address.rsplit_once(':').ok_or_else(bad)?;
+    let host_ok = !host.is_empty()
+        && host.len() <= 253
+        && host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-'));
+    match port.parse::<u16>() {
+        Ok(p) if p > 0 && host_ok => Ok(Some(address.to_owned())),
+        _ => Err(bad()),
+    }
+}
+
 fn validate_path(path: &Path, home: &Path) -> Result<PathBuf, Error> {
     if !path.is_absolute() {
         return Err(Error::Invalid(format!(
@@ -450,6 +523,27 @@ mod tests {
         for bad in ["", ".hidden", "a/b", "sp ace", &"x".repeat(65)] {
             let e = validate_id(bad).unwrap_err().to_string();
             assert!(e.contains("not valid"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn addresses_are_checked() {
+        assert_eq!(validate_address("").unwrap(), None);
+        assert_eq!(
+            validate_address("127.0.0.1:22000").unwrap().as_deref(),
+            Some("127.0.0.1:22000")
+        );
+        assert_eq!(
+            validate_address("[::1]:5").unwrap().as_deref(),
+            Some("[::1]:5")
+        );
+        assert_eq!(
+            validate_address("nas.local:22000").unwrap().as_deref(),
+            Some("nas.local:22000")
+        );
+        for bad in ["nas.local", "host:0", "host:99999", ":22", "a b:1"] {
+            let e = validate_address(bad).unwrap_err().to_string();
+            assert!(e.contains("host:port"), "{bad}: {e}");
         }
     }
 

@@ -63,7 +63,7 @@ struct ControlService {
 
 fn status_of(e: Error) -> Status {
     match e {
-        Error::UnknownSource(_) => Status::not_found(e.to_string()),
+        Error::UnknownSource(_) | Error::UnknownPeer(_) => Status::not_found(e.to_string()),
         Error::Invalid(_) => Status::invalid_argument(e.to_string()),
         Error::ShuttingDown => Status::unavailable(e.to_string()),
         other => Status::internal(other.to_string()),
@@ -94,6 +94,14 @@ fn source_pb(s: &SourceStatus) -> pb::SourceStatus {
             })
             .collect(),
         peers: s.peers.clone(),
+    }
+}
+
+fn peer_pb(p: crate::store::PeerRow) -> pb::PeerInfo {
+    pb::PeerInfo {
+        device_id: p.device_id,
+        address: p.address.unwrap_or_default(),
+        added_unix_ms: p.added_unix_ms,
     }
 }
 
@@ -280,6 +288,40 @@ impl Control for ControlService {
                 None => notified.await,
             }
         }
+    }
+
+    async fn peer_add(
+        &self,
+        req: Request<pb::PeerAddRequest>,
+    ) -> Result<Response<pb::PeerInfo>, Status> {
+        let req = req.into_inner();
+        let row = self
+            .agent
+            .add_peer(&req.device_id, &req.address)
+            .await
+            .map_err(status_of)?;
+        Ok(Response::new(peer_pb(row)))
+    }
+
+    async fn peer_list(
+        &self,
+        _: Request<pb::PeerListRequest>,
+    ) -> Result<Response<pb::PeerListReply>, Status> {
+        let peers = self.agent.peers().await.map_err(status_of)?;
+        Ok(Response::new(pb::PeerListReply {
+            peers: peers.into_iter().map(peer_pb).collect(),
+        }))
+    }
+
+    async fn peer_remove(
+        &self,
+        req: Request<pb::PeerRequest>,
+    ) -> Result<Response<pb::Ack>, Status> {
+        let id = req.into_inner().device_id;
+        self.agent.remove_peer(&id).await.map_err(status_of)?;
+        Ok(Response::new(pb::Ack {
+            message: format!("removed peer {id}"),
+        }))
     }
 
     type WatchStream = EventStream;

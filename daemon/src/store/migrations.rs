@@ -7,6 +7,7 @@ pub(super) fn all() -> Migrations<'static> {
     Migrations::new(vec![
         M::up(include_str!("../../../migrations/0001_prior_state.sql")),
         M::up(include_str!("../../../migrations/0002_chunk_locations.sql")),
+        M::up(include_str!("../../../migrations/0003_peers.sql")),
     ])
 }
 

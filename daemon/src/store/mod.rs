@@ -13,7 +13,7 @@ use std::thread::JoinHandle;
 
 use tokio::sync::oneshot;
 
-pub use queries::{SourceRow, Totals};
+pub use queries::{PeerRow, SourceRow, Totals};
 
 /// A failure of the store; each names what was being done.
 #[derive(Debug, thiserror::Error)]
@@ -28,6 +28,8 @@ pub enum Error {
     SourceExists(String),
     #[error("no source with id {0:?}; `tandemctl source list` shows the ids")]
     UnknownSource(String),
+    #[error("no peer with device ID {0}; `tandemctl peer list` shows the known devices")]
+    UnknownPeer(String),
     #[error(
         "prior state of {path:?} in source {source_id:?} is unreadable ({reason}); rescan the source"
     )]
@@ -175,6 +177,22 @@ impl StoreHandle {
     ) -> Result<Vec<u64>> {
         self.call(move |c| queries::commit(c, &source_id, &diffs))
             .await
+    }
+
+    /// Records a peer, or updates its address if it is known already.
+    pub async fn add_peer(&self, peer: PeerRow) -> Result<()> {
+        self.call(move |c| queries::add_peer(c, &peer)).await
+    }
+
+    /// Forgets a peer and its cursors.
+    pub async fn remove_peer(&self, device_id: String) -> Result<()> {
+        self.call(move |c| queries::remove_peer(c, &device_id))
+            .await
+    }
+
+    /// All peers, in device ID order.
+    pub async fn peers(&self) -> Result<Vec<PeerRow>> {
+        self.call(queries::peers).await
     }
 
     /// Counts of live items and bytes in a source, and its local sequence.

@@ -22,6 +22,16 @@ pub struct SourceRow {
     pub peers: Vec<String>,
 }
 
+/// A device this device talks to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerRow {
+    /// The peer's device ID, in its canonical grouped form.
+    pub device_id: String,
+    /// host:port to dial, if known.
+    pub address: Option<String>,
+    pub added_unix_ms: u64,
+}
+
 /// Live (not deleted) items of a source, by kind, and its local sequence.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Totals {
@@ -468,4 +478,41 @@ pub(super) fn run_pending_maintenance(c: &mut Connection) -> Result<()> {
     )
     .map_err(&err)?;
     tx.commit().map_err(&err)
+}
+
+pub(super) fn add_peer(c: &mut Connection, peer: &PeerRow) -> Result<()> {
+    c.execute(
+        "INSERT INTO peers (device_id, address, added_unix_ms) VALUES (?1, ?2, ?3)
+         ON CONFLICT (device_id) DO UPDATE SET address = COALESCE(excluded.address, peers.address)",
+        params![peer.device_id, peer.address, to_i64(peer.added_unix_ms)],
+    )
+    .map_err(sql("adding a peer"))?;
+    Ok(())
+}
+
+pub(super) fn remove_peer(c: &mut Connection, device_id: &str) -> Result<()> {
+    let n = c
+        .execute("DELETE FROM peers WHERE device_id = ?1", [device_id])
+        .map_err(sql("removing a peer"))?;
+    if n == 0 {
+        return Err(Error::UnknownPeer(device_id.to_owned()));
+    }
+    Ok(())
+}
+
+pub(super) fn peers(c: &mut Connection) -> Result<Vec<PeerRow>> {
+    let err = sql("listing peers");
+    let mut stmt = c
+        .prepare_cached("SELECT device_id, address, added_unix_ms FROM peers ORDER BY device_id")
+        .map_err(&err)?;
+    stmt.query_map([], |r| {
+        Ok(PeerRow {
+            device_id: r.get(0)?,
+            address: r.get(1)?,
+            added_unix_ms: to_u64(r.get(2)?),
+        })
+    })
+    .map_err(&err)?
+    .collect::<rusqlite::Result<Vec<_>>>()
+    .map_err(&err)
 }

@@ -118,7 +118,7 @@ fn migrates_from_an_empty_database() {
     let version: i64 = conn
         .pragma_query_value(None, "user_version", |r| r.get(0))
         .unwrap();
-    assert_eq!(version, 2);
+    assert_eq!(version, 3);
     migrations::all().validate().unwrap();
 }
 
@@ -187,4 +187,50 @@ fn a_damaged_record_is_an_error_naming_the_item() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("\"bad\"") && err.contains("rescan"), "{err}");
+}
+
+#[tokio::test]
+async fn peers_are_recorded_once() {
+    let (store, thread) = open_in_memory().unwrap();
+    store
+        .add_peer(PeerRow {
+            device_id: "B".into(),
+            address: Some("127.0.0.1:1".into()),
+            added_unix_ms: 1,
+        })
+        .await
+        .unwrap();
+    // Adding again updates the address instead of failing: `peer add` is idempotent.
+    store
+        .add_peer(PeerRow {
+            device_id: "B".into(),
+            address: Some("127.0.0.1:2".into()),
+            added_unix_ms: 2,
+        })
+        .await
+        .unwrap();
+    store
+        .add_peer(PeerRow {
+            device_id: "A".into(),
+            address: None,
+            added_unix_ms: 3,
+        })
+        .await
+        .unwrap();
+    let peers = store.peers().await.unwrap();
+    assert_eq!(peers.len(), 2);
+    assert_eq!(peers[0].device_id, "A");
+    assert_eq!(peers[1].address.as_deref(), Some("127.0.0.1:2"));
+    assert_eq!(
+        peers[1].added_unix_ms, 1,
+        "the first time it was added is kept"
+    );
+    store.remove_peer("B".into()).await.unwrap();
+    assert!(matches!(
+        store.remove_peer("B".into()).await,
+        Err(Error::UnknownPeer(_))
+    ));
+    assert_eq!(store.peers().await.unwrap().len(), 1);
+    drop(store);
+    thread.join();
 }
