@@ -24,8 +24,14 @@ use tandem::store::{self, SourceRow};
 fn main() -> anyhow::Result<()> {
     let quick = std::env::var_os("TANDEM_BENCH_QUICK").is_some();
     let base = std::env::var_os("TANDEM_BENCH_DIR").map_or_else(std::env::temp_dir, Into::into);
-    let dir = tempfile::Builder::new().prefix("tandem-bench-").tempdir_in(base)?;
-    let (file_mib, files) = if quick { (64u64, 5_000usize) } else { (1024, 100_000) };
+    let dir = tempfile::Builder::new()
+        .prefix("tandem-bench-")
+        .tempdir_in(base)?;
+    let (file_mib, files) = if quick {
+        (64u64, 5_000usize)
+    } else {
+        (1024, 100_000)
+    };
 
     let mut rows = Vec::new();
     rows.extend(bench_hash(dir.path(), file_mib)?);
@@ -40,7 +46,10 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn best_of<T>(runs: usize, mut f: impl FnMut() -> anyhow::Result<T>) -> anyhow::Result<(Duration, T)> {
+fn best_of<T>(
+    runs: usize,
+    mut f: impl FnMut() -> anyhow::Result<T>,
+) -> anyhow::Result<(Duration, T)> {
     let mut best: Option<(Duration, T)> = None;
     for _ in 0..runs {
         let t = Instant::now();
@@ -55,7 +64,10 @@ fn best_of<T>(runs: usize, mut f: impl FnMut() -> anyhow::Result<T>) -> anyhow::
 
 fn bench_hash(dir: &Path, mib: u64) -> anyhow::Result<Vec<String>> {
     let path = dir.join("large.bin");
-    eprintln!("writing {mib} MiB of pseudo-random data to {}", path.display());
+    eprintln!(
+        "writing {mib} MiB of pseudo-random data to {}",
+        path.display()
+    );
     {
         let mut f = fs::File::create(&path)?;
         let mut state = 0x9e37_79b9_7f4a_7c15_u64;
@@ -74,13 +86,19 @@ fn bench_hash(dir: &Path, mib: u64) -> anyhow::Result<Vec<String>> {
     }
     let bytes = mib << 20;
     // Warm the page cache so both sides read from memory.
-    let _ = Command::new("cat").arg(&path).stdout(Stdio::null()).status()?;
+    let _ = Command::new("cat")
+        .arg(&path)
+        .stdout(Stdio::null())
+        .status()?;
     let (ours, hashed) = best_of(3, || {
         let f = fs::File::open(&path)?;
         Ok(chunker::hash_reader(f, &mut |_| {})?)
     })?;
     let (sha, _) = best_of(3, || {
-        let st = Command::new("sha256sum").arg(&path).stdout(Stdio::null()).status()?;
+        let st = Command::new("sha256sum")
+            .arg(&path)
+            .stdout(Stdio::null())
+            .status()?;
         anyhow::ensure!(st.success(), "sha256sum failed");
         Ok(())
     })?;
@@ -118,14 +136,21 @@ fn bench_rescan(dir: &Path, files: usize) -> anyhow::Result<Vec<String>> {
     eprintln!("creating {files} files under {}", root.display());
     let per_dir = 100;
     for i in 0..files {
-        let d = root.join(format!("d{:03}", i / per_dir / 10)).join(format!("s{}", (i / per_dir) % 10));
+        let d = root
+            .join(format!("d{:03}", i / per_dir / 10))
+            .join(format!("s{}", (i / per_dir) % 10));
         if i % per_dir == 0 {
             fs::create_dir_all(&d)?;
         }
-        fs::write(d.join(format!("f{i:06}.txt")), format!("file {i}\n").repeat(1 + i % 7))?;
+        fs::write(
+            d.join(format!("f{i:06}.txt")),
+            format!("file {i}\n").repeat(1 + i % 7),
+        )?;
     }
 
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     let (handle, thread) = store::open(&dir.join("bench.db"))?;
     let id = "bench".to_owned();
     rt.block_on(handle.add_source(SourceRow {
@@ -140,10 +165,16 @@ fn bench_rescan(dir: &Path, files: usize) -> anyhow::Result<Vec<String>> {
 
     // First scan: record everything, as the source task would.
     let scan_once = |prior: Vec<PriorItem>| -> anyhow::Result<Vec<Found>> {
-        let prior: HashMap<String, PriorItem> = prior.into_iter().map(|p| (p.path.clone(), p)).collect();
+        let prior: HashMap<String, PriorItem> =
+            prior.into_iter().map(|p| (p.path.clone(), p)).collect();
         let mut sink = Collect(Vec::new());
         scanner::scan(
-            ScanRequest { root: root.clone(), scope: Scope::Full, prior, force_rehash: HashSet::new() },
+            ScanRequest {
+                root: root.clone(),
+                scope: Scope::Full,
+                prior,
+                force_rehash: HashSet::new(),
+            },
             &mut sink,
         )?;
         Ok(sink.0)
@@ -153,10 +184,21 @@ fn bench_rescan(dir: &Path, files: usize) -> anyhow::Result<Vec<String>> {
     let diffs: Vec<Difference> = found
         .into_iter()
         .filter_map(|f| match f {
-            Found::Changed { path, meta, content, .. } => {
+            Found::Changed {
+                path,
+                meta,
+                content,
+                ..
+            } => {
                 let mut version = VersionVector::new();
                 version.bump(ShortId(1));
-                Some(Difference { path, meta, version, content, deleted: false })
+                Some(Difference {
+                    path,
+                    meta,
+                    version,
+                    content,
+                    deleted: false,
+                })
             }
             _ => None,
         })
@@ -166,14 +208,20 @@ fn bench_rescan(dir: &Path, files: usize) -> anyhow::Result<Vec<String>> {
         rt.block_on(handle.commit(id.clone(), batch.to_vec()))?;
     }
     let initial = t.elapsed();
-    eprintln!("initial scan + record of {n} items: {:.2} s", initial.as_secs_f64());
+    eprintln!(
+        "initial scan + record of {n} items: {:.2} s",
+        initial.as_secs_f64()
+    );
 
     let (ours, changed) = best_of(3, || {
         let prior = rt.block_on(handle.prior_items(id.clone(), None))?;
         let found = scan_once(prior)?;
         Ok(found.len())
     })?;
-    anyhow::ensure!(changed == 0, "an unchanged tree produced {changed} differences");
+    anyhow::ensure!(
+        changed == 0,
+        "an unchanged tree produced {changed} differences"
+    );
     let (find, _) = best_of(3, || {
         let st = Command::new("find")
             .arg(&root)

@@ -64,6 +64,12 @@ pub enum ScanError {
     RootNotDir(PathBuf),
     #[error("cannot read source folder {path}: {source}; give the agent's user access to it")]
     RootUnreadable { path: PathBuf, source: io::Error },
+    #[error(
+        "source folder {root} looks empty but {recorded} items were recorded in it; nothing is sent as deleted. \
+         If a disk is not mounted, mount it; if you emptied the folder on purpose, delete the items \
+         while the agent runs (it records each deletion) or remove and re-add the source"
+    )]
+    LooksEmpty { root: PathBuf, recorded: usize },
     #[error("scan stopped")]
     Cancelled,
 }
@@ -109,7 +115,18 @@ pub fn scan(req: ScanRequest, sink: &mut dyn Sink) -> Result<ScanSummary, ScanEr
         sink,
     };
     match &req.scope {
-        Scope::Full => walker.walk(&req.root)?,
+        Scope::Full => {
+            walker.walk(&req.root)?;
+            // A folder that is suddenly empty is far more often an unmounted disk or a
+            // half-restored backup than a user deleting everything at once.
+            let recorded = walker.prior.values().filter(|p| !p.deleted).count();
+            if walker.summary.seen == 0 && recorded > 0 {
+                return Err(ScanError::LooksEmpty {
+                    root: req.root.clone(),
+                    recorded,
+                });
+            }
+        }
         Scope::Under(paths) => {
             for path in minimal_roots(paths) {
                 walker.scan_under(&path)?;
@@ -352,7 +369,9 @@ impl Walker<'_> {
         if let Some(p) = live_prior {
             let unchanged_content = match kind {
                 ItemKind::File => p.meta.same_stat(&meta) && !forced,
-                ItemKind::Directory => p.meta.kind == kind,
+                // A folder's mtime moves with every child, so it is not compared; a new
+                // inode means the folder was replaced, which peers should learn.
+                ItemKind::Directory => p.meta.kind == kind && p.meta.inode == meta.inode,
                 ItemKind::Symlink => {
                     p.meta.kind == kind && p.meta.symlink_target == meta.symlink_target
                 }

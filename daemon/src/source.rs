@@ -102,7 +102,8 @@ impl SourceStatus {
 /// Commands a source task accepts.
 #[derive(Debug)]
 enum Msg {
-    Rescan,
+    /// Replies once the rescan is queued and the status says so.
+    Rescan(oneshot::Sender<()>),
     Pause(oneshot::Sender<()>),
     Resume(oneshot::Sender<()>),
 }
@@ -114,10 +115,14 @@ pub struct SourceCommander {
 }
 
 impl SourceCommander {
-    /// Asks for a full rescan; returns at once.
+    /// Asks for a full rescan; returns once the source shows it as pending, so a `wait`
+    /// that follows cannot miss it.
     pub async fn rescan(&self) {
-        // A stopped task has nothing to rescan.
-        let _ = self.tx.send(Msg::Rescan).await;
+        let (tx, rx) = oneshot::channel();
+        if self.tx.send(Msg::Rescan(tx)).await.is_ok() {
+            // A task that stops first has nothing left to rescan.
+            let _ = rx.await;
+        }
     }
 
     /// Pauses watching and scanning; returns once paused.
@@ -321,12 +326,14 @@ impl SourceTask {
 
     async fn handle(&mut self, msg: Msg) {
         match msg {
-            Msg::Rescan => {
+            Msg::Rescan(done) => {
                 if !self.cfg.paused {
                     self.events
                         .emit(Event::now(&self.cfg.id, EventKind::Rescan));
                     self.debouncer.push_full(Instant::now());
+                    self.publish_pending();
                 }
+                let _ = done.send(());
             }
             Msg::Pause(done) => {
                 if !self.cfg.paused {
@@ -558,7 +565,12 @@ impl SourceTask {
                 },
                 msg = self.inbox.recv() => match msg {
                     // A rescan asked for mid-scan runs after this one.
-                    Some(Msg::Rescan) => self.debouncer.push_full(Instant::now()),
+                    Some(Msg::Rescan(done)) => {
+                        self.events.emit(Event::now(&self.cfg.id, EventKind::Rescan));
+                        self.debouncer.push_full(Instant::now());
+                        self.publish_pending();
+                        let _ = done.send(());
+                    }
                     Some(Msg::Resume(done)) => {
                         let _ = done.send(());
                     }

@@ -1,1 +1,390 @@
+//! Black-box harness for Tandem: real `tandemd` processes driven by the real `tandemctl`.
+//!
+//! An [`Agent`] (after ripgrep's `tests/util.rs` `Dir`) owns a temp folder holding the agent's
+//! `--home` and the tests' source folders, starts `tandemd --home … --listen 127.0.0.1:0`, and
+//! talks to it only through `tandemctl --json`. It waits with `tandemctl wait` or on `watch`
+//! events ([`Watch`]), never with a sleep. When a test fails, dropping the agent prints its log
+//! tail and the temp tree. Must not: link the daemon or reach into it, apart from reading
+//! `tandem.db` read-only in [`prior`].
 
+pub mod backoff;
+pub mod bins;
+pub mod prior;
+pub mod process;
+pub mod tree;
+mod watch;
+
+use std::fmt::Write as _;
+use std::fs::{self, OpenOptions};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use serde_json::Value;
+use tempfile::TempDir;
+
+pub use crate::watch::{EVENT_DEADLINE, Watch};
+
+/// Longest a fresh `tandemd` may take to answer `tandemctl id`.
+const STARTUP_LIMIT: Duration = Duration::from_secs(30);
+/// Longest a `tandemd` may take to exit after SIGTERM.
+const SHUTDOWN_LIMIT: Duration = Duration::from_secs(30);
+/// Longest one `tandemctl` call may take beyond its own `--timeout`.
+const CTL_LIMIT: Duration = Duration::from_secs(60);
+/// Lines of the agent's log printed when a test fails.
+const LOG_TAIL_LINES: usize = 60;
+/// Lines of the temp tree listing printed when a test fails.
+const TREE_LINES: usize = 200;
+
+/// `setpriv` arguments that take away root's power to ignore file permissions.
+const SETPRIV_ARGS: &[&str] = &[
+    "--inh-caps=-dac_override,-dac_read_search",
+    "--bounding-set=-dac_override,-dac_read_search",
+    "--",
+];
+const SETPRIV: &str = "/usr/bin/setpriv";
+
+/// How `tandemd` is launched.
+#[derive(Debug, Clone)]
+enum Launch {
+    /// As the test's own user.
+    Direct,
+    /// Under `setpriv`, so that root is subject to file permissions like anyone else.
+    WithoutDacOverride,
+}
+
+/// A running `tandemd` with its own temp home; killed on drop.
+pub struct Agent {
+    dir: TempDir,
+    home: PathBuf,
+    launch: Launch,
+    child: Option<Child>,
+    watches: AtomicUsize,
+}
+
+impl Agent {
+    /// Starts an agent on a fresh temp home and waits until it answers.
+    pub fn start() -> Agent {
+        Agent::launch(Launch::Direct)
+    }
+
+    /// Starts an agent for which unreadable files are unreadable. When the tests run as root
+    /// (as CI does) that takes `setpriv`; without it this prints why and returns `None`, and
+    /// the caller skips its test.
+    pub fn start_honouring_permissions() -> Option<Agent> {
+        if !running_as_root() {
+            return Some(Agent::start());
+        }
+        if !Path::new(SETPRIV).is_file() {
+            eprintln!(
+                "skipped: running as root, where file permissions do not stop reads, and \
+                 {SETPRIV} (util-linux) is missing to drop that power; install util-linux"
+            );
+            return None;
+        }
+        let probe = Command::new(SETPRIV)
+            .args(SETPRIV_ARGS)
+            .arg("true")
+            .output();
+        match probe {
+            Ok(out) if out.status.success() => Some(Agent::launch(Launch::WithoutDacOverride)),
+            Ok(out) => {
+                eprintln!(
+                    "skipped: running as root and {SETPRIV} cannot drop dac_override here ({}): {}",
+                    out.status,
+                    String::from_utf8_lossy(&out.stderr).trim()
+                );
+                None
+            }
+            Err(e) => {
+                eprintln!("skipped: running as root and {SETPRIV} cannot run: {e}");
+                None
+            }
+        }
+    }
+
+    fn launch(launch: Launch) -> Agent {
+        let dir = tempfile::Builder::new()
+            .prefix("tandem-test-")
+            .tempdir()
+            .expect("create a temp folder for the agent");
+        let home = dir.path().join("home");
+        let mut agent = Agent {
+            dir,
+            home,
+            launch,
+            child: None,
+            watches: AtomicUsize::new(0),
+        };
+        agent.spawn();
+        agent
+    }
+
+    /// The agent's `--home`.
+    pub fn home(&self) -> &Path {
+        &self.home
+    }
+
+    /// A fresh folder for a source's data, beside (not inside) the home.
+    pub fn data_dir(&self, name: &str) -> PathBuf {
+        let path = self.dir.path().join("data").join(name);
+        fs::create_dir_all(&path)
+            .unwrap_or_else(|e| panic!("cannot create {}: {e}", path.display()));
+        path
+    }
+
+    /// A `tandemd` command line for this home, as the agent itself is started.
+    pub fn tandemd_command(&self) -> Command {
+        let mut cmd = match self.launch {
+            Launch::Direct => Command::new(bins::tandemd()),
+            Launch::WithoutDacOverride => {
+                let mut cmd = Command::new(SETPRIV);
+                cmd.args(SETPRIV_ARGS).arg(bins::tandemd());
+                cmd
+            }
+        };
+        cmd.arg("--home")
+            .arg(&self.home)
+            .args(["--listen", "127.0.0.1:0"])
+            .env_remove("TANDEM_HOME")
+            .env("RUST_LOG", "info,tandem=debug")
+            .env("NO_COLOR", "1");
+        cmd
+    }
+
+    fn spawn(&mut self) {
+        assert!(self.child.is_none(), "tandemd is already running");
+        let stderr_path = self.dir.path().join("tandemd.stderr");
+        let stderr = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&stderr_path)
+            .unwrap_or_else(|e| panic!("cannot open {}: {e}", stderr_path.display()));
+        let mut cmd = self.tandemd_command();
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", process::show_command(&cmd)));
+        self.child = Some(child);
+        let ready = backoff::retry_with_backoff(STARTUP_LIMIT, || {
+            if let Some(exit) = self.try_exit_status() {
+                return Some(Err(exit));
+            }
+            self.ctl(&["id"]).status.success().then_some(Ok(()))
+        });
+        match ready {
+            Some(Ok(())) => {}
+            Some(Err(exit)) => panic!(
+                "tandemd exited during start-up ({exit}): {}",
+                process::show_command(&cmd)
+            ),
+            None => panic!(
+                "tandemd did not answer `tandemctl id` within {STARTUP_LIMIT:?}: {}",
+                process::show_command(&cmd)
+            ),
+        }
+    }
+
+    fn try_exit_status(&mut self) -> Option<std::process::ExitStatus> {
+        self.child
+            .as_mut()
+            .and_then(|c| c.try_wait().expect("check whether tandemd is running"))
+    }
+
+    /// Stops the agent cleanly (SIGTERM) and checks that it exits successfully.
+    pub fn kill(&mut self) {
+        let mut child = self.child.take().expect("tandemd is running");
+        let pid = child.id().to_string();
+        let sent = Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("run kill");
+        assert!(sent.success(), "kill -TERM {pid} failed: {sent}");
+        let exit = backoff::retry_with_backoff(SHUTDOWN_LIMIT, || {
+            child.try_wait().expect("check whether tandemd exited")
+        });
+        let Some(exit) = exit else {
+            // Not reaped yet, so the pid is still this child's.
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("tandemd did not stop within {SHUTDOWN_LIMIT:?} of SIGTERM");
+        };
+        assert!(exit.success(), "tandemd exited with {exit} after SIGTERM");
+    }
+
+    /// Starts the agent again on the same home after [`Agent::kill`].
+    pub fn start_again(&mut self) {
+        self.spawn();
+    }
+
+    /// Stops the agent cleanly and starts it again on the same home.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+
+    /// Runs `tandemctl --home HOME --json ARGS…` and returns how it ended, whatever that was.
+    pub fn ctl(&self, args: &[&str]) -> Output {
+        run_ctl(&self.home, args)
+    }
+
+    /// Runs a `tandemctl --json` command that must succeed, and parses what it prints.
+    pub fn json(&self, args: &[&str]) -> Value {
+        let mut cmd = ctl_command(&self.home, args);
+        let out = process::run_bounded(&mut cmd, CTL_LIMIT);
+        assert!(
+            out.status.success(),
+            "tandemctl failed\n{}",
+            process::describe(&cmd, &out)
+        );
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "tandemctl printed no JSON ({e})\n{}",
+                process::describe(&cmd, &out)
+            )
+        })
+    }
+
+    /// Runs a `tandemctl --json` command that must exit with `code`; returns its stderr.
+    pub fn fails(&self, args: &[&str], code: i32) -> String {
+        let mut cmd = ctl_command(&self.home, args);
+        let out = process::run_bounded(&mut cmd, CTL_LIMIT);
+        assert_eq!(
+            out.status.code(),
+            Some(code),
+            "expected exit code {code}\n{}",
+            process::describe(&cmd, &out)
+        );
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    }
+
+    /// `tandemctl status --json`.
+    pub fn status(&self) -> Value {
+        self.json(&["status"])
+    }
+
+    /// One source's entry in `status --json`.
+    pub fn source(&self, id: &str) -> Value {
+        let status = self.status();
+        status["sources"]
+            .as_array()
+            .and_then(|all| all.iter().find(|s| s["id"] == id))
+            .cloned()
+            .unwrap_or_else(|| panic!("no source {id:?} in status:\n{status:#}"))
+    }
+
+    /// `tandemctl source add ID PATH`, which must succeed.
+    pub fn add_source(&self, id: &str, path: &Path) -> Value {
+        let path = path.to_str().expect("temp paths are UTF-8");
+        self.json(&["source", "add", id, path])
+    }
+
+    /// `tandemctl wait --timeout T`, which must report every source in sync.
+    pub fn wait(&self, timeout: Duration) {
+        let secs = format!("{:.3}", timeout.as_secs_f64());
+        let mut cmd = ctl_command(&self.home, &["wait", "--timeout", &secs]);
+        let out = process::run_bounded(&mut cmd, timeout + CTL_LIMIT);
+        if !out.status.success() {
+            let status = self.ctl(&["status"]);
+            panic!(
+                "not in sync within {timeout:?}\n{}\nstatus then:\n{}",
+                process::describe(&cmd, &out),
+                String::from_utf8_lossy(&status.stdout)
+            );
+        }
+    }
+
+    /// Starts `tandemctl --json watch` and returns once it is known to receive events: it
+    /// asks for a `rescan` of `source` until that shows up (which rescans `source`).
+    pub fn watch(&self, source: &str) -> Watch {
+        let n = self.watches.fetch_add(1, Ordering::Relaxed);
+        let stderr = self.dir.path().join(format!("watch-{n}.stderr"));
+        let mut watch = Watch::spawn(ctl_command(&self.home, &["watch"]), stderr);
+        watch.handshake(source, || {
+            self.json(&["rescan", source]);
+        });
+        watch
+    }
+
+    /// Every `items` row of `source` in the agent's database.
+    pub fn prior_state(&self, source: &str) -> std::collections::BTreeMap<String, prior::Row> {
+        prior::read(&self.home.join("tandem.db"), source)
+    }
+
+    /// The agent's log tail and the temp tree, for failure reports.
+    pub fn diagnostics(&mut self) -> String {
+        let mut s = String::new();
+        let log = self.home.join("logs").join("tandemd.log");
+        // Writing to a String cannot fail.
+        let _ = writeln!(s, "\n──── tandemd log tail ({}) ────", log.display());
+        match fs::read_to_string(&log) {
+            Ok(text) => {
+                let lines: Vec<&str> = text.lines().collect();
+                for line in &lines[lines.len().saturating_sub(LOG_TAIL_LINES)..] {
+                    let _ = writeln!(s, "{line}");
+                }
+            }
+            Err(e) => {
+                let _ = writeln!(s, "(cannot read it: {e})");
+            }
+        }
+        if let Some(exit) = self.try_exit_status() {
+            let stderr =
+                fs::read_to_string(self.dir.path().join("tandemd.stderr")).unwrap_or_default();
+            let lines: Vec<&str> = stderr.lines().collect();
+            let _ = writeln!(s, "──── tandemd exited ({exit}); stderr tail ────");
+            for line in &lines[lines.len().saturating_sub(20)..] {
+                let _ = writeln!(s, "{line}");
+            }
+        }
+        let _ = writeln!(s, "──── temp tree ({}) ────", self.dir.path().display());
+        s.push_str(&tree::listing(self.dir.path(), TREE_LINES));
+        s
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("{}", self.diagnostics());
+        }
+        if let Some(mut child) = self.child.take() {
+            // It may have exited already; either way it is reaped here.
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Runs `tandemctl --home HOME --json ARGS…` for any home, agent or not.
+pub fn run_ctl(home: &Path, args: &[&str]) -> Output {
+    process::run_bounded(&mut ctl_command(home, args), CTL_LIMIT)
+}
+
+fn ctl_command(home: &Path, args: &[&str]) -> Command {
+    let mut cmd = Command::new(bins::tandemctl());
+    cmd.arg("--home")
+        .arg(home)
+        .arg("--json")
+        .args(args)
+        .env_remove("TANDEM_HOME");
+    cmd
+}
+
+fn running_as_root() -> bool {
+    let out = Command::new("id")
+        .arg("-u")
+        .output()
+        .expect("run `id -u` to learn the current uid");
+    String::from_utf8_lossy(&out.stdout).trim() == "0"
+}
+
+/// A JSON number as `u64`, failing with the field's name when it is not one.
+pub fn num(v: &Value, field: &str) -> u64 {
+    v[field]
+        .as_u64()
+        .unwrap_or_else(|| panic!("{field} is not a number in {v:#}"))
+}

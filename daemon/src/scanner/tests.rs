@@ -265,3 +265,36 @@ fn minimal_roots_drop_covered_paths() {
         is_internal(".tandem/x") && is_internal("d/.tandem-tmp-1") && !is_internal("d/.tandemx")
     );
 }
+
+#[test]
+fn a_root_that_suddenly_looks_empty_stops_the_scan_without_deletions() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("src");
+    fs::create_dir(&root).unwrap();
+    fs::write(root.join("f"), b"x").unwrap();
+    fs::create_dir(root.join("d")).unwrap();
+    let mut prior = HashMap::new();
+    check(&root, Scope::Full, &mut prior);
+    fs::remove_dir_all(&root).unwrap();
+    fs::create_dir(&root).unwrap();
+    let mut sink = Collect::default();
+    let req = ScanRequest {
+        root: root.clone(),
+        scope: Scope::Full,
+        prior: prior.clone(),
+        force_rehash: HashSet::new(),
+    };
+    let err = scan(req, &mut sink).unwrap_err();
+    assert!(
+        matches!(err, ScanError::LooksEmpty { recorded: 2, .. }),
+        "{err}"
+    );
+    assert!(sink.found.is_empty());
+    // Deleting items one at a time (as the watcher reports them) is still recorded.
+    let (found, _) = check(
+        &root,
+        Scope::Under(vec!["f".into(), "d".into()]),
+        &mut prior,
+    );
+    assert_eq!(found, ["deleted d", "deleted f"]);
+}
