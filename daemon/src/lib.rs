@@ -3,6 +3,7 @@
 //! ARCHITECTURE.md at the top of the repository maps the modules and how data flows.
 
 pub mod agent;
+pub mod apply;
 pub mod chunker;
 pub mod config;
 pub mod control;
@@ -11,6 +12,7 @@ pub mod identity;
 pub mod index;
 pub mod item;
 pub mod logging;
+pub mod peer;
 pub mod scanner;
 pub mod source;
 pub mod store;

@@ -13,7 +13,7 @@ use std::thread::JoinHandle;
 
 use tokio::sync::oneshot;
 
-pub use queries::{PeerRow, SourceRow, Totals};
+pub use queries::{ChunkSource, PeerRow, SourceRow, Totals};
 
 /// A failure of the store; each names what was being done.
 #[derive(Debug, thiserror::Error)]
@@ -193,6 +193,45 @@ impl StoreHandle {
     /// All peers, in device ID order.
     pub async fn peers(&self) -> Result<Vec<PeerRow>> {
         self.call(queries::peers).await
+    }
+
+    /// Up to `limit` items of a source changed after local sequence `after`, in order, with
+    /// their chunk lists: what a peer still needs.
+    pub async fn items_since(
+        &self,
+        source_id: String,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<(crate::item::PriorItem, Vec<crate::chunker::ChunkRef>)>> {
+        self.call(move |c| queries::items_since(c, &source_id, after, limit))
+            .await
+    }
+
+    /// Local files that held a chunk with this hash at their last scan.
+    pub async fn chunk_sources(&self, hash: crate::chunker::Hash128) -> Result<Vec<ChunkSource>> {
+        self.call(move |c| queries::chunk_sources(c, &hash.0)).await
+    }
+
+    /// The prior state of exactly one item.
+    pub async fn prior_item(
+        &self,
+        source_id: String,
+        path: String,
+    ) -> Result<Option<crate::item::PriorItem>> {
+        self.call(move |c| queries::prior_item(c, &source_id, &path))
+            .await
+    }
+
+    /// Highest sequence of a peer's index of a source applied here (0 if none).
+    pub async fn cursor(&self, device_id: String, source_id: String) -> Result<u64> {
+        self.call(move |c| queries::cursor(c, &device_id, &source_id))
+            .await
+    }
+
+    /// Moves the cursor of a peer's index of a source.
+    pub async fn set_cursor(&self, device_id: String, source_id: String, seq: u64) -> Result<()> {
+        self.call(move |c| queries::set_cursor(c, &device_id, &source_id, seq))
+            .await
     }
 
     /// Counts of live items and bytes in a source, and its local sequence.

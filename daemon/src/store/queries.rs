@@ -516,3 +516,120 @@ pub(super) fn peers(c: &mut Connection) -> Result<Vec<PeerRow>> {
     .collect::<rusqlite::Result<Vec<_>>>()
     .map_err(&err)
 }
+
+/// A place on this device where a chunk's bytes were found at the last scan.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChunkSource {
+    /// The source's folder.
+    pub root: String,
+    /// Item path of the file holding the chunk.
+    pub path: String,
+    pub offset: u64,
+    pub len: u32,
+}
+
+pub(super) fn items_since(
+    c: &mut Connection,
+    source_id: &str,
+    after: u64,
+    limit: usize,
+) -> Result<Vec<(PriorItem, Vec<chunker::ChunkRef>)>> {
+    let err = sql("reading the index");
+    let mut stmt = c
+        .prepare_cached(&format!(
+            "SELECT {ITEM_COLUMNS}, chunks FROM items WHERE source_id = ?1 AND sequence > ?2
+             ORDER BY sequence LIMIT ?3"
+        ))
+        .map_err(&err)?;
+    let rows = stmt
+        .query_map(
+            params![
+                source_id,
+                to_i64(after),
+                i64::try_from(limit).unwrap_or(i64::MAX)
+            ],
+            |r| Ok((raw_item(r)?, r.get::<_, Option<Vec<u8>>>(11)?)),
+        )
+        .map_err(&err)?
+        .collect::<rusqlite::Result<Vec<_>>>()
+        .map_err(&err)?;
+    let mut out = Vec::with_capacity(rows.len());
+    for (raw, chunks) in rows {
+        let item = decode_item(source_id, raw)?;
+        let chunks = match chunks {
+            Some(blob) => chunker::decode_chunk_list(&blob).map_err(|e| Error::Corrupt {
+                source_id: source_id.to_owned(),
+                path: item.path.clone(),
+                reason: e.to_string(),
+            })?,
+            None => Vec::new(),
+        };
+        out.push((item, chunks));
+    }
+    Ok(out)
+}
+
+pub(super) fn chunk_sources(c: &mut Connection, hash: &[u8]) -> Result<Vec<ChunkSource>> {
+    let err = sql("looking up a chunk");
+    let mut stmt = c
+        .prepare_cached(
+            "SELECT s.path, l.path, l.offset, l.len FROM chunk_locations l
+             JOIN sources s ON s.id = l.source_id WHERE l.hash = ?1 LIMIT 8",
+        )
+        .map_err(&err)?;
+    stmt.query_map([hash], |r| {
+        Ok(ChunkSource {
+            root: r.get(0)?,
+            path: r.get(1)?,
+            offset: to_u64(r.get(2)?),
+            len: u32::try_from(r.get::<_, i64>(3)?).unwrap_or(0),
+        })
+    })
+    .map_err(&err)?
+    .collect::<rusqlite::Result<Vec<_>>>()
+    .map_err(&err)
+}
+
+pub(super) fn prior_item(
+    c: &mut Connection,
+    source_id: &str,
+    path: &str,
+) -> Result<Option<PriorItem>> {
+    let err = sql("reading prior state");
+    let raw = c
+        .prepare_cached(&format!(
+            "SELECT {ITEM_COLUMNS} FROM items WHERE source_id = ?1 AND path = ?2"
+        ))
+        .map_err(&err)?
+        .query_row(params![source_id, path], raw_item)
+        .optional()
+        .map_err(&err)?;
+    raw.map(|raw| decode_item(source_id, raw)).transpose()
+}
+
+pub(super) fn cursor(c: &mut Connection, device_id: &str, source_id: &str) -> Result<u64> {
+    let v: Option<i64> = c
+        .query_row(
+            "SELECT sequence FROM peer_cursors WHERE device_id = ?1 AND source_id = ?2",
+            params![device_id, source_id],
+            |r| r.get(0),
+        )
+        .optional()
+        .map_err(sql("reading a cursor"))?;
+    Ok(v.map(to_u64).unwrap_or(0))
+}
+
+pub(super) fn set_cursor(
+    c: &mut Connection,
+    device_id: &str,
+    source_id: &str,
+    seq: u64,
+) -> Result<()> {
+    c.execute(
+        "INSERT INTO peer_cursors (device_id, source_id, sequence) VALUES (?1, ?2, ?3)
+         ON CONFLICT (device_id, source_id) DO UPDATE SET sequence = excluded.sequence",
+        params![device_id, source_id, to_i64(seq)],
+    )
+    .map_err(sql("saving a cursor"))?;
+    Ok(())
+}

@@ -1,0 +1,454 @@
+//! Writes a peer's difference into a source folder without ever losing local data: content is
+//! built in a temp file beside the target and verified, the target must still be what the last
+//! scan saw, and only then is it replaced by rename, with file and folder fsynced.
+//!
+//! Must not: decide which version wins (that is `index`), or follow a symlink anywhere.
+
+use std::collections::hash_map::RandomState;
+use std::fs;
+use std::hash::{BuildHasher, Hasher};
+use std::io::{self, Read};
+use std::os::unix::fs::{MetadataExt, PermissionsExt, symlink};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::chunker::{Hash128, hash_reader};
+use crate::item::{ItemKind, Metadata, PriorItem};
+use crate::scanner::{TEMP_PREFIX, mtime_ns};
+use crate::universal::ItemPath;
+
+/// Why an item could not be applied; the target is untouched in every case.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    #[error(
+        "{path}: {action} failed: {source}; check free space and permissions (the other items keep syncing)"
+    )]
+    Io {
+        path: String,
+        action: &'static str,
+        source: io::Error,
+    },
+    #[error(
+        "{path}: a parent folder on this device is not a folder (or is a symlink); move it aside to receive this item"
+    )]
+    BadParent { path: String },
+    #[error("{path}: built content does not match its hash; it is fetched again")]
+    HashMismatch { path: String },
+}
+
+fn io_err<'a>(
+    path: &'a ItemPath,
+    action: &'static str,
+) -> impl FnOnce(io::Error) -> ApplyError + 'a {
+    move |source| ApplyError::Io {
+        path: path.to_string(),
+        action,
+        source,
+    }
+}
+
+/// A fresh, unguessable temp file name in the same folder as the target.
+pub fn temp_path(root: &Path, item: &ItemPath) -> PathBuf {
+    let target = root.join(item.as_str());
+    let dir = target
+        .parent()
+        .map_or_else(|| root.to_path_buf(), Path::to_path_buf);
+    let mut h = RandomState::new().build_hasher();
+    h.write_u64(u64::from(std::process::id()));
+    dir.join(format!("{TEMP_PREFIX}{:016x}", h.finish()))
+}
+
+/// Makes sure every folder above the item exists and is a real folder (never a symlink), so
+/// nothing is written outside the source.
+pub fn ensure_parents(root: &Path, item: &ItemPath) -> Result<(), ApplyError> {
+    let parts: Vec<&str> = item.as_str().split('/').collect();
+    let mut dir = root.to_path_buf();
+    for part in &parts[..parts.len().saturating_sub(1)] {
+        dir.push(part);
+        match fs::symlink_metadata(&dir) {
+            Ok(m) if m.file_type().is_dir() => {}
+            Ok(_) => {
+                return Err(ApplyError::BadParent {
+                    path: item.to_string(),
+                });
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                fs::create_dir(&dir).map_err(io_err(item, "creating a parent folder"))?;
+            }
+            Err(e) => return Err(io_err(item, "checking a parent folder")(e)),
+        }
+    }
+    Ok(())
+}
+
+/// True when the item on disk is what the prior state says (or absent where the prior state
+/// has nothing or a tombstone): only then may it be replaced without losing a local change.
+pub fn unchanged_since_scan(
+    root: &Path,
+    item: &ItemPath,
+    prior: Option<&PriorItem>,
+) -> Result<bool, ApplyError> {
+    let live = prior.filter(|p| !p.deleted);
+    match (fs::symlink_metadata(root.join(item.as_str())), live) {
+        (Err(e), None) if e.kind() == io::ErrorKind::NotFound => Ok(true),
+        (Err(e), Some(_)) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        (Err(e), _) => Err(io_err(item, "checking the target")(e)),
+        (Ok(_), None) => Ok(false),
+        (Ok(m), Some(p)) => {
+            let kind = kind_of(&m);
+            Ok(match kind {
+                Some(ItemKind::Directory) => p.meta.kind == ItemKind::Directory,
+                Some(k) => {
+                    k == p.meta.kind
+                        && m.len() == p.meta.size
+                        && mtime_ns(&m) == p.meta.mtime_ns
+                        && m.ino() == p.meta.inode
+                }
+                None => false,
+            })
+        }
+    }
+}
+
+fn kind_of(m: &fs::Metadata) -> Option<ItemKind> {
+    let ft = m.file_type();
+    if ft.is_dir() {
+        Some(ItemKind::Directory)
+    } else if ft.is_symlink() {
+        Some(ItemKind::Symlink)
+    } else if ft.is_file() {
+        Some(ItemKind::File)
+    } else {
+        None
+    }
+}
+
+/// The local metadata of an item just written.
+pub fn stat(root: &Path, item: &ItemPath) -> Result<Metadata, ApplyError> {
+    let full = root.join(item.as_str());
+    let m = fs::symlink_metadata(&full).map_err(io_err(item, "reading back the result"))?;
+    let kind = kind_of(&m).ok_or_else(|| ApplyError::BadParent {
+        path: item.to_string(),
+    })?;
+    let symlink_target = if kind == ItemKind::Symlink {
+        fs::read_link(&full)
+            .ok()
+            .and_then(|t| t.to_str().map(str::to_owned))
+    } else {
+        None
+    };
+    Ok(Metadata {
+        kind,
+        size: if kind == ItemKind::File { m.len() } else { 0 },
+        mtime_ns: mtime_ns(&m),
+        inode: m.ino(),
+        mode: m.mode() & 0o7777,
+        symlink_target,
+    })
+}
+
+/// Hashes a built temp file and compares it with the announced hash.
+pub fn verify(temp: &Path, item: &ItemPath, expected: Hash128) -> Result<(), ApplyError> {
+    let f = fs::File::open(temp).map_err(io_err(item, "reading the temp file"))?;
+    let hashed = hash_reader(f, &mut |_| {}).map_err(io_err(item, "reading the temp file"))?;
+    if hashed.hash == expected {
+        Ok(())
+    } else {
+        Err(ApplyError::HashMismatch {
+            path: item.to_string(),
+        })
+    }
+}
+
+fn system_time(ns: i64) -> SystemTime {
+    let abs = Duration::from_nanos(ns.unsigned_abs());
+    if ns >= 0 {
+        UNIX_EPOCH + abs
+    } else {
+        UNIX_EPOCH - abs
+    }
+}
+
+/// Gives a verified temp file its mode and mtime, renames it over the target, and fsyncs.
+pub fn place_file(
+    root: &Path,
+    item: &ItemPath,
+    temp: &Path,
+    mode: u32,
+    mtime_ns: i64,
+) -> Result<Metadata, ApplyError> {
+    let f = fs::OpenOptions::new()
+        .write(true)
+        .open(temp)
+        .map_err(io_err(item, "opening the temp file"))?;
+    f.set_permissions(fs::Permissions::from_mode(mode))
+        .map_err(io_err(item, "setting permissions"))?;
+    f.set_times(fs::FileTimes::new().set_modified(system_time(mtime_ns)))
+        .map_err(io_err(item, "setting the modification time"))?;
+    f.sync_all()
+        .map_err(io_err(item, "flushing the temp file"))?;
+    drop(f);
+    let target = root.join(item.as_str());
+    if fs::symlink_metadata(&target).is_ok_and(|m| m.file_type().is_dir()) {
+        // A folder is being replaced by a file: only an empty one goes.
+        fs::remove_dir(&target).map_err(io_err(item, "removing the folder the file replaces"))?;
+    }
+    fs::rename(temp, &target).map_err(io_err(item, "renaming the temp file into place"))?;
+    sync_parent(root, item)?;
+    stat(root, item)
+}
+
+/// Sets mode and mtime of a file whose content is already right.
+pub fn set_file_meta(
+    root: &Path,
+    item: &ItemPath,
+    mode: u32,
+    mtime_ns: i64,
+) -> Result<Metadata, ApplyError> {
+    let target = root.join(item.as_str());
+    let f = fs::OpenOptions::new()
+        .write(true)
+        .open(&target)
+        .map_err(io_err(item, "opening the file"))?;
+    f.set_permissions(fs::Permissions::from_mode(mode))
+        .map_err(io_err(item, "setting permissions"))?;
+    f.set_times(fs::FileTimes::new().set_modified(system_time(mtime_ns)))
+        .map_err(io_err(item, "setting the modification time"))?;
+    drop(f);
+    stat(root, item)
+}
+
+/// Creates (or keeps) a folder with the given permissions.
+pub fn make_dir(root: &Path, item: &ItemPath, mode: u32) -> Result<Metadata, ApplyError> {
+    let target = root.join(item.as_str());
+    match fs::symlink_metadata(&target) {
+        Ok(m) if m.file_type().is_dir() => {}
+        Ok(_) => {
+            // A file or link is being replaced by a folder; the caller checked it was scanned.
+            fs::remove_file(&target).map_err(io_err(item, "removing what the folder replaces"))?;
+            fs::create_dir(&target).map_err(io_err(item, "creating the folder"))?;
+        }
+        Err(_) => fs::create_dir(&target).map_err(io_err(item, "creating the folder"))?,
+    }
+    fs::set_permissions(&target, fs::Permissions::from_mode(mode | 0o700))
+        .map_err(io_err(item, "setting permissions"))?;
+    sync_parent(root, item)?;
+    stat(root, item)
+}
+
+/// Creates a symlink (never following it), replacing what the scan saw there.
+pub fn make_symlink(
+    root: &Path,
+    item: &ItemPath,
+    target_text: &str,
+) -> Result<Metadata, ApplyError> {
+    let temp = temp_path(root, item);
+    symlink(target_text, &temp).map_err(io_err(item, "creating the link"))?;
+    let target = root.join(item.as_str());
+    if fs::symlink_metadata(&target).is_ok_and(|m| m.file_type().is_dir()) {
+        fs::remove_dir(&target).map_err(io_err(item, "removing the folder the link replaces"))?;
+    }
+    if let Err(e) = fs::rename(&temp, &target) {
+        let _ = fs::remove_file(&temp);
+        return Err(io_err(item, "renaming the link into place")(e));
+    }
+    sync_parent(root, item)?;
+    stat(root, item)
+}
+
+/// What happened to a deletion.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Removed {
+    /// Gone (or already absent).
+    Yes,
+    /// A folder that still holds items this device has and the peer did not know about.
+    KeptNotEmpty,
+}
+
+/// Removes a file, link or empty folder.
+pub fn remove(root: &Path, item: &ItemPath) -> Result<Removed, ApplyError> {
+    let target = root.join(item.as_str());
+    let m = match fs::symlink_metadata(&target) {
+        Ok(m) => m,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Removed::Yes),
+        Err(e) => return Err(io_err(item, "checking the target")(e)),
+    };
+    if m.file_type().is_dir() {
+        match fs::remove_dir(&target) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::DirectoryNotEmpty => {
+                return Ok(Removed::KeptNotEmpty);
+            }
+            Err(e) => return Err(io_err(item, "removing the folder")(e)),
+        }
+    } else {
+        fs::remove_file(&target).map_err(io_err(item, "removing the file"))?;
+    }
+    sync_parent(root, item)?;
+    Ok(Removed::Yes)
+}
+
+/// Moves a losing local file aside as `NAME.sync-conflict-YYYYMMDD-HHMMSS-DEVICE.EXT`, so a
+/// concurrent remote version can take its place without losing it. Returns the new name.
+pub fn keep_conflict_copy(
+    root: &Path,
+    item: &ItemPath,
+    device_short: &str,
+    unix_secs: u64,
+) -> Result<Option<String>, ApplyError> {
+    let target = root.join(item.as_str());
+    match fs::symlink_metadata(&target) {
+        Ok(m) if m.file_type().is_file() || m.file_type().is_symlink() => {}
+        _ => return Ok(None),
+    }
+    let path = item.as_str();
+    let (dir, name) = path.rsplit_once('/').map_or(("", path), |(d, n)| (d, n));
+    let (stem, ext) = match name.rsplit_once('.') {
+        Some((s, e)) if !s.is_empty() => (s, format!(".{e}")),
+        _ => (name, String::new()),
+    };
+    let stamp = crate::events::utc_stamp(unix_secs);
+    let copy = format!("{stem}.sync-conflict-{stamp}-{device_short}{ext}");
+    let copy_path = if dir.is_empty() {
+        copy
+    } else {
+        format!("{dir}/{copy}")
+    };
+    fs::rename(&target, root.join(&copy_path))
+        .map_err(io_err(item, "keeping the local version as a conflict copy"))?;
+    Ok(Some(copy_path))
+}
+
+fn sync_parent(root: &Path, item: &ItemPath) -> Result<(), ApplyError> {
+    let target = root.join(item.as_str());
+    let dir = target.parent().unwrap_or(root);
+    fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err(item, "flushing the folder"))
+}
+
+/// Removes temp files a crash left behind anywhere in the source.
+pub fn remove_stale_temps(root: &Path) -> usize {
+    let mut removed = 0;
+    for entry in walkdir::WalkDir::new(root)
+        .follow_links(false)
+        .into_iter()
+        .flatten()
+    {
+        let is_temp = entry
+            .file_name()
+            .to_str()
+            .is_some_and(|n| n.starts_with(TEMP_PREFIX));
+        if is_temp && !entry.file_type().is_dir() && fs::remove_file(entry.path()).is_ok() {
+            removed += 1;
+        }
+    }
+    removed
+}
+
+/// Reads `len` bytes at `offset` of a local file, for reusing a chunk found there.
+pub fn read_range(path: &Path, offset: u64, len: u32) -> io::Result<Vec<u8>> {
+    use std::io::{Seek, SeekFrom};
+    let mut f = fs::File::open(path)?;
+    f.seek(SeekFrom::Start(offset))?;
+    let mut buf = vec![0u8; usize::try_from(len).unwrap_or(0)];
+    f.read_exact(&mut buf)?;
+    Ok(buf)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn p(s: &str) -> ItemPath {
+        ItemPath::parse(s).unwrap()
+    }
+
+    #[test]
+    fn a_file_is_placed_with_its_metadata_and_no_temp_left() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let item = p("a/b/c.txt");
+        ensure_parents(root, &item).unwrap();
+        let temp = temp_path(root, &item);
+        fs::write(&temp, b"hello").unwrap();
+        verify(&temp, &item, Hash128::of(b"hello")).unwrap();
+        assert!(matches!(
+            verify(&temp, &item, Hash128::of(b"other")),
+            Err(ApplyError::HashMismatch { .. })
+        ));
+        let meta = place_file(root, &item, &temp, 0o640, 1_600_000_000_123_456_789).unwrap();
+        assert_eq!(fs::read(root.join("a/b/c.txt")).unwrap(), b"hello");
+        assert_eq!(meta.mode, 0o640);
+        assert_eq!(meta.mtime_ns, 1_600_000_000_123_456_789);
+        assert_eq!(remove_stale_temps(root), 0);
+    }
+
+    #[test]
+    fn parents_through_symlinks_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        symlink(outside.path(), dir.path().join("link")).unwrap();
+        let err = ensure_parents(dir.path(), &p("link/x")).unwrap_err();
+        assert!(matches!(err, ApplyError::BadParent { .. }), "{err}");
+        assert!(fs::read_dir(outside.path()).unwrap().next().is_none());
+    }
+
+    #[test]
+    fn unchanged_since_scan_sees_local_edits() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let item = p("f");
+        assert!(unchanged_since_scan(root, &item, None).unwrap());
+        fs::write(root.join("f"), b"x").unwrap();
+        assert!(
+            !unchanged_since_scan(root, &item, None).unwrap(),
+            "an unscanned new file is a local change"
+        );
+        let meta = stat(root, &item).unwrap();
+        let prior = PriorItem {
+            path: "f".into(),
+            meta,
+            version: crate::index::VersionVector::new(),
+            sequence: 1,
+            hash: None,
+            deleted: false,
+        };
+        assert!(unchanged_since_scan(root, &item, Some(&prior)).unwrap());
+        fs::write(root.join("f"), b"xy").unwrap();
+        assert!(!unchanged_since_scan(root, &item, Some(&prior)).unwrap());
+    }
+
+    #[test]
+    fn stale_temps_are_removed_and_non_empty_folders_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        fs::create_dir(root.join("d")).unwrap();
+        fs::write(root.join("d").join(format!("{TEMP_PREFIX}x")), b"partial").unwrap();
+        fs::write(root.join("d/keep"), b"mine").unwrap();
+        assert_eq!(remove_stale_temps(root), 1);
+        assert_eq!(remove(root, &p("d")).unwrap(), Removed::KeptNotEmpty);
+        assert_eq!(remove(root, &p("d/keep")).unwrap(), Removed::Yes);
+        assert_eq!(remove(root, &p("d")).unwrap(), Removed::Yes);
+        assert_eq!(
+            remove(root, &p("d")).unwrap(),
+            Removed::Yes,
+            "already gone is fine"
+        );
+    }
+
+    #[test]
+    fn conflict_copies_keep_the_extension() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        fs::create_dir(root.join("d")).unwrap();
+        fs::write(root.join("d/report.txt"), b"mine").unwrap();
+        let copy = keep_conflict_copy(root, &p("d/report.txt"), "ABCDEFG", 1_700_000_000)
+            .unwrap()
+            .unwrap();
+        assert_eq!(copy, "d/report.sync-conflict-20231114-221320-ABCDEFG.txt");
+        assert_eq!(fs::read(root.join(&copy)).unwrap(), b"mine");
+        assert!(!root.join("d/report.txt").exists());
+    }
+}
