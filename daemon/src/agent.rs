@@ -4,8 +4,10 @@
 //! [`AgentHandle`]. Must not: hold sync logic (that lives in `source`, `scanner`, `store`).
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -17,6 +19,7 @@ use crate::config::{Config, Home, HomeLock};
 use crate::control;
 use crate::events::{Event, EventBus, EventKind, unix_ms_now};
 use crate::identity::{DeviceId, Identity};
+use crate::peer::{self, PeerHandle, SharedSource, Sources};
 use crate::source::{self, SourceCommander, SourceConfig, SourceHandle, SourceStatus};
 use crate::store::{self, PeerRow, SourceRow, StoreHandle};
 
@@ -79,6 +82,27 @@ enum Msg {
         oneshot::Sender<Result<Vec<(String, SourceCommander)>, Error>>,
     ),
     Subscribe(oneshot::Sender<Vec<watch::Receiver<SourceStatus>>>),
+    SharedWith(String, oneshot::Sender<Vec<SharedSource>>),
+}
+
+/// The agent as the peer side sees it: which sources a device may exchange.
+struct Directory {
+    tx: mpsc::Sender<Msg>,
+}
+
+impl Sources for Directory {
+    fn shared_with(
+        &self,
+        device: String,
+    ) -> Pin<Box<dyn Future<Output = Vec<SharedSource>> + Send + '_>> {
+        Box::pin(async move {
+            let (tx, rx) = oneshot::channel();
+            if self.tx.send(Msg::SharedWith(device, tx)).await.is_err() {
+                return Vec::new();
+            }
+            rx.await.unwrap_or_default()
+        })
+    }
 }
 
 /// Cloneable handle to the agent task.
@@ -90,6 +114,8 @@ pub struct AgentHandle {
     pub changed: Arc<Notify>,
     pub events: EventBus,
     pub info: Arc<AgentInfo>,
+    /// The peer side: connections and their progress.
+    pub peers: PeerHandle,
 }
 
 impl AgentHandle {
@@ -164,11 +190,15 @@ impl AgentHandle {
         };
         self.store.add_peer(row.clone()).await?;
         info!(peer = %id.short_string(), address = ?row.address, "peer added");
-        let peers = self.store.peers().await?;
-        peers
+        let stored = self
+            .store
+            .peers()
+            .await?
             .into_iter()
             .find(|p| p.device_id == row.device_id)
-            .ok_or(Error::ShuttingDown)
+            .ok_or(Error::ShuttingDown)?;
+        self.peers.added(stored.clone()).await;
+        Ok(stored)
     }
 
     /// Forgets a device.
@@ -179,12 +209,14 @@ impl AgentHandle {
             Err(e) => return Err(Error::Invalid(e.to_string())),
         };
         self.store
-            .remove_peer(canonical)
+            .remove_peer(canonical.clone())
             .await
             .map_err(|e| match e {
                 store::Error::UnknownPeer(id) => Error::UnknownPeer(id),
                 other => Error::Store(other),
-            })
+            })?;
+        self.peers.removed(canonical).await;
+        Ok(())
     }
 
     /// Every pinned device.
@@ -207,6 +239,9 @@ pub async fn run(
 ) -> Result<(), Error> {
     let config = Config::load(&home)?;
     let listen = listen.unwrap_or(config.listen);
+    let (listener, listen) = peer::bind(listen).await.map_err(|e| {
+        Error::Invalid(format!("cannot listen for peers on {listen}: {e}; pick another address with --listen or `listen` in config.toml"))
+    })?;
     let (identity, opened) = Identity::open(&home.identity_dir())?;
     if opened.created {
         info!(device = %identity.device_id, "created a new device identity");
@@ -224,14 +259,27 @@ pub async fn run(
         started: Instant::now(),
     });
     let (tx, rx) = mpsc::channel(64);
+    let sources_cancel = CancellationToken::new();
+    let changed = Arc::new(Notify::new());
+    let peers = peer::start(
+        listener,
+        Arc::new(identity.clone()),
+        store.clone(),
+        Arc::new(Directory { tx: tx.clone() }),
+        store.peers().await?,
+        changed.clone(),
+        sources_cancel.clone(),
+    )
+    .map_err(|e| Error::Invalid(e.to_string()))?;
+    info!(listen = %listen, "peer service listening");
     let handle = AgentHandle {
         tx,
         store: store.clone(),
-        changed: Arc::new(Notify::new()),
+        changed,
         events: EventBus::new(4096),
         info,
+        peers: peers.clone(),
     };
-    let sources_cancel = CancellationToken::new();
     let mut task = AgentTask {
         rx,
         store: store.clone(),
@@ -242,6 +290,7 @@ pub async fn run(
         changed: handle.changed.clone(),
         events: handle.events.clone(),
         cancel: sources_cancel.clone(),
+        peers,
     };
     task.start_recorded().await?;
     let agent = tokio::spawn(task.run());
@@ -271,6 +320,7 @@ struct AgentTask {
     changed: Arc<Notify>,
     events: EventBus,
     cancel: CancellationToken,
+    peers: PeerHandle,
 }
 
 impl AgentTask {
@@ -290,6 +340,7 @@ impl AgentTask {
             paused: row.paused,
             peers: row.peers.clone(),
             local: self.local.short(),
+            local_short_name: self.local.short_string(),
             debounce: self.config.debounce,
             debounce_max: self.config.debounce_max,
             rescan_interval: self.config.rescan_interval,
@@ -348,6 +399,23 @@ impl AgentTask {
             Msg::Subscribe(reply) => {
                 let _ = reply.send(self.sources.values().map(SourceHandle::subscribe).collect());
             }
+            Msg::SharedWith(device, reply) => {
+                let shared = self
+                    .sources
+                    .values()
+                    .filter(|h| h.status().peers.contains(&device))
+                    .map(|h| {
+                        let status = h.status();
+                        SharedSource {
+                            id: status.id,
+                            root: status.path,
+                            commander: h.commander(),
+                            status: h.subscribe(),
+                        }
+                    })
+                    .collect();
+                let _ = reply.send(shared);
+            }
         }
     }
 
@@ -398,6 +466,7 @@ impl AgentTask {
         info!(source = %row.id, path = %row.path, "source added");
         self.events
             .emit(Event::now(&row.id, EventKind::SourceAdded).detail(row.path.clone()));
+        self.peers.sources_changed();
         self.sources
             .get(&row.id)
             .map(SourceHandle::status)
@@ -413,6 +482,7 @@ impl AgentTask {
         self.store.remove_source(id.clone()).await?;
         info!(source = %id, "source removed");
         self.events.emit(Event::now(&id, EventKind::SourceRemoved));
+        self.peers.sources_changed();
         Ok(())
     }
 }

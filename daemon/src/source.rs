@@ -15,11 +15,14 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, warn};
 
+use crate::apply::{self, Removed};
 use crate::events::{Event, EventBus, EventKind, unix_ms_now};
+use crate::index::{Contender, Ordering, remote_wins};
 use crate::index::{ShortId, VersionVector};
-use crate::item::{Content, Difference, PriorItem};
+use crate::item::{Content, Difference, ItemKind, Metadata, PriorItem};
 use crate::scanner::{self, Found, ScanError, ScanRequest, Scope, Sink};
 use crate::store::{self, StoreHandle, Totals};
+use crate::universal::RemoteItem;
 use crate::watcher::{self, Debouncer, Pending, WatchEvent};
 
 /// Differences committed per SQLite transaction during a scan.
@@ -39,6 +42,8 @@ pub struct SourceConfig {
     pub peers: Vec<String>,
     /// This device, whose counter a local change bumps.
     pub local: ShortId,
+    /// This device's short name, for conflict copy names.
+    pub local_short_name: String,
     pub debounce: Duration,
     pub debounce_max: Duration,
     pub rescan_interval: Duration,
@@ -106,6 +111,29 @@ enum Msg {
     Rescan(oneshot::Sender<()>),
     Pause(oneshot::Sender<()>),
     Resume(oneshot::Sender<()>),
+    /// A peer's difference, content already built and verified in a temp file if it has any.
+    Apply(Box<RemoteApply>, oneshot::Sender<ApplyOutcome>),
+}
+
+/// One remote difference handed to the source task for the final, local step.
+#[derive(Debug)]
+pub struct RemoteApply {
+    pub item: RemoteItem,
+    /// Verified content beside the target (files with new content only).
+    pub temp: Option<PathBuf>,
+    /// Short ID of the peer it came from, for events and conflict copy names.
+    pub from: String,
+}
+
+/// What became of a remote difference.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ApplyOutcome {
+    /// Written and recorded under this local sequence.
+    Applied(u64),
+    /// Not needed: this device has the same or a newer version (or wins the conflict).
+    Skipped,
+    /// Could not be applied now; the message names the item and what to do.
+    Failed(String),
 }
 
 /// Cloneable sender of commands to one source task.
@@ -140,6 +168,22 @@ impl SourceCommander {
         if self.tx.send(Msg::Resume(tx)).await.is_ok() {
             let _ = rx.await;
         }
+    }
+
+    /// Applies a peer's difference: checks, writes, records.
+    pub async fn apply(&self, req: RemoteApply) -> ApplyOutcome {
+        let temp = req.temp.clone();
+        let (tx, rx) = oneshot::channel();
+        if self.tx.send(Msg::Apply(Box::new(req), tx)).await.is_ok()
+            && let Ok(outcome) = rx.await
+        {
+            return outcome;
+        }
+        if let Some(temp) = temp {
+            // The source is gone; nothing will use the built content.
+            let _ = std::fs::remove_file(temp);
+        }
+        ApplyOutcome::Failed("the source stopped".into())
     }
 }
 
@@ -223,6 +267,7 @@ pub fn spawn(
         racy_deadline: None,
         next_full: Instant::now(),
         retry_at: None,
+        deferred: Vec::new(),
     };
     let join = tokio::spawn(task.run().instrument(span));
     SourceHandle {
@@ -248,6 +293,8 @@ struct SourceTask {
     racy_deadline: Option<Instant>,
     next_full: Instant,
     retry_at: Option<Instant>,
+    /// Remote differences that arrived during a scan.
+    deferred: Vec<(RemoteApply, oneshot::Sender<ApplyOutcome>)>,
 }
 
 /// Receives from an optional channel; without one, waits forever.
@@ -319,6 +366,10 @@ impl SourceTask {
                     self.debouncer.push_full(Instant::now());
                 }
             }
+            for (req, done) in std::mem::take(&mut self.deferred) {
+                let outcome = self.apply_remote(req).await;
+                let _ = done.send(outcome);
+            }
             self.publish_pending();
         }
         debug!("source task stopped");
@@ -353,6 +404,10 @@ impl SourceTask {
                     info!("paused");
                 }
                 let _ = done.send(());
+            }
+            Msg::Apply(req, done) => {
+                let outcome = self.apply_remote(*req).await;
+                let _ = done.send(outcome);
             }
             Msg::Resume(done) => {
                 if self.cfg.paused {
@@ -579,6 +634,8 @@ impl SourceTask {
                         let _ = scan.await;
                         return Err(Stop::Paused(done));
                     }
+                    // Applied once this scan is done, so the two never interleave.
+                    Some(Msg::Apply(req, done)) => self.deferred.push((*req, done)),
                     None => {}
                 },
             }
@@ -692,6 +749,230 @@ impl SourceTask {
             }
         });
         Ok(())
+    }
+}
+
+impl SourceTask {
+    /// The local half of applying a peer's difference, run by the one task that also scans,
+    /// so a local change and a remote one never race.
+    async fn apply_remote(&mut self, req: RemoteApply) -> ApplyOutcome {
+        let RemoteApply { item, temp, from } = req;
+        let outcome = self.apply_checked(&item, temp.clone(), &from).await;
+        if let Some(temp) = temp
+            && !matches!(outcome, ApplyOutcome::Applied(_))
+        {
+            // Not used: do not leave it lying in the source.
+            let _ = std::fs::remove_file(temp);
+        }
+        if let ApplyOutcome::Failed(message) = &outcome {
+            let path = item.path.to_string();
+            warn!(item = %path, error = %message, peer = %from, "cannot apply");
+            self.events.emit(
+                Event::now(&self.cfg.id, EventKind::ItemError)
+                    .item(&path)
+                    .detail(message.clone()),
+            );
+            let message = message.clone();
+            self.publish(|s| {
+                s.item_errors.insert(path, message);
+            });
+        }
+        outcome
+    }
+
+    async fn apply_checked(
+        &mut self,
+        item: &RemoteItem,
+        temp: Option<PathBuf>,
+        from: &str,
+    ) -> ApplyOutcome {
+        if self.cfg.paused {
+            return ApplyOutcome::Failed("the source is paused; it applies once resumed".into());
+        }
+        let id = self.cfg.id.clone();
+        let path = item.path.to_string();
+        let root = self.cfg.root.clone();
+        let prior = match self.store.prior_item(id.clone(), path.clone()).await {
+            Ok(p) => p,
+            Err(e) => return ApplyOutcome::Failed(e.to_string()),
+        };
+        let check = {
+            let (root, item_path, prior) = (root.clone(), item.path.clone(), prior.clone());
+            tokio::task::spawn_blocking(move || {
+                apply::unchanged_since_scan(&root, &item_path, prior.as_ref())
+            })
+            .await
+        };
+        let prior = match check {
+            Ok(Ok(true)) => prior,
+            Ok(Ok(false)) => {
+                // Something changed here that the scanner has not seen yet: record it first,
+                // so it is compared (and kept) rather than overwritten.
+                // Boxed: a scan may handle a pause, which is how this async call graph loops.
+                Box::pin(self.scan(Scope::Under(vec![path.clone()]), HashSet::new())).await;
+                match self.store.prior_item(id.clone(), path.clone()).await {
+                    Ok(p) => p,
+                    Err(e) => return ApplyOutcome::Failed(e.to_string()),
+                }
+            }
+            Ok(Err(e)) => return ApplyOutcome::Failed(e.to_string()),
+            Err(e) => return ApplyOutcome::Failed(format!("apply task failed: {e}")),
+        };
+        let mut conflict = false;
+        if let Some(p) = &prior {
+            match item.version.compare(&p.version) {
+                Ordering::Equal | Ordering::Dominated => return ApplyOutcome::Skipped,
+                Ordering::Dominates => {}
+                Ordering::Concurrent => {
+                    let local = Contender {
+                        deleted: p.deleted,
+                        mtime_ns: p.meta.mtime_ns,
+                        version: &p.version,
+                    };
+                    let remote = Contender {
+                        deleted: item.deleted,
+                        mtime_ns: item.meta.mtime_ns,
+                        version: &item.version,
+                    };
+                    if !remote_wins(local, remote) {
+                        info!(item = %path, peer = %from, "conflict: the local version wins");
+                        return ApplyOutcome::Skipped;
+                    }
+                    conflict = !p.deleted;
+                }
+            }
+        } else if item.deleted {
+            // Never had it: nothing to delete, but remember the tombstone so it relays.
+        }
+        let same_content = prior.as_ref().is_some_and(|p| {
+            !p.deleted
+                && p.meta.kind == ItemKind::File
+                && p.hash == item.hash
+                && item.meta.kind == ItemKind::File
+        });
+        let local_short = self.cfg.local_short_name.clone();
+        let work = {
+            let (root, item, temp) = (root.clone(), item.clone(), temp.clone());
+            let from = from.to_owned();
+            tokio::task::spawn_blocking(
+                move || -> Result<(Option<Metadata>, Option<String>), apply::ApplyError> {
+                    let mut copy = None;
+                    if conflict && !item.deleted && !same_content {
+                        let secs = crate::events::unix_ms_now() / 1000;
+                        copy = apply::keep_conflict_copy(&root, &item.path, &local_short, secs)?;
+                    }
+                    let _ = &from;
+                    if item.deleted {
+                        return match apply::remove(&root, &item.path)? {
+                            Removed::Yes => Ok((None, copy)),
+                            // Holds things the peer has not seen; they will sync and bring it back.
+                            Removed::KeptNotEmpty => {
+                                Ok((Some(apply::stat(&root, &item.path)?), copy))
+                            }
+                        };
+                    }
+                    apply::ensure_parents(&root, &item.path)?;
+                    let meta = match item.meta.kind {
+                        ItemKind::File => match &temp {
+                            Some(temp) => apply::place_file(
+                                &root,
+                                &item.path,
+                                temp,
+                                item.meta.mode,
+                                item.meta.mtime_ns,
+                            )?,
+                            None => apply::set_file_meta(
+                                &root,
+                                &item.path,
+                                item.meta.mode,
+                                item.meta.mtime_ns,
+                            )?,
+                        },
+                        ItemKind::Directory => apply::make_dir(&root, &item.path, item.meta.mode)?,
+                        ItemKind::Symlink => apply::make_symlink(
+                            &root,
+                            &item.path,
+                            item.meta.symlink_target.as_deref().unwrap_or_default(),
+                        )?,
+                    };
+                    Ok((Some(meta), copy))
+                },
+            )
+            .await
+        };
+        let (meta, copy) = match work {
+            Ok(Ok(done)) => done,
+            Ok(Err(e)) => return ApplyOutcome::Failed(e.to_string()),
+            Err(e) => return ApplyOutcome::Failed(format!("apply task failed: {e}")),
+        };
+        if let Some(copy) = &copy {
+            info!(item = %path, copy = %copy, peer = %from, "conflict: kept the local version as a copy");
+        }
+        let kept_folder = item.deleted && meta.is_some();
+        if kept_folder {
+            return ApplyOutcome::Skipped;
+        }
+        let version = match (&prior, conflict) {
+            (Some(p), true) => item.version.merge(&p.version),
+            _ => item.version.clone(),
+        };
+        let (meta, content) = match meta {
+            Some(meta) => {
+                let content = match (meta.kind, item.hash) {
+                    (ItemKind::File, Some(hash)) => Content::Replace {
+                        hash,
+                        chunks: item.chunks.clone(),
+                    },
+                    _ => Content::Empty,
+                };
+                (meta, content)
+            }
+            None => {
+                let mut meta = prior
+                    .as_ref()
+                    .map_or_else(|| item.meta.clone(), |p| p.meta.clone());
+                meta.size = 0;
+                (meta, Content::Empty)
+            }
+        };
+        let diff = Difference {
+            path: path.clone(),
+            meta: meta.clone(),
+            version,
+            content,
+            deleted: item.deleted,
+        };
+        let seq = match self.store.commit(id.clone(), vec![diff]).await {
+            Ok(seqs) => seqs.first().copied().unwrap_or(0),
+            Err(e) => return ApplyOutcome::Failed(e.to_string()),
+        };
+        let live_prior = prior.as_ref().filter(|p| !p.deleted);
+        let kind = if item.deleted {
+            EventKind::Deleted
+        } else if live_prior.is_some() {
+            EventKind::Modified
+        } else {
+            EventKind::Added
+        };
+        let mut delta = TotalsDelta::default();
+        if let Some(p) = live_prior {
+            delta.remove(&p.meta);
+        }
+        if !item.deleted {
+            delta.add(&meta);
+        }
+        self.events.emit(
+            Event::now(&id, kind)
+                .item(&path)
+                .sequence(seq)
+                .detail(format!("from {from}")),
+        );
+        self.publish(|s| {
+            delta.apply(&mut s.totals);
+            s.totals.sequence = s.totals.sequence.max(seq);
+            s.item_errors.remove(&path);
+        });
+        ApplyOutcome::Applied(seq)
     }
 }
 

@@ -20,6 +20,7 @@ use tonic::{Request, Response, Status};
 
 use crate::agent::{AddSource, AgentHandle, Error};
 use crate::events::{Event, unix_ms_now};
+use crate::peer::Board;
 use crate::source::{SourceStatus, State};
 
 /// Serves the control socket until `shutdown` is cancelled; removes the socket afterwards.
@@ -70,8 +71,37 @@ fn status_of(e: Error) -> Status {
     }
 }
 
-fn source_pb(s: &SourceStatus) -> pb::SourceStatus {
+/// Progress of one source with each device it is shared with.
+fn progress_pb(s: &SourceStatus, board: &Board) -> Vec<pb::PeerProgress> {
+    s.peers
+        .iter()
+        .map(|device| {
+            let peer = board.peers.get(device);
+            let connected = peer.is_some_and(|p| p.connected);
+            let p = peer
+                .and_then(|p| p.sources.get(&s.id))
+                .cloned()
+                .unwrap_or_default();
+            pb::PeerProgress {
+                device_id: device.clone(),
+                connected,
+                in_sync: connected && p.shared_by_peer && p.in_sync(s.totals.sequence),
+                needed_items: p.needed_items,
+                needed_bytes: p.needed_bytes,
+                in_flight: p.in_flight,
+                done_items: p.done_items,
+                fetched_bytes: p.fetched_bytes,
+                reused_bytes: p.reused_bytes,
+                sent_items: p.sent_items,
+                last_error: p.last_error,
+            }
+        })
+        .collect()
+}
+
+fn source_pb(s: &SourceStatus, board: &Board) -> pb::SourceStatus {
     pb::SourceStatus {
+        progress: progress_pb(s, board),
         id: s.id.clone(),
         path: s.path.display().to_string(),
         format: s.format.clone(),
@@ -132,21 +162,47 @@ fn ack(verb: &str, n: usize) -> Response<pb::Ack> {
     })
 }
 
-/// One line per source that is not in sync yet.
-fn pending_lines(statuses: &[SourceStatus]) -> Vec<String> {
-    statuses
-        .iter()
-        .filter(|s| !s.settled())
-        .map(|s| match s.state {
-            State::Error => format!(
-                "{}: stopped: {}",
-                s.id,
-                s.error.as_deref().unwrap_or("unknown error")
-            ),
-            State::Scanning if s.scans == 0 => format!("{}: first scan not finished", s.id),
-            _ => format!("{}: changes waiting to be scanned", s.id),
-        })
-        .collect()
+/// One line per source (and per source and peer) that is not in sync yet.
+fn pending_lines(statuses: &[SourceStatus], board: &Board) -> Vec<String> {
+    let mut lines = Vec::new();
+    for s in statuses {
+        if !s.settled() {
+            lines.push(match s.state {
+                State::Error => format!(
+                    "{}: stopped: {}",
+                    s.id,
+                    s.error.as_deref().unwrap_or("unknown error")
+                ),
+                State::Scanning if s.scans == 0 => format!("{}: first scan not finished", s.id),
+                _ => format!("{}: changes waiting to be scanned", s.id),
+            });
+            continue;
+        }
+        if s.state == State::Paused {
+            continue;
+        }
+        for device in &s.peers {
+            let Some(peer) = board.peers.get(device).filter(|p| p.connected) else {
+                continue;
+            };
+            let Some(p) = peer.sources.get(&s.id).filter(|p| p.shared_by_peer) else {
+                continue;
+            };
+            if !p.in_sync(s.totals.sequence) {
+                let short: String = device.chars().take(7).collect();
+                lines.push(format!(
+                    "{}: peer {short}: {} items ({} bytes) to fetch, {} chunks in flight, it has applied {} of {} changes",
+                    s.id,
+                    p.needed_items,
+                    p.needed_bytes,
+                    p.in_flight,
+                    p.peer_applied.min(s.totals.sequence),
+                    s.totals.sequence
+                ));
+            }
+        }
+    }
+    lines
 }
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<pb::Event, Status>> + Send>>;
@@ -168,12 +224,26 @@ impl Control for ControlService {
         _: Request<pb::StatusRequest>,
     ) -> Result<Response<pb::StatusReply>, Status> {
         let statuses = self.agent.statuses().await.map_err(status_of)?;
+        let board = self.agent.peers.board();
         let info = &self.agent.info;
         Ok(Response::new(pb::StatusReply {
             device_id: info.device_id.to_string(),
             uptime_ms: u64::try_from(info.started.elapsed().as_millis()).unwrap_or(u64::MAX),
             hashed_bytes: statuses.iter().map(|s| s.hashed_bytes).sum(),
-            sources: statuses.iter().map(source_pb).collect(),
+            sources: statuses.iter().map(|s| source_pb(s, &board)).collect(),
+            peers: board
+                .peers
+                .iter()
+                .map(|(device, p)| pb::PeerStatus {
+                    device_id: device.clone(),
+                    address: p.address.clone().unwrap_or_default(),
+                    connected: p.connected,
+                    remote_addr: p.remote_addr.clone(),
+                    last_error: p.last_error.clone(),
+                    refused: p.refused,
+                })
+                .collect(),
+            refused_devices: board.refused_devices.clone(),
         }))
     }
 
@@ -197,7 +267,7 @@ impl Control for ControlService {
             })
             .await
             .map_err(status_of)?;
-        Ok(Response::new(source_pb(&status)))
+        Ok(Response::new(source_pb(&status, &self.agent.peers.board())))
     }
 
     async fn source_list(
@@ -205,8 +275,9 @@ impl Control for ControlService {
         _: Request<pb::SourceListRequest>,
     ) -> Result<Response<pb::SourceListReply>, Status> {
         let statuses = self.agent.statuses().await.map_err(status_of)?;
+        let board = self.agent.peers.board();
         Ok(Response::new(pb::SourceListReply {
-            sources: statuses.iter().map(source_pb).collect(),
+            sources: statuses.iter().map(|s| source_pb(s, &board)).collect(),
         }))
     }
 
@@ -267,7 +338,7 @@ impl Control for ControlService {
             notified.as_mut().enable();
             let statuses: Vec<SourceStatus> =
                 receivers.iter().map(|r| r.borrow().clone()).collect();
-            let pending = pending_lines(&statuses);
+            let pending = pending_lines(&statuses, &self.agent.peers.board());
             // A stopped source will not sync by waiting; say so at once.
             let stopped = statuses.iter().any(|s| s.state == State::Error);
             if pending.is_empty() || stopped {

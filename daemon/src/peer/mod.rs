@@ -1,1 +1,577 @@
+//! Devices talking to devices: the TLS listener and dialers, one exchange per device pair,
+//! and the board of per-peer progress that `status` and `wait` read.
+//!
+//! Must not: write files or SQL directly (remote differences go to the source task; reads go
+//! through the store handle).
+
+mod connection;
+mod io;
 pub mod tls;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tandem_proto::peer::Frame;
+use tandem_proto::peer::peer_server::{Peer, PeerServer};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Notify, mpsc, oneshot, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status, Streaming};
+use tracing::{Instrument, debug, info, warn};
+
+use crate::identity::{DeviceId, Identity};
+use crate::source::{SourceCommander, SourceStatus};
+use crate::store::{PeerRow, StoreHandle};
+
+pub use connection::MAX_FRAME_BYTES;
+use io::{PeerConnInfo, PeerIo};
+
+/// Progress of one source with one peer, as `status` shows it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PeerSourceStatus {
+    /// Items of the peer's index still to fetch or apply here.
+    pub needed_items: u64,
+    pub needed_bytes: u64,
+    /// Chunk requests on the wire.
+    pub in_flight: u64,
+    /// Remote items applied (or found already present) since the connection began.
+    pub done_items: u64,
+    /// Chunk bytes received over the network since the agent started.
+    pub fetched_bytes: u64,
+    /// Chunk bytes copied from files already on this device instead.
+    pub reused_bytes: u64,
+    /// Items of this device's index sent to the peer since the connection began.
+    pub sent_items: u64,
+    /// Highest local sequence sent to the peer.
+    pub sent_sequence: u64,
+    /// Highest local sequence the peer says it has applied.
+    pub peer_applied: u64,
+    /// The peer's own local sequence, as last announced.
+    pub peer_sequence: u64,
+    /// Highest sequence of the peer's index applied here.
+    pub applied: u64,
+    /// Nothing waits in the receive queue and nothing is being fetched.
+    pub receiving_idle: bool,
+    /// The peer said it shares this source too.
+    pub shared_by_peer: bool,
+    pub last_error: String,
+}
+
+impl PeerSourceStatus {
+    /// In sync with a connected peer: it has applied everything this device numbered, this
+    /// device has applied everything it announced, and nothing is being fetched.
+    pub fn in_sync(&self, local_sequence: u64) -> bool {
+        self.peer_applied >= local_sequence
+            && self.applied >= self.peer_sequence
+            && self.receiving_idle
+            && self.needed_items == 0
+            && self.in_flight == 0
+    }
+}
+
+/// One peer as `status` shows it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PeerState {
+    pub address: Option<String>,
+    pub connected: bool,
+    pub remote_addr: String,
+    pub last_error: String,
+    pub sources: BTreeMap<String, PeerSourceStatus>,
+    /// Frames or items refused from this peer (bad paths, unshared sources, bad chunks).
+    pub refused: u64,
+}
+
+/// Everything the peer side publishes for `status` and `wait`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Board {
+    pub peers: BTreeMap<String, PeerState>,
+    /// Devices that tried to connect without being added, newest last.
+    pub refused_devices: Vec<String>,
+}
+
+/// A source as a connection needs it.
+#[derive(Debug, Clone)]
+pub struct SharedSource {
+    pub id: String,
+    pub root: std::path::PathBuf,
+    pub commander: SourceCommander,
+    pub status: watch::Receiver<SourceStatus>,
+}
+
+/// What the peer side asks of the agent.
+pub trait Sources: Send + Sync + 'static {
+    /// Sources shared with this device, right now.
+    fn shared_with(
+        &self,
+        device: String,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Vec<SharedSource>> + Send + '_>>;
+}
+
+enum Msg {
+    Added(PeerRow),
+    Removed(String),
+    Register {
+        device: String,
+        dialed_by_me: bool,
+        reply: oneshot::Sender<Option<(u64, CancellationToken)>>,
+    },
+    Unregister {
+        device: String,
+        conn: u64,
+    },
+}
+
+/// Cloneable handle to the peer manager.
+#[derive(Clone)]
+pub struct PeerHandle {
+    tx: mpsc::Sender<Msg>,
+    board: Arc<watch::Sender<Board>>,
+    generation: Arc<watch::Sender<u64>>,
+}
+
+impl PeerHandle {
+    /// The latest board.
+    pub fn board(&self) -> Board {
+        self.board.borrow().clone()
+    }
+
+    /// A peer was added (or its address changed): dial it if it has an address.
+    pub async fn added(&self, row: PeerRow) {
+        let _ = self.tx.send(Msg::Added(row)).await;
+    }
+
+    /// A peer was removed: drop its connection and stop dialling it.
+    pub async fn removed(&self, device: String) {
+        let _ = self.tx.send(Msg::Removed(device)).await;
+    }
+
+    /// The set of sources or their sharing changed: every connection says hello again.
+    pub fn sources_changed(&self) {
+        self.generation.send_modify(|g| *g += 1);
+    }
+}
+
+/// Shared pieces every connection needs.
+#[derive(Clone)]
+struct Ctx {
+    identity: Arc<Identity>,
+    store: StoreHandle,
+    sources: Arc<dyn Sources>,
+    board: Arc<watch::Sender<Board>>,
+    generation: Arc<watch::Sender<u64>>,
+    changed: Arc<Notify>,
+    manager: mpsc::Sender<Msg>,
+    cancel: CancellationToken,
+}
+
+/// Binds the peer listener; the returned address is the one actually bound (port 0 resolved).
+pub async fn bind(listen: SocketAddr) -> Result<(TcpListener, SocketAddr), std::io::Error> {
+    let listener = TcpListener::bind(listen).await?;
+    let local = listener.local_addr()?;
+    Ok((listener, local))
+}
+
+/// Starts the peer side: listener, manager, a dialer per peer with an address.
+pub fn start(
+    listener: TcpListener,
+    identity: Arc<Identity>,
+    store: StoreHandle,
+    sources: Arc<dyn Sources>,
+    peers: Vec<PeerRow>,
+    changed: Arc<Notify>,
+    cancel: CancellationToken,
+) -> Result<PeerHandle, tls::TlsError> {
+    let (tx, rx) = mpsc::channel(64);
+    let board = Arc::new(watch::Sender::new(Board::default()));
+    let generation = Arc::new(watch::Sender::new(0u64));
+    let ctx = Ctx {
+        identity: identity.clone(),
+        store,
+        sources,
+        board: board.clone(),
+        generation: generation.clone(),
+        changed,
+        manager: tx.clone(),
+        cancel: cancel.clone(),
+    };
+    let known: watch::Sender<Arc<BTreeSet<String>>> = watch::Sender::new(Arc::new(
+        peers.iter().map(|p| p.device_id.clone()).collect(),
+    ));
+    let server_config = tls::server_config(&identity)?;
+    tokio::spawn(
+        serve(listener, server_config, known.subscribe(), ctx.clone())
+            .instrument(tracing::info_span!("peer-listener")),
+    );
+    let manager = Manager {
+        ctx,
+        rx,
+        known,
+        dialers: BTreeMap::new(),
+        live: BTreeMap::new(),
+        next_conn: 0,
+    };
+    let handle = PeerHandle {
+        tx,
+        board,
+        generation,
+    };
+    tokio::spawn(manager.run(peers));
+    Ok(handle)
+}
+
+struct Manager {
+    ctx: Ctx,
+    rx: mpsc::Receiver<Msg>,
+    known: watch::Sender<Arc<BTreeSet<String>>>,
+    dialers: BTreeMap<String, CancellationToken>,
+    /// The live connection per device: its id, who dialled, and how to close it.
+    live: BTreeMap<String, (u64, bool, CancellationToken)>,
+    next_conn: u64,
+}
+
+impl Manager {
+    async fn run(mut self, peers: Vec<PeerRow>) {
+        for p in peers {
+            self.add(p);
+        }
+        loop {
+            tokio::select! {
+                () = self.ctx.cancel.cancelled() => break,
+                msg = self.rx.recv() => match msg {
+                    Some(msg) => self.handle(msg),
+                    None => break,
+                },
+            }
+        }
+    }
+
+    fn add(&mut self, row: PeerRow) {
+        let device = row.device_id.clone();
+        self.known.send_modify(|k| {
+            Arc::make_mut(k).insert(device.clone());
+        });
+        self.ctx.board.send_modify(|b| {
+            let entry = b.peers.entry(device.clone()).or_default();
+            entry.address.clone_from(&row.address);
+            b.refused_devices.retain(|d| *d != device);
+        });
+        if let Some(old) = self.dialers.remove(&device) {
+            old.cancel();
+        }
+        if let (Some(address), Ok(id)) = (row.address.clone(), device.parse::<DeviceId>()) {
+            let token = self.ctx.cancel.child_token();
+            self.dialers.insert(device.clone(), token.clone());
+            let span = tracing::info_span!("peer", device = %id.short_string());
+            tokio::spawn(dial_loop(self.ctx.clone(), id, address, token).instrument(span));
+        }
+    }
+
+    fn handle(&mut self, msg: Msg) {
+        match msg {
+            Msg::Added(row) => self.add(row),
+            Msg::Removed(device) => {
+                self.known.send_modify(|k| {
+                    Arc::make_mut(k).remove(&device);
+                });
+                if let Some(d) = self.dialers.remove(&device) {
+                    d.cancel();
+                }
+                if let Some((_, _, c)) = self.live.remove(&device) {
+                    c.cancel();
+                }
+                self.ctx.board.send_modify(|b| {
+                    b.peers.remove(&device);
+                });
+                self.ctx.changed.notify_waiters();
+            }
+            Msg::Register {
+                device,
+                dialed_by_me,
+                reply,
+            } => {
+                if !self.known.borrow().contains(&device) {
+                    let _ = reply.send(None);
+                    return;
+                }
+                // When both sides dial at once, both keep the connection dialled by the
+                // smaller device ID, so they agree without talking about it.
+                let me = self.ctx.identity.device_id.to_string();
+                let prefer_mine = me < device;
+                if let Some((_, existing_mine, _)) = self.live.get(&device) {
+                    let keep_existing =
+                        *existing_mine == prefer_mine || *existing_mine == dialed_by_me;
+                    if keep_existing {
+                        let _ = reply.send(None);
+                        return;
+                    }
+                    if let Some((_, _, old)) = self.live.remove(&device) {
+                        old.cancel();
+                    }
+                }
+                self.next_conn += 1;
+                let token = self.ctx.cancel.child_token();
+                self.live
+                    .insert(device, (self.next_conn, dialed_by_me, token.clone()));
+                let _ = reply.send(Some((self.next_conn, token)));
+            }
+            Msg::Unregister { device, conn } => {
+                if self.live.get(&device).is_some_and(|(id, _, _)| *id == conn) {
+                    self.live.remove(&device);
+                }
+            }
+        }
+    }
+}
+
+/// Asks the manager for a slot for a new connection; `None` means drop it.
+async fn register(ctx: &Ctx, device: &str, dialed_by_me: bool) -> Option<(u64, CancellationToken)> {
+    let (reply, rx) = oneshot::channel();
+    ctx.manager
+        .send(Msg::Register {
+            device: device.to_owned(),
+            dialed_by_me,
+            reply,
+        })
+        .await
+        .ok()?;
+    rx.await.ok()?
+}
+
+async fn serve(
+    listener: TcpListener,
+    config: Arc<rustls::ServerConfig>,
+    known: watch::Receiver<Arc<BTreeSet<String>>>,
+    ctx: Ctx,
+) {
+    let acceptor = tokio_rustls::TlsAcceptor::from(config);
+    let (conn_tx, conn_rx) = mpsc::channel::<Result<PeerIo, std::io::Error>>(16);
+    let accept_ctx = ctx.clone();
+    let cancel = ctx.cancel.clone();
+    tokio::spawn(async move {
+        loop {
+            let (tcp, addr) = tokio::select! {
+                () = cancel.cancelled() => break,
+                res = listener.accept() => match res {
+                    Ok(x) => x,
+                    Err(e) => {
+                        warn!(error = %e, "accepting a peer connection failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                },
+            };
+            let (acceptor, conn_tx, known, ctx) = (
+                acceptor.clone(),
+                conn_tx.clone(),
+                known.clone(),
+                accept_ctx.clone(),
+            );
+            tokio::spawn(async move {
+                let _ = tcp.set_nodelay(true);
+                let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp))
+                    .await
+                {
+                    Ok(Ok(tls)) => tls,
+                    Ok(Err(e)) => {
+                        debug!(peer_addr = %addr, error = %e, "TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => {
+                        debug!(peer_addr = %addr, "TLS handshake timed out");
+                        return;
+                    }
+                };
+                let Some(device) = tls::peer_device_id(tls.get_ref().1) else {
+                    return;
+                };
+                let id = device.to_string();
+                if !known.borrow().contains(&id) {
+                    warn!(device = %id, peer_addr = %addr, "refused a device that was not added; add it with `tandemctl peer add {id}` to trust it");
+                    ctx.board.send_modify(|b| {
+                        if !b.refused_devices.contains(&id) {
+                            b.refused_devices.push(id.clone());
+                        }
+                    });
+                    return;
+                }
+                let _ = conn_tx
+                    .send(Ok(PeerIo::new(tls, PeerConnInfo { device, addr })))
+                    .await;
+            });
+        }
+    });
+    let service = PeerService { ctx: ctx.clone() };
+    let result = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(10)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+        .add_service(
+            PeerServer::new(service)
+                .max_decoding_message_size(MAX_FRAME_BYTES)
+                .max_encoding_message_size(MAX_FRAME_BYTES),
+        )
+        .serve_with_incoming_shutdown(ReceiverStream::new(conn_rx), ctx.cancel.cancelled())
+        .await;
+    if let Err(e) = result {
+        warn!(error = %e, "peer service stopped");
+    }
+}
+
+struct PeerService {
+    ctx: Ctx,
+}
+
+type FrameStream = ReceiverStream<Result<Frame, Status>>;
+
+#[tonic::async_trait]
+impl Peer for PeerService {
+    type ExchangeStream = FrameStream;
+
+    async fn exchange(
+        &self,
+        req: Request<Streaming<Frame>>,
+    ) -> Result<Response<FrameStream>, Status> {
+        let info = req
+            .extensions()
+            .get::<PeerConnInfo>()
+            .cloned()
+            .ok_or_else(|| Status::unauthenticated("no peer certificate"))?;
+        let device = info.device.to_string();
+        let Some((conn, token)) = register(&self.ctx, &device, false).await else {
+            return Err(Status::already_exists(
+                "a connection with this device is already up",
+            ));
+        };
+        let (out_tx, out_rx) = mpsc::channel::<Result<Frame, Status>>(64);
+        let inbound = req.into_inner();
+        let span = tracing::info_span!("peer", device = %info.device.short_string());
+        let ctx = self.ctx.clone();
+        tokio::spawn(
+            async move {
+                info!(peer_addr = %info.addr, "peer connected (incoming)");
+                connection::run(
+                    ctx.clone(),
+                    info.device,
+                    info.addr.to_string(),
+                    inbound,
+                    connection::Outbound::Server(out_tx),
+                    token,
+                )
+                .await;
+                let _ = ctx.manager.send(Msg::Unregister { device, conn }).await;
+            }
+            .instrument(span),
+        );
+        Ok(Response::new(ReceiverStream::new(out_rx)))
+    }
+}
+
+/// Keeps one outgoing connection to a peer up, with backoff between attempts.
+async fn dial_loop(ctx: Ctx, device: DeviceId, address: String, cancel: CancellationToken) {
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        if cancel.is_cancelled() {
+            return;
+        }
+        let connected_already = ctx
+            .board
+            .borrow()
+            .peers
+            .get(&device.to_string())
+            .is_some_and(|p| p.connected);
+        if !connected_already {
+            match dial_once(&ctx, device, &address, &cancel).await {
+                Ok(()) => backoff = Duration::from_millis(200),
+                Err(e) => {
+                    debug!(error = %e, address = %address, "cannot reach peer");
+                    ctx.board.send_modify(|b| {
+                        if let Some(p) = b.peers.get_mut(&device.to_string()) {
+                            p.last_error = e.clone();
+                        }
+                    });
+                    backoff = (backoff * 2).min(Duration::from_secs(10));
+                }
+            }
+        }
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            () = tokio::time::sleep(if connected_already { Duration::from_secs(2) } else { backoff }) => {}
+        }
+    }
+}
+
+async fn dial_once(
+    ctx: &Ctx,
+    device: DeviceId,
+    address: &str,
+    cancel: &CancellationToken,
+) -> Result<(), String> {
+    let config = tls::client_config(&ctx.identity, device).map_err(|e| e.to_string())?;
+    let connector = tokio_rustls::TlsConnector::from(config);
+    let addr = address.to_owned();
+    let endpoint = tonic::transport::Endpoint::from_static("http://tandem.peer")
+        .connect_timeout(Duration::from_secs(5))
+        .http2_keep_alive_interval(Duration::from_secs(10))
+        .keep_alive_timeout(Duration::from_secs(20));
+    let channel = endpoint
+        .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
+            let (connector, addr) = (connector.clone(), addr.clone());
+            async move {
+                let tcp = TcpStream::connect(&addr).await?;
+                let _ = tcp.set_nodelay(true);
+                let tls = connector.connect(tls::server_name(), tcp).await?;
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tls))
+            }
+        }))
+        .await
+        .map_err(|e| format!("cannot connect to {address}: {e}"))?;
+    let device_text = device.to_string();
+    let Some((conn, token)) = register(ctx, &device_text, true).await else {
+        return Ok(());
+    };
+    let (out_tx, out_rx) = mpsc::channel::<Frame>(64);
+    let mut client = tandem_proto::peer::peer_client::PeerClient::new(channel)
+        .max_decoding_message_size(MAX_FRAME_BYTES)
+        .max_encoding_message_size(MAX_FRAME_BYTES);
+    let response = client.exchange(ReceiverStream::new(out_rx)).await;
+    let inbound = match response {
+        Ok(r) => r.into_inner(),
+        Err(e) => {
+            let _ = ctx
+                .manager
+                .send(Msg::Unregister {
+                    device: device_text,
+                    conn,
+                })
+                .await;
+            token.cancel();
+            return Err(format!("{address} refused the exchange: {}", e.message()));
+        }
+    };
+    info!(address = %address, "peer connected (outgoing)");
+    let stop = token.clone();
+    let parent = cancel.clone();
+    tokio::spawn(async move {
+        parent.cancelled().await;
+        stop.cancel();
+    });
+    connection::run(
+        ctx.clone(),
+        device,
+        address.to_owned(),
+        inbound,
+        connection::Outbound::Client(out_tx),
+        token,
+    )
+    .await;
+    let _ = ctx
+        .manager
+        .send(Msg::Unregister {
+            device: device_text,
+            conn,
+        })
+        .await;
+    Ok(())
+}

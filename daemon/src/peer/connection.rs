@@ -1,0 +1,827 @@
+//! One exchange with one device: hello, an index sender and a receiver per shared source,
+//! chunk requests both ways. Symmetric: the same code runs whoever dialled.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::os::unix::fs::FileExt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use prost::Message;
+use tandem_proto::peer::{self as pb, Frame, frame::Body};
+use tokio::sync::{Semaphore, mpsc, oneshot, watch};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tonic::{Status, Streaming};
+use tracing::{debug, info, warn};
+
+use super::{Ctx, PeerSourceStatus, SharedSource};
+use crate::apply;
+use crate::chunker::{ChunkRef, Hash128, MAX_CHUNK_SIZE};
+use crate::identity::DeviceId;
+use crate::index::Ordering;
+use crate::item::ItemKind;
+use crate::source::{ApplyOutcome, RemoteApply};
+use crate::universal::{self, ItemPath, RemoteItem};
+
+/// Largest frame accepted or sent; anything bigger is refused before it is allocated.
+pub const MAX_FRAME_BYTES: usize = 16 << 20;
+/// Index updates are cut well below the frame limit.
+const UPDATE_BUDGET: usize = 4 << 20;
+/// Unacknowledged index updates in flight per source (flow control).
+const INDEX_WINDOW: usize = 8;
+/// Chunk requests in flight per file being built.
+const CHUNK_WINDOW: usize = 16;
+/// Chunk requests served at once for one peer.
+const SERVE_CONCURRENCY: usize = 16;
+const CHUNK_TIMEOUT: Duration = Duration::from_secs(60);
+/// Failed items are tried again this often.
+const RETRY_EVERY: Duration = Duration::from_secs(5);
+
+/// Where outgoing frames go: the response stream (accepted) or the request stream (dialled).
+#[derive(Clone)]
+pub enum Outbound {
+    Server(mpsc::Sender<Result<Frame, Status>>),
+    Client(mpsc::Sender<Frame>),
+}
+
+impl Outbound {
+    async fn send(&self, body: Body) -> bool {
+        let frame = Frame { body: Some(body) };
+        match self {
+            Outbound::Server(tx) => tx.send(Ok(frame)).await.is_ok(),
+            Outbound::Client(tx) => tx.send(frame).await.is_ok(),
+        }
+    }
+}
+
+/// A chunk wanted from the peer.
+struct Fetch {
+    req: pb::ChunkRequest,
+    reply: oneshot::Sender<Result<Vec<u8>, String>>,
+}
+
+struct Conn {
+    ctx: Ctx,
+    device: DeviceId,
+    device_text: String,
+    out: Outbound,
+    cancel: CancellationToken,
+    shared: BTreeMap<String, SharedSource>,
+    senders: BTreeMap<String, watch::Sender<u64>>,
+    receivers: BTreeMap<String, mpsc::Sender<pb::IndexUpdate>>,
+    pending: BTreeMap<u64, oneshot::Sender<Result<Vec<u8>, String>>>,
+    next_request: u64,
+    fetch_tx: mpsc::Sender<Fetch>,
+    serving: Arc<Semaphore>,
+    /// The peer's latest hello, matched again whenever our own shared set changes.
+    peer_hello: Option<pb::Hello>,
+}
+
+/// Runs the exchange until either side hangs up or `cancel` fires.
+pub async fn run(
+    ctx: Ctx,
+    device: DeviceId,
+    remote_addr: String,
+    mut inbound: Streaming<Frame>,
+    out: Outbound,
+    cancel: CancellationToken,
+) {
+    let device_text = device.to_string();
+    ctx.board.send_modify(|b| {
+        let p = b.peers.entry(device_text.clone()).or_default();
+        p.connected = true;
+        p.remote_addr = remote_addr;
+        p.last_error.clear();
+    });
+    ctx.changed.notify_waiters();
+    let (fetch_tx, mut fetch_rx) = mpsc::channel(256);
+    let mut generation = ctx.generation.subscribe();
+    let mut conn = Conn {
+        ctx: ctx.clone(),
+        device,
+        device_text: device_text.clone(),
+        out,
+        cancel: cancel.child_token(),
+        shared: BTreeMap::new(),
+        senders: BTreeMap::new(),
+        receivers: BTreeMap::new(),
+        pending: BTreeMap::new(),
+        next_request: 0,
+        fetch_tx,
+        serving: Arc::new(Semaphore::new(SERVE_CONCURRENCY)),
+        peer_hello: None,
+    };
+    conn.say_hello().await;
+    let why = loop {
+        tokio::select! {
+            () = cancel.cancelled() => break "closed".to_owned(),
+            frame = inbound.message() => match frame {
+                Ok(Some(frame)) => {
+                    if let Err(e) = conn.on_frame(frame).await {
+                        break e;
+                    }
+                }
+                Ok(None) => break "the peer closed the connection".to_owned(),
+                Err(e) => break format!("connection lost: {}", e.message()),
+            },
+            fetch = fetch_rx.recv() => if let Some(fetch) = fetch {
+                conn.next_request += 1;
+                let id = conn.next_request;
+                conn.pending.insert(id, fetch.reply);
+                let mut req = fetch.req;
+                req.request_id = id;
+                if !conn.out.send(Body::ChunkRequest(req)).await {
+                    break "the connection closed".to_owned();
+                }
+            },
+            changed = generation.changed() => {
+                if changed.is_err() {
+                    break "shutting down".to_owned();
+                }
+                conn.say_hello().await;
+            }
+        }
+    };
+    info!(reason = %why, "peer disconnected");
+    conn.cancel.cancel();
+    for (_, reply) in std::mem::take(&mut conn.pending) {
+        let _ = reply.send(Err("the connection closed".into()));
+    }
+    ctx.board.send_modify(|b| {
+        if let Some(p) = b.peers.get_mut(&device_text) {
+            p.connected = false;
+            p.last_error = why;
+            for s in p.sources.values_mut() {
+                s.in_flight = 0;
+                s.receiving_idle = true;
+            }
+        }
+    });
+    ctx.changed.notify_waiters();
+}
+
+fn board_update(ctx: &Ctx, device: &str, source: &str, f: impl FnOnce(&mut PeerSourceStatus)) {
+    ctx.board.send_modify(|b| {
+        let p = b.peers.entry(device.to_owned()).or_default();
+        f(p.sources.entry(source.to_owned()).or_default());
+    });
+    ctx.changed.notify_waiters();
+}
+
+fn refuse(ctx: &Ctx, device: &str, what: &str) {
+    warn!(refused = %what, "refused from peer");
+    ctx.board.send_modify(|b| {
+        let p = b.peers.entry(device.to_owned()).or_default();
+        p.refused += 1;
+        p.last_error = format!("refused: {what}");
+    });
+}
+
+impl Conn {
+    async fn say_hello(&mut self) {
+        self.shared = self
+            .ctx
+            .sources
+            .shared_with(self.device_text.clone())
+            .await
+            .into_iter()
+            .map(|s| (s.id.clone(), s))
+            .collect();
+        let mut sources = Vec::new();
+        for (id, s) in &self.shared {
+            let applied = self
+                .ctx
+                .store
+                .cursor(self.device_text.clone(), id.clone())
+                .await
+                .unwrap_or(0);
+            let local = s.status.borrow().totals.sequence;
+            sources.push(pb::SourceCursor {
+                source: id.clone(),
+                applied,
+                local,
+            });
+        }
+        let hello = pb::Hello {
+            device_id: self.ctx.identity.device_id.to_string(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            sources,
+        };
+        self.out.send(Body::Hello(hello)).await;
+        if let Some(hello) = self.peer_hello.clone() {
+            self.start_exchanges(hello).await;
+        }
+    }
+
+    async fn on_frame(&mut self, frame: Frame) -> Result<(), String> {
+        match frame.body {
+            Some(Body::Hello(hello)) => self.on_hello(hello).await,
+            Some(Body::Index(update)) => {
+                let Some(tx) = self.receivers.get(&update.source) else {
+                    refuse(
+                        &self.ctx,
+                        &self.device_text,
+                        &format!(
+                            "index update for source {:?}, which is not shared with it",
+                            update.source
+                        ),
+                    );
+                    return Ok(());
+                };
+                // The peer keeps at most INDEX_WINDOW updates unacknowledged; more is abuse.
+                if tx.try_send(update).is_err() {
+                    return Err(
+                        "the peer sent more index updates than it may have in flight".into(),
+                    );
+                }
+            }
+            Some(Body::Applied(a)) => {
+                if let Some(tx) = self.senders.get(&a.source) {
+                    tx.send_modify(|v| *v = (*v).max(a.sequence));
+                }
+                board_update(&self.ctx, &self.device_text, &a.source, |s| {
+                    s.peer_applied = s.peer_applied.max(a.sequence)
+                });
+            }
+            Some(Body::ChunkRequest(req)) => self.serve_chunk(req),
+            Some(Body::ChunkData(data)) => {
+                if let Some(reply) = self.pending.remove(&data.request_id) {
+                    let result = if data.error.is_empty() {
+                        Ok(data.data)
+                    } else {
+                        Err(data.error)
+                    };
+                    let _ = reply.send(result);
+                }
+            }
+            None => refuse(&self.ctx, &self.device_text, "an empty frame"),
+        }
+        Ok(())
+    }
+
+    async fn on_hello(&mut self, hello: pb::Hello) {
+        if hello.device_id != self.device_text {
+            refuse(
+                &self.ctx,
+                &self.device_text,
+                "a hello naming another device",
+            );
+            return;
+        }
+        self.peer_hello = Some(hello.clone());
+        self.start_exchanges(hello).await;
+    }
+
+    /// Starts a sender and a receiver for every source both sides share and not yet running.
+    async fn start_exchanges(&mut self, hello: pb::Hello) {
+        for c in hello.sources {
+            let Some(src) = self.shared.get(&c.source).cloned() else {
+                debug!(source = %c.source, "peer shares a source we do not share with it");
+                continue;
+            };
+            let local = src.status.borrow().totals.sequence;
+            // A cursor beyond what this device ever numbered means its database was reset:
+            // start over so the peer sees everything again.
+            let from = if c.applied > local { 0 } else { c.applied };
+            let applied = self
+                .ctx
+                .store
+                .cursor(self.device_text.clone(), c.source.clone())
+                .await
+                .unwrap_or(0);
+            board_update(&self.ctx, &self.device_text, &c.source, |s| {
+                s.shared_by_peer = true;
+                s.peer_sequence = c.local;
+                s.peer_applied = from;
+                s.applied = applied;
+                s.receiving_idle = true;
+            });
+            if !self.senders.contains_key(&c.source) {
+                let (tx, rx) = watch::channel(from);
+                self.senders.insert(c.source.clone(), tx);
+                let task = Sender {
+                    ctx: self.ctx.clone(),
+                    device: self.device_text.clone(),
+                    src: src.clone(),
+                    out: self.out.clone(),
+                    from,
+                    acked: rx,
+                };
+                let cancel = self.cancel.clone();
+                tokio::spawn(async move {
+                    tokio::select! {
+                        () = cancel.cancelled() => {}
+                        () = task.run() => {}
+                    }
+                });
+            }
+            if !self.receivers.contains_key(&c.source) {
+                let (tx, rx) = mpsc::channel(INDEX_WINDOW * 2);
+                self.receivers.insert(c.source.clone(), tx);
+                let task = Receiver {
+                    ctx: self.ctx.clone(),
+                    device: self.device,
+                    device_text: self.device_text.clone(),
+                    src,
+                    out: self.out.clone(),
+                    fetch: self.fetch_tx.clone(),
+                    applied,
+                    retry: Vec::new(),
+                };
+                let cancel = self.cancel.clone();
+                tokio::spawn(async move {
+                    tokio::select! {
+                        () = cancel.cancelled() => {}
+                        () = task.run(rx) => {}
+                    }
+                });
+            }
+        }
+    }
+
+    fn serve_chunk(&mut self, req: pb::ChunkRequest) {
+        let (ctx, out, device) = (self.ctx.clone(), self.out.clone(), self.device_text.clone());
+        let src = self.shared.get(&req.source).cloned();
+        let serving = self.serving.clone();
+        tokio::spawn(async move {
+            let Ok(_permit) = serving.acquire_owned().await else {
+                return;
+            };
+            let id = req.request_id;
+            let answer = match src {
+                None => {
+                    refuse(
+                        &ctx,
+                        &device,
+                        &format!(
+                            "a chunk request for source {:?}, which is not shared with it",
+                            req.source
+                        ),
+                    );
+                    Err("source not shared".to_owned())
+                }
+                Some(src) => read_chunk(&ctx, &src, &req).await,
+            };
+            let data = match answer {
+                Ok(data) => pb::ChunkData {
+                    request_id: id,
+                    data,
+                    error: String::new(),
+                },
+                Err(error) => pb::ChunkData {
+                    request_id: id,
+                    data: Vec::new(),
+                    error,
+                },
+            };
+            out.send(Body::ChunkData(data)).await;
+        });
+    }
+}
+
+/// Reads a chunk a peer asked for from the named item, or any local copy in the same source.
+async fn read_chunk(
+    ctx: &Ctx,
+    src: &SharedSource,
+    req: &pb::ChunkRequest,
+) -> Result<Vec<u8>, String> {
+    let hash = Hash128::from_slice(&req.hash).ok_or("chunk hash is not 16 bytes")?;
+    if req.len == 0 || req.len > MAX_CHUNK_SIZE {
+        return Err(format!("chunk length {} is out of range", req.len));
+    }
+    let path = ItemPath::parse(&req.path).map_err(|e| e.to_string())?;
+    let mut candidates = vec![(src.root.join(path.as_str()), req.offset, req.len)];
+    let root_text = src.root.to_string_lossy().into_owned();
+    if let Ok(others) = ctx.store.chunk_sources(hash).await {
+        for o in others.into_iter().filter(|o| o.root == root_text) {
+            if let Ok(p) = ItemPath::parse(&o.path) {
+                candidates.push((src.root.join(p.as_str()), o.offset, o.len));
+            }
+        }
+    }
+    for (file, offset, len) in candidates {
+        let read = tokio::task::spawn_blocking(move || apply::read_range(&file, offset, len)).await;
+        if let Ok(Ok(data)) = read
+            && Hash128::of(&data) == hash
+        {
+            return Ok(data);
+        }
+    }
+    Err(format!("chunk {hash} of {} is no longer here", req.path))
+}
+
+/// Streams this device's index of one source to the peer, from its cursor on, then live.
+struct Sender {
+    ctx: Ctx,
+    device: String,
+    src: SharedSource,
+    out: Outbound,
+    from: u64,
+    acked: watch::Receiver<u64>,
+}
+
+impl Sender {
+    async fn run(mut self) {
+        let mut status = self.src.status.clone();
+        let mut unacked: VecDeque<u64> = VecDeque::new();
+        let mut told_caught_up = false;
+        loop {
+            let acked = *self.acked.borrow_and_update();
+            while unacked.front().is_some_and(|s| *s <= acked) {
+                unacked.pop_front();
+            }
+            if unacked.len() >= INDEX_WINDOW {
+                if self.acked.changed().await.is_err() {
+                    return;
+                }
+                continue;
+            }
+            let items = match self
+                .ctx
+                .store
+                .items_since(self.src.id.clone(), self.from, 1000)
+                .await
+            {
+                Ok(items) => items,
+                Err(e) => {
+                    warn!(error = %e, source = %self.src.id, "cannot read the index to send");
+                    return;
+                }
+            };
+            if items.is_empty() {
+                if !told_caught_up {
+                    let update = pb::IndexUpdate {
+                        source: self.src.id.clone(),
+                        items: Vec::new(),
+                        caught_up: true,
+                    };
+                    if !self.out.send(Body::Index(update)).await {
+                        return;
+                    }
+                    told_caught_up = true;
+                    unacked.push_back(self.from);
+                }
+                tokio::select! {
+                    r = status.changed() => if r.is_err() { return },
+                    r = self.acked.changed() => if r.is_err() { return },
+                }
+                continue;
+            }
+            let mut batch = Vec::new();
+            let mut size = 0usize;
+            let mut last = self.from;
+            for (prior, chunks) in items {
+                let Ok(path) = ItemPath::parse(&prior.path) else {
+                    continue;
+                };
+                let item = RemoteItem {
+                    path,
+                    meta: prior.meta.clone(),
+                    version: prior.version.clone(),
+                    hash: prior.hash,
+                    chunks,
+                    deleted: prior.deleted,
+                    sequence: prior.sequence,
+                };
+                let msg = universal::item_to_pb(&item);
+                let len = msg.encoded_len();
+                if !batch.is_empty() && size + len > UPDATE_BUDGET {
+                    break;
+                }
+                size += len;
+                last = prior.sequence;
+                batch.push(msg);
+            }
+            let n = batch.len() as u64;
+            let update = pb::IndexUpdate {
+                source: self.src.id.clone(),
+                items: batch,
+                caught_up: false,
+            };
+            if !self.out.send(Body::Index(update)).await {
+                return;
+            }
+            self.from = last;
+            told_caught_up = false;
+            unacked.push_back(last);
+            board_update(&self.ctx, &self.device, &self.src.id, |s| {
+                s.sent_items += n;
+                s.sent_sequence = last;
+            });
+        }
+    }
+}
+
+/// Applies the peer's index of one source: fetches what is missing, hands each item to the
+/// source task, acknowledges, and moves the cursor.
+struct Receiver {
+    ctx: Ctx,
+    device: DeviceId,
+    device_text: String,
+    src: SharedSource,
+    out: Outbound,
+    fetch: mpsc::Sender<Fetch>,
+    applied: u64,
+    retry: Vec<RemoteItem>,
+}
+
+impl Receiver {
+    async fn run(mut self, mut updates: mpsc::Receiver<pb::IndexUpdate>) {
+        loop {
+            let update = if self.retry.is_empty() {
+                updates.recv().await
+            } else {
+                tokio::select! {
+                    u = updates.recv() => u,
+                    () = tokio::time::sleep(RETRY_EVERY) => {
+                        self.retry_failed().await;
+                        continue;
+                    }
+                }
+            };
+            let Some(update) = update else { return };
+            self.on_update(update, updates.is_empty()).await;
+        }
+    }
+
+    async fn retry_failed(&mut self) {
+        for item in std::mem::take(&mut self.retry) {
+            if let Err(item) = self.process(item).await {
+                self.retry.push(*item);
+            }
+        }
+        let idle = self.retry.is_empty();
+        board_update(&self.ctx, &self.device_text, &self.src.id, |s| {
+            s.receiving_idle = idle
+        });
+    }
+
+    async fn on_update(&mut self, update: pb::IndexUpdate, queue_empty: bool) {
+        let items = match universal::update_from_pb(&update) {
+            Ok(items) => items,
+            Err(e) => {
+                refuse(&self.ctx, &self.device_text, &e.to_string());
+                return;
+            }
+        };
+        let needed_bytes: u64 = update.items.iter().map(|i| i.size).sum();
+        let count = items.len() as u64;
+        board_update(&self.ctx, &self.device_text, &self.src.id, |s| {
+            s.needed_items += count;
+            s.needed_bytes += needed_bytes;
+            s.receiving_idle = false;
+        });
+        let mut max_seq = self.applied;
+        for item in items {
+            match item {
+                Err(refused) => {
+                    refuse(&self.ctx, &self.device_text, &refused.to_string());
+                    board_update(&self.ctx, &self.device_text, &self.src.id, |s| {
+                        s.needed_items = s.needed_items.saturating_sub(1)
+                    });
+                }
+                Ok(item) => {
+                    max_seq = max_seq.max(item.sequence);
+                    let size = item.meta.size;
+                    if let Err(item) = self.process(item).await {
+                        self.retry.push(*item);
+                    }
+                    board_update(&self.ctx, &self.device_text, &self.src.id, |s| {
+                        s.needed_items = s.needed_items.saturating_sub(1);
+                        s.needed_bytes = s.needed_bytes.saturating_sub(size);
+                        s.done_items += 1;
+                    });
+                }
+            }
+        }
+        if max_seq > self.applied {
+            self.applied = max_seq;
+            if let Err(e) = self
+                .ctx
+                .store
+                .set_cursor(self.device_text.clone(), self.src.id.clone(), max_seq)
+                .await
+            {
+                warn!(error = %e, "cannot save the cursor; the peer resends after a restart");
+            }
+        }
+        let applied = self.applied;
+        self.out
+            .send(Body::Applied(pb::Applied {
+                source: self.src.id.clone(),
+                sequence: applied,
+            }))
+            .await;
+        let idle = queue_empty && self.retry.is_empty();
+        board_update(&self.ctx, &self.device_text, &self.src.id, |s| {
+            s.applied = applied;
+            s.peer_sequence = s.peer_sequence.max(applied);
+            s.receiving_idle = idle;
+        });
+    }
+
+    /// Applies one item; gives it back if it should be tried again later.
+    async fn process(&mut self, item: RemoteItem) -> Result<(), Box<RemoteItem>> {
+        let id = self.src.id.clone();
+        let prior = self
+            .ctx
+            .store
+            .prior_item(id.clone(), item.path.to_string())
+            .await
+            .ok()
+            .flatten();
+        if let Some(p) = &prior
+            && matches!(
+                item.version.compare(&p.version),
+                Ordering::Equal | Ordering::Dominated
+            )
+        {
+            return Ok(());
+        }
+        let needs_content = item.meta.kind == ItemKind::File
+            && !item.deleted
+            && !prior.as_ref().is_some_and(|p| {
+                !p.deleted && p.hash == item.hash && p.meta.kind == ItemKind::File
+            });
+        let temp = if needs_content {
+            match self.build(&item).await {
+                Ok(temp) => Some(temp),
+                Err(e) => {
+                    warn!(item = %item.path, error = %e, "cannot fetch content; retrying later");
+                    board_update(&self.ctx, &self.device_text, &id, |s| {
+                        s.last_error = format!("{}: {e}", item.path)
+                    });
+                    return Err(Box::new(item));
+                }
+            }
+        } else {
+            None
+        };
+        let outcome = self
+            .src
+            .commander
+            .apply(RemoteApply {
+                item: item.clone(),
+                temp,
+                from: self.device.short_string(),
+            })
+            .await;
+        match outcome {
+            ApplyOutcome::Applied(_) | ApplyOutcome::Skipped => Ok(()),
+            ApplyOutcome::Failed(e) => {
+                board_update(&self.ctx, &self.device_text, &id, |s| s.last_error = e);
+                Err(Box::new(item))
+            }
+        }
+    }
+
+    /// Builds the item's content in a temp file beside its target and verifies it.
+    async fn build(&self, item: &RemoteItem) -> Result<std::path::PathBuf, String> {
+        let root = self.src.root.clone();
+        let path = item.path.clone();
+        let size = item.meta.size;
+        let made = tokio::task::spawn_blocking(
+            move || -> Result<(std::path::PathBuf, std::fs::File), String> {
+                apply::ensure_parents(&root, &path).map_err(|e| e.to_string())?;
+                let temp = apply::temp_path(&root, &path);
+                let f = std::fs::File::create(&temp)
+                    .map_err(|e| format!("cannot create a temp file: {e}"))?;
+                f.set_len(size)
+                    .map_err(|e| format!("cannot size the temp file: {e}"))?;
+                Ok((temp, f))
+            },
+        )
+        .await
+        .map_err(|e| e.to_string())??;
+        let (temp, file) = made;
+        let file = Arc::new(file);
+        let result = self.fill(item, file.clone()).await;
+        let result = match result {
+            Ok(()) => {
+                let (temp2, path, hash) = (temp.clone(), item.path.clone(), item.hash);
+                tokio::task::spawn_blocking(move || {
+                    file.sync_all().map_err(|e| e.to_string())?;
+                    match hash {
+                        Some(h) => apply::verify(&temp2, &path, h).map_err(|e| e.to_string()),
+                        None => Ok(()),
+                    }
+                })
+                .await
+                .map_err(|e| e.to_string())
+                .and_then(|r| r)
+            }
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(()) => Ok(temp),
+            Err(e) => {
+                let _ = std::fs::remove_file(&temp);
+                Err(e)
+            }
+        }
+    }
+
+    async fn fill(&self, item: &RemoteItem, file: Arc<std::fs::File>) -> Result<(), String> {
+        let mut set = JoinSet::new();
+        let mut chunks = item.chunks.iter().copied();
+        loop {
+            while set.len() < CHUNK_WINDOW {
+                let Some(chunk) = chunks.next() else { break };
+                let getter = ChunkGetter {
+                    ctx: self.ctx.clone(),
+                    device: self.device_text.clone(),
+                    source: self.src.id.clone(),
+                    path: item.path.to_string(),
+                    fetch: self.fetch.clone(),
+                };
+                let file = file.clone();
+                set.spawn(async move {
+                    let data = getter.get(chunk).await?;
+                    tokio::task::spawn_blocking(move || file.write_all_at(&data, chunk.offset))
+                        .await
+                        .map_err(|e| e.to_string())?
+                        .map_err(|e| format!("cannot write the temp file: {e}"))
+                });
+            }
+            match set.join_next().await {
+                None => return Ok(()),
+                Some(Ok(Ok(()))) => {}
+                Some(Ok(Err(e))) => return Err(e),
+                Some(Err(e)) => return Err(e.to_string()),
+            }
+        }
+    }
+}
+
+struct ChunkGetter {
+    ctx: Ctx,
+    device: String,
+    source: String,
+    path: String,
+    fetch: mpsc::Sender<Fetch>,
+}
+
+impl ChunkGetter {
+    /// A chunk's bytes: from any local file that has it, else from the peer; always verified.
+    async fn get(&self, chunk: ChunkRef) -> Result<Vec<u8>, String> {
+        if let Ok(locals) = self.ctx.store.chunk_sources(chunk.hash).await {
+            for loc in locals {
+                let Ok(p) = ItemPath::parse(&loc.path) else {
+                    continue;
+                };
+                let file = std::path::Path::new(&loc.root).join(p.as_str());
+                let read = tokio::task::spawn_blocking(move || {
+                    apply::read_range(&file, loc.offset, loc.len)
+                })
+                .await;
+                if let Ok(Ok(data)) = read
+                    && Hash128::of(&data) == chunk.hash
+                {
+                    let n = u64::from(chunk.len);
+                    board_update(&self.ctx, &self.device, &self.source, |s| {
+                        s.reused_bytes += n
+                    });
+                    return Ok(data);
+                }
+            }
+        }
+        let (reply, rx) = oneshot::channel();
+        let req = pb::ChunkRequest {
+            request_id: 0,
+            source: self.source.clone(),
+            path: self.path.clone(),
+            offset: chunk.offset,
+            len: chunk.len,
+            hash: chunk.hash.0.to_vec(),
+        };
+        self.fetch
+            .send(Fetch { req, reply })
+            .await
+            .map_err(|_| "the connection closed".to_owned())?;
+        board_update(&self.ctx, &self.device, &self.source, |s| s.in_flight += 1);
+        let answer = tokio::time::timeout(CHUNK_TIMEOUT, rx).await;
+        board_update(&self.ctx, &self.device, &self.source, |s| {
+            s.in_flight = s.in_flight.saturating_sub(1)
+        });
+        let data = match answer {
+            Ok(Ok(Ok(data))) => data,
+            Ok(Ok(Err(e))) => return Err(format!("the peer could not send a chunk: {e}")),
+            Ok(Err(_)) => return Err("the connection closed".into()),
+            Err(_) => return Err("a chunk request timed out".into()),
+        };
+        if Hash128::of(&data) != chunk.hash || data.len() != usize::try_from(chunk.len).unwrap_or(0)
+        {
+            refuse(
+                &self.ctx,
+                &self.device,
+                &format!("a chunk of {} that does not match its hash", self.path),
+            );
+            return Err("the peer sent a chunk that does not match its hash".into());
+        }
+        let n = u64::from(chunk.len);
+        board_update(&self.ctx, &self.device, &self.source, |s| {
+            s.fetched_bytes += n
+        });
+        Ok(data)
+    }
+}
