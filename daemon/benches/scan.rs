@@ -198,6 +198,7 @@ fn bench_rescan(dir: &Path, files: usize) -> anyhow::Result<Vec<String>> {
                     version,
                     content,
                     deleted: false,
+                    origin: None,
                 })
             }
             _ => None,

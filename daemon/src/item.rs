@@ -95,4 +95,7 @@ pub struct Difference {
     pub version: VersionVector,
     pub content: Content,
     pub deleted: bool,
+    /// The peer this exact version was applied from (not echoed back to it); `None` for
+    /// local changes.
+    pub origin: Option<String>,
 }

@@ -123,6 +123,8 @@ pub struct RemoteApply {
     pub temp: Option<PathBuf>,
     /// Short ID of the peer it came from, for events and conflict copy names.
     pub from: String,
+    /// Full device ID of that peer: the item is not echoed back to it.
+    pub from_device: String,
 }
 
 /// What became of a remote difference.
@@ -696,6 +698,7 @@ impl SourceTask {
                         version,
                         content,
                         deleted: false,
+                        origin: None,
                     });
                 }
                 Found::Deleted { prior } => {
@@ -710,6 +713,7 @@ impl SourceTask {
                         version,
                         content: Content::Empty,
                         deleted: true,
+                        origin: None,
                     });
                 }
                 Found::Error { path, message } => {
@@ -756,8 +760,15 @@ impl SourceTask {
     /// The local half of applying a peer's difference, run by the one task that also scans,
     /// so a local change and a remote one never race.
     async fn apply_remote(&mut self, req: RemoteApply) -> ApplyOutcome {
-        let RemoteApply { item, temp, from } = req;
-        let outcome = self.apply_checked(&item, temp.clone(), &from).await;
+        let RemoteApply {
+            item,
+            temp,
+            from,
+            from_device,
+        } = req;
+        let outcome = self
+            .apply_checked(&item, temp.clone(), &from, &from_device)
+            .await;
         if let Some(temp) = temp
             && !matches!(outcome, ApplyOutcome::Applied(_))
         {
@@ -785,6 +796,7 @@ impl SourceTask {
         item: &RemoteItem,
         temp: Option<PathBuf>,
         from: &str,
+        from_device: &str,
     ) -> ApplyOutcome {
         if self.cfg.paused {
             return ApplyOutcome::Failed("the source is paused; it applies once resumed".into());
@@ -941,6 +953,8 @@ impl SourceTask {
             version,
             content,
             deleted: item.deleted,
+            // A merged conflict version is news to the sender too.
+            origin: (!conflict).then(|| from_device.to_owned()),
         };
         let seq = match self.store.commit(id.clone(), vec![diff]).await {
             Ok(seqs) => seqs.first().copied().unwrap_or(0),

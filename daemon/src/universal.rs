@@ -416,6 +416,7 @@ mod tests {
             source: "s".into(),
             items: vec![pb::Item::default(); MAX_ITEMS_PER_UPDATE + 1],
             caught_up: false,
+            through_sequence: 0,
         };
         assert!(matches!(
             update_from_pb(&update),
@@ -427,6 +428,7 @@ mod tests {
             source: "s".into(),
             items: vec![item_to_pb(&file_item()), bad],
             caught_up: true,
+            through_sequence: 0,
         };
         let results = update_from_pb(&update).unwrap();
         assert!(

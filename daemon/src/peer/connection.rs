@@ -454,6 +454,7 @@ impl Sender {
                         source: self.src.id.clone(),
                         items: Vec::new(),
                         caught_up: true,
+                        through_sequence: self.from,
                     };
                     if !self.out.send(Body::Index(update)).await {
                         return;
@@ -470,8 +471,15 @@ impl Sender {
             let mut batch = Vec::new();
             let mut size = 0usize;
             let mut last = self.from;
-            for (prior, chunks) in items {
+            for entry in items {
+                let (prior, chunks, origin) = (entry.item, entry.chunks, entry.origin);
+                if origin.as_deref() == Some(self.device.as_str()) {
+                    // The peer sent us exactly this version: echoing it back is wasted bytes.
+                    last = prior.sequence;
+                    continue;
+                }
                 let Ok(path) = ItemPath::parse(&prior.path) else {
+                    last = prior.sequence;
                     continue;
                 };
                 let item = RemoteItem {
@@ -497,6 +505,7 @@ impl Sender {
                 source: self.src.id.clone(),
                 items: batch,
                 caught_up: false,
+                through_sequence: last,
             };
             if !self.out.send(Body::Index(update)).await {
                 return;
@@ -571,7 +580,7 @@ impl Receiver {
             s.needed_bytes += needed_bytes;
             s.receiving_idle = false;
         });
-        let mut max_seq = self.applied;
+        let mut max_seq = self.applied.max(update.through_sequence);
         for item in items {
             match item {
                 Err(refused) => {
@@ -664,6 +673,7 @@ impl Receiver {
                 item: item.clone(),
                 temp,
                 from: self.device.short_string(),
+                from_device: self.device_text.clone(),
             })
             .await;
         match outcome {

@@ -13,7 +13,7 @@ use std::thread::JoinHandle;
 
 use tokio::sync::oneshot;
 
-pub use queries::{ChunkSource, PeerRow, SourceRow, Totals};
+pub use queries::{ChunkSource, IndexEntry, PeerRow, SourceRow, Totals};
 
 /// A failure of the store; each names what was being done.
 #[derive(Debug, thiserror::Error)]
@@ -196,13 +196,13 @@ impl StoreHandle {
     }
 
     /// Up to `limit` items of a source changed after local sequence `after`, in order, with
-    /// their chunk lists: what a peer still needs.
+    /// their chunk lists and the peer each was applied from: what a peer still needs.
     pub async fn items_since(
         &self,
         source_id: String,
         after: u64,
         limit: usize,
-    ) -> Result<Vec<(crate::item::PriorItem, Vec<crate::chunker::ChunkRef>)>> {
+    ) -> Result<Vec<IndexEntry>> {
         self.call(move |c| queries::items_since(c, &source_id, after, limit))
             .await
     }

@@ -285,13 +285,13 @@ pub(super) fn commit(
         let mut upsert_keep = tx
             .prepare_cached(
                 "INSERT INTO items (source_id, path, kind, size, mtime_ns, inode, mode, version,
-                                    sequence, hash, chunks, symlink_target, deleted)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, NULL, NULL, ?10, ?11)
+                                    sequence, hash, chunks, symlink_target, deleted, origin)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, NULL, NULL, ?10, ?11, ?12)
                  ON CONFLICT (source_id, path) DO UPDATE SET
                     kind = excluded.kind, size = excluded.size, mtime_ns = excluded.mtime_ns,
                     inode = excluded.inode, mode = excluded.mode, version = excluded.version,
                     sequence = excluded.sequence, symlink_target = excluded.symlink_target,
-                    deleted = excluded.deleted",
+                    deleted = excluded.deleted, origin = excluded.origin",
             )
             .map_err(&err)?;
         let mut set_content = tx
@@ -324,6 +324,7 @@ pub(super) fn commit(
                     to_i64(seq),
                     d.meta.symlink_target,
                     d.deleted,
+                    d.origin,
                 ])
                 .map_err(&err)?;
             match &d.content {
@@ -517,6 +518,15 @@ pub(super) fn peers(c: &mut Connection) -> Result<Vec<PeerRow>> {
     .map_err(&err)
 }
 
+/// One item of a source's index as a peer is sent it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IndexEntry {
+    pub item: PriorItem,
+    pub chunks: Vec<chunker::ChunkRef>,
+    /// The peer this exact version was applied from, if any.
+    pub origin: Option<String>,
+}
+
 /// A place on this device where a chunk's bytes were found at the last scan.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChunkSource {
@@ -533,11 +543,11 @@ pub(super) fn items_since(
     source_id: &str,
     after: u64,
     limit: usize,
-) -> Result<Vec<(PriorItem, Vec<chunker::ChunkRef>)>> {
+) -> Result<Vec<IndexEntry>> {
     let err = sql("reading the index");
     let mut stmt = c
         .prepare_cached(&format!(
-            "SELECT {ITEM_COLUMNS}, chunks FROM items WHERE source_id = ?1 AND sequence > ?2
+            "SELECT {ITEM_COLUMNS}, chunks, origin FROM items WHERE source_id = ?1 AND sequence > ?2
              ORDER BY sequence LIMIT ?3"
         ))
         .map_err(&err)?;
@@ -548,13 +558,19 @@ pub(super) fn items_since(
                 to_i64(after),
                 i64::try_from(limit).unwrap_or(i64::MAX)
             ],
-            |r| Ok((raw_item(r)?, r.get::<_, Option<Vec<u8>>>(11)?)),
+            |r| {
+                Ok((
+                    raw_item(r)?,
+                    r.get::<_, Option<Vec<u8>>>(11)?,
+                    r.get::<_, Option<String>>(12)?,
+                ))
+            },
         )
         .map_err(&err)?
         .collect::<rusqlite::Result<Vec<_>>>()
         .map_err(&err)?;
     let mut out = Vec::with_capacity(rows.len());
-    for (raw, chunks) in rows {
+    for (raw, chunks, origin) in rows {
         let item = decode_item(source_id, raw)?;
         let chunks = match chunks {
             Some(blob) => chunker::decode_chunk_list(&blob).map_err(|e| Error::Corrupt {
@@ -564,7 +580,11 @@ pub(super) fn items_since(
             })?,
             None => Vec::new(),
         };
-        out.push((item, chunks));
+        out.push(IndexEntry {
+            item,
+            chunks,
+            origin,
+        });
     }
     Ok(out)
 }

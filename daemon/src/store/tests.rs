@@ -40,6 +40,7 @@ fn file(path: &str, size: u64, hash: u8) -> Difference {
             }],
         },
         deleted: false,
+        origin: None,
     }
 }
 
@@ -118,7 +119,7 @@ fn migrates_from_an_empty_database() {
     let version: i64 = conn
         .pragma_query_value(None, "user_version", |r| r.get(0))
         .unwrap();
-    assert_eq!(version, 3);
+    assert_eq!(version, 4);
     migrations::all().validate().unwrap();
 }
 
