@@ -72,9 +72,18 @@ pub fn ensure_parents(root: &Path, item: &ItemPath) -> Result<(), ApplyError> {
                     path: item.to_string(),
                 });
             }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                fs::create_dir(&dir).map_err(io_err(item, "creating a parent folder"))?;
-            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => match fs::create_dir(&dir) {
+                Ok(()) => {}
+                // Another item in flight made it first; fine if it is a real folder.
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                    if !fs::symlink_metadata(&dir).is_ok_and(|m| m.file_type().is_dir()) {
+                        return Err(ApplyError::BadParent {
+                            path: item.to_string(),
+                        });
+                    }
+                }
+                Err(e) => return Err(io_err(item, "creating a parent folder")(e)),
+            },
             Err(e) => return Err(io_err(item, "checking a parent folder")(e)),
         }
     }

@@ -31,6 +31,8 @@ const UPDATE_BUDGET: usize = 4 << 20;
 const INDEX_WINDOW: usize = 8;
 /// Chunk requests in flight per file being built.
 const CHUNK_WINDOW: usize = 16;
+/// Items prepared (fetched) ahead of the one being applied.
+const PIPELINE: usize = 32;
 /// Chunk requests served at once for one peer.
 const SERVE_CONCURRENCY: usize = 16;
 const CHUNK_TIMEOUT: Duration = Duration::from_secs(60);
@@ -326,6 +328,7 @@ impl Conn {
                     out: self.out.clone(),
                     fetch: self.fetch_tx.clone(),
                     applied,
+                    seen: applied,
                     retry: Vec::new(),
                 };
                 let cancel = self.cancel.clone();
@@ -462,9 +465,10 @@ impl Sender {
                     told_caught_up = true;
                     unacked.push_back(self.from);
                 }
-                tokio::select! {
-                    r = status.changed() => if r.is_err() { return },
-                    r = self.acked.changed() => if r.is_err() { return },
+                // Sleep until this device numbers something new.
+                let from = self.from;
+                if status.wait_for(|s| s.totals.sequence > from).await.is_err() {
+                    return;
                 }
                 continue;
             }
@@ -531,6 +535,8 @@ struct Receiver {
     out: Outbound,
     fetch: mpsc::Sender<Fetch>,
     applied: u64,
+    /// Highest sequence received, applied or not.
+    seen: u64,
     retry: Vec<RemoteItem>,
 }
 
@@ -543,7 +549,7 @@ impl Receiver {
                 tokio::select! {
                     u = updates.recv() => u,
                     () = tokio::time::sleep(RETRY_EVERY) => {
-                        self.retry_failed().await;
+                        self.retry_failed(updates.is_empty()).await;
                         continue;
                     }
                 }
@@ -553,16 +559,13 @@ impl Receiver {
         }
     }
 
-    async fn retry_failed(&mut self) {
+    async fn retry_failed(&mut self, queue_empty: bool) {
         for item in std::mem::take(&mut self.retry) {
             if let Err(item) = self.process(item).await {
                 self.retry.push(*item);
             }
         }
-        let idle = self.retry.is_empty();
-        board_update(&self.ctx, &self.device_text, &self.src.id, |s| {
-            s.receiving_idle = idle
-        });
+        self.acknowledge(queue_empty).await;
     }
 
     async fn on_update(&mut self, update: pb::IndexUpdate, queue_empty: bool) {
@@ -580,41 +583,69 @@ impl Receiver {
             s.needed_bytes += needed_bytes;
             s.receiving_idle = false;
         });
-        let mut max_seq = self.applied.max(update.through_sequence);
-        for item in items {
-            match item {
-                Err(refused) => {
-                    refuse(&self.ctx, &self.device_text, &refused.to_string());
-                    board_update(&self.ctx, &self.device_text, &self.src.id, |s| {
-                        s.needed_items = s.needed_items.saturating_sub(1)
-                    });
-                }
-                Ok(item) => {
-                    max_seq = max_seq.max(item.sequence);
-                    let size = item.meta.size;
-                    if let Err(item) = self.process(item).await {
-                        self.retry.push(*item);
+        let mut max_seq = self.seen.max(update.through_sequence);
+        // Content is fetched for several items at once (small files are mostly round trips),
+        // and applied strictly in the peer's order.
+        let mut pending: VecDeque<(RemoteItem, tokio::task::JoinHandle<Prepared>)> =
+            VecDeque::new();
+        let mut items = items.into_iter();
+        loop {
+            while pending.len() < PIPELINE {
+                match items.next() {
+                    None => break,
+                    Some(Err(refused)) => {
+                        refuse(&self.ctx, &self.device_text, &refused.to_string());
+                        board_update(&self.ctx, &self.device_text, &self.src.id, |s| {
+                            s.needed_items = s.needed_items.saturating_sub(1)
+                        });
                     }
-                    board_update(&self.ctx, &self.device_text, &self.src.id, |s| {
-                        s.needed_items = s.needed_items.saturating_sub(1);
-                        s.needed_bytes = s.needed_bytes.saturating_sub(size);
-                        s.done_items += 1;
-                    });
+                    Some(Ok(item)) => {
+                        max_seq = max_seq.max(item.sequence);
+                        let job = tokio::spawn(self.fetcher().prepare(item.clone()));
+                        pending.push_back((item, job));
+                    }
                 }
             }
+            let Some((item, job)) = pending.pop_front() else {
+                break;
+            };
+            let prepared = job
+                .await
+                .unwrap_or_else(|e| Prepared::Retry(format!("preparing failed: {e}")));
+            let size = item.meta.size;
+            if let Err(item) = self.finish(item, prepared).await {
+                self.retry.push(*item);
+            }
+            board_update(&self.ctx, &self.device_text, &self.src.id, |s| {
+                s.needed_items = s.needed_items.saturating_sub(1);
+                s.needed_bytes = s.needed_bytes.saturating_sub(size);
+                s.done_items += 1;
+            });
         }
-        if max_seq > self.applied {
-            self.applied = max_seq;
+        self.seen = self.seen.max(max_seq);
+        self.acknowledge(queue_empty).await;
+    }
+
+    /// Moves the cursor and tells the peer how far its index is applied here: up to just
+    /// before the first item still waiting for a retry, so neither side calls it in sync and
+    /// a restart asks for that item again.
+    async fn acknowledge(&mut self, queue_empty: bool) {
+        let held_back = self.retry.iter().map(|i| i.sequence).min();
+        let applied = match held_back {
+            Some(first) => self.seen.min(first.saturating_sub(1)),
+            None => self.seen,
+        };
+        if applied != self.applied {
+            self.applied = applied;
             if let Err(e) = self
                 .ctx
                 .store
-                .set_cursor(self.device_text.clone(), self.src.id.clone(), max_seq)
+                .set_cursor(self.device_text.clone(), self.src.id.clone(), applied)
                 .await
             {
                 warn!(error = %e, "cannot save the cursor; the peer resends after a restart");
             }
         }
-        let applied = self.applied;
         self.out
             .send(Body::Applied(pb::Applied {
                 source: self.src.id.clone(),
@@ -622,49 +653,46 @@ impl Receiver {
             }))
             .await;
         let idle = queue_empty && self.retry.is_empty();
+        let seen = self.seen;
         board_update(&self.ctx, &self.device_text, &self.src.id, |s| {
             s.applied = applied;
-            s.peer_sequence = s.peer_sequence.max(applied);
+            s.peer_sequence = s.peer_sequence.max(seen);
             s.receiving_idle = idle;
         });
     }
 
+    fn fetcher(&self) -> Fetcher {
+        Fetcher {
+            ctx: self.ctx.clone(),
+            device_text: self.device_text.clone(),
+            src: self.src.clone(),
+            fetch: self.fetch.clone(),
+        }
+    }
+
     /// Applies one item; gives it back if it should be tried again later.
     async fn process(&mut self, item: RemoteItem) -> Result<(), Box<RemoteItem>> {
+        let prepared = self.fetcher().prepare(item.clone()).await;
+        self.finish(item, prepared).await
+    }
+
+    /// The local step of one prepared item: hand it to the source task.
+    async fn finish(
+        &mut self,
+        item: RemoteItem,
+        prepared: Prepared,
+    ) -> Result<(), Box<RemoteItem>> {
         let id = self.src.id.clone();
-        let prior = self
-            .ctx
-            .store
-            .prior_item(id.clone(), item.path.to_string())
-            .await
-            .ok()
-            .flatten();
-        if let Some(p) = &prior
-            && matches!(
-                item.version.compare(&p.version),
-                Ordering::Equal | Ordering::Dominated
-            )
-        {
-            return Ok(());
-        }
-        let needs_content = item.meta.kind == ItemKind::File
-            && !item.deleted
-            && !prior.as_ref().is_some_and(|p| {
-                !p.deleted && p.hash == item.hash && p.meta.kind == ItemKind::File
-            });
-        let temp = if needs_content {
-            match self.build(&item).await {
-                Ok(temp) => Some(temp),
-                Err(e) => {
-                    warn!(item = %item.path, error = %e, "cannot fetch content; retrying later");
-                    board_update(&self.ctx, &self.device_text, &id, |s| {
-                        s.last_error = format!("{}: {e}", item.path)
-                    });
-                    return Err(Box::new(item));
-                }
+        let temp = match prepared {
+            Prepared::Skip => return Ok(()),
+            Prepared::Retry(e) => {
+                warn!(item = %item.path, error = %e, "cannot fetch content; retrying later");
+                board_update(&self.ctx, &self.device_text, &id, |s| {
+                    s.last_error = format!("{}: {e}", item.path)
+                });
+                return Err(Box::new(item));
             }
-        } else {
-            None
+            Prepared::Apply(temp) => temp,
         };
         let outcome = self
             .src
@@ -682,6 +710,58 @@ impl Receiver {
                 board_update(&self.ctx, &self.device_text, &id, |s| s.last_error = e);
                 Err(Box::new(item))
             }
+        }
+    }
+}
+
+/// What preparing a remote item came to.
+enum Prepared {
+    /// This device already has it (or something newer).
+    Skip,
+    /// Ready for the source task, with built content if it needed any.
+    Apply(Option<std::path::PathBuf>),
+    /// Content could not be fetched now.
+    Retry(String),
+}
+
+/// Everything needed to fetch an item's content, cloneable into a task.
+#[derive(Clone)]
+struct Fetcher {
+    ctx: Ctx,
+    device_text: String,
+    src: SharedSource,
+    fetch: mpsc::Sender<Fetch>,
+}
+
+impl Fetcher {
+    /// Decides whether the item is needed and builds its content if so.
+    async fn prepare(self, item: RemoteItem) -> Prepared {
+        let prior = self
+            .ctx
+            .store
+            .prior_item(self.src.id.clone(), item.path.to_string())
+            .await
+            .ok()
+            .flatten();
+        if let Some(p) = &prior
+            && matches!(
+                item.version.compare(&p.version),
+                Ordering::Equal | Ordering::Dominated
+            )
+        {
+            return Prepared::Skip;
+        }
+        let needs_content = item.meta.kind == ItemKind::File
+            && !item.deleted
+            && !prior.as_ref().is_some_and(|p| {
+                !p.deleted && p.hash == item.hash && p.meta.kind == ItemKind::File
+            });
+        if !needs_content {
+            return Prepared::Apply(None);
+        }
+        match self.build(&item).await {
+            Ok(temp) => Prepared::Apply(Some(temp)),
+            Err(e) => Prepared::Retry(e),
         }
     }
 

@@ -129,12 +129,19 @@ impl StoreHandle {
             // The caller may have gone away; its answer is then not needed.
             let _ = reply.send(f(conn));
         });
-        let jobs = self.jobs.clone();
-        // The channel is bounded: a blocking send must not stall the runtime's worker.
-        tokio::task::spawn_blocking(move || jobs.send(job))
-            .await
-            .map_err(|_| Error::Closed)?
-            .map_err(|_| Error::Closed)?;
+        match self.jobs.try_send(job) {
+            Ok(()) => {}
+            Err(std_mpsc::TrySendError::Disconnected(_)) => return Err(Error::Closed),
+            Err(std_mpsc::TrySendError::Full(job)) => {
+                // The queue is full: wait for room on the blocking pool, never on a runtime
+                // worker.
+                let jobs = self.jobs.clone();
+                tokio::task::spawn_blocking(move || jobs.send(job))
+                    .await
+                    .map_err(|_| Error::Closed)?
+                    .map_err(|_| Error::Closed)?;
+            }
+        }
         rx.await.map_err(|_| Error::Closed)?
     }
 
