@@ -194,8 +194,8 @@ pub fn place_file(
         .map_err(io_err(item, "setting permissions"))?;
     f.set_times(fs::FileTimes::new().set_modified(system_time(mtime_ns)))
         .map_err(io_err(item, "setting the modification time"))?;
-    f.sync_all()
-        .map_err(io_err(item, "flushing the temp file"))?;
+    // The content was flushed when it was built; a lost mtime after a crash only costs a
+    // rehash, so no second fsync here.
     drop(f);
     let target = root.join(item.as_str());
     if fs::symlink_metadata(&target).is_ok_and(|m| m.file_type().is_dir()) {

@@ -240,17 +240,32 @@ pub(super) fn prior_items(
             return prior_items(c, source_id, None);
         }
         Some(prefixes) => {
-            // Item paths use '/', and '0' is the byte after '/', so [p/, p0) is exactly the
-            // subtree of p under SQLite's binary collation.
-            let mut stmt = c
+            // Two plain index lookups per path: the item itself, then its subtree. Item paths
+            // use '/', and '0' is the byte after '/', so [p/, p0) is exactly the subtree under
+            // SQLite's binary collation. (One query with an OR of both made SQLite scan the
+            // whole source for every path.)
+            let mut exact = c
                 .prepare_cached(&format!(
-                    "SELECT {ITEM_COLUMNS} FROM items WHERE source_id = ?1
-                     AND (path = ?2 OR (path >= ?2 || '/' AND path < ?2 || '0'))"
+                    "SELECT {ITEM_COLUMNS} FROM items WHERE source_id = ?1 AND path = ?2"
                 ))
                 .map_err(&err)?;
             for prefix in prefixes {
-                for raw in stmt
+                for raw in exact
                     .query_map(params![source_id, prefix], raw_item)
+                    .map_err(&err)?
+                {
+                    raws.push(raw.map_err(&err)?);
+                }
+            }
+            let mut range = c
+                .prepare_cached(&format!(
+                    "SELECT {ITEM_COLUMNS} FROM items WHERE source_id = ?1 AND path >= ?2 AND path < ?3"
+                ))
+                .map_err(&err)?;
+            for prefix in prefixes {
+                let (lo, hi) = (format!("{prefix}/"), format!("{prefix}0"));
+                for raw in range
+                    .query_map(params![source_id, lo, hi], raw_item)
                     .map_err(&err)?
                 {
                     raws.push(raw.map_err(&err)?);
