@@ -112,7 +112,7 @@ enum Msg {
     Pause(oneshot::Sender<()>),
     Resume(oneshot::Sender<()>),
     /// A peer's difference, content already built and verified in a temp file if it has any.
-    Apply(Box<RemoteApply>, oneshot::Sender<ApplyOutcome>),
+    Apply(Vec<RemoteApply>, oneshot::Sender<Vec<ApplyOutcome>>),
 }
 
 /// One remote difference handed to the source task for the final, local step.
@@ -130,8 +130,8 @@ pub struct RemoteApply {
 /// What became of a remote difference.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ApplyOutcome {
-    /// Written and recorded under this local sequence.
-    Applied(u64),
+    /// Written (and recorded with the rest of its batch).
+    Applied,
     /// Not needed: this device has the same or a newer version (or wins the conflict).
     Skipped,
     /// Could not be applied now; the message names the item and what to do.
@@ -172,20 +172,22 @@ impl SourceCommander {
         }
     }
 
-    /// Applies a peer's difference: checks, writes, records.
-    pub async fn apply(&self, req: RemoteApply) -> ApplyOutcome {
-        let temp = req.temp.clone();
+    /// Applies peers' differences in order (checks, writes) and records them in one
+    /// transaction; one outcome per difference.
+    pub async fn apply(&self, batch: Vec<RemoteApply>) -> Vec<ApplyOutcome> {
+        let temps: Vec<PathBuf> = batch.iter().filter_map(|r| r.temp.clone()).collect();
+        let n = batch.len();
         let (tx, rx) = oneshot::channel();
-        if self.tx.send(Msg::Apply(Box::new(req), tx)).await.is_ok()
-            && let Ok(outcome) = rx.await
+        if self.tx.send(Msg::Apply(batch, tx)).await.is_ok()
+            && let Ok(outcomes) = rx.await
         {
-            return outcome;
+            return outcomes;
         }
-        if let Some(temp) = temp {
+        for temp in temps {
             // The source is gone; nothing will use the built content.
             let _ = std::fs::remove_file(temp);
         }
-        ApplyOutcome::Failed("the source stopped".into())
+        vec![ApplyOutcome::Failed("the source stopped".into()); n]
     }
 }
 
@@ -270,6 +272,7 @@ pub fn spawn(
         next_full: Instant::now(),
         retry_at: None,
         deferred: Vec::new(),
+        applied_records: Vec::new(),
     };
     let join = tokio::spawn(task.run().instrument(span));
     SourceHandle {
@@ -296,7 +299,9 @@ struct SourceTask {
     next_full: Instant,
     retry_at: Option<Instant>,
     /// Remote differences that arrived during a scan.
-    deferred: Vec<(RemoteApply, oneshot::Sender<ApplyOutcome>)>,
+    deferred: Vec<(Vec<RemoteApply>, oneshot::Sender<Vec<ApplyOutcome>>)>,
+    /// Applied remote differences not yet committed.
+    applied_records: Vec<AppliedRecord>,
 }
 
 /// Receives from an optional channel; without one, waits forever.
@@ -368,9 +373,9 @@ impl SourceTask {
                     self.debouncer.push_full(Instant::now());
                 }
             }
-            for (req, done) in std::mem::take(&mut self.deferred) {
-                let outcome = self.apply_remote(req).await;
-                let _ = done.send(outcome);
+            for (batch, done) in std::mem::take(&mut self.deferred) {
+                let outcomes = self.apply_batch(batch).await;
+                let _ = done.send(outcomes);
             }
             self.publish_pending();
         }
@@ -407,9 +412,9 @@ impl SourceTask {
                 }
                 let _ = done.send(());
             }
-            Msg::Apply(req, done) => {
-                let outcome = self.apply_remote(*req).await;
-                let _ = done.send(outcome);
+            Msg::Apply(batch, done) => {
+                let outcomes = self.apply_batch(batch).await;
+                let _ = done.send(outcomes);
             }
             Msg::Resume(done) => {
                 if self.cfg.paused {
@@ -637,7 +642,7 @@ impl SourceTask {
                         return Err(Stop::Paused(done));
                     }
                     // Applied once this scan is done, so the two never interleave.
-                    Some(Msg::Apply(req, done)) => self.deferred.push((*req, done)),
+                    Some(Msg::Apply(batch, done)) => self.deferred.push((batch, done)),
                     None => {}
                 },
             }
@@ -770,7 +775,7 @@ impl SourceTask {
             .apply_checked(&item, temp.clone(), &from, &from_device)
             .await;
         if let Some(temp) = temp
-            && !matches!(outcome, ApplyOutcome::Applied(_))
+            && !matches!(outcome, ApplyOutcome::Applied)
         {
             // Not used: do not leave it lying in the source.
             let _ = std::fs::remove_file(temp);
@@ -820,6 +825,10 @@ impl SourceTask {
             Ok(Ok(false)) => {
                 // Something changed here that the scanner has not seen yet: record it first,
                 // so it is compared (and kept) rather than overwritten.
+                // What this batch already wrote must be on record before the scanner looks.
+                if let Err(e) = self.flush_applied().await {
+                    return ApplyOutcome::Failed(e);
+                }
                 // Boxed: a scan may handle a pause, which is how this async call graph loops.
                 Box::pin(self.scan(Scope::Under(vec![path.clone()]), HashSet::new())).await;
                 match self.store.prior_item(id.clone(), path.clone()).await {
@@ -956,10 +965,6 @@ impl SourceTask {
             // A merged conflict version is news to the sender too.
             origin: (!conflict).then(|| from_device.to_owned()),
         };
-        let seq = match self.store.commit(id.clone(), vec![diff]).await {
-            Ok(seqs) => seqs.first().copied().unwrap_or(0),
-            Err(e) => return ApplyOutcome::Failed(e.to_string()),
-        };
         let live_prior = prior.as_ref().filter(|p| !p.deleted);
         let kind = if item.deleted {
             EventKind::Deleted
@@ -975,18 +980,64 @@ impl SourceTask {
         if !item.deleted {
             delta.add(&meta);
         }
-        self.events.emit(
-            Event::now(&id, kind)
-                .item(&path)
-                .sequence(seq)
-                .detail(format!("from {from}")),
-        );
-        self.publish(|s| {
-            delta.apply(&mut s.totals);
-            s.totals.sequence = s.totals.sequence.max(seq);
-            s.item_errors.remove(&path);
+        self.applied_records.push(AppliedRecord {
+            diff,
+            kind,
+            delta,
+            from: from.to_owned(),
         });
-        ApplyOutcome::Applied(seq)
+        ApplyOutcome::Applied
+    }
+
+    /// Commits the differences applied so far in one transaction, then tells `watch`.
+    async fn flush_applied(&mut self) -> Result<(), String> {
+        if self.applied_records.is_empty() {
+            return Ok(());
+        }
+        let records = std::mem::take(&mut self.applied_records);
+        let id = self.cfg.id.clone();
+        let diffs: Vec<Difference> = records.iter().map(|r| r.diff.clone()).collect();
+        let seqs = self
+            .store
+            .commit(id.clone(), diffs)
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut total = TotalsDelta::default();
+        for (r, seq) in records.iter().zip(&seqs) {
+            total.merge(&r.delta);
+            self.events.emit(
+                Event::now(&id, r.kind)
+                    .item(&r.diff.path)
+                    .sequence(*seq)
+                    .detail(format!("from {}", r.from)),
+            );
+        }
+        let last = seqs.last().copied().unwrap_or(0);
+        self.publish(|s| {
+            total.apply(&mut s.totals);
+            s.totals.sequence = s.totals.sequence.max(last);
+            for r in &records {
+                s.item_errors.remove(&r.diff.path);
+            }
+        });
+        Ok(())
+    }
+
+    /// Applies a batch of remote differences and commits them together.
+    async fn apply_batch(&mut self, batch: Vec<RemoteApply>) -> Vec<ApplyOutcome> {
+        let mut outcomes = Vec::with_capacity(batch.len());
+        for req in batch {
+            outcomes.push(self.apply_remote(req).await);
+        }
+        if let Err(e) = self.flush_applied().await {
+            warn!(error = %e, "cannot record applied differences");
+            for o in &mut outcomes {
+                if *o == ApplyOutcome::Applied {
+                    *o = ApplyOutcome::Failed(format!("recording it failed: {e}"));
+                }
+            }
+        }
+        outcomes
     }
 }
 
@@ -995,6 +1046,15 @@ fn bumped(prior: Option<&PriorItem>, local: ShortId) -> VersionVector {
     let mut v = prior.map(|p| p.version.clone()).unwrap_or_default();
     v.bump(local);
     v
+}
+
+/// A remote difference written to disk and waiting to be committed with its batch.
+#[derive(Debug)]
+struct AppliedRecord {
+    diff: Difference,
+    kind: EventKind,
+    delta: TotalsDelta,
+    from: String,
 }
 
 /// Change to a source's totals from one batch.
@@ -1017,6 +1077,12 @@ impl TotalsDelta {
             ItemKind::Directory => self.directories += sign,
             ItemKind::Symlink => self.symlinks += sign,
         }
+    }
+    fn merge(&mut self, other: &TotalsDelta) {
+        self.files += other.files;
+        self.directories += other.directories;
+        self.symlinks += other.symlinks;
+        self.bytes += other.bytes;
     }
     fn add(&mut self, meta: &crate::item::Metadata) {
         self.step(meta, 1);

@@ -32,7 +32,9 @@ const INDEX_WINDOW: usize = 8;
 /// Chunk requests in flight per file being built.
 const CHUNK_WINDOW: usize = 16;
 /// Items prepared (fetched) ahead of the one being applied.
-const PIPELINE: usize = 32;
+const PIPELINE: usize = 64;
+/// Most remote items applied in one source-task transaction.
+const APPLY_BATCH: usize = 256;
 /// Chunk requests served at once for one peer.
 const SERVE_CONCURRENCY: usize = 16;
 const CHUNK_TIMEOUT: Duration = Duration::from_secs(60);
@@ -606,20 +608,28 @@ impl Receiver {
                     }
                 }
             }
+            // Everything already fetched goes to the source task as one batch (one
+            // transaction), waiting only for the oldest.
             let Some((item, job)) = pending.pop_front() else {
                 break;
             };
-            let prepared = job
-                .await
-                .unwrap_or_else(|e| Prepared::Retry(format!("preparing failed: {e}")));
-            let size = item.meta.size;
-            if let Err(item) = self.finish(item, prepared).await {
-                self.retry.push(*item);
+            let failed =
+                |e: tokio::task::JoinError| Prepared::Retry(format!("preparing failed: {e}"));
+            let mut batch = vec![(item, job.await.unwrap_or_else(failed))];
+            while batch.len() < APPLY_BATCH && pending.front().is_some_and(|(_, j)| j.is_finished())
+            {
+                if let Some((item, job)) = pending.pop_front() {
+                    batch.push((item, job.await.unwrap_or_else(failed)));
+                }
             }
+            let n = batch.len() as u64;
+            let size: u64 = batch.iter().map(|(i, _)| i.meta.size).sum();
+            let to_retry = self.finish(batch).await;
+            self.retry.extend(to_retry);
             board_update(&self.ctx, &self.device_text, &self.src.id, |s| {
-                s.needed_items = s.needed_items.saturating_sub(1);
+                s.needed_items = s.needed_items.saturating_sub(n);
                 s.needed_bytes = s.needed_bytes.saturating_sub(size);
-                s.done_items += 1;
+                s.done_items += n;
             });
         }
         self.seen = self.seen.max(max_seq);
@@ -673,44 +683,51 @@ impl Receiver {
     /// Applies one item; gives it back if it should be tried again later.
     async fn process(&mut self, item: RemoteItem) -> Result<(), Box<RemoteItem>> {
         let prepared = self.fetcher().prepare(item.clone()).await;
-        self.finish(item, prepared).await
+        match self.finish(vec![(item, prepared)]).await.pop() {
+            Some(item) => Err(Box::new(item)),
+            None => Ok(()),
+        }
     }
 
-    /// The local step of one prepared item: hand it to the source task.
-    async fn finish(
-        &mut self,
-        item: RemoteItem,
-        prepared: Prepared,
-    ) -> Result<(), Box<RemoteItem>> {
+    /// The local step of prepared items: hand them to the source task as one batch. Gives
+    /// back the items to try again later.
+    async fn finish(&mut self, batch: Vec<(RemoteItem, Prepared)>) -> Vec<RemoteItem> {
         let id = self.src.id.clone();
-        let temp = match prepared {
-            Prepared::Skip => return Ok(()),
-            Prepared::Retry(e) => {
-                warn!(item = %item.path, error = %e, "cannot fetch content; retrying later");
-                board_update(&self.ctx, &self.device_text, &id, |s| {
-                    s.last_error = format!("{}: {e}", item.path)
-                });
-                return Err(Box::new(item));
-            }
-            Prepared::Apply(temp) => temp,
-        };
-        let outcome = self
-            .src
-            .commander
-            .apply(RemoteApply {
-                item: item.clone(),
-                temp,
-                from: self.device.short_string(),
-                from_device: self.device_text.clone(),
-            })
-            .await;
-        match outcome {
-            ApplyOutcome::Applied(_) | ApplyOutcome::Skipped => Ok(()),
-            ApplyOutcome::Failed(e) => {
-                board_update(&self.ctx, &self.device_text, &id, |s| s.last_error = e);
-                Err(Box::new(item))
+        let mut retry = Vec::new();
+        let mut items = Vec::with_capacity(batch.len());
+        let mut reqs = Vec::with_capacity(batch.len());
+        for (item, prepared) in batch {
+            match prepared {
+                Prepared::Skip => {}
+                Prepared::Retry(e) => {
+                    warn!(item = %item.path, error = %e, "cannot fetch content; retrying later");
+                    board_update(&self.ctx, &self.device_text, &id, |s| {
+                        s.last_error = format!("{}: {e}", item.path)
+                    });
+                    retry.push(item);
+                }
+                Prepared::Apply(temp) => {
+                    reqs.push(RemoteApply {
+                        item: item.clone(),
+                        temp,
+                        from: self.device.short_string(),
+                        from_device: self.device_text.clone(),
+                    });
+                    items.push(item);
+                }
             }
         }
+        if reqs.is_empty() {
+            return retry;
+        }
+        let outcomes = self.src.commander.apply(reqs).await;
+        for (item, outcome) in items.into_iter().zip(outcomes) {
+            if let ApplyOutcome::Failed(e) = outcome {
+                board_update(&self.ctx, &self.device_text, &id, |s| s.last_error = e);
+                retry.push(item);
+            }
+        }
+        retry
     }
 }
 
