@@ -333,6 +333,13 @@ impl SourceTask {
             Ok(totals) => self.publish(|s| s.totals = totals),
             Err(e) => warn!(error = %e, "cannot read the source's totals"),
         }
+        // Temp files a crash left behind never hold anything the prior state relies on.
+        let root = self.cfg.root.clone();
+        if let Ok(removed) = tokio::task::spawn_blocking(move || apply::remove_stale_temps(&root)).await
+            && removed > 0
+        {
+            info!(removed, "removed temp files left by an earlier run");
+        }
         if !self.cfg.paused {
             self.start_watching();
             self.debouncer.push_full(Instant::now());
