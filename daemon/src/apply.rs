@@ -58,6 +58,23 @@ pub fn temp_path(root: &Path, item: &ItemPath) -> PathBuf {
     dir.join(format!("{TEMP_PREFIX}{:016x}", h.finish()))
 }
 
+/// A temp file name directly in the source root, for items whose folder does not exist yet.
+pub fn temp_path_in_root(root: &Path) -> PathBuf {
+    let mut h = RandomState::new().build_hasher();
+    h.write_u64(u64::from(std::process::id()));
+    root.join(format!("{TEMP_PREFIX}{:016x}", h.finish()))
+}
+
+/// True when every folder above the item exists and is a real folder.
+pub fn parents_exist(root: &Path, item: &ItemPath) -> bool {
+    let parts: Vec<&str> = item.as_str().split('/').collect();
+    let mut dir = root.to_path_buf();
+    parts[..parts.len().saturating_sub(1)].iter().all(|part| {
+        dir.push(part);
+        fs::symlink_metadata(&dir).is_ok_and(|m| m.file_type().is_dir())
+    })
+}
+
 /// Makes sure every folder above the item exists and is a real folder (never a symlink), so
 /// nothing is written outside the source.
 pub fn ensure_parents(root: &Path, item: &ItemPath) -> Result<(), ApplyError> {

@@ -335,7 +335,8 @@ impl SourceTask {
         }
         // Temp files a crash left behind never hold anything the prior state relies on.
         let root = self.cfg.root.clone();
-        if let Ok(removed) = tokio::task::spawn_blocking(move || apply::remove_stale_temps(&root)).await
+        if let Ok(removed) =
+            tokio::task::spawn_blocking(move || apply::remove_stale_temps(&root)).await
             && removed > 0
         {
             info!(removed, "removed temp files left by an earlier run");

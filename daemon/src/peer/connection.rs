@@ -789,8 +789,14 @@ impl Fetcher {
         let size = item.meta.size;
         let made = tokio::task::spawn_blocking(
             move || -> Result<(std::path::PathBuf, std::fs::File), String> {
-                apply::ensure_parents(&root, &path).map_err(|e| e.to_string())?;
-                let temp = apply::temp_path(&root, &path);
+                // Beside the target when its folder exists; otherwise in the source root, so
+                // folders are only ever made by applying their own items (a folder made early
+                // would look like a local change to the scanner).
+                let temp = if apply::parents_exist(&root, &path) {
+                    apply::temp_path(&root, &path)
+                } else {
+                    apply::temp_path_in_root(&root)
+                };
                 let f = std::fs::File::create(&temp)
                     .map_err(|e| format!("cannot create a temp file: {e}"))?;
                 f.set_len(size)
