@@ -254,7 +254,14 @@ pub fn make_dir(root: &Path, item: &ItemPath, mode: u32) -> Result<Metadata, App
             fs::remove_file(&target).map_err(io_err(item, "removing what the folder replaces"))?;
             fs::create_dir(&target).map_err(io_err(item, "creating the folder"))?;
         }
-        Err(_) => fs::create_dir(&target).map_err(io_err(item, "creating the folder"))?,
+        Err(_) => match fs::create_dir(&target) {
+            Ok(()) => {}
+            // Made meanwhile (a parent of something in flight): fine if it is a real folder.
+            Err(e)
+                if e.kind() == io::ErrorKind::AlreadyExists
+                    && fs::symlink_metadata(&target).is_ok_and(|m| m.file_type().is_dir()) => {}
+            Err(e) => return Err(io_err(item, "creating the folder")(e)),
+        },
     }
     fs::set_permissions(&target, fs::Permissions::from_mode(mode | 0o700))
         .map_err(io_err(item, "setting permissions"))?;

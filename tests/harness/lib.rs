@@ -4,11 +4,12 @@
 //! `--home` and the tests' source folders, starts `tandemd --home … --listen 127.0.0.1:0`, and
 //! talks to it only through `tandemctl --json`. It waits with `tandemctl wait` or on `watch`
 //! events ([`Watch`]), never with a sleep. When a test fails, dropping the agent prints its log
-//! tail and the temp tree. Must not: link the daemon or reach into it, apart from reading
-//! `tandem.db` read-only in [`prior`].
+//! tail and the temp tree. Several agents meet through [`peers`]. Must not: link the daemon or
+//! reach into it, apart from reading `tandem.db` read-only in [`prior`].
 
 pub mod backoff;
 pub mod bins;
+pub mod peers;
 pub mod prior;
 pub mod process;
 pub mod tree;
@@ -24,6 +25,7 @@ use std::time::Duration;
 use serde_json::Value;
 use tempfile::TempDir;
 
+pub use crate::peers::pair;
 pub use crate::watch::{EVENT_DEADLINE, Watch};
 
 /// Longest a fresh `tandemd` may take to answer `tandemctl id`.

@@ -161,3 +161,222 @@ fn list(root: &Path, dir: &Path, lines: &mut Vec<String>) {
         }
     }
 }
+
+/// An item as [`assert_same_trees`] compares it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Shape {
+    /// Length, permission bits and mtime; the bytes are compared separately.
+    File {
+        size: u64,
+        mode: u32,
+        mtime_ns: i64,
+    },
+    /// Permission bits.
+    Directory {
+        mode: u32,
+    },
+    Symlink {
+        target: std::path::PathBuf,
+    },
+}
+
+/// Fails unless the trees under `a` and `b` hold the same items: the same folders, the same
+/// symlinks with the same targets, and files with the same bytes, length, permission bits and
+/// mtime (to the nanosecond). Also fails if either holds an agent temp file
+/// (`.tandem-tmp-*`). Folder mtimes and modes are not compared.
+pub fn assert_same_trees(a: &Path, b: &Path) {
+    let (left, right) = (shapes(a), shapes(b));
+    let mut problems = String::new();
+    // Writing to a String cannot fail.
+    for (root, items) in [(a, &left), (b, &right)] {
+        for path in items.keys().filter(|p| is_temp(p)) {
+            let _ = writeln!(
+                problems,
+                "{path}: an agent temp file left in {}",
+                root.display()
+            );
+        }
+    }
+    for (path, shape) in &left {
+        match right.get(path) {
+            None => {
+                let _ = writeln!(problems, "{path:?}: only in {} ({shape:?})", a.display());
+            }
+            Some(other) if other != shape => {
+                let _ = writeln!(problems, "{path:?}: {shape:?} ≠ {other:?}");
+            }
+            Some(Shape::File { .. }) => {
+                if let Some(offset) = first_difference(&a.join(path), &b.join(path)) {
+                    let _ = writeln!(problems, "{path:?}: contents differ from byte {offset}");
+                }
+            }
+            Some(_) => {}
+        }
+    }
+    for (path, shape) in right.iter().filter(|(p, _)| !left.contains_key(*p)) {
+        let _ = writeln!(problems, "{path:?}: only in {} ({shape:?})", b.display());
+    }
+    assert!(
+        problems.is_empty(),
+        "the trees differ:\n{problems}\n──── {} ────\n{}──── {} ────\n{}",
+        a.display(),
+        listing(a, 100),
+        b.display(),
+        listing(b, 100),
+    );
+}
+
+/// True for a path whose last name is an agent temp file.
+fn is_temp(path: &str) -> bool {
+    path.rsplit('/')
+        .next()
+        .is_some_and(|name| name.starts_with(".tandem-tmp-"))
+}
+
+fn shapes(root: &Path) -> BTreeMap<String, Shape> {
+    snapshot(root)
+        .into_iter()
+        .map(|(path, entry)| {
+            let full = root.join(&path);
+            let shape = match entry.kind {
+                Kind::Directory => {
+                    let m = fs::symlink_metadata(&full)
+                        .unwrap_or_else(|e| panic!("cannot stat {}: {e}", full.display()));
+                    Shape::Directory {
+                        mode: m.mode() & 0o7777,
+                    }
+                }
+                Kind::Symlink => Shape::Symlink {
+                    target: fs::read_link(&full)
+                        .unwrap_or_else(|e| panic!("cannot read link {}: {e}", full.display())),
+                },
+                Kind::File => {
+                    let m = fs::symlink_metadata(&full)
+                        .unwrap_or_else(|e| panic!("cannot stat {}: {e}", full.display()));
+                    Shape::File {
+                        size: m.len(),
+                        mode: m.mode() & 0o7777,
+                        mtime_ns: entry.mtime_ns,
+                    }
+                }
+            };
+            (path, shape)
+        })
+        .collect()
+}
+
+/// Where two files of the same length first differ, if they do; read a block at a time, so
+/// large files are never held in memory whole.
+fn first_difference(a: &Path, b: &Path) -> Option<u64> {
+    use std::io::Read as _;
+    const BLOCK: usize = 1 << 20;
+    let open =
+        |p: &Path| fs::File::open(p).unwrap_or_else(|e| panic!("cannot open {}: {e}", p.display()));
+    let (mut fa, mut fb) = (open(a), open(b));
+    let (mut ba, mut bb) = (vec![0u8; BLOCK], vec![0u8; BLOCK]);
+    let mut offset = 0u64;
+    loop {
+        let na = read_full(&mut fa, &mut ba, a);
+        let nb = read_full(&mut fb, &mut bb, b);
+        if let Some(i) = ba[..na].iter().zip(&bb[..nb]).position(|(x, y)| x != y) {
+            return Some(offset + u64::try_from(i).expect("a block index fits u64"));
+        }
+        if na != nb {
+            return Some(offset + u64::try_from(na.min(nb)).expect("fits"));
+        }
+        if na == 0 {
+            return None;
+        }
+        offset += u64::try_from(na).expect("fits");
+    }
+
+    fn read_full(f: &mut fs::File, buf: &mut [u8], path: &Path) -> usize {
+        let mut n = 0;
+        while n < buf.len() {
+            match f.read(&mut buf[n..]) {
+                Ok(0) => break,
+                Ok(k) => n += k,
+                Err(e) => panic!("cannot read {}: {e}", path.display()),
+            }
+        }
+        n
+    }
+}
+
+/// Sets a file's mtime, to the nanosecond.
+pub fn set_mtime(path: &Path, unix_ns: i64) {
+    let secs = u64::try_from(unix_ns.div_euclid(1_000_000_000)).expect("an mtime after 1970");
+    let nanos = u64::try_from(unix_ns.rem_euclid(1_000_000_000)).expect("below 1e9");
+    let when = std::time::UNIX_EPOCH
+        + std::time::Duration::from_secs(secs)
+        + std::time::Duration::from_nanos(nanos);
+    let f = fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .unwrap_or_else(|e| panic!("cannot open {}: {e}", path.display()));
+    f.set_times(fs::FileTimes::new().set_modified(when))
+        .unwrap_or_else(|e| panic!("cannot set the mtime of {}: {e}", path.display()));
+}
+
+/// Sets a file's permission bits.
+pub fn set_mode(path: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt as _;
+    fs::set_permissions(path, fs::Permissions::from_mode(mode))
+        .unwrap_or_else(|e| panic!("cannot chmod {mode:o} {}: {e}", path.display()));
+}
+
+/// Deterministic pseudo-random bytes (xorshift64*): the same `seed` and length always give the
+/// same bytes, so a rerun moves exactly the same data.
+pub struct PseudoRandom(u64);
+
+impl PseudoRandom {
+    /// A generator; `seed` 0 is replaced by a fixed non-zero value (xorshift needs one).
+    pub fn new(seed: u64) -> PseudoRandom {
+        PseudoRandom(if seed == 0 {
+            0x9E37_79B9_7F4A_7C15
+        } else {
+            seed
+        })
+    }
+
+    /// Fills `buf` with the next bytes.
+    pub fn fill(&mut self, buf: &mut [u8]) {
+        for block in buf.chunks_mut(8) {
+            let mut x = self.0;
+            x ^= x >> 12;
+            x ^= x << 25;
+            x ^= x >> 27;
+            self.0 = x;
+            let bytes = x.wrapping_mul(0x2545_F491_4F6C_DD1D).to_le_bytes();
+            block.copy_from_slice(&bytes[..block.len()]);
+        }
+    }
+
+    /// The next `len` bytes.
+    pub fn bytes(&mut self, len: usize) -> Vec<u8> {
+        let mut buf = vec![0u8; len];
+        self.fill(&mut buf);
+        buf
+    }
+}
+
+/// Writes `len` pseudo-random bytes from `seed` to a new file at `path`, a block at a time.
+pub fn write_pseudo_random(path: &Path, seed: u64, len: u64) {
+    const BLOCK: u64 = 1 << 20;
+    if let Some(parent) = path.parent() {
+        fs::create_dir_all(parent)
+            .unwrap_or_else(|e| panic!("cannot create {}: {e}", parent.display()));
+    }
+    let mut file =
+        fs::File::create(path).unwrap_or_else(|e| panic!("cannot create {}: {e}", path.display()));
+    let mut rng = PseudoRandom::new(seed);
+    let mut buf = vec![0u8; usize::try_from(BLOCK).expect("1 MiB fits usize")];
+    let mut left = len;
+    while left > 0 {
+        let n = usize::try_from(left.min(BLOCK)).expect("at most 1 MiB");
+        rng.fill(&mut buf[..n]);
+        file.write_all(&buf[..n])
+            .unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
+        left -= u64::try_from(n).expect("fits");
+    }
+}

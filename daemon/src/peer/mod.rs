@@ -37,13 +37,13 @@ pub struct PeerSourceStatus {
     pub needed_bytes: u64,
     /// Chunk requests on the wire.
     pub in_flight: u64,
-    /// Remote items applied (or found already present) since the connection began.
+    /// Remote items applied (or found already present) since the agent started.
     pub done_items: u64,
     /// Chunk bytes received over the network since the agent started.
     pub fetched_bytes: u64,
     /// Chunk bytes copied from files already on this device instead.
     pub reused_bytes: u64,
-    /// Items of this device's index sent to the peer since the connection began.
+    /// Items of this device's index sent to the peer since the agent started.
     pub sent_items: u64,
     /// Highest local sequence sent to the peer.
     pub sent_sequence: u64,

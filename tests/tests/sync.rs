@@ -1,0 +1,507 @@
+//! Stories of two or three devices keeping a source the same: each agent is a real `tandemd`
+//! with its own home, listening on 127.0.0.1; they meet through `peer add`, share a source
+//! with `source add --peer`, and are waited on with `tandemctl wait`.
+
+use std::collections::BTreeSet;
+use std::fs;
+use std::os::unix::fs::symlink;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use tandem_tests::tree::{self, PseudoRandom};
+use tandem_tests::{Agent, EVENT_DEADLINE, backoff, num, pair, prior};
+
+/// Longest two small sources may take to agree.
+const SYNC: Duration = Duration::from_secs(60);
+
+/// Two agents that know each other and share source `docs`; `fill_a` and `fill_b` put files
+/// in each one's folder before it is shared. Not yet waited on.
+fn two_sharing(
+    fill_a: impl FnOnce(&Path),
+    fill_b: impl FnOnce(&Path),
+) -> (Agent, PathBuf, Agent, PathBuf) {
+    let a = Agent::start();
+    let b = Agent::start();
+    let (da, db) = (a.data_dir("docs"), b.data_dir("docs"));
+    fill_a(&da);
+    fill_b(&db);
+    pair(&a, &b);
+    a.share("docs", &da, &[&b]);
+    b.share("docs", &db, &[&a]);
+    (a, da, b, db)
+}
+
+/// Waits until `first` and then `second` are in sync with each other. The side that changed
+/// goes first: once it is in sync, the other has applied everything it numbered.
+fn settle(first: &Agent, second: &Agent) {
+    first.sync_with(&[second], SYNC);
+    second.sync_with(&[first], SYNC);
+}
+
+fn names(root: &Path) -> BTreeSet<String> {
+    tree::snapshot(root).into_keys().collect()
+}
+
+fn set(items: &[&str]) -> BTreeSet<String> {
+    items.iter().map(|s| (*s).to_owned()).collect()
+}
+
+/// 2001-09-09T01:46:40.123456789Z: an mtime no test run could give a file by accident.
+const OLD_MTIME_NS: i64 = 1_000_000_000_123_456_789;
+
+#[test]
+fn first_sync_merges_two_different_trees_into_the_same_tree() {
+    let (a, da, b, db) = two_sharing(
+        |d| {
+            tree::write(&d.join("a-only/report.txt"), "written on A");
+            tree::set_mtime(&d.join("a-only/report.txt"), OLD_MTIME_NS);
+            tree::write(&d.join("a-only/run.sh"), "#!/bin/sh\necho hi\n");
+            tree::set_mode(&d.join("a-only/run.sh"), 0o755);
+            // A folder's own permissions travel too, also when it holds files.
+            tree::set_mode(&d.join("a-only"), 0o750);
+            // Several chunks (FastCDC's average is 64 KiB).
+            tree::write(
+                &d.join("a-only/nested/deep/data.bin"),
+                PseudoRandom::new(1).bytes(700_000),
+            );
+            fs::create_dir_all(d.join("a-empty/inner")).expect("mkdir -p a-empty/inner");
+            symlink("a-only/report.txt", d.join("a-link")).expect("symlink a-link");
+        },
+        |d| {
+            tree::write(&d.join("b-only/notes.md"), "# written on B\n");
+            tree::write(&d.join("b-only/secret.txt"), "only the owner reads this");
+            tree::set_mode(&d.join("b-only/secret.txt"), 0o600);
+            tree::write(&d.join("b-big.bin"), PseudoRandom::new(2).bytes(1_000_000));
+            tree::write(&d.join("b-empty-file"), "");
+            fs::create_dir(d.join("b-empty")).expect("mkdir b-empty");
+            symlink("does/not/exist", d.join("b-dangling")).expect("symlink b-dangling");
+        },
+    );
+    // The same file, byte for byte and to the nanosecond, on both sides before they meet.
+    for d in [&da, &db] {
+        let same = d.join("same/shared.txt");
+        tree::write(&same, "the same bytes on both devices");
+        tree::set_mtime(&same, OLD_MTIME_NS + 1);
+    }
+
+    settle(&a, &b);
+
+    tree::assert_same_trees(&da, &db);
+    let expected = set(&[
+        "a-empty",
+        "a-empty/inner",
+        "a-link",
+        "a-only",
+        "a-only/nested",
+        "a-only/nested/deep",
+        "a-only/nested/deep/data.bin",
+        "a-only/report.txt",
+        "a-only/run.sh",
+        "b-big.bin",
+        "b-dangling",
+        "b-empty",
+        "b-empty-file",
+        "b-only",
+        "b-only/notes.md",
+        "b-only/secret.txt",
+        "same",
+        "same/shared.txt",
+    ]);
+    // Nothing more: the file both had is not a conflict, so no conflict copy appears.
+    assert_eq!(names(&db), expected);
+    let report = fs::metadata(db.join("a-only/report.txt")).expect("stat report.txt on B");
+    assert_eq!(
+        std::os::unix::fs::MetadataExt::mtime_nsec(&report),
+        OLD_MTIME_NS % 1_000_000_000,
+        "the mtime travels to the nanosecond"
+    );
+    for (agent, dir) in [(&a, &da), (&b, &db)] {
+        prior::assert_matches_tree(&agent.prior_state("docs"), dir);
+        let s = agent.source("docs");
+        assert_eq!(num(&s, "files"), 8, "{s:#}");
+        assert_eq!(num(&s, "symlinks"), 2, "{s:#}");
+    }
+}
+
+#[test]
+fn every_kind_of_change_on_one_side_reaches_the_other_and_back() {
+    let (a, da, b, db) = two_sharing(
+        |d| {
+            for (path, contents) in [
+                ("base/one.txt", "one"),
+                ("base/two.txt", "two"),
+                ("base/three.txt", "three"),
+                ("photos/a.jpg", "not really a jpeg"),
+                ("photos/sub/b.jpg", "nor this"),
+                ("photos/sub/c.txt", "a caption"),
+                ("trash/t1.txt", "1"),
+                ("trash/deep/t2.txt", "22"),
+            ] {
+                tree::write(&d.join(path), contents);
+            }
+        },
+        |_| {},
+    );
+    settle(&a, &b);
+    tree::assert_same_trees(&da, &db);
+
+    // On A: every kind of change, each seen by A's watcher before the next.
+    let mut watch = a.watch("docs");
+    tree::write(&da.join("new file.txt"), "a name with spaces");
+    watch.expect("added", "new file.txt", EVENT_DEADLINE);
+    tree::write(&da.join("naïve café/日本語 ✓.txt"), "unicode names");
+    watch.expect_all(
+        &[
+            ("added", "naïve café"),
+            ("added", "naïve café/日本語 ✓.txt"),
+        ],
+        EVENT_DEADLINE,
+    );
+    tree::write(&da.join("line\nbreak.txt"), "a newline in the name");
+    watch.expect("added", "line\nbreak.txt", EVENT_DEADLINE);
+    tree::write(&da.join("base/one.txt"), "one, and then some more");
+    watch.expect("modified", "base/one.txt", EVENT_DEADLINE);
+    fs::remove_file(da.join("base/two.txt")).expect("delete base/two.txt");
+    watch.expect("deleted", "base/two.txt", EVENT_DEADLINE);
+    fs::rename(da.join("base/three.txt"), da.join("base/3.txt")).expect("rename three.txt");
+    watch.expect_all(
+        &[("deleted", "base/three.txt"), ("added", "base/3.txt")],
+        EVENT_DEADLINE,
+    );
+    fs::rename(da.join("photos"), da.join("pictures")).expect("rename photos/");
+    watch.expect_all(
+        &[
+            ("deleted", "photos"),
+            ("deleted", "photos/a.jpg"),
+            ("deleted", "photos/sub"),
+            ("deleted", "photos/sub/b.jpg"),
+            ("deleted", "photos/sub/c.txt"),
+            ("added", "pictures"),
+            ("added", "pictures/a.jpg"),
+            ("added", "pictures/sub"),
+            ("added", "pictures/sub/b.jpg"),
+            ("added", "pictures/sub/c.txt"),
+        ],
+        EVENT_DEADLINE,
+    );
+    fs::create_dir_all(da.join("empty/deeper")).expect("mkdir -p empty/deeper");
+    watch.expect_all(
+        &[("added", "empty"), ("added", "empty/deeper")],
+        EVENT_DEADLINE,
+    );
+    symlink("pictures/a.jpg", da.join("shortcut")).expect("symlink shortcut");
+    watch.expect("added", "shortcut", EVENT_DEADLINE);
+    fs::remove_dir_all(da.join("trash")).expect("rm -r trash");
+    watch.expect_all(
+        &[
+            ("deleted", "trash"),
+            ("deleted", "trash/t1.txt"),
+            ("deleted", "trash/deep"),
+            ("deleted", "trash/deep/t2.txt"),
+        ],
+        EVENT_DEADLINE,
+    );
+
+    settle(&a, &b);
+    tree::assert_same_trees(&da, &db);
+    assert_eq!(
+        names(&db),
+        set(&[
+            "base",
+            "base/3.txt",
+            "base/one.txt",
+            "empty",
+            "empty/deeper",
+            "line\nbreak.txt",
+            "naïve café",
+            "naïve café/日本語 ✓.txt",
+            "new file.txt",
+            "pictures",
+            "pictures/a.jpg",
+            "pictures/sub",
+            "pictures/sub/b.jpg",
+            "pictures/sub/c.txt",
+            "shortcut",
+        ])
+    );
+    assert_eq!(
+        fs::read_link(db.join("shortcut")).expect("B's shortcut is a symlink"),
+        Path::new("pictures/a.jpg")
+    );
+    prior::assert_matches_tree(&b.prior_state("docs"), &db);
+
+    // Then on B: changes flow the other way.
+    let mut watch = b.watch("docs");
+    tree::write(
+        &db.join("line\nbreak.txt"),
+        "edited on B, longer than before",
+    );
+    watch.expect("modified", "line\nbreak.txt", EVENT_DEADLINE);
+    fs::remove_dir_all(db.join("pictures")).expect("rm -r pictures");
+    watch.expect_all(
+        &[
+            ("deleted", "pictures"),
+            ("deleted", "pictures/a.jpg"),
+            ("deleted", "pictures/sub"),
+            ("deleted", "pictures/sub/b.jpg"),
+            ("deleted", "pictures/sub/c.txt"),
+        ],
+        EVENT_DEADLINE,
+    );
+    fs::rename(db.join("naïve café"), db.join("café renamed")).expect("rename naïve café/");
+    watch.expect_all(
+        &[
+            ("deleted", "naïve café"),
+            ("deleted", "naïve café/日本語 ✓.txt"),
+            ("added", "café renamed"),
+            ("added", "café renamed/日本語 ✓.txt"),
+        ],
+        EVENT_DEADLINE,
+    );
+    fs::remove_file(db.join("shortcut")).expect("remove shortcut");
+    symlink("base/3.txt", db.join("shortcut")).expect("symlink shortcut again");
+    // One "modified", or a delete and an add if a scan fell between the two steps.
+    watch.expect_where("modified or added \"shortcut\"", EVENT_DEADLINE, |e| {
+        e["item"] == "shortcut" && (e["kind"] == "modified" || e["kind"] == "added")
+    });
+    tree::write(&db.join("from-b/ünïcødé name.txt"), "made on B");
+    watch.expect_all(
+        &[("added", "from-b"), ("added", "from-b/ünïcødé name.txt")],
+        EVENT_DEADLINE,
+    );
+    fs::remove_dir(db.join("empty/deeper")).expect("rmdir empty/deeper");
+    watch.expect("deleted", "empty/deeper", EVENT_DEADLINE);
+
+    settle(&b, &a);
+    tree::assert_same_trees(&db, &da);
+    assert_eq!(
+        names(&da),
+        set(&[
+            "base",
+            "base/3.txt",
+            "base/one.txt",
+            "café renamed",
+            "café renamed/日本語 ✓.txt",
+            "empty",
+            "from-b",
+            "from-b/ünïcødé name.txt",
+            "line\nbreak.txt",
+            "new file.txt",
+            "shortcut",
+        ])
+    );
+    assert_eq!(
+        fs::read_link(da.join("shortcut")).expect("A's shortcut is a symlink"),
+        Path::new("base/3.txt")
+    );
+    prior::assert_matches_tree(&a.prior_state("docs"), &da);
+}
+
+#[test]
+fn changes_relay_along_a_chain_of_three_devices() {
+    let a = Agent::start();
+    let b = Agent::start();
+    let c = Agent::start();
+    let (da, db, dc) = (a.data_dir("docs"), b.data_dir("docs"), c.data_dir("docs"));
+    tree::write(&da.join("start.txt"), "on A from the start");
+    // A – B – C: B knows both, A and C never meet.
+    pair(&a, &b);
+    pair(&b, &c);
+    a.share("docs", &da, &[&b]);
+    b.share("docs", &db, &[&a, &c]);
+    c.share("docs", &dc, &[&b]);
+    let forward = || {
+        a.sync_with(&[&b], SYNC);
+        b.sync_with(&[&a, &c], SYNC);
+        c.sync_with(&[&b], SYNC);
+    };
+    let backward = || {
+        c.sync_with(&[&b], SYNC);
+        b.sync_with(&[&a, &c], SYNC);
+        a.sync_with(&[&b], SYNC);
+    };
+    forward();
+    tree::assert_same_trees(&da, &dc);
+
+    let mut watch = a.watch("docs");
+    tree::write(&da.join("made on A.txt"), "travels A → B → C");
+    watch.expect("added", "made on A.txt", EVENT_DEADLINE);
+    forward();
+    assert_eq!(
+        fs::read_to_string(dc.join("made on A.txt")).expect("C has A's file"),
+        "travels A → B → C"
+    );
+    tree::assert_same_trees(&da, &dc);
+
+    let mut watch = c.watch("docs");
+    tree::write(&dc.join("deep/made on C.txt"), "travels C → B → A");
+    watch.expect_all(
+        &[("added", "deep"), ("added", "deep/made on C.txt")],
+        EVENT_DEADLINE,
+    );
+    backward();
+    assert_eq!(
+        fs::read_to_string(da.join("deep/made on C.txt")).expect("A has C's file"),
+        "travels C → B → A"
+    );
+    tree::assert_same_trees(&dc, &da);
+    tree::assert_same_trees(&dc, &db);
+
+    // A and C only ever talked to B.
+    let c_id = c.device_id();
+    let a_peers = a.status()["peers"].clone();
+    assert!(
+        a_peers
+            .as_array()
+            .is_some_and(|all| all.iter().all(|p| p["device_id"] != c_id.as_str())),
+        "{a_peers:#}"
+    );
+}
+
+#[test]
+fn a_restarted_device_resumes_from_its_cursor_without_a_full_resend() {
+    let (a, da, mut b, db) = two_sharing(
+        |d| {
+            for i in 0..200u32 {
+                tree::write(
+                    &d.join(format!("dir{}/file{i:03}.txt", i % 10)),
+                    format!("file {i}\n").repeat(10),
+                );
+            }
+        },
+        |_| {},
+    );
+    settle(&a, &b);
+    tree::assert_same_trees(&da, &db);
+    let sent_before = num(&a.progress("docs", &b), "sent_items");
+    assert!(
+        sent_before >= 210,
+        "200 files and 10 folders were sent: {sent_before}"
+    );
+
+    b.kill();
+    let mut watch = a.watch("docs");
+    let changed = ["dir0/file000.txt", "dir5/file105.txt", "dir9/file199.txt"];
+    for path in changed {
+        tree::write(&da.join(path), "changed while B was away");
+        watch.expect("modified", path, EVENT_DEADLINE);
+    }
+    b.start_again();
+    settle(&a, &b);
+    tree::assert_same_trees(&da, &db);
+    for path in changed {
+        assert_eq!(
+            fs::read_to_string(db.join(path)).expect("read on B"),
+            "changed while B was away"
+        );
+    }
+
+    // B is a new process, so what it received since starting is this connection's alone.
+    let received = num(&b.progress("docs", &a), "done_items");
+    let sent_after = num(&a.progress("docs", &b), "sent_items");
+    eprintln!(
+        "after the restart: A sent {sent_after} items in all ({sent_before} before), \
+         B received {received}"
+    );
+    assert!(
+        (3..20).contains(&received),
+        "B should receive the 3 changed items (and a few echoes), not all 210: {received}"
+    );
+    let sent_now = sent_after.checked_sub(sent_before).unwrap_or_else(|| {
+        panic!("A's sent_items went down ({sent_before} → {sent_after}); count this connection from {sent_after}")
+    });
+    assert!(
+        (3..20).contains(&sent_now),
+        "A should send the 3 changed items (and a few echoes), not all 210: {sent_now}"
+    );
+}
+
+#[test]
+fn two_devices_writing_different_files_at_once_end_with_all_of_them() {
+    let (a, da, b, db) = two_sharing(|d| tree::write(&d.join("readme.txt"), "start"), |_| {});
+    settle(&a, &b);
+    let mut watch_a = a.watch("docs");
+    let mut watch_b = b.watch("docs");
+
+    // Both make the same new folder and fill it, interleaved, without waiting in between.
+    let mut expected = BTreeSet::new();
+    for i in 0..50 {
+        for (side, dir) in [("a", &da), ("b", &db)] {
+            let item = format!("inbox/{side}-{i:02}.txt");
+            tree::write(
+                &dir.join(&item),
+                format!("{item} written on {side}\n").repeat(i + 1),
+            );
+            expected.insert(item);
+        }
+    }
+    let own = |side: &str| -> Vec<(&'static str, String)> {
+        expected
+            .iter()
+            .filter(|item| item.starts_with(&format!("inbox/{side}-")))
+            .map(|item| ("added", item.clone()))
+            .collect()
+    };
+    for (watch, side) in [(&mut watch_a, "a"), (&mut watch_b, "b")] {
+        let events = own(side);
+        let events: Vec<(&str, &str)> = events.iter().map(|(k, i)| (*k, i.as_str())).collect();
+        watch.expect_all(&events, Duration::from_secs(10));
+    }
+
+    settle(&a, &b);
+    tree::assert_same_trees(&da, &db);
+    expected.insert("inbox".to_owned());
+    expected.insert("readme.txt".to_owned());
+    assert_eq!(names(&da), expected);
+    for (agent, dir) in [(&a, &da), (&b, &db)] {
+        prior::assert_matches_tree(&agent.prior_state("docs"), dir);
+    }
+}
+
+#[test]
+fn an_unknown_device_is_refused_until_it_is_added() {
+    let a = Agent::start();
+    let c = Agent::start();
+    let (da, dc) = (a.data_dir("docs"), c.data_dir("docs"));
+    tree::write(&da.join("a.txt"), "A's own file");
+    tree::write(&dc.join("intruder.txt"), "C's file, which A must not take");
+    let c_id = c.device_id();
+    // A shares the source with C's device ID but never pins C with `peer add`.
+    a.share("docs", &da, &[&c]);
+    c.add_peer(&a);
+    c.share("docs", &dc, &[&a]);
+
+    let mut last = serde_json::Value::Null;
+    let refused = backoff::retry_with_backoff(SYNC, || {
+        last = a.status();
+        last["refused_devices"]
+            .as_array()
+            .is_some_and(|all| all.iter().any(|d| *d == c_id.as_str()))
+            .then_some(())
+    });
+    assert!(refused.is_some(), "A never listed C as refused:\n{last:#}");
+    assert!(
+        last["peers"]
+            .as_array()
+            .is_some_and(|all| all.iter().all(|p| p["device_id"] != c_id.as_str())),
+        "{last:#}"
+    );
+    a.wait(SYNC);
+    assert_eq!(names(&da), set(&["a.txt"]));
+    assert!(!a.prior_state("docs").contains_key("intruder.txt"));
+    let seen_by_c = c.progress("docs", &a);
+    assert_eq!(seen_by_c["connected"], false, "{seen_by_c:#}");
+
+    // Once A pins C (and dials it), they connect and the two folders become one.
+    a.add_peer(&c);
+    settle(&c, &a);
+    tree::assert_same_trees(&da, &dc);
+    assert_eq!(names(&da), set(&["a.txt", "intruder.txt"]));
+    let status = a.status();
+    assert!(
+        status["refused_devices"]
+            .as_array()
+            .is_some_and(|all| all.iter().all(|d| *d != c_id.as_str())),
+        "{status:#}"
+    );
+}
