@@ -505,3 +505,41 @@ fn an_unknown_device_is_refused_until_it_is_added() {
         "{status:#}"
     );
 }
+
+#[test]
+fn a_newcomer_fetches_one_file_from_every_peer_that_has_it() {
+    const SIZE: u64 = 24 << 20;
+    let a = Agent::start();
+    let b = Agent::start();
+    let c = Agent::start();
+    let (da, db, dc) = (a.data_dir("docs"), b.data_dir("docs"), c.data_dir("docs"));
+    tree::write_pseudo_random(&da.join("big.bin"), 11, SIZE);
+    // All three trust each other; A and B share with C from the start, C joins later.
+    pair(&a, &b);
+    pair(&a, &c);
+    pair(&b, &c);
+    a.share("docs", &da, &[&b, &c]);
+    b.share("docs", &db, &[&a, &c]);
+    a.sync_with(&[&b], SYNC);
+    b.sync_with(&[&a], SYNC);
+    tree::assert_same_trees(&da, &db);
+
+    c.share("docs", &dc, &[&a, &b]);
+    c.sync_with(&[&a, &b], SYNC);
+    a.sync_with(&[&b, &c], SYNC);
+    b.sync_with(&[&a, &c], SYNC);
+    tree::assert_same_trees(&da, &dc);
+
+    let from_a = num(&c.progress("docs", &a), "fetched_bytes");
+    let from_b = num(&c.progress("docs", &b), "fetched_bytes");
+    assert_eq!(
+        from_a + from_b,
+        SIZE,
+        "every byte came over the network once: {from_a} + {from_b}"
+    );
+    // Both holders served a real share of the chunks, not a stray one.
+    assert!(
+        from_a >= SIZE / 5 && from_b >= SIZE / 5,
+        "chunk requests were not spread: {from_a} bytes from A, {from_b} from B"
+    );
+}

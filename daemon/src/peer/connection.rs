@@ -1,7 +1,7 @@
 //! One exchange with one device: hello, an index sender and a receiver per shared source,
 //! chunk requests both ways. Symmetric: the same code runs whoever dialled.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 use std::time::Duration;
@@ -59,7 +59,7 @@ impl Outbound {
 }
 
 /// A chunk wanted from the peer.
-struct Fetch {
+pub(super) struct Fetch {
     req: pb::ChunkRequest,
     reply: oneshot::Sender<Result<Vec<u8>, String>>,
 }
@@ -115,6 +115,15 @@ pub async fn run(
         serving: Arc::new(Semaphore::new(SERVE_CONCURRENCY)),
         peer_hello: None,
     };
+    ctx.fetchers.send_modify(|f| {
+        f.insert(
+            device_text.clone(),
+            super::PeerFetch {
+                tx: conn.fetch_tx.clone(),
+                sources: Default::default(),
+            },
+        );
+    });
     conn.say_hello().await;
     let why = loop {
         tokio::select! {
@@ -147,6 +156,9 @@ pub async fn run(
         }
     };
     info!(reason = %why, "peer disconnected");
+    ctx.fetchers.send_modify(|f| {
+        f.remove(&device_text);
+    });
     conn.cancel.cancel();
     for (_, reply) in std::mem::take(&mut conn.pending) {
         let _ = reply.send(Err("the connection closed".into()));
@@ -322,6 +334,12 @@ impl Conn {
             if !self.receivers.contains_key(&c.source) {
                 let (tx, rx) = mpsc::channel(INDEX_WINDOW * 2);
                 self.receivers.insert(c.source.clone(), tx);
+                let (device, source) = (self.device_text.clone(), c.source.clone());
+                self.ctx.fetchers.send_modify(|f| {
+                    if let Some(entry) = f.get_mut(&device) {
+                        entry.sources.insert(source);
+                    }
+                });
                 let task = Receiver {
                     ctx: self.ctx.clone(),
                     device: self.device,
@@ -694,6 +712,7 @@ impl Receiver {
     async fn finish(&mut self, batch: Vec<(RemoteItem, Prepared)>) -> Vec<RemoteItem> {
         let id = self.src.id.clone();
         let mut retry = Vec::new();
+        let mut claims = Vec::new();
         let mut items = Vec::with_capacity(batch.len());
         let mut reqs = Vec::with_capacity(batch.len());
         for (item, prepared) in batch {
@@ -706,7 +725,8 @@ impl Receiver {
                     });
                     retry.push(item);
                 }
-                Prepared::Apply(temp) => {
+                Prepared::Apply(temp, claim) => {
+                    claims.extend(claim);
                     reqs.push(RemoteApply {
                         item: item.clone(),
                         temp,
@@ -721,6 +741,7 @@ impl Receiver {
             return retry;
         }
         let outcomes = self.src.commander.apply(reqs).await;
+        drop(claims);
         for (item, outcome) in items.into_iter().zip(outcomes) {
             if let ApplyOutcome::Failed(e) = outcome {
                 board_update(&self.ctx, &self.device_text, &id, |s| s.last_error = e);
@@ -731,12 +752,31 @@ impl Receiver {
     }
 }
 
+/// A claimed fetch of one item's content; dropping it (once applied, or on failure) lets
+/// other fetches of the same content decide again.
+struct Claim {
+    building: Arc<watch::Sender<BTreeSet<BuildKey>>>,
+    key: BuildKey,
+}
+
+/// Source, item path and content hash of an item being fetched.
+pub(super) type BuildKey = (String, String, Option<Hash128>);
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        self.building.send_modify(|set| {
+            set.remove(&self.key);
+        });
+    }
+}
+
 /// What preparing a remote item came to.
 enum Prepared {
     /// This device already has it (or something newer).
     Skip,
-    /// Ready for the source task, with built content if it needed any.
-    Apply(Option<std::path::PathBuf>),
+    /// Ready for the source task, with built content if it needed any (and the claim on
+    /// that content, released once applied).
+    Apply(Option<std::path::PathBuf>, Option<Claim>),
     /// Content could not be fetched now.
     Retry(String),
 }
@@ -753,6 +793,39 @@ struct Fetcher {
 impl Fetcher {
     /// Decides whether the item is needed and builds its content if so.
     async fn prepare(self, item: RemoteItem) -> Prepared {
+        // When several peers announce the same content for the same item, only one fetch runs;
+        // the others wait for it and then find the item already applied.
+        let key = (self.src.id.clone(), item.path.to_string(), item.hash);
+        loop {
+            match self.decide(&item).await {
+                Some(done) => return done,
+                None => {
+                    let claimed = self
+                        .ctx
+                        .building
+                        .send_if_modified(|set| set.insert(key.clone()));
+                    if claimed {
+                        // Held until the item is applied, so the waiting fetches then skip it.
+                        let claim = Claim {
+                            building: self.ctx.building.clone(),
+                            key,
+                        };
+                        return match self.build(&item).await {
+                            Ok(temp) => Prepared::Apply(Some(temp), Some(claim)),
+                            Err(e) => Prepared::Retry(e),
+                        };
+                    }
+                    let mut building = self.ctx.building.subscribe();
+                    if building.wait_for(|set| !set.contains(&key)).await.is_err() {
+                        return Prepared::Retry("shutting down".into());
+                    }
+                }
+            }
+        }
+    }
+
+    /// `Some` when the item needs no fetch (skip, or apply without content).
+    async fn decide(&self, item: &RemoteItem) -> Option<Prepared> {
         let prior = self
             .ctx
             .store
@@ -766,7 +839,7 @@ impl Fetcher {
                 Ordering::Equal | Ordering::Dominated
             )
         {
-            return Prepared::Skip;
+            return Some(Prepared::Skip);
         }
         let needs_content = item.meta.kind == ItemKind::File
             && !item.deleted
@@ -774,12 +847,9 @@ impl Fetcher {
                 !p.deleted && p.hash == item.hash && p.meta.kind == ItemKind::File
             });
         if !needs_content {
-            return Prepared::Apply(None);
+            return Some(Prepared::Apply(None, None));
         }
-        match self.build(&item).await {
-            Ok(temp) => Prepared::Apply(Some(temp)),
-            Err(e) => Prepared::Retry(e),
-        }
+        None
     }
 
     /// Builds the item's content in a temp file beside its target and verifies it.
@@ -903,6 +973,43 @@ impl ChunkGetter {
                 }
             }
         }
+        // Spread requests over every connected peer that shares the source (the chunk is
+        // asked for by hash, so any of them may have it); the peer that announced the item is
+        // the fallback.
+        let mut holders: Vec<(String, mpsc::Sender<Fetch>)> = self
+            .ctx
+            .fetchers
+            .borrow()
+            .iter()
+            .filter(|(d, f)| **d != self.device && f.sources.contains(&self.source))
+            .map(|(d, f)| (d.clone(), f.tx.clone()))
+            .collect();
+        holders.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut order = vec![(self.device.clone(), self.fetch.clone())];
+        if !holders.is_empty() {
+            let slot = usize::try_from(chunk.offset / u64::from(MAX_CHUNK_SIZE / 4)).unwrap_or(0)
+                % (holders.len() + 1);
+            if slot > 0 {
+                order.insert(0, holders.swap_remove(slot - 1));
+            }
+        }
+        let mut last_error = String::new();
+        for (device, fetch) in order {
+            match self.ask(&device, &fetch, chunk).await {
+                Ok(data) => return Ok(data),
+                Err(e) => last_error = e,
+            }
+        }
+        Err(last_error)
+    }
+
+    /// Asks one peer for a chunk and verifies the answer.
+    async fn ask(
+        &self,
+        device: &str,
+        fetch: &mpsc::Sender<Fetch>,
+        chunk: ChunkRef,
+    ) -> Result<Vec<u8>, String> {
         let (reply, rx) = oneshot::channel();
         let req = pb::ChunkRequest {
             request_id: 0,
@@ -912,13 +1019,13 @@ impl ChunkGetter {
             len: chunk.len,
             hash: chunk.hash.0.to_vec(),
         };
-        self.fetch
+        fetch
             .send(Fetch { req, reply })
             .await
             .map_err(|_| "the connection closed".to_owned())?;
-        board_update(&self.ctx, &self.device, &self.source, |s| s.in_flight += 1);
+        board_update(&self.ctx, device, &self.source, |s| s.in_flight += 1);
         let answer = tokio::time::timeout(CHUNK_TIMEOUT, rx).await;
-        board_update(&self.ctx, &self.device, &self.source, |s| {
+        board_update(&self.ctx, device, &self.source, |s| {
             s.in_flight = s.in_flight.saturating_sub(1)
         });
         let data = match answer {
@@ -931,15 +1038,13 @@ impl ChunkGetter {
         {
             refuse(
                 &self.ctx,
-                &self.device,
+                device,
                 &format!("a chunk of {} that does not match its hash", self.path),
             );
             return Err("the peer sent a chunk that does not match its hash".into());
         }
         let n = u64::from(chunk.len);
-        board_update(&self.ctx, &self.device, &self.source, |s| {
-            s.fetched_bytes += n
-        });
+        board_update(&self.ctx, device, &self.source, |s| s.fetched_bytes += n);
         Ok(data)
     }
 }

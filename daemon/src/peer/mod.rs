@@ -154,6 +154,13 @@ impl PeerHandle {
     }
 }
 
+/// How to ask one connected peer for chunks, and which sources it exchanges with us.
+#[derive(Clone)]
+struct PeerFetch {
+    tx: mpsc::Sender<connection::Fetch>,
+    sources: BTreeSet<String>,
+}
+
 /// Shared pieces every connection needs.
 #[derive(Clone)]
 struct Ctx {
@@ -165,6 +172,11 @@ struct Ctx {
     changed: Arc<Notify>,
     manager: mpsc::Sender<Msg>,
     cancel: CancellationToken,
+    /// Every live connection's chunk channel, so a file can be fetched from several peers.
+    fetchers: Arc<watch::Sender<BTreeMap<String, PeerFetch>>>,
+    /// Items being fetched right now (source, path, content hash), so two peers announcing
+    /// the same content do not both send it.
+    building: Arc<watch::Sender<BTreeSet<connection::BuildKey>>>,
 }
 
 /// Binds the peer listener; the returned address is the one actually bound (port 0 resolved).
@@ -196,6 +208,8 @@ pub fn start(
         changed,
         manager: tx.clone(),
         cancel: cancel.clone(),
+        fetchers: Arc::new(watch::Sender::new(BTreeMap::new())),
+        building: Arc::new(watch::Sender::new(BTreeSet::new())),
     };
     let known: watch::Sender<Arc<BTreeSet<String>>> = watch::Sender::new(Arc::new(
         peers.iter().map(|p| p.device_id.clone()).collect(),
