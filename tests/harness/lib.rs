@@ -25,7 +25,7 @@ use std::time::Duration;
 use serde_json::Value;
 use tempfile::TempDir;
 
-pub use crate::peers::pair;
+pub use crate::peers::{pair, settle, two_sharing};
 pub use crate::watch::{EVENT_DEADLINE, Watch};
 
 /// Longest a fresh `tandemd` may take to answer `tandemctl id`.

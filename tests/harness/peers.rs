@@ -135,3 +135,27 @@ fn connected(status: &Value, device: &str) -> bool {
 fn in_sync(status: &Value, device: &str) -> bool {
     connected(status, device) && progress_for(status, device).all(|p| p["in_sync"] == true)
 }
+
+/// Two agents that know each other and share source `docs`; `fill_a` and `fill_b` put files
+/// in each one's folder before it is shared. Not yet waited on.
+pub fn two_sharing(
+    fill_a: impl FnOnce(&std::path::Path),
+    fill_b: impl FnOnce(&std::path::Path),
+) -> (Agent, std::path::PathBuf, Agent, std::path::PathBuf) {
+    let a = Agent::start();
+    let b = Agent::start();
+    let (da, db) = (a.data_dir("docs"), b.data_dir("docs"));
+    fill_a(&da);
+    fill_b(&db);
+    pair(&a, &b);
+    a.share("docs", &da, &[&b]);
+    b.share("docs", &db, &[&a]);
+    (a, da, b, db)
+}
+
+/// Waits until `first` and then `second` are in sync with each other. The side that changed
+/// goes first: once it is in sync, the other has applied everything it numbered.
+pub fn settle(first: &Agent, second: &Agent, timeout: Duration) {
+    first.sync_with(&[second], timeout);
+    second.sync_with(&[first], timeout);
+}

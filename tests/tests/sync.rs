@@ -14,28 +14,15 @@ use tandem_tests::{Agent, EVENT_DEADLINE, backoff, num, pair, prior};
 /// Longest two small sources may take to agree.
 const SYNC: Duration = Duration::from_secs(60);
 
-/// Two agents that know each other and share source `docs`; `fill_a` and `fill_b` put files
-/// in each one's folder before it is shared. Not yet waited on.
 fn two_sharing(
     fill_a: impl FnOnce(&Path),
     fill_b: impl FnOnce(&Path),
 ) -> (Agent, PathBuf, Agent, PathBuf) {
-    let a = Agent::start();
-    let b = Agent::start();
-    let (da, db) = (a.data_dir("docs"), b.data_dir("docs"));
-    fill_a(&da);
-    fill_b(&db);
-    pair(&a, &b);
-    a.share("docs", &da, &[&b]);
-    b.share("docs", &db, &[&a]);
-    (a, da, b, db)
+    tandem_tests::two_sharing(fill_a, fill_b)
 }
 
-/// Waits until `first` and then `second` are in sync with each other. The side that changed
-/// goes first: once it is in sync, the other has applied everything it numbered.
 fn settle(first: &Agent, second: &Agent) {
-    first.sync_with(&[second], SYNC);
-    second.sync_with(&[first], SYNC);
+    tandem_tests::settle(first, second, SYNC);
 }
 
 fn names(root: &Path) -> BTreeSet<String> {

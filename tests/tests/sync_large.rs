@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use tandem_tests::tree::{self, PseudoRandom};
-use tandem_tests::{Agent, num, pair};
+use tandem_tests::{Agent, num};
 
 /// Longest a large transfer may take (debug build of the daemon, two cores).
 const SYNC: Duration = Duration::from_secs(300);
@@ -19,19 +19,11 @@ const MIB: u64 = 1 << 20;
 
 /// Two agents that know each other and share source `docs`; `fill_a` fills A's folder first.
 fn two_sharing(fill_a: impl FnOnce(&Path)) -> (Agent, PathBuf, Agent, PathBuf) {
-    let a = Agent::start();
-    let b = Agent::start();
-    let (da, db) = (a.data_dir("docs"), b.data_dir("docs"));
-    fill_a(&da);
-    pair(&a, &b);
-    a.share("docs", &da, &[&b]);
-    b.share("docs", &db, &[&a]);
-    (a, da, b, db)
+    tandem_tests::two_sharing(fill_a, |_| {})
 }
 
 fn settle(first: &Agent, second: &Agent) {
-    first.sync_with(&[second], SYNC);
-    second.sync_with(&[first], SYNC);
+    tandem_tests::settle(first, second, SYNC);
 }
 
 /// Chunk bytes B has fetched from A over the network since B started.
