@@ -461,6 +461,12 @@ impl AgentTask {
             created_unix_ms: unix_ms_now(),
             peers,
         };
+        source::create_marker(&root).map_err(|e| {
+            Error::Invalid(format!(
+                "cannot create the marker folder {}: {e}; the agent needs write access to the source",
+                source::marker_path(&root).display()
+            ))
+        })?;
         self.store.add_source(row.clone()).await?;
         self.start(&row);
         info!(source = %row.id, path = %row.path, "source added");

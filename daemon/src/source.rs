@@ -330,7 +330,17 @@ enum Stop {
 impl SourceTask {
     async fn run(mut self) {
         match self.store.totals(self.cfg.id.clone()).await {
-            Ok(totals) => self.publish(|s| s.totals = totals),
+            Ok(totals) => {
+                // A source that never recorded anything gets its marker now; one that has,
+                // and lost it, is probably an unmounted disk and must stop instead.
+                if totals.sequence == 0
+                    && self.cfg.root.is_dir()
+                    && let Err(e) = create_marker(&self.cfg.root)
+                {
+                    warn!(error = %e, "cannot create the source marker");
+                }
+                self.publish(|s| s.totals = totals)
+            }
             Err(e) => warn!(error = %e, "cannot read the source's totals"),
         }
         // Temp files a crash left behind never hold anything the prior state relies on.
@@ -578,6 +588,7 @@ impl SourceTask {
         scope: Scope,
         force: HashSet<String>,
     ) -> Result<scanner::ScanSummary, Stop> {
+        check_marker(&self.cfg.root).map_err(Stop::Source)?;
         let id = self.cfg.id.clone();
         let under = match &scope {
             Scope::Full => None,
@@ -814,6 +825,9 @@ impl SourceTask {
         if self.cfg.paused {
             return ApplyOutcome::Failed("the source is paused; it applies once resumed".into());
         }
+        if let Some(error) = self.status.borrow().error.clone() {
+            return ApplyOutcome::Failed(format!("the source is stopped: {error}"));
+        }
         let id = self.cfg.id.clone();
         let path = item.path.to_string();
         let root = self.cfg.root.clone();
@@ -1047,6 +1061,42 @@ impl SourceTask {
         }
         outcomes
     }
+}
+
+/// The marker folder every source root holds: the agent's own folder in it.
+pub fn marker_path(root: &std::path::Path) -> PathBuf {
+    root.join(scanner::AGENT_DIR)
+}
+
+/// Creates a source root's marker folder (owner-only; it also keeps the agent's own files).
+pub fn create_marker(root: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    match std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(marker_path(root))
+    {
+        Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => Err(e),
+        _ => Ok(()),
+    }
+}
+
+/// A root that exists but lacks its marker is most likely an empty mount point: scanning it
+/// would report everything deleted.
+fn check_marker(root: &std::path::Path) -> Result<(), String> {
+    if !root.is_dir() {
+        // The scanner reports a missing root in its own words.
+        return Ok(());
+    }
+    if marker_path(root).is_dir() {
+        return Ok(());
+    }
+    Err(format!(
+        "the source marker {} is missing, so this may not be the source's folder (an unmounted \
+         disk?); nothing is sent as deleted. Mount the disk, or if this is the right folder, \
+         recreate the marker with `mkdir {}`",
+        marker_path(root).display(),
+        marker_path(root).display()
+    ))
 }
 
 /// The prior version with this device's counter bumped; a new item starts from empty.

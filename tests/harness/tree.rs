@@ -68,7 +68,11 @@ pub fn overwrite_in_place(path: &Path, contents: &[u8]) {
         .unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
 }
 
-/// Every item under `root` (not `root` itself), by item path ('/'-separated, relative).
+/// The agent's marker folder in every source root.
+pub const AGENT_DIR: &str = ".tandem";
+
+/// Every item under `root` (not `root` itself, nor the agent's own folder), by item path
+/// ('/'-separated, relative).
 pub fn snapshot(root: &Path) -> BTreeMap<String, Entry> {
     let mut out = BTreeMap::new();
     walk(root, "", &mut out);
@@ -84,6 +88,10 @@ fn walk(dir: &Path, prefix: &str, out: &mut BTreeMap<String, Entry>) {
         let name = name
             .to_str()
             .unwrap_or_else(|| panic!("non-UTF-8 name in {}", dir.display()));
+        if prefix.is_empty() && name == AGENT_DIR {
+            // The agent's own folder (the source marker) is never part of the source.
+            continue;
+        }
         let item = if prefix.is_empty() {
             name.to_owned()
         } else {

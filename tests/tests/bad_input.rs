@@ -192,34 +192,30 @@ fn a_source_whose_folder_disappears_stops_says_why_and_recovers() {
     assert_eq!(agent.source("other")["error"], "");
 
     // The folder comes back empty (an unmounted disk's mount point, say): still stopped, now
-    // saying it looks empty, and still nothing recorded as deleted.
+    // because its marker is missing, and still nothing recorded as deleted.
     fs::create_dir(&gone).expect("mkdir the source folder again");
     let event = watch.expect_where(
-        "source-error \"looks empty\" of \"gone\"",
+        "source-error about the missing marker of \"gone\"",
         Duration::from_secs(15),
         |e| {
             e["kind"] == "source-error"
                 && e["source"] == "gone"
-                && e["detail"]
-                    .as_str()
-                    .is_some_and(|d| d.contains("looks empty"))
+                && e["detail"].as_str().is_some_and(|d| d.contains("marker"))
         },
     );
     assert!(
         event["detail"]
             .as_str()
             .unwrap_or_default()
-            .contains("2 items")
-            || event["detail"]
-                .as_str()
-                .unwrap_or_default()
-                .contains("items were recorded"),
+            .contains(".tandem"),
         "{event}"
     );
     assert_eq!(agent.source("gone")["state"], "error");
     assert!(agent.prior_state("gone").values().all(|r| !r.deleted));
 
-    // The content comes back; the source retries on its own and recovers.
+    // The disk is mounted again: content and marker come back; the source retries on its own
+    // and recovers.
+    fs::create_dir(gone.join(".tandem")).expect("the marker comes back with the disk");
     let back = watch_mark();
     for (path, contents) in files {
         tree::write(&gone.join(path), contents);

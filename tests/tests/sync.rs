@@ -530,3 +530,53 @@ fn a_newcomer_fetches_one_file_from_every_peer_that_has_it() {
         "chunk requests were not spread: {from_a} bytes from A, {from_b} from B"
     );
 }
+
+#[test]
+fn a_source_that_loses_its_marker_or_its_root_deletes_nothing_on_the_peer() {
+    let (a, da, b, db) = two_sharing(
+        |d| {
+            tree::write(&d.join("keep/one.txt"), "one");
+            tree::write(&d.join("two.txt"), "two");
+        },
+        |_| {},
+    );
+    settle(&a, &b);
+    tree::assert_same_trees(&da, &db);
+    let before = num(&a.source("docs"), "sequence");
+
+    // The marker goes, as when a disk is unmounted and its empty mount point stays behind;
+    // then the content "goes" too.
+    let mut watch = a.watch("docs");
+    fs::remove_dir_all(da.join(".tandem")).expect("remove the marker");
+    fs::remove_dir_all(da.join("keep")).expect("remove keep/");
+    fs::remove_file(da.join("two.txt")).expect("remove two.txt");
+    a.ctl(&["rescan", "docs"]);
+    let event = watch.expect_where("source-error of docs", EVENT_DEADLINE, |e| {
+        e["kind"] == "source-error"
+    });
+    assert!(
+        event["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("marker"),
+        "{event}"
+    );
+    let s = a.source("docs");
+    assert_eq!(s["state"], "error", "{s:#}");
+    assert_eq!(num(&s, "sequence"), before, "nothing was recorded: {s:#}");
+    assert!(a.prior_state("docs").values().all(|r| !r.deleted));
+
+    // The whole root goes as well: still nothing recorded, and B keeps every file.
+    fs::remove_dir_all(&da).expect("remove the root");
+    a.ctl(&["rescan", "docs"]);
+    assert_eq!(num(&a.source("docs"), "sequence"), before);
+    b.sync_with(&[&a], SYNC);
+    assert_eq!(
+        fs::read_to_string(db.join("keep/one.txt")).expect("B keeps keep/one.txt"),
+        "one"
+    );
+    assert_eq!(
+        fs::read_to_string(db.join("two.txt")).expect("B keeps two.txt"),
+        "two"
+    );
+}
