@@ -174,6 +174,7 @@ fn bench_rescan(dir: &Path, files: usize) -> anyhow::Result<Vec<String>> {
                 scope: Scope::Full,
                 prior,
                 force_rehash: HashSet::new(),
+                ignores: Default::default(),
             },
             &mut sink,
         )?;

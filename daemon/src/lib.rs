@@ -9,6 +9,7 @@ pub mod config;
 pub mod control;
 pub mod events;
 pub mod identity;
+pub mod ignores;
 pub mod index;
 pub mod item;
 pub mod logging;

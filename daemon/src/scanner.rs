@@ -82,6 +82,8 @@ pub struct ScanRequest {
     pub prior: HashMap<String, PriorItem>,
     /// Items to hash even if their stat matches (racy ones from an earlier scan).
     pub force_rehash: HashSet<String>,
+    /// This device's `.tandemignore` patterns: ignored items are neither reported nor deleted.
+    pub ignores: crate::ignores::Ignores,
 }
 
 /// Totals of one scan, for status and the log.
@@ -110,6 +112,7 @@ pub fn scan(req: ScanRequest, sink: &mut dyn Sink) -> Result<ScanSummary, ScanEr
         root: &req.root,
         prior: req.prior,
         force: &req.force_rehash,
+        ignores: &req.ignores,
         unreadable: Vec::new(),
         summary: ScanSummary::default(),
         sink,
@@ -193,6 +196,7 @@ struct Walker<'a> {
     root: &'a Path,
     prior: HashMap<String, PriorItem>,
     force: &'a HashSet<String>,
+    ignores: &'a crate::ignores::Ignores,
     /// Folders that could not be listed: their recorded items are not gone, just unseen.
     unreadable: Vec<String>,
     summary: ScanSummary,
@@ -237,6 +241,7 @@ impl Walker<'_> {
         }
         let full = self.root.join(item_path);
         match fs::symlink_metadata(&full) {
+            Ok(m) if self.ignores.is_ignored(item_path, m.file_type().is_dir()) => Ok(()),
             Ok(m) if m.file_type().is_dir() => self.walk(&full),
             Ok(m) => self.visit(item_path.to_owned(), &full, &m),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
@@ -294,7 +299,7 @@ impl Walker<'_> {
                 }
                 continue;
             };
-            if is_internal(&item) {
+            if is_internal(&item) || self.ignores.is_ignored(&item, entry.file_type().is_dir()) {
                 if entry.file_type().is_dir() {
                     it.skip_current_dir();
                 }
@@ -524,6 +529,12 @@ impl Walker<'_> {
         let mut gone: Vec<PriorItem> = std::mem::take(&mut self.prior)
             .into_values()
             .filter(|p| !p.deleted)
+            // Ignoring an item leaves it alone everywhere; it does not delete it.
+            .filter(|p| {
+                !self
+                    .ignores
+                    .is_ignored(&p.path, p.meta.kind == ItemKind::Directory)
+            })
             .filter(|p| {
                 !self
                     .unreadable

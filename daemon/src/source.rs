@@ -17,6 +17,7 @@ use tracing::{Instrument, debug, info, warn};
 
 use crate::apply::{self, Removed};
 use crate::events::{Event, EventBus, EventKind, unix_ms_now};
+use crate::ignores::{IGNORE_FILE, Ignores};
 use crate::index::{Contender, Ordering, remote_wins};
 use crate::index::{ShortId, VersionVector};
 use crate::item::{Content, Difference, ItemKind, Metadata, PriorItem};
@@ -91,6 +92,8 @@ pub struct SourceStatus {
     pub peers: Vec<String>,
     /// Events or rechecks are waiting: not settled yet.
     pub pending: bool,
+    /// This device's `.tandemignore` patterns, as of the last full scan.
+    pub ignores: Arc<Ignores>,
 }
 
 impl SourceStatus {
@@ -252,6 +255,7 @@ pub fn spawn(
         item_errors: BTreeMap::new(),
         peers: cfg.peers.clone(),
         pending: !cfg.paused,
+        ignores: Arc::new(Ignores::default()),
     };
     let (status_tx, status_rx) = watch::channel(status);
     let (tx, rx) = mpsc::channel(64);
@@ -493,7 +497,13 @@ impl SourceTask {
         if let WatchEvent::Rescan { reason } = &ev {
             warn!(reason = %reason, "file events were lost; scanning the whole source");
         }
+        // New patterns change what is in the source: look at all of it again.
+        let patterns_changed =
+            matches!(&ev, WatchEvent::Paths(p) if p.iter().any(|x| x == IGNORE_FILE));
         self.debouncer.push(Instant::now(), ev);
+        if patterns_changed {
+            self.debouncer.push_full(Instant::now());
+        }
     }
 
     async fn run_pending(&mut self, pending: Pending) {
@@ -599,6 +609,32 @@ impl SourceTask {
             .prior_items(id.clone(), under)
             .await
             .map_err(|e| Stop::Source(e.to_string()))?;
+        let mut seen_errors: BTreeMap<String, String> = BTreeMap::new();
+        if scope == Scope::Full {
+            let root = self.cfg.root.clone();
+            match tokio::task::spawn_blocking(move || Ignores::load(&root)).await {
+                Ok(Ok((ignores, bad))) => {
+                    for b in bad {
+                        seen_errors.insert(
+                            IGNORE_FILE.to_owned(),
+                            format!(
+                                "line {}: {}; fix or remove the pattern (the other patterns apply)",
+                                b.line, b.message
+                            ),
+                        );
+                    }
+                    self.publish(|s| s.ignores = Arc::new(ignores));
+                }
+                Ok(Err(e)) => {
+                    seen_errors.insert(
+                        IGNORE_FILE.to_owned(),
+                        format!("cannot read: {e}; the previous patterns still apply"),
+                    );
+                }
+                Err(e) => warn!(error = %e, "reading .tandemignore failed"),
+            }
+        }
+        let ignores = self.status.borrow().ignores.as_ref().clone();
         let prior: HashMap<String, PriorItem> =
             prior.into_iter().map(|p| (p.path.clone(), p)).collect();
         let req = ScanRequest {
@@ -606,6 +642,7 @@ impl SourceTask {
             scope: scope.clone(),
             prior,
             force_rehash: force,
+            ignores,
         };
 
         let (tx, mut rx) = mpsc::channel::<Batch>(4);
@@ -620,7 +657,6 @@ impl SourceTask {
             result
         });
 
-        let mut seen_errors: BTreeMap<String, String> = BTreeMap::new();
         loop {
             tokio::select! {
                 biased;
@@ -827,6 +863,14 @@ impl SourceTask {
         }
         if let Some(error) = self.status.borrow().error.clone() {
             return ApplyOutcome::Failed(format!("the source is stopped: {error}"));
+        }
+        let ignored = self
+            .status
+            .borrow()
+            .ignores
+            .is_ignored(item.path.as_str(), item.meta.kind == ItemKind::Directory);
+        if ignored {
+            return ApplyOutcome::Skipped;
         }
         let id = self.cfg.id.clone();
         let path = item.path.to_string();

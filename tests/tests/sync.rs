@@ -580,3 +580,37 @@ fn a_source_that_loses_its_marker_or_its_root_deletes_nothing_on_the_peer() {
         "two"
     );
 }
+
+#[test]
+fn ignored_items_are_neither_sent_nor_written() {
+    let (a, da, b, db) = two_sharing(
+        |d| {
+            tree::write(&d.join(".tandemignore"), "*.tmp\nbuild/\n");
+            tree::write(&d.join("keep.txt"), "keep");
+            tree::write(&d.join("scratch.tmp"), "scratch");
+            tree::write(&d.join("build/out.o"), "object");
+            tree::write(&d.join("private/diary.txt"), "dear diary");
+        },
+        |d| tree::write(&d.join(".tandemignore"), "private/\n"),
+    );
+    settle(&a, &b);
+    assert_eq!(
+        fs::read_to_string(db.join("keep.txt")).expect("keep.txt on B"),
+        "keep"
+    );
+    // A ignores these: they are not recorded, so never sent.
+    assert!(!db.join("scratch.tmp").exists() && !db.join("build").exists());
+    let rows = a.prior_state("docs");
+    for ignored in ["scratch.tmp", "build", "build/out.o", ".tandemignore"] {
+        assert!(!rows.contains_key(ignored), "A recorded {ignored}");
+    }
+    // B ignores private/: A sends it, B does not write it.
+    assert!(rows.contains_key("private/diary.txt"));
+    assert!(!db.join("private").exists());
+    // Each device keeps its own patterns and its own ignored files.
+    assert_eq!(
+        fs::read_to_string(db.join(".tandemignore")).expect("B's patterns"),
+        "private/\n"
+    );
+    assert!(da.join("scratch.tmp").exists() && da.join("build/out.o").exists());
+}

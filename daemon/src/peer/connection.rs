@@ -826,6 +826,15 @@ impl Fetcher {
 
     /// `Some` when the item needs no fetch (skip, or apply without content).
     async fn decide(&self, item: &RemoteItem) -> Option<Prepared> {
+        let ignored = self
+            .src
+            .status
+            .borrow()
+            .ignores
+            .is_ignored(item.path.as_str(), item.meta.kind == ItemKind::Directory);
+        if ignored {
+            return Some(Prepared::Skip);
+        }
         let prior = self
             .ctx
             .store

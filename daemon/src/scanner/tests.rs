@@ -40,6 +40,7 @@ fn check(root: &Path, scope: Scope, prior: &mut HashMap<String, PriorItem>) -> (
         scope,
         prior: in_scope,
         force_rehash: HashSet::new(),
+        ignores: Default::default(),
     };
     scan(req, &mut sink).unwrap();
     let mut lines = Vec::new();
@@ -177,6 +178,7 @@ fn deletions_come_children_first() {
         scope: Scope::Under(vec!["x".into()]),
         prior: prior.clone(),
         force_rehash: HashSet::new(),
+        ignores: Default::default(),
     };
     scan(req, &mut sink).unwrap();
     let order: Vec<String> = sink
@@ -226,6 +228,7 @@ fn a_missing_root_stops_the_scan_without_deletions() {
         scope: Scope::Full,
         prior,
         force_rehash: HashSet::new(),
+        ignores: Default::default(),
     };
     let err = scan(req, &mut sink).unwrap_err();
     assert!(matches!(err, ScanError::RootMissing(_)), "{err}");
@@ -246,6 +249,7 @@ fn a_forced_rehash_of_unchanged_content_reports_nothing() {
         scope: Scope::Under(vec!["f".into()]),
         prior: prior.clone(),
         force_rehash: HashSet::from(["f".to_owned()]),
+        ignores: Default::default(),
     };
     let summary = scan(req, &mut sink).unwrap();
     assert!(sink.found.is_empty(), "{:?}", sink.found);
@@ -283,6 +287,7 @@ fn a_root_that_suddenly_looks_empty_stops_the_scan_without_deletions() {
         scope: Scope::Full,
         prior: prior.clone(),
         force_rehash: HashSet::new(),
+        ignores: Default::default(),
     };
     let err = scan(req, &mut sink).unwrap_err();
     assert!(
@@ -297,4 +302,33 @@ fn a_root_that_suddenly_looks_empty_stops_the_scan_without_deletions() {
         &mut prior,
     );
     assert_eq!(found, ["deleted d", "deleted f"]);
+}
+
+#[test]
+fn ignoring_a_recorded_item_leaves_it_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    fs::write(root.join("a.log"), b"x").unwrap();
+    fs::write(root.join("b.txt"), b"y").unwrap();
+    let mut prior = HashMap::new();
+    check(root, Scope::Full, &mut prior);
+    let (ignores, bad) =
+        crate::ignores::Ignores::parse(root, &root.join(".tandemignore"), "*.log\n");
+    assert!(bad.is_empty());
+    fs::write(root.join("a.log"), b"changed").unwrap();
+    fs::write(root.join("new.log"), b"new").unwrap();
+    let mut sink = Collect::default();
+    let req = ScanRequest {
+        root: root.to_path_buf(),
+        scope: Scope::Full,
+        prior: prior.clone(),
+        force_rehash: HashSet::new(),
+        ignores,
+    };
+    scan(req, &mut sink).unwrap();
+    assert!(
+        sink.found.is_empty(),
+        "ignored items are neither changed, added nor deleted: {:?}",
+        sink.found
+    );
 }
