@@ -614,3 +614,52 @@ fn ignored_items_are_neither_sent_nor_written() {
     );
     assert!(da.join("scratch.tmp").exists() && da.join("build/out.o").exists());
 }
+
+/// Conflict copies of `name` in `dir` (`stem.sync-conflict-….ext`).
+fn conflict_copies(dir: &Path, stem: &str) -> Vec<String> {
+    let mut found: Vec<String> = fs::read_dir(dir)
+        .expect("list the folder")
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.starts_with(&format!("{stem}.sync-conflict-")))
+        .collect();
+    found.sort();
+    found
+}
+
+#[test]
+fn concurrent_edits_end_with_the_same_winner_and_one_conflict_copy_everywhere() {
+    let (a, da, mut b, db) = two_sharing(|d| tree::write(&d.join("doc.txt"), "base"), |_| {});
+    settle(&a, &b);
+    tree::assert_same_trees(&da, &db);
+
+    // Apart, both edit the same file; B's edit is the later one.
+    b.kill();
+    let mut watch = a.watch("docs");
+    tree::write(&da.join("doc.txt"), "edited on A");
+    tree::set_mtime(&da.join("doc.txt"), OLD_MTIME_NS);
+    watch.expect("modified", "doc.txt", EVENT_DEADLINE);
+    tree::write(&db.join("doc.txt"), "edited on B");
+    tree::set_mtime(&db.join("doc.txt"), OLD_MTIME_NS + 1_000_000_000);
+    b.start_again();
+
+    // Meeting again: the same winner on both, and A's version kept once as a conflict copy.
+    settle(&a, &b);
+    settle(&b, &a);
+    for d in [&da, &db] {
+        assert_eq!(
+            fs::read_to_string(d.join("doc.txt")).expect("doc.txt"),
+            "edited on B",
+            "the later edit wins in {}",
+            d.display()
+        );
+    }
+    let (on_a, on_b) = (conflict_copies(&da, "doc"), conflict_copies(&db, "doc"));
+    assert_eq!(on_a.len(), 1, "one conflict copy on A: {on_a:?}");
+    assert_eq!(on_a, on_b, "the same conflict copy on both");
+    assert!(on_a[0].ends_with(".txt"), "{on_a:?}");
+    assert_eq!(
+        fs::read_to_string(da.join(&on_a[0])).expect("conflict copy"),
+        "edited on A"
+    );
+    tree::assert_same_trees(&da, &db);
+}
