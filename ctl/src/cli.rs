@@ -39,6 +39,8 @@ pub enum Command {
     /// Add, list or remove the devices this device talks to
     #[command(subcommand)]
     Peer(PeerCommand),
+    /// List conflict copies: losing versions kept beside the winner (all sources when ID is omitted)
+    Conflicts(OptionalSource),
     /// Scan a source now (all sources when ID is omitted)
     Rescan(OptionalSource),
     /// Stop syncing a source (all sources when ID is omitted)

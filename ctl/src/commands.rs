@@ -92,6 +92,23 @@ pub async fn run<W: Write>(ctx: &mut Ctx<W>, command: Command) -> Result<Outcome
                 .into_inner();
             print_ack(ctx, &ack, &format!("removed peer {device}"))
         }
+        Command::Conflicts(target) => {
+            let reply = ctx.client.conflicts(request(&target)).await?.into_inner();
+            if ctx.json {
+                output::json_document(&mut ctx.out, &reply)?;
+            } else if reply.conflicts.is_empty() {
+                writeln!(ctx.out, "no conflicts")?;
+            } else {
+                for c in &reply.conflicts {
+                    writeln!(
+                        ctx.out,
+                        "{}  {}  (lost to {}; version of device {}, {} UTC)",
+                        c.source, c.path, c.original, c.device, c.when
+                    )?;
+                }
+            }
+            Ok(Outcome::Success)
+        }
         Command::Rescan(target) => {
             let ack = ctx.client.rescan(request(&target)).await?.into_inner();
             print_ack(ctx, &ack, &describe("rescanning", &target))

@@ -155,6 +155,13 @@ impl Control for Fake {
         )))
     }
 
+    async fn conflicts(
+        &self,
+        _: Request<SourceRequest>,
+    ) -> Result<Response<tandem_proto::control::ConflictList>, Status> {
+        Ok(Response::new(tandem_proto::control::ConflictList::default()))
+    }
+
     type WatchStream = ReceiverStream<Result<Event, Status>>;
 
     async fn watch(&self, _: Request<WatchRequest>) -> Result<Response<Self::WatchStream>, Status> {

@@ -15,6 +15,7 @@ use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use crate::apply;
 use crate::config::{Config, Home, HomeLock};
 use crate::control;
 use crate::events::{Event, EventBus, EventKind, unix_ms_now};
@@ -217,6 +218,32 @@ impl AgentHandle {
             })?;
         self.peers.removed(canonical).await;
         Ok(())
+    }
+
+    /// Conflict copies in one source (or all), with what they lost to.
+    pub async fn conflicts(
+        &self,
+        id: Option<String>,
+    ) -> Result<Vec<(String, String, apply::ConflictName)>, Error> {
+        let ids: Vec<String> = match id {
+            Some(id) => {
+                let known = self.statuses().await?.iter().any(|s| s.id == id);
+                if !known {
+                    return Err(Error::UnknownSource(id));
+                }
+                vec![id]
+            }
+            None => self.statuses().await?.into_iter().map(|s| s.id).collect(),
+        };
+        let mut out = Vec::new();
+        for id in ids {
+            for path in self.store.conflict_copies(id.clone()).await? {
+                if let Some(name) = apply::parse_conflict_name(&path) {
+                    out.push((id.clone(), path, name));
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// Every pinned device.

@@ -352,6 +352,44 @@ pub fn keep_conflict_copy(
     Ok(Some(copy_path))
 }
 
+/// A conflict copy's parts, read back from its name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConflictName {
+    /// The item the copy lost to.
+    pub original: String,
+    /// `YYYYMMDD-HHMMSS`, UTC.
+    pub when: String,
+    /// Short ID of the device whose version the copy holds.
+    pub device: String,
+}
+
+/// Reads `NAME.sync-conflict-YYYYMMDD-HHMMSS-DEVICE.EXT` back into its parts.
+pub fn parse_conflict_name(path: &str) -> Option<ConflictName> {
+    let (dir, name) = path.rsplit_once('/').map_or(("", path), |(d, n)| (d, n));
+    let (stem, rest) = name.split_once(".sync-conflict-")?;
+    let (when, tail) = rest.split_at_checked(15)?;
+    let tail = tail.strip_prefix('-')?;
+    let (device, ext) = match tail.split_once('.') {
+        Some((d, e)) => (d, format!(".{e}")),
+        None => (tail, String::new()),
+    };
+    if stem.is_empty() || device.is_empty() || !when.chars().all(|c| c.is_ascii_digit() || c == '-')
+    {
+        return None;
+    }
+    let original = format!("{stem}{ext}");
+    let original = if dir.is_empty() {
+        original
+    } else {
+        format!("{dir}/{original}")
+    };
+    Some(ConflictName {
+        original,
+        when: when.to_owned(),
+        device: device.to_owned(),
+    })
+}
+
 fn sync_parent(root: &Path, item: &ItemPath) -> Result<(), ApplyError> {
     let target = root.join(item.as_str());
     let dir = target.parent().unwrap_or(root);
@@ -469,6 +507,18 @@ mod tests {
             Removed::Yes,
             "already gone is fine"
         );
+    }
+
+    #[test]
+    fn conflict_names_read_back() {
+        let n = parse_conflict_name("d/report.sync-conflict-20231114-221320-ABCDEFG.txt").unwrap();
+        assert_eq!(n.original, "d/report.txt");
+        assert_eq!(n.when, "20231114-221320");
+        assert_eq!(n.device, "ABCDEFG");
+        let n = parse_conflict_name("Makefile.sync-conflict-20231114-221320-ABCDEFG").unwrap();
+        assert_eq!(n.original, "Makefile");
+        assert!(parse_conflict_name("plain.txt").is_none());
+        assert!(parse_conflict_name("x.sync-conflict-short").is_none());
     }
 
     #[test]

@@ -662,4 +662,13 @@ fn concurrent_edits_end_with_the_same_winner_and_one_conflict_copy_everywhere() 
         "edited on A"
     );
     tree::assert_same_trees(&da, &db);
+    // `tandemctl conflicts` lists it on both devices, naming what it lost to.
+    for agent in [&a, &b] {
+        let list = agent.json(&["conflicts", "docs"]);
+        let all = list["conflicts"].as_array().expect("a conflict list");
+        assert_eq!(all.len(), 1, "{list:#}");
+        assert_eq!(all[0]["path"], on_a[0].as_str(), "{list:#}");
+        assert_eq!(all[0]["original"], "doc.txt", "{list:#}");
+    }
+    assert!(a.fails(&["conflicts", "nope"], 1).contains("source list"));
 }

@@ -395,6 +395,29 @@ impl Control for ControlService {
         }))
     }
 
+    async fn conflicts(
+        &self,
+        req: Request<pb::SourceRequest>,
+    ) -> Result<Response<pb::ConflictList>, Status> {
+        let found = self
+            .agent
+            .conflicts(target(req.into_inner().id))
+            .await
+            .map_err(status_of)?;
+        Ok(Response::new(pb::ConflictList {
+            conflicts: found
+                .into_iter()
+                .map(|(source, path, name)| pb::Conflict {
+                    source,
+                    path,
+                    original: name.original,
+                    device: name.device,
+                    when: name.when,
+                })
+                .collect(),
+        }))
+    }
+
     type WatchStream = EventStream;
 
     async fn watch(

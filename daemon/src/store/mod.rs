@@ -229,6 +229,12 @@ impl StoreHandle {
             .await
     }
 
+    /// Item paths of a source that look like conflict copies.
+    pub async fn conflict_copies(&self, source_id: String) -> Result<Vec<String>> {
+        self.call(move |c| queries::conflict_copies(c, &source_id))
+            .await
+    }
+
     /// Highest sequence of a peer's index of a source applied here (0 if none).
     pub async fn cursor(&self, device_id: String, source_id: String) -> Result<u64> {
         self.call(move |c| queries::cursor(c, &device_id, &source_id))

@@ -642,6 +642,20 @@ pub(super) fn prior_item(
     raw.map(|raw| decode_item(source_id, raw)).transpose()
 }
 
+pub(super) fn conflict_copies(c: &mut Connection, source_id: &str) -> Result<Vec<String>> {
+    let err = sql("listing conflict copies");
+    let mut stmt = c
+        .prepare_cached(
+            "SELECT path FROM items WHERE source_id = ?1 AND deleted = 0 AND kind != 1
+             AND path LIKE '%.sync-conflict-%' ORDER BY path",
+        )
+        .map_err(&err)?;
+    stmt.query_map([source_id], |r| r.get(0))
+        .map_err(&err)?
+        .collect::<rusqlite::Result<Vec<String>>>()
+        .map_err(&err)
+}
+
 pub(super) fn cursor(c: &mut Connection, device_id: &str, source_id: &str) -> Result<u64> {
     let v: Option<i64> = c
         .query_row(
