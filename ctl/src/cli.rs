@@ -39,6 +39,9 @@ pub enum Command {
     /// Add, list or remove the devices this device talks to
     #[command(subcommand)]
     Peer(PeerCommand),
+    /// List or restore kept versions of files replaced or deleted by other devices
+    #[command(subcommand)]
+    Versions(VersionsCommand),
     /// List conflict copies: losing versions kept beside the winner (all sources when ID is omitted)
     Conflicts(OptionalSource),
     /// Scan a source now (all sources when ID is omitted)
@@ -79,6 +82,28 @@ pub enum SourceCommand {
     Remove {
         /// Source to remove
         id: String,
+    },
+}
+
+/// `versions …` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum VersionsCommand {
+    /// List the kept versions of source ID (of one item PATH, if given)
+    List {
+        /// Source
+        id: String,
+        /// Item path inside the source
+        path: Option<String>,
+    },
+    /// Put a kept version of PATH back (the newest, or the newest at or before --at)
+    Restore {
+        /// Source
+        id: String,
+        /// Item path inside the source
+        path: String,
+        /// YYYYMMDD-HHMMSS (UTC), as `versions list` shows it
+        #[arg(long, value_name = "TIME")]
+        at: Option<String>,
     },
 }
 

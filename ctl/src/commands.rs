@@ -13,7 +13,7 @@ use tandem_proto::control::{
 };
 use tonic::transport::Channel;
 
-use crate::cli::{self, Command, OptionalSource, PeerCommand, SourceCommand};
+use crate::cli::{self, Command, OptionalSource, PeerCommand, SourceCommand, VersionsCommand};
 use crate::output;
 use crate::{Failure, Outcome};
 
@@ -91,6 +91,39 @@ pub async fn run<W: Write>(ctx: &mut Ctx<W>, command: Command) -> Result<Outcome
                 .await?
                 .into_inner();
             print_ack(ctx, &ack, &format!("removed peer {device}"))
+        }
+        Command::Versions(VersionsCommand::List { id, path }) => {
+            let reply = ctx
+                .client
+                .versions_list(tandem_proto::control::VersionsRequest {
+                    source: id,
+                    path: path.unwrap_or_default(),
+                    at: String::new(),
+                })
+                .await?
+                .into_inner();
+            if ctx.json {
+                output::json_document(&mut ctx.out, &reply)?;
+            } else if reply.versions.is_empty() {
+                writeln!(ctx.out, "no kept versions")?;
+            } else {
+                for v in &reply.versions {
+                    writeln!(ctx.out, "{}  {}  {}", v.when, output::bytes(v.size), v.path)?;
+                }
+            }
+            Ok(Outcome::Success)
+        }
+        Command::Versions(VersionsCommand::Restore { id, path, at }) => {
+            let ack = ctx
+                .client
+                .versions_restore(tandem_proto::control::VersionsRequest {
+                    source: id,
+                    path: path.clone(),
+                    at: at.unwrap_or_default(),
+                })
+                .await?
+                .into_inner();
+            print_ack(ctx, &ack, &format!("restored {path}"))
         }
         Command::Conflicts(target) => {
             let reply = ctx.client.conflicts(request(&target)).await?.into_inner();

@@ -162,6 +162,20 @@ impl Control for Fake {
         Ok(Response::new(tandem_proto::control::ConflictList::default()))
     }
 
+    async fn versions_list(
+        &self,
+        _: Request<tandem_proto::control::VersionsRequest>,
+    ) -> Result<Response<tandem_proto::control::VersionList>, Status> {
+        Ok(Response::new(tandem_proto::control::VersionList::default()))
+    }
+
+    async fn versions_restore(
+        &self,
+        _: Request<tandem_proto::control::VersionsRequest>,
+    ) -> Result<Response<Ack>, Status> {
+        Err(Status::not_found("no kept version"))
+    }
+
     type WatchStream = ReceiverStream<Result<Event, Status>>;
 
     async fn watch(&self, _: Request<WatchRequest>) -> Result<Response<Self::WatchStream>, Status> {

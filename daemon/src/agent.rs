@@ -52,6 +52,8 @@ pub enum Error {
     UnknownPeer(String),
     #[error("{0}")]
     Invalid(String),
+    #[error("{0}")]
+    NotFound(String),
     #[error("the agent is shutting down")]
     ShuttingDown,
 }
@@ -246,6 +248,46 @@ impl AgentHandle {
         Ok(out)
     }
 
+    /// The folder of a source, or an error naming the unknown id.
+    async fn source_root(&self, id: &str) -> Result<PathBuf, Error> {
+        self.statuses()
+            .await?
+            .into_iter()
+            .find(|s| s.id == id)
+            .map(|s| s.path)
+            .ok_or_else(|| Error::UnknownSource(id.to_owned()))
+    }
+
+    /// Kept versions of a source (of one item path, if given).
+    pub async fn versions(
+        &self,
+        id: &str,
+        path: Option<String>,
+    ) -> Result<Vec<crate::versions::Version>, Error> {
+        let root = self.source_root(id).await?;
+        tokio::task::spawn_blocking(move || crate::versions::list(&root, path.as_deref()))
+            .await
+            .map_err(|e| Error::Invalid(format!("listing versions failed: {e}")))
+    }
+
+    /// Restores a kept version of an item as a local change.
+    pub async fn restore_version(
+        &self,
+        id: &str,
+        path: String,
+        at: Option<String>,
+    ) -> Result<crate::versions::Version, Error> {
+        crate::universal::ItemPath::parse(&path).map_err(|e| Error::Invalid(e.to_string()))?;
+        let root = self.source_root(id).await?;
+        tokio::task::spawn_blocking(move || crate::versions::restore(&root, &path, at.as_deref()))
+            .await
+            .map_err(|e| Error::Invalid(format!("restoring failed: {e}")))?
+            .map_err(|e| match e {
+                crate::versions::VersionsError::NotFound { .. } => Error::NotFound(e.to_string()),
+                other => Error::Invalid(other.to_string()),
+            })
+    }
+
     /// Every pinned device.
     pub async fn peers(&self) -> Result<Vec<PeerRow>, Error> {
         Ok(self.store.peers().await?)
@@ -371,6 +413,7 @@ impl AgentTask {
             debounce: self.config.debounce,
             debounce_max: self.config.debounce_max,
             rescan_interval: self.config.rescan_interval,
+            versions_keep: self.config.versions_keep,
         };
         let handle = source::spawn(
             cfg,

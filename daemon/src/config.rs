@@ -166,6 +166,9 @@ pub struct Config {
     pub debounce_max: Duration,
     /// Full rescan of every source this often, as a safety net behind the watcher.
     pub rescan_interval: Duration,
+    /// How long replaced and deleted files stay in a source's versions folder; `None` keeps
+    /// them forever.
+    pub versions_keep: Option<Duration>,
 }
 
 impl Default for Config {
@@ -175,6 +178,7 @@ impl Default for Config {
             debounce: Duration::from_millis(100),
             debounce_max: Duration::from_millis(500),
             rescan_interval: Duration::from_secs(3600),
+            versions_keep: Some(Duration::from_secs(30 * 86_400)),
         }
     }
 }
@@ -187,6 +191,7 @@ struct RawConfig {
     debounce_ms: Option<u64>,
     debounce_max_ms: Option<u64>,
     rescan_interval_s: Option<u64>,
+    versions_keep_days: Option<u64>,
 }
 
 const DEFAULT_CONFIG: &str = "\
@@ -203,6 +208,10 @@ const DEFAULT_CONFIG: &str = "\
 
 # Seconds between full rescans of every source (a safety net behind the watcher).
 # rescan_interval_s = 3600
+
+# Days a file replaced or deleted by another device stays in the source's
+# .tandem/versions folder (0 keeps them forever).
+# versions_keep_days = 30
 ";
 
 impl Config {
@@ -254,6 +263,17 @@ impl Config {
                 ));
             }
             config.rescan_interval = Duration::from_secs(s);
+        }
+        if let Some(days) = raw.versions_keep_days {
+            config.versions_keep = match days {
+                0 => None,
+                d if d <= 36_500 => Some(Duration::from_secs(d * 86_400)),
+                d => {
+                    return Err(format!(
+                        "versions_keep_days = {d} is above 36500 (use 0 to keep forever)"
+                    ));
+                }
+            };
         }
         Ok(config)
     }

@@ -18,4 +18,5 @@ pub mod scanner;
 pub mod source;
 pub mod store;
 pub mod universal;
+pub mod versions;
 pub mod watcher;

@@ -48,6 +48,8 @@ pub struct SourceConfig {
     pub debounce: Duration,
     pub debounce_max: Duration,
     pub rescan_interval: Duration,
+    /// Retention of the versions folder (`None`: forever).
+    pub versions_keep: Option<Duration>,
 }
 
 /// Coarse state of a source, as `status` shows it.
@@ -347,6 +349,14 @@ impl SourceTask {
             }
             Err(e) => warn!(error = %e, "cannot read the source's totals"),
         }
+        // Patterns first: a peer's items may arrive before the first scan.
+        let root = self.cfg.root.clone();
+        if let Ok(Ok((ignores, _))) =
+            tokio::task::spawn_blocking(move || Ignores::load(&root)).await
+        {
+            self.publish(|s| s.ignores = Arc::new(ignores));
+        }
+        self.prune_versions().await;
         // Temp files a crash left behind never hold anything the prior state relies on.
         let root = self.cfg.root.clone();
         if let Ok(removed) =
@@ -386,6 +396,7 @@ impl SourceTask {
                 }
                 () = tokio::time::sleep_until(self.next_full), if !self.cfg.paused && self.retry_at.is_none() => {
                     debug!("periodic full rescan");
+                    self.prune_versions().await;
                     self.debouncer.push_full(Instant::now());
                     self.next_full = Instant::now() + self.cfg.rescan_interval;
                 }
@@ -454,6 +465,20 @@ impl SourceTask {
                 }
                 let _ = done.send(());
             }
+        }
+    }
+
+    /// Drops kept versions older than the retention period.
+    async fn prune_versions(&self) {
+        let Some(keep) = self.cfg.versions_keep else {
+            return;
+        };
+        let root = self.cfg.root.clone();
+        if let Ok(removed) =
+            tokio::task::spawn_blocking(move || crate::versions::prune(&root, keep)).await
+            && removed > 0
+        {
+            info!(removed, "removed versions past their retention");
         }
     }
 
@@ -949,7 +974,14 @@ impl SourceTask {
                         copy = apply::keep_conflict_copy(&root, &item.path, &local_short, secs)?;
                     }
                     let _ = &from;
+                    let keep_err = |e: crate::versions::VersionsError| apply::ApplyError::Io {
+                        path: item.path.to_string(),
+                        action: "keeping the old version",
+                        source: std::io::Error::other(e.to_string()),
+                    };
                     if item.deleted {
+                        // A file deleted by a peer goes to the versions folder, not away.
+                        crate::versions::keep(&root, item.path.as_str(), true).map_err(keep_err)?;
                         return match apply::remove(&root, &item.path)? {
                             Removed::Yes => Ok((None, copy)),
                             // Holds things the peer has not seen; they will sync and bring it back.
@@ -961,13 +993,18 @@ impl SourceTask {
                     apply::ensure_parents(&root, &item.path)?;
                     let meta = match item.meta.kind {
                         ItemKind::File => match &temp {
-                            Some(temp) => apply::place_file(
-                                &root,
-                                &item.path,
-                                temp,
-                                item.meta.mode,
-                                item.meta.mtime_ns,
-                            )?,
+                            Some(temp) => {
+                                // The version being replaced is kept first.
+                                crate::versions::keep(&root, item.path.as_str(), false)
+                                    .map_err(keep_err)?;
+                                apply::place_file(
+                                    &root,
+                                    &item.path,
+                                    temp,
+                                    item.meta.mode,
+                                    item.meta.mtime_ns,
+                                )?
+                            }
                             None => apply::set_file_meta(
                                 &root,
                                 &item.path,

@@ -672,3 +672,55 @@ fn concurrent_edits_end_with_the_same_winner_and_one_conflict_copy_everywhere() 
     }
     assert!(a.fails(&["conflicts", "nope"], 1).contains("source list"));
 }
+
+#[test]
+fn replaced_and_deleted_files_are_kept_as_versions_and_can_be_restored() {
+    let (a, da, b, db) = two_sharing(
+        |d| {
+            tree::write(&d.join("notes.txt"), "version one");
+            tree::write(&d.join("dir/old.txt"), "soon deleted");
+        },
+        |_| {},
+    );
+    settle(&a, &b);
+
+    let mut watch = a.watch("docs");
+    tree::write(&da.join("notes.txt"), "version two");
+    fs::remove_file(da.join("dir/old.txt")).expect("delete on A");
+    watch.expect_all(
+        &[("modified", "notes.txt"), ("deleted", "dir/old.txt")],
+        EVENT_DEADLINE,
+    );
+    settle(&a, &b);
+    assert_eq!(
+        fs::read_to_string(db.join("notes.txt")).expect("notes on B"),
+        "version two"
+    );
+    assert!(!db.join("dir/old.txt").exists());
+
+    // B kept what A's changes replaced and deleted.
+    let list = b.json(&["versions", "list", "docs"]);
+    let kept: Vec<&str> = list["versions"]
+        .as_array()
+        .expect("a version list")
+        .iter()
+        .filter_map(|v| v["path"].as_str())
+        .collect();
+    assert_eq!(kept, ["dir/old.txt", "notes.txt"], "{list:#}");
+    let one = b.json(&["versions", "list", "docs", "notes.txt"]);
+    assert_eq!(one["versions"][0]["size"], "version one".len(), "{one:#}");
+
+    // Restoring on B is a local change there, and reaches A.
+    let mut watch = b.watch("docs");
+    b.json(&["versions", "restore", "docs", "dir/old.txt"]);
+    watch.expect("added", "dir/old.txt", EVENT_DEADLINE);
+    settle(&b, &a);
+    assert_eq!(
+        fs::read_to_string(da.join("dir/old.txt")).expect("restored on A"),
+        "soon deleted"
+    );
+    let err = b.fails(&["versions", "restore", "docs", "never.txt"], 1);
+    assert!(err.contains("versions list"), "{err}");
+    let err = b.fails(&["versions", "restore", "docs", "../escape"], 1);
+    assert!(err.contains("not allowed"), "{err}");
+}

@@ -64,7 +64,9 @@ struct ControlService {
 
 fn status_of(e: Error) -> Status {
     match e {
-        Error::UnknownSource(_) | Error::UnknownPeer(_) => Status::not_found(e.to_string()),
+        Error::UnknownSource(_) | Error::UnknownPeer(_) | Error::NotFound(_) => {
+            Status::not_found(e.to_string())
+        }
         Error::Invalid(_) => Status::invalid_argument(e.to_string()),
         Error::ShuttingDown => Status::unavailable(e.to_string()),
         other => Status::internal(other.to_string()),
@@ -415,6 +417,48 @@ impl Control for ControlService {
                     when: name.when,
                 })
                 .collect(),
+        }))
+    }
+
+    async fn versions_list(
+        &self,
+        req: Request<pb::VersionsRequest>,
+    ) -> Result<Response<pb::VersionList>, Status> {
+        let req = req.into_inner();
+        let path = (!req.path.is_empty()).then_some(req.path);
+        let versions = self
+            .agent
+            .versions(&req.source, path)
+            .await
+            .map_err(status_of)?;
+        Ok(Response::new(pb::VersionList {
+            versions: versions
+                .into_iter()
+                .map(|v| pb::VersionInfo {
+                    path: v.path,
+                    when: v.when,
+                    size: v.size,
+                })
+                .collect(),
+        }))
+    }
+
+    async fn versions_restore(
+        &self,
+        req: Request<pb::VersionsRequest>,
+    ) -> Result<Response<pb::Ack>, Status> {
+        let req = req.into_inner();
+        if req.path.is_empty() {
+            return Err(Status::invalid_argument("name the item path to restore"));
+        }
+        let at = (!req.at.is_empty()).then_some(req.at);
+        let v = self
+            .agent
+            .restore_version(&req.source, req.path.clone(), at)
+            .await
+            .map_err(status_of)?;
+        Ok(Response::new(pb::Ack {
+            message: format!("restored {} as it was replaced at {} UTC", v.path, v.when),
         }))
     }
 
