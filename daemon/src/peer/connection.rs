@@ -402,6 +402,21 @@ impl Conn {
     }
 }
 
+/// A write failure in the source, with what to do about it.
+fn write_failed(action: &str, e: &std::io::Error) -> String {
+    if e.kind() == std::io::ErrorKind::StorageFull {
+        format!(
+            "{action} failed: no space left on the device holding the source; free some space \
+             (the item is retried automatically and the other items keep syncing)"
+        )
+    } else {
+        format!(
+            "{action} failed: {e}; check permissions and free space (the item is retried \
+             automatically)"
+        )
+    }
+}
+
 /// Reads a chunk a peer asked for from the named item, or any local copy in the same source.
 async fn read_chunk(
     ctx: &Ctx,
@@ -877,9 +892,9 @@ impl Fetcher {
                     apply::temp_path_in_root(&root)
                 };
                 let f = std::fs::File::create(&temp)
-                    .map_err(|e| format!("cannot create a temp file: {e}"))?;
+                    .map_err(|e| write_failed("creating a temp file", &e))?;
                 f.set_len(size)
-                    .map_err(|e| format!("cannot size the temp file: {e}"))?;
+                    .map_err(|e| write_failed("sizing the temp file", &e))?;
                 Ok((temp, f))
             },
         )
@@ -895,7 +910,8 @@ impl Fetcher {
                 let whole_checked =
                     matches!(item.chunks.as_slice(), [only] if Some(only.hash) == hash);
                 tokio::task::spawn_blocking(move || {
-                    file.sync_all().map_err(|e| e.to_string())?;
+                    file.sync_all()
+                        .map_err(|e| write_failed("flushing the temp file", &e))?;
                     match hash {
                         Some(h) if !whole_checked => {
                             apply::verify(&temp2, &path, h).map_err(|e| e.to_string())
@@ -937,7 +953,7 @@ impl Fetcher {
                     tokio::task::spawn_blocking(move || file.write_all_at(&data, chunk.offset))
                         .await
                         .map_err(|e| e.to_string())?
-                        .map_err(|e| format!("cannot write the temp file: {e}"))
+                        .map_err(|e| write_failed("writing the temp file", &e))
                 });
             }
             match set.join_next().await {
@@ -947,6 +963,21 @@ impl Fetcher {
                 Some(Err(e)) => return Err(e.to_string()),
             }
         }
+    }
+}
+
+/// One chunk request on the wire, for the board's in-flight count.
+struct InFlight<'a> {
+    ctx: &'a Ctx,
+    device: &'a str,
+    source: &'a str,
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        board_update(self.ctx, self.device, self.source, |s| {
+            s.in_flight = s.in_flight.saturating_sub(1)
+        });
     }
 }
 
@@ -1033,10 +1064,15 @@ impl ChunkGetter {
             .await
             .map_err(|_| "the connection closed".to_owned())?;
         board_update(&self.ctx, device, &self.source, |s| s.in_flight += 1);
+        // Counted down however this ends, even when the file's other chunks failed and this
+        // request is abandoned mid-flight.
+        let in_flight = InFlight {
+            ctx: &self.ctx,
+            device,
+            source: &self.source,
+        };
         let answer = tokio::time::timeout(CHUNK_TIMEOUT, rx).await;
-        board_update(&self.ctx, device, &self.source, |s| {
-            s.in_flight = s.in_flight.saturating_sub(1)
-        });
+        drop(in_flight);
         let data = match answer {
             Ok(Ok(Ok(data))) => data,
             Ok(Ok(Err(e))) => return Err(format!("the peer could not send a chunk: {e}")),
