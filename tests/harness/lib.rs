@@ -217,6 +217,13 @@ impl Agent {
         assert!(exit.success(), "tandemd exited with {exit} after SIGTERM");
     }
 
+    /// Kills the agent with SIGKILL, as a crash or power cut would, and reaps it.
+    pub fn crash(&mut self) {
+        let mut child = self.child.take().expect("tandemd is running");
+        child.kill().expect("send SIGKILL to tandemd");
+        child.wait().expect("reap tandemd");
+    }
+
     /// Starts the agent again on the same home after [`Agent::kill`].
     pub fn start_again(&mut self) {
         self.spawn();

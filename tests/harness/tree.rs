@@ -360,6 +360,13 @@ impl PseudoRandom {
         }
     }
 
+    /// A number in `0..n` (`n` > 0).
+    pub fn below(&mut self, n: u64) -> u64 {
+        let mut b = [0u8; 8];
+        self.fill(&mut b);
+        u64::from_le_bytes(b) % n.max(1)
+    }
+
     /// The next `len` bytes.
     pub fn bytes(&mut self, len: usize) -> Vec<u8> {
         let mut buf = vec![0u8; len];

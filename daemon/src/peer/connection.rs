@@ -18,7 +18,7 @@ use super::{Ctx, PeerSourceStatus, SharedSource};
 use crate::apply;
 use crate::chunker::{ChunkRef, Hash128, MAX_CHUNK_SIZE};
 use crate::identity::DeviceId;
-use crate::index::Ordering;
+use crate::index::{Contender, Ordering, remote_wins};
 use crate::item::ItemKind;
 use crate::source::{ApplyOutcome, RemoteApply};
 use crate::universal::{self, ItemPath, RemoteItem};
@@ -857,13 +857,29 @@ impl Fetcher {
             .await
             .ok()
             .flatten();
-        if let Some(p) = &prior
-            && matches!(
-                item.version.compare(&p.version),
-                Ordering::Equal | Ordering::Dominated
-            )
-        {
-            return Some(Prepared::Skip);
+        if let Some(p) = &prior {
+            match item.version.compare(&p.version) {
+                Ordering::Equal | Ordering::Dominated => return Some(Prepared::Skip),
+                Ordering::Concurrent => {
+                    // The conflict rule is the same everywhere: when this device's version
+                    // wins, the peer's is never fetched (the source task decides again at
+                    // apply time, with the state then).
+                    let local = Contender {
+                        deleted: p.deleted,
+                        mtime_ns: p.meta.mtime_ns,
+                        version: &p.version,
+                    };
+                    let remote = Contender {
+                        deleted: item.deleted,
+                        mtime_ns: item.meta.mtime_ns,
+                        version: &item.version,
+                    };
+                    if !remote_wins(local, remote) {
+                        return Some(Prepared::Skip);
+                    }
+                }
+                Ordering::Dominates => {}
+            }
         }
         let needs_content = item.meta.kind == ItemKind::File
             && !item.deleted

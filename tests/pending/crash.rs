@@ -1,0 +1,122 @@
+// Not compiled yet: this seeded kill -9 test (issue 5) found that, after crashes, the sending
+// side can keep a stale item in its retry list ("chunk ... is no longer here") and never report
+// in sync (about 1 run in 6). Move it back to tests/tests/ once that stall is fixed.
+//! Story: the receiving agent is killed with SIGKILL at seeded random moments while it syncs a
+//! few hundred files, twenty times over. Every time, no file on it holds partial content and
+//! its database passes SQLite's integrity check; in the end the trees converge and no temp file
+//! remains.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::path::Path;
+use std::time::Duration;
+
+use tandem_tests::tree::{self, PseudoRandom};
+use tandem_tests::{Agent, backoff, num, pair};
+
+const SYNC: Duration = Duration::from_secs(60);
+const FILES: u64 = 300;
+const ROUNDS: u64 = 20;
+
+fn digest(bytes: &[u8]) -> u64 {
+    let mut h = DefaultHasher::new();
+    bytes.hash(&mut h);
+    h.finish()
+}
+
+/// Writes file `i` for `round` on A and remembers the version.
+fn write_version(root: &Path, i: u64, round: u64, seen: &mut BTreeMap<String, BTreeSet<u64>>) {
+    let mut rng = PseudoRandom::new(i * 1_000 + round + 1);
+    let len = usize::try_from(1 + rng.below(150_000)).expect("small");
+    let bytes = rng.bytes(len);
+    let path = format!("d{}/f{i:03}.bin", i % 10);
+    // Written beside the source and renamed in, so A's folder only ever holds whole versions
+    // and anything else found on B is B's doing.
+    let staging = root.with_extension("staging");
+    tree::write(&staging, &bytes);
+    let target = root.join(&path);
+    fs::create_dir_all(target.parent().expect("a parent")).expect("mkdir");
+    fs::rename(&staging, &target).expect("rename a version into place");
+    seen.entry(path).or_default().insert(digest(&bytes));
+}
+
+/// Fails if any file on `root` is not a whole version A once wrote.
+fn assert_no_partial_files(root: &Path, seen: &BTreeMap<String, BTreeSet<u64>>, when: &str) {
+    for (path, entry) in tree::snapshot(root) {
+        if entry.kind != tree::Kind::File || path.contains(".tandem-tmp-") {
+            continue;
+        }
+        let bytes = fs::read(root.join(&path)).expect("read a synced file");
+        // A conflict copy holds a whole version of the item it is named after.
+        let original = original_of(&path);
+        let known = seen
+            .get(&original)
+            .is_some_and(|v| v.contains(&digest(&bytes)));
+        assert!(
+            known,
+            "{when}: {path} holds content A never wrote ({} bytes)",
+            bytes.len()
+        );
+    }
+}
+
+/// `d/f.sync-conflict-…-DEVICE.bin` → `d/f.bin`; other paths unchanged.
+fn original_of(path: &str) -> String {
+    match path.split_once(".sync-conflict-") {
+        Some((stem, rest)) => match rest.rsplit_once('.') {
+            Some((_, ext)) => format!("{stem}.{ext}"),
+            None => stem.to_owned(),
+        },
+        None => path.to_owned(),
+    }
+}
+
+fn assert_database_intact(home: &Path, when: &str) {
+    let db = rusqlite::Connection::open_with_flags(
+        home.join("tandem.db"),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE,
+    )
+    .expect("open the database");
+    let check: String = db
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .expect("run the integrity check");
+    assert_eq!(check, "ok", "{when}: SQLite integrity check");
+}
+
+#[test]
+fn sigkill_during_sync_never_leaves_partial_files_or_a_damaged_database() {
+    let a = Agent::start();
+    let mut b = Agent::start();
+    let (da, db) = (a.data_dir("docs"), b.data_dir("docs"));
+    let mut seen = BTreeMap::new();
+    for i in 0..FILES {
+        write_version(&da, i, 0, &mut seen);
+    }
+    pair(&a, &b);
+    a.share("docs", &da, &[&b]);
+    b.share("docs", &db, &[&a]);
+    let mut rng = PseudoRandom::new(42);
+    for round in 1..=ROUNDS {
+        // Let B get a seeded share of the way, then pull the plug.
+        let target = rng.below(FILES);
+        b.await_connected(&[&a], SYNC);
+        let _ = backoff::retry_with_backoff(Duration::from_secs(20), || {
+            let p = b.progress("docs", &a);
+            (num(&p, "done_items") >= target || p["in_sync"] == true).then_some(())
+        });
+        b.crash();
+        assert_no_partial_files(&db, &seen, &format!("after kill -9 in round {round}"));
+        assert_database_intact(b.home(), &format!("after kill -9 in round {round}"));
+        // Meanwhile A keeps changing: a seeded tenth of the files get a new version.
+        for _ in 0..FILES / 10 {
+            write_version(&da, rng.below(FILES), round, &mut seen);
+        }
+        b.start_again();
+    }
+    b.sync_with(&[&a], SYNC);
+    a.sync_with(&[&b], SYNC);
+    tree::assert_same_trees(&da, &db);
+    assert_no_partial_files(&db, &seen, "at the end");
+    assert_database_intact(b.home(), "at the end");
+}
