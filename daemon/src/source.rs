@@ -18,7 +18,7 @@ use tracing::{Instrument, debug, info, warn};
 use crate::apply::{self, Removed};
 use crate::events::{Event, EventBus, EventKind, unix_ms_now};
 use crate::ignores::{IGNORE_FILE, Ignores};
-use crate::index::{Contender, Ordering, remote_wins};
+use crate::index::Ordering;
 use crate::index::{ShortId, VersionVector};
 use crate::item::{Content, Difference, ItemKind, Metadata, PriorItem};
 use crate::scanner::{self, Found, ScanError, ScanRequest, Scope, Sink};
@@ -936,17 +936,7 @@ impl SourceTask {
                 Ordering::Equal | Ordering::Dominated => return ApplyOutcome::Skipped,
                 Ordering::Dominates => {}
                 Ordering::Concurrent => {
-                    let local = Contender {
-                        deleted: p.deleted,
-                        mtime_ns: p.meta.mtime_ns,
-                        version: &p.version,
-                    };
-                    let remote = Contender {
-                        deleted: item.deleted,
-                        mtime_ns: item.meta.mtime_ns,
-                        version: &item.version,
-                    };
-                    if !remote_wins(local, remote) {
+                    if !item.wins_over(p) {
                         info!(item = %path, peer = %from, "conflict: the local version wins");
                         return ApplyOutcome::Skipped;
                     }

@@ -8,7 +8,7 @@ use std::fmt;
 use tandem_proto::peer as pb;
 
 use crate::chunker::{ChunkRef, Hash128, MAX_CHUNK_SIZE};
-use crate::index::VersionVector;
+use crate::index::{Contender, VersionVector, remote_wins};
 use crate::item::{ItemKind, Metadata};
 use crate::scanner::{AGENT_DIR, TEMP_PREFIX};
 
@@ -107,6 +107,23 @@ pub struct RemoteItem {
     pub deleted: bool,
     /// The sender's local sequence for this item.
     pub sequence: u64,
+}
+
+impl RemoteItem {
+    /// The conflict rule applied to this item against a concurrent local one.
+    pub fn wins_over(&self, local: &crate::item::PriorItem) -> bool {
+        let mine = Contender {
+            deleted: local.deleted,
+            mtime_ns: local.meta.mtime_ns,
+            version: &local.version,
+        };
+        let theirs = Contender {
+            deleted: self.deleted,
+            mtime_ns: self.meta.mtime_ns,
+            version: &self.version,
+        };
+        remote_wins(mine, theirs)
+    }
 }
 
 /// Encodes a version vector.

@@ -18,7 +18,7 @@ use super::{Ctx, PeerSourceStatus, SharedSource};
 use crate::apply;
 use crate::chunker::{ChunkRef, Hash128, MAX_CHUNK_SIZE};
 use crate::identity::DeviceId;
-use crate::index::{Contender, Ordering, remote_wins};
+use crate::index::Ordering;
 use crate::item::ItemKind;
 use crate::source::{ApplyOutcome, RemoteApply};
 use crate::universal::{self, ItemPath, RemoteItem};
@@ -864,17 +864,7 @@ impl Fetcher {
                     // The conflict rule is the same everywhere: when this device's version
                     // wins, the peer's is never fetched (the source task decides again at
                     // apply time, with the state then).
-                    let local = Contender {
-                        deleted: p.deleted,
-                        mtime_ns: p.meta.mtime_ns,
-                        version: &p.version,
-                    };
-                    let remote = Contender {
-                        deleted: item.deleted,
-                        mtime_ns: item.meta.mtime_ns,
-                        version: &item.version,
-                    };
-                    if !remote_wins(local, remote) {
+                    if !item.wins_over(p) {
                         return Some(Prepared::Skip);
                     }
                 }
