@@ -15,16 +15,17 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, warn};
 
-use crate::apply::{self, Removed};
+use crate::apply;
 use crate::events::{Event, EventBus, EventKind, unix_ms_now};
 use crate::ignores::{IGNORE_FILE, Ignores};
-use crate::index::Ordering;
 use crate::index::{ShortId, VersionVector};
-use crate::item::{Content, Difference, ItemKind, Metadata, PriorItem};
+use crate::item::{Content, Difference, PriorItem};
 use crate::scanner::{self, Found, ScanError, ScanRequest, Scope, Sink};
 use crate::store::{self, StoreHandle, Totals};
 use crate::universal::RemoteItem;
 use crate::watcher::{self, Debouncer, Pending, WatchEvent};
+
+mod remote;
 
 /// Differences committed per SQLite transaction during a scan.
 const COMMIT_BATCH: usize = 1000;
@@ -365,6 +366,8 @@ impl SourceTask {
         {
             info!(removed, "removed temp files left by an earlier run");
         }
+        // Before the first scan, which would take an interrupted apply for a local change.
+        self.recover_intents().await;
         if !self.cfg.paused {
             self.start_watching();
             self.debouncer.push_full(Instant::now());
@@ -842,246 +845,6 @@ impl SourceTask {
 }
 
 impl SourceTask {
-    /// The local half of applying a peer's difference, run by the one task that also scans,
-    /// so a local change and a remote one never race.
-    async fn apply_remote(&mut self, req: RemoteApply) -> ApplyOutcome {
-        let RemoteApply {
-            item,
-            temp,
-            from,
-            from_device,
-        } = req;
-        let outcome = self
-            .apply_checked(&item, temp.clone(), &from, &from_device)
-            .await;
-        if let Some(temp) = temp
-            && !matches!(outcome, ApplyOutcome::Applied)
-        {
-            // Not used: do not leave it lying in the source.
-            let _ = std::fs::remove_file(temp);
-        }
-        if let ApplyOutcome::Failed(message) = &outcome {
-            let path = item.path.to_string();
-            warn!(item = %path, error = %message, peer = %from, "cannot apply");
-            self.events.emit(
-                Event::now(&self.cfg.id, EventKind::ItemError)
-                    .item(&path)
-                    .detail(message.clone()),
-            );
-            let message = message.clone();
-            self.publish(|s| {
-                s.item_errors.insert(path, message);
-            });
-        }
-        outcome
-    }
-
-    async fn apply_checked(
-        &mut self,
-        item: &RemoteItem,
-        temp: Option<PathBuf>,
-        from: &str,
-        from_device: &str,
-    ) -> ApplyOutcome {
-        if self.cfg.paused {
-            return ApplyOutcome::Failed("the source is paused; it applies once resumed".into());
-        }
-        if let Some(error) = self.status.borrow().error.clone() {
-            return ApplyOutcome::Failed(format!("the source is stopped: {error}"));
-        }
-        let ignored = self
-            .status
-            .borrow()
-            .ignores
-            .is_ignored(item.path.as_str(), item.meta.kind == ItemKind::Directory);
-        if ignored {
-            return ApplyOutcome::Skipped;
-        }
-        let id = self.cfg.id.clone();
-        let path = item.path.to_string();
-        let root = self.cfg.root.clone();
-        let prior = match self.store.prior_item(id.clone(), path.clone()).await {
-            Ok(p) => p,
-            Err(e) => return ApplyOutcome::Failed(e.to_string()),
-        };
-        let check = {
-            let (root, item_path, prior) = (root.clone(), item.path.clone(), prior.clone());
-            tokio::task::spawn_blocking(move || {
-                apply::unchanged_since_scan(&root, &item_path, prior.as_ref())
-            })
-            .await
-        };
-        let prior = match check {
-            Ok(Ok(true)) => prior,
-            Ok(Ok(false)) => {
-                // Something changed here that the scanner has not seen yet: record it first,
-                // so it is compared (and kept) rather than overwritten.
-                // What this batch already wrote must be on record before the scanner looks.
-                if let Err(e) = self.flush_applied().await {
-                    return ApplyOutcome::Failed(e);
-                }
-                // Boxed: a scan may handle a pause, which is how this async call graph loops.
-                Box::pin(self.scan(Scope::Under(vec![path.clone()]), HashSet::new())).await;
-                match self.store.prior_item(id.clone(), path.clone()).await {
-                    Ok(p) => p,
-                    Err(e) => return ApplyOutcome::Failed(e.to_string()),
-                }
-            }
-            Ok(Err(e)) => return ApplyOutcome::Failed(e.to_string()),
-            Err(e) => return ApplyOutcome::Failed(format!("apply task failed: {e}")),
-        };
-        let mut conflict = false;
-        if let Some(p) = &prior {
-            match item.version.compare(&p.version) {
-                Ordering::Equal | Ordering::Dominated => return ApplyOutcome::Skipped,
-                Ordering::Dominates => {}
-                Ordering::Concurrent => {
-                    if !item.wins_over(p) {
-                        info!(item = %path, peer = %from, "conflict: the local version wins");
-                        return ApplyOutcome::Skipped;
-                    }
-                    conflict = !p.deleted;
-                }
-            }
-        } else if item.deleted {
-            // Never had it: nothing to delete, but remember the tombstone so it relays.
-        }
-        let same_content = prior.as_ref().is_some_and(|p| {
-            !p.deleted
-                && p.meta.kind == ItemKind::File
-                && p.hash == item.hash
-                && item.meta.kind == ItemKind::File
-        });
-        let local_short = self.cfg.local_short_name.clone();
-        let work = {
-            let (root, item, temp) = (root.clone(), item.clone(), temp.clone());
-            let from = from.to_owned();
-            tokio::task::spawn_blocking(
-                move || -> Result<(Option<Metadata>, Option<String>), apply::ApplyError> {
-                    let mut copy = None;
-                    if conflict && !item.deleted && !same_content {
-                        let secs = crate::events::unix_ms_now() / 1000;
-                        copy = apply::keep_conflict_copy(&root, &item.path, &local_short, secs)?;
-                    }
-                    let _ = &from;
-                    let keep_err = |e: crate::versions::VersionsError| apply::ApplyError::Io {
-                        path: item.path.to_string(),
-                        action: "keeping the old version",
-                        source: std::io::Error::other(e.to_string()),
-                    };
-                    if item.deleted {
-                        // A file deleted by a peer goes to the versions folder, not away.
-                        crate::versions::keep(&root, item.path.as_str(), true).map_err(keep_err)?;
-                        return match apply::remove(&root, &item.path)? {
-                            Removed::Yes => Ok((None, copy)),
-                            // Holds things the peer has not seen; they will sync and bring it back.
-                            Removed::KeptNotEmpty => {
-                                Ok((Some(apply::stat(&root, &item.path)?), copy))
-                            }
-                        };
-                    }
-                    apply::ensure_parents(&root, &item.path)?;
-                    let meta = match item.meta.kind {
-                        ItemKind::File => match &temp {
-                            Some(temp) => {
-                                // The version being replaced is kept first.
-                                crate::versions::keep(&root, item.path.as_str(), false)
-                                    .map_err(keep_err)?;
-                                apply::place_file(
-                                    &root,
-                                    &item.path,
-                                    temp,
-                                    item.meta.mode,
-                                    item.meta.mtime_ns,
-                                )?
-                            }
-                            None => apply::set_file_meta(
-                                &root,
-                                &item.path,
-                                item.meta.mode,
-                                item.meta.mtime_ns,
-                            )?,
-                        },
-                        ItemKind::Directory => apply::make_dir(&root, &item.path, item.meta.mode)?,
-                        ItemKind::Symlink => apply::make_symlink(
-                            &root,
-                            &item.path,
-                            item.meta.symlink_target.as_deref().unwrap_or_default(),
-                        )?,
-                    };
-                    Ok((Some(meta), copy))
-                },
-            )
-            .await
-        };
-        let (meta, copy) = match work {
-            Ok(Ok(done)) => done,
-            Ok(Err(e)) => return ApplyOutcome::Failed(e.to_string()),
-            Err(e) => return ApplyOutcome::Failed(format!("apply task failed: {e}")),
-        };
-        if let Some(copy) = &copy {
-            info!(item = %path, copy = %copy, peer = %from, "conflict: kept the local version as a copy");
-        }
-        let kept_folder = item.deleted && meta.is_some();
-        if kept_folder {
-            return ApplyOutcome::Skipped;
-        }
-        let version = match (&prior, conflict) {
-            (Some(p), true) => item.version.merge(&p.version),
-            _ => item.version.clone(),
-        };
-        let (meta, content) = match meta {
-            Some(meta) => {
-                let content = match (meta.kind, item.hash) {
-                    (ItemKind::File, Some(hash)) => Content::Replace {
-                        hash,
-                        chunks: item.chunks.clone(),
-                    },
-                    _ => Content::Empty,
-                };
-                (meta, content)
-            }
-            None => {
-                let mut meta = prior
-                    .as_ref()
-                    .map_or_else(|| item.meta.clone(), |p| p.meta.clone());
-                meta.size = 0;
-                (meta, Content::Empty)
-            }
-        };
-        let diff = Difference {
-            path: path.clone(),
-            meta: meta.clone(),
-            version,
-            content,
-            deleted: item.deleted,
-            // A merged conflict version is news to the sender too.
-            origin: (!conflict).then(|| from_device.to_owned()),
-        };
-        let live_prior = prior.as_ref().filter(|p| !p.deleted);
-        let kind = if item.deleted {
-            EventKind::Deleted
-        } else if live_prior.is_some() {
-            EventKind::Modified
-        } else {
-            EventKind::Added
-        };
-        let mut delta = TotalsDelta::default();
-        if let Some(p) = live_prior {
-            delta.remove(&p.meta);
-        }
-        if !item.deleted {
-            delta.add(&meta);
-        }
-        self.applied_records.push(AppliedRecord {
-            diff,
-            kind,
-            delta,
-            from: from.to_owned(),
-        });
-        ApplyOutcome::Applied
-    }
-
     /// Commits the differences applied so far in one transaction, then tells `watch`.
     async fn flush_applied(&mut self) -> Result<(), String> {
         if self.applied_records.is_empty() {
@@ -1114,23 +877,6 @@ impl SourceTask {
             }
         });
         Ok(())
-    }
-
-    /// Applies a batch of remote differences and commits them together.
-    async fn apply_batch(&mut self, batch: Vec<RemoteApply>) -> Vec<ApplyOutcome> {
-        let mut outcomes = Vec::with_capacity(batch.len());
-        for req in batch {
-            outcomes.push(self.apply_remote(req).await);
-        }
-        if let Err(e) = self.flush_applied().await {
-            warn!(error = %e, "cannot record applied differences");
-            for o in &mut outcomes {
-                if *o == ApplyOutcome::Applied {
-                    *o = ApplyOutcome::Failed(format!("recording it failed: {e}"));
-                }
-            }
-        }
-        outcomes
     }
 }
 

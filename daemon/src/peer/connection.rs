@@ -253,7 +253,9 @@ impl Conn {
             }
             Some(Body::Applied(a)) => {
                 if let Some(tx) = self.senders.get(&a.source) {
-                    tx.send_modify(|v| *v = (*v).max(a.sequence));
+                    // A peer older than `received` leaves it 0: fall back to what it applied.
+                    let through = a.sequence.max(a.received);
+                    tx.send_modify(|v| *v = (*v).max(through));
                 }
                 board_update(&self.ctx, &self.device_text, &a.source, |s| {
                     s.peer_applied = s.peer_applied.max(a.sequence)
@@ -693,6 +695,7 @@ impl Receiver {
             .send(Body::Applied(pb::Applied {
                 source: self.src.id.clone(),
                 sequence: applied,
+                received: self.seen,
             }))
             .await;
         let idle = queue_empty && self.retry.is_empty();

@@ -9,6 +9,7 @@ pub(super) fn all() -> Migrations<'static> {
         M::up(include_str!("../../../migrations/0002_chunk_locations.sql")),
         M::up(include_str!("../../../migrations/0003_peers.sql")),
         M::up(include_str!("../../../migrations/0004_item_origin.sql")),
+        M::up(include_str!("../../../migrations/0005_apply_intents.sql")),
     ])
 }
 

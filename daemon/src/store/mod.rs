@@ -186,6 +186,22 @@ impl StoreHandle {
             .await
     }
 
+    /// Journals remote differences about to be written, before any of them touches the disk;
+    /// the next [`StoreHandle::commit`] of the source clears them.
+    pub async fn record_intents(
+        &self,
+        source_id: String,
+        intents: Vec<crate::item::Difference>,
+    ) -> Result<()> {
+        self.call(move |c| queries::record_intents(c, &source_id, &intents))
+            .await
+    }
+
+    /// The apply journal of a source: differences whose write a crash may have interrupted.
+    pub async fn intents(&self, source_id: String) -> Result<Vec<crate::item::Difference>> {
+        self.call(move |c| queries::intents(c, &source_id)).await
+    }
+
     /// Records a peer, or updates its address if it is known already.
     pub async fn add_peer(&self, peer: PeerRow) -> Result<()> {
         self.call(move |c| queries::add_peer(c, &peer)).await

@@ -384,8 +384,140 @@ pub(super) fn commit(
         params![source_id, to_i64(seq)],
     )
     .map_err(&err)?;
+    // Every write the journal announced is either recorded by this transaction or never
+    // happened: the source task commits after each staged write.
+    tx.execute(
+        "DELETE FROM apply_intents WHERE source_id = ?1",
+        [source_id],
+    )
+    .map_err(&err)?;
     tx.commit().map_err(&err)?;
     Ok(seqs)
+}
+
+pub(super) fn record_intents(
+    c: &mut Connection,
+    source_id: &str,
+    intents: &[Difference],
+) -> Result<()> {
+    let err = sql("recording the apply journal");
+    let tx = c.transaction().map_err(&err)?;
+    {
+        let mut insert = tx
+            .prepare_cached(
+                "INSERT OR REPLACE INTO apply_intents (source_id, path, kind, size, mtime_ns,
+                    mode, version, hash, chunks, symlink_target, deleted, origin)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+            )
+            .map_err(&err)?;
+        for d in intents {
+            let (hash, chunks) = match &d.content {
+                Content::Replace { hash, chunks } => (
+                    Some(hash.0.to_vec()),
+                    Some(chunker::encode_chunk_list(chunks)),
+                ),
+                Content::Keep | Content::Empty => (None, None),
+            };
+            insert
+                .execute(params![
+                    source_id,
+                    d.path,
+                    d.meta.kind.code(),
+                    to_i64(d.meta.size),
+                    d.meta.mtime_ns,
+                    i64::from(d.meta.mode),
+                    d.version.encode(),
+                    hash,
+                    chunks,
+                    d.meta.symlink_target,
+                    d.deleted,
+                    d.origin,
+                ])
+                .map_err(&err)?;
+        }
+    }
+    tx.commit().map_err(&err)
+}
+
+type RawIntent = (
+    String,
+    i64,
+    i64,
+    i64,
+    i64,
+    Vec<u8>,
+    Option<Vec<u8>>,
+    Option<Vec<u8>>,
+    Option<String>,
+    bool,
+    Option<String>,
+);
+
+pub(super) fn intents(c: &mut Connection, source_id: &str) -> Result<Vec<Difference>> {
+    let err = sql("reading the apply journal");
+    let mut stmt = c
+        .prepare_cached(
+            "SELECT path, kind, size, mtime_ns, mode, version, hash, chunks, symlink_target,
+                    deleted, origin
+             FROM apply_intents WHERE source_id = ?1 ORDER BY path",
+        )
+        .map_err(&err)?;
+    let raws = stmt
+        .query_map([source_id], |r| -> rusqlite::Result<RawIntent> {
+            Ok((
+                r.get(0)?,
+                r.get(1)?,
+                r.get(2)?,
+                r.get(3)?,
+                r.get(4)?,
+                r.get(5)?,
+                r.get(6)?,
+                r.get(7)?,
+                r.get(8)?,
+                r.get(9)?,
+                r.get(10)?,
+            ))
+        })
+        .map_err(&err)?
+        .collect::<rusqlite::Result<Vec<_>>>()
+        .map_err(&err)?;
+    raws.into_iter()
+        .map(|raw| decode_intent(source_id, raw))
+        .collect()
+}
+
+fn decode_intent(source_id: &str, raw: RawIntent) -> Result<Difference> {
+    let (path, kind, size, mtime_ns, mode, version, hash, chunks, target, deleted, origin) = raw;
+    let corrupt = |reason: String| Error::Corrupt {
+        source_id: source_id.to_owned(),
+        path: path.clone(),
+        reason,
+    };
+    let kind = ItemKind::from_code(kind).ok_or_else(|| corrupt(format!("unknown kind {kind}")))?;
+    let version = VersionVector::decode(&version).map_err(|e| corrupt(e.to_string()))?;
+    let content = match (hash, chunks) {
+        (Some(hash), Some(chunks)) => Content::Replace {
+            hash: Hash128::from_slice(&hash)
+                .ok_or_else(|| corrupt("hash is not 16 bytes".into()))?,
+            chunks: chunker::decode_chunk_list(&chunks).map_err(|e| corrupt(e.to_string()))?,
+        },
+        _ => Content::Empty,
+    };
+    Ok(Difference {
+        meta: Metadata {
+            kind,
+            size: to_u64(size),
+            mtime_ns,
+            inode: 0,
+            mode: u32::try_from(mode).unwrap_or(0),
+            symlink_target: target,
+        },
+        path,
+        version,
+        content,
+        deleted,
+        origin,
+    })
 }
 
 pub(super) fn totals(c: &mut Connection, source_id: &str) -> Result<Totals> {

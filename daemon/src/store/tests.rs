@@ -119,7 +119,7 @@ fn migrates_from_an_empty_database() {
     let version: i64 = conn
         .pragma_query_value(None, "user_version", |r| r.get(0))
         .unwrap();
-    assert_eq!(version, 4);
+    assert_eq!(version, 5);
     migrations::all().validate().unwrap();
 }
 
@@ -232,6 +232,37 @@ async fn peers_are_recorded_once() {
         Err(Error::UnknownPeer(_))
     ));
     assert_eq!(store.peers().await.unwrap().len(), 1);
+    drop(store);
+    thread.join();
+}
+
+#[tokio::test]
+async fn the_apply_journal_round_trips_and_the_next_commit_clears_it() {
+    let (store, thread) = open_in_memory().unwrap();
+    store.add_source(row("docs")).await.unwrap();
+    store.add_source(row("other")).await.unwrap();
+    let mut placed = file("a/b", 3, 1);
+    placed.meta.inode = 0;
+    placed.origin = Some("PEER".into());
+    let mut gone = file("c", 0, 0);
+    gone.meta.inode = 0;
+    gone.deleted = true;
+    gone.content = Content::Empty;
+    store
+        .record_intents("docs".into(), vec![placed.clone(), gone.clone()])
+        .await
+        .unwrap();
+    store
+        .record_intents("other".into(), vec![file("x", 1, 3)])
+        .await
+        .unwrap();
+    let journal = store.intents("docs".into()).await.unwrap();
+    assert_eq!(journal, [placed.clone(), gone]);
+
+    store.commit("docs".into(), vec![placed]).await.unwrap();
+    assert!(store.intents("docs".into()).await.unwrap().is_empty());
+    // Another source's journal is its own.
+    assert_eq!(store.intents("other".into()).await.unwrap().len(), 1);
     drop(store);
     thread.join();
 }

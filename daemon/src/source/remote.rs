@@ -1,0 +1,592 @@
+//! The local half of applying a peer's differences: check each against this device's state,
+//! journal the ones to write, write them, and record them with their batch.
+//!
+//! Order of one batch: every item is checked (and staged) first; the staged items are recorded
+//! in the apply journal in one transaction; then they are written (conflict copy, versions
+//! folder, rename into place); then the batch commits, which clears the journal. A crash
+//! between a rename and the commit leaves a journal entry, and [`SourceTask::recover_intents`]
+//! at the next start records the item as applied when it is on disk exactly as intended,
+//! instead of the scanner taking it for a local change. Must not: fetch content (the peer
+//! module does), or write anything before its intent is journaled.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+
+use tracing::{info, warn};
+
+use super::{AppliedRecord, SourceTask, TotalsDelta, check_marker};
+use crate::apply::{self, ApplyError, Removed};
+use crate::events::{Event, EventKind};
+use crate::index::{Ordering, VersionVector};
+use crate::item::{Content, Difference, ItemKind, Metadata, PriorItem};
+use crate::scanner::Scope;
+use crate::source::{ApplyOutcome, RemoteApply};
+use crate::universal::RemoteItem;
+
+/// A remote difference that passed every check and waits to be written with its stage.
+struct Staged {
+    /// Position in the batch, for its outcome.
+    index: usize,
+    req: RemoteApply,
+    prior: Option<PriorItem>,
+    /// Concurrent with the local version, and the peer's wins.
+    conflict: bool,
+    /// The recorded content is already what the peer has (a metadata-only change).
+    same_content: bool,
+    /// The version to record: the peer's, merged with the local one after a conflict.
+    version: VersionVector,
+}
+
+impl Staged {
+    /// What the journal records before the write: the difference as it will be committed,
+    /// with the metadata the write is meant to leave on disk.
+    fn intent(&self) -> Difference {
+        let item = &self.req.item;
+        let mut meta = if item.deleted {
+            self.prior
+                .as_ref()
+                .map_or_else(|| item.meta.clone(), |p| p.meta.clone())
+        } else {
+            item.meta.clone()
+        };
+        meta.inode = 0;
+        if item.deleted {
+            meta.size = 0;
+        }
+        Difference {
+            path: item.path.to_string(),
+            meta,
+            version: self.version.clone(),
+            content: content_of(item, item.meta.kind),
+            deleted: item.deleted,
+            origin: self.origin(),
+        }
+    }
+
+    /// A merged conflict version is news to the sender too, so it is echoed back.
+    fn origin(&self) -> Option<String> {
+        (!self.conflict).then(|| self.req.from_device.clone())
+    }
+}
+
+/// The content a difference records for an item of `kind` on disk.
+fn content_of(item: &RemoteItem, kind: ItemKind) -> Content {
+    match (kind, item.hash) {
+        (ItemKind::File, Some(hash)) if !item.deleted => Content::Replace {
+            hash,
+            chunks: item.chunks.clone(),
+        },
+        _ => Content::Empty,
+    }
+}
+
+/// What checking one remote difference came to.
+enum Check {
+    Done(ApplyOutcome),
+    /// To be written: the state it was checked against, and what to record.
+    Stage {
+        prior: Option<PriorItem>,
+        conflict: bool,
+        same_content: bool,
+        version: VersionVector,
+    },
+    /// The target changed since its last scan: scan it first, then check again.
+    ScanFirst,
+}
+
+impl SourceTask {
+    /// Applies a batch of remote differences and commits them together.
+    pub(super) async fn apply_batch(&mut self, batch: Vec<RemoteApply>) -> Vec<ApplyOutcome> {
+        let mut outcomes = vec![ApplyOutcome::Skipped; batch.len()];
+        let mut stage: Vec<Staged> = Vec::new();
+        for (index, req) in batch.into_iter().enumerate() {
+            // The same path twice in one batch: the second is checked against the first's
+            // result, so the first is written before.
+            if stage.iter().any(|s| s.req.item.path == req.item.path) {
+                self.write_stage(&mut stage, &mut outcomes).await;
+            }
+            let mut scanned = false;
+            loop {
+                match self.check(&req, scanned).await {
+                    Check::Done(outcome) => {
+                        outcomes[index] = self.finish(&req, outcome);
+                        break;
+                    }
+                    Check::Stage {
+                        prior,
+                        conflict,
+                        same_content,
+                        version,
+                    } => {
+                        stage.push(Staged {
+                            index,
+                            req,
+                            prior,
+                            conflict,
+                            same_content,
+                            version,
+                        });
+                        break;
+                    }
+                    Check::ScanFirst => {
+                        // Something changed here that the scanner has not seen yet: record
+                        // it first, so it is compared (and kept) rather than overwritten.
+                        // What this batch already wrote must be on record before the
+                        // scanner looks.
+                        self.write_stage(&mut stage, &mut outcomes).await;
+                        if let Err(e) = self.flush_applied().await {
+                            outcomes[index] = self.finish(&req, ApplyOutcome::Failed(e));
+                            break;
+                        }
+                        // Boxed: a scan may handle a pause, which is how this async call
+                        // graph loops.
+                        let under = vec![req.item.path.to_string()];
+                        Box::pin(self.scan(Scope::Under(under), HashSet::new())).await;
+                        scanned = true;
+                    }
+                }
+            }
+        }
+        self.write_stage(&mut stage, &mut outcomes).await;
+        if let Err(e) = self.flush_applied().await {
+            warn!(error = %e, "cannot record applied differences");
+            for o in &mut outcomes {
+                if *o == ApplyOutcome::Applied {
+                    *o = ApplyOutcome::Failed(format!("recording it failed: {e}"));
+                }
+            }
+        }
+        outcomes
+    }
+
+    /// Decides what to do with one remote difference, against the state recorded now.
+    async fn check(&mut self, req: &RemoteApply, scanned: bool) -> Check {
+        let item = &req.item;
+        if self.cfg.paused {
+            return Check::Done(ApplyOutcome::Failed(
+                "the source is paused; it applies once resumed".into(),
+            ));
+        }
+        if let Some(error) = self.status.borrow().error.clone() {
+            return Check::Done(ApplyOutcome::Failed(format!(
+                "the source is stopped: {error}"
+            )));
+        }
+        let ignored = self
+            .status
+            .borrow()
+            .ignores
+            .is_ignored(item.path.as_str(), item.meta.kind == ItemKind::Directory);
+        if ignored {
+            return Check::Done(ApplyOutcome::Skipped);
+        }
+        let prior = match self
+            .store
+            .prior_item(self.cfg.id.clone(), item.path.to_string())
+            .await
+        {
+            Ok(p) => p,
+            Err(e) => return Check::Done(ApplyOutcome::Failed(e.to_string())),
+        };
+        if !scanned {
+            let (root, item_path, p) = (self.cfg.root.clone(), item.path.clone(), prior.clone());
+            let unchanged = tokio::task::spawn_blocking(move || {
+                apply::unchanged_since_scan(&root, &item_path, p.as_ref())
+            })
+            .await;
+            match unchanged {
+                Ok(Ok(true)) => {}
+                Ok(Ok(false)) => return Check::ScanFirst,
+                Ok(Err(e)) => return Check::Done(ApplyOutcome::Failed(e.to_string())),
+                Err(e) => {
+                    return Check::Done(ApplyOutcome::Failed(format!("apply task failed: {e}")));
+                }
+            }
+        }
+        let mut conflict = false;
+        if let Some(p) = &prior {
+            match item.version.compare(&p.version) {
+                Ordering::Equal | Ordering::Dominated => {
+                    return Check::Done(ApplyOutcome::Skipped);
+                }
+                Ordering::Dominates => {}
+                Ordering::Concurrent => {
+                    if !item.wins_over(p) {
+                        info!(item = %item.path, peer = %req.from, "conflict: the local version wins");
+                        return Check::Done(ApplyOutcome::Skipped);
+                    }
+                    conflict = !p.deleted;
+                }
+            }
+        }
+        let same_content = prior.as_ref().is_some_and(|p| {
+            !p.deleted
+                && p.meta.kind == ItemKind::File
+                && p.hash == item.hash
+                && item.meta.kind == ItemKind::File
+        });
+        let version = match (&prior, conflict) {
+            (Some(p), true) => item.version.merge(&p.version),
+            _ => item.version.clone(),
+        };
+        Check::Stage {
+            prior,
+            conflict,
+            same_content,
+            version,
+        }
+    }
+
+    /// Journals, writes and queues for the commit everything staged so far.
+    async fn write_stage(&mut self, stage: &mut Vec<Staged>, outcomes: &mut [ApplyOutcome]) {
+        if stage.is_empty() {
+            return;
+        }
+        let staged = std::mem::take(stage);
+        let intents: Vec<Difference> = staged.iter().map(Staged::intent).collect();
+        if let Err(e) = self
+            .store
+            .record_intents(self.cfg.id.clone(), intents)
+            .await
+        {
+            let message = format!("journaling the write failed: {e}");
+            for s in staged {
+                outcomes[s.index] = self.finish(&s.req, ApplyOutcome::Failed(message.clone()));
+            }
+            return;
+        }
+        let root = self.cfg.root.clone();
+        let local_short = self.cfg.local_short_name.clone();
+        let jobs: Vec<WriteJob> = staged
+            .iter()
+            .map(|s| WriteJob {
+                item: s.req.item.clone(),
+                temp: s.req.temp.clone(),
+                conflict: s.conflict,
+                same_content: s.same_content,
+            })
+            .collect();
+        let written = tokio::task::spawn_blocking(move || {
+            jobs.into_iter()
+                .map(|job| job.run(&root, &local_short))
+                .collect::<Vec<_>>()
+        })
+        .await;
+        let written = match written {
+            Ok(w) => w,
+            Err(e) => {
+                let message = format!("apply task failed: {e}");
+                for s in staged {
+                    outcomes[s.index] = self.finish(&s.req, ApplyOutcome::Failed(message.clone()));
+                }
+                return;
+            }
+        };
+        for (s, result) in staged.into_iter().zip(written) {
+            let outcome = match result {
+                Ok(written) => self.queue_record(&s, written),
+                Err(e) => ApplyOutcome::Failed(e.to_string()),
+            };
+            outcomes[s.index] = self.finish(&s.req, outcome);
+        }
+    }
+
+    /// Queues the record of a written item for the batch's commit.
+    fn queue_record(&mut self, s: &Staged, written: Written) -> ApplyOutcome {
+        let item = &s.req.item;
+        let path = item.path.to_string();
+        if let Some(copy) = &written.conflict_copy {
+            info!(item = %path, copy = %copy, peer = %s.req.from, "conflict: kept the local version as a copy");
+        }
+        let meta = match written.meta {
+            // A folder the peer deleted still holds things it has not seen; they sync and
+            // bring it back there.
+            Some(_) if item.deleted => return ApplyOutcome::Skipped,
+            Some(meta) => meta,
+            None => s.intent().meta,
+        };
+        let diff = Difference {
+            path,
+            content: content_of(item, meta.kind),
+            meta: meta.clone(),
+            version: s.version.clone(),
+            deleted: item.deleted,
+            origin: s.origin(),
+        };
+        let live_prior = s.prior.as_ref().filter(|p| !p.deleted);
+        let kind = if item.deleted {
+            EventKind::Deleted
+        } else if live_prior.is_some() {
+            EventKind::Modified
+        } else {
+            EventKind::Added
+        };
+        let mut delta = TotalsDelta::default();
+        if let Some(p) = live_prior {
+            delta.remove(&p.meta);
+        }
+        if !item.deleted {
+            delta.add(&meta);
+        }
+        self.applied_records.push(AppliedRecord {
+            diff,
+            kind,
+            delta,
+            from: s.req.from.clone(),
+        });
+        ApplyOutcome::Applied
+    }
+
+    /// Cleans up after one outcome: an unused temp file goes, a failure is reported.
+    fn finish(&self, req: &RemoteApply, outcome: ApplyOutcome) -> ApplyOutcome {
+        if let Some(temp) = &req.temp
+            && outcome != ApplyOutcome::Applied
+        {
+            // Not used: do not leave it lying in the source.
+            let _ = std::fs::remove_file(temp);
+        }
+        if let ApplyOutcome::Failed(message) = &outcome {
+            let path = req.item.path.to_string();
+            warn!(item = %path, error = %message, peer = %req.from, "cannot apply");
+            self.events.emit(
+                Event::now(&self.cfg.id, EventKind::ItemError)
+                    .item(&path)
+                    .detail(message.clone()),
+            );
+            let message = message.clone();
+            self.publish(|s| {
+                s.item_errors.insert(path, message);
+            });
+        }
+        outcome
+    }
+
+    /// Finishes what a crash interrupted: journaled items found on disk exactly as intended
+    /// are recorded as applied; the rest were never written and their peer sends them again
+    /// (its cursor did not move).
+    pub(super) async fn recover_intents(&mut self) {
+        let id = self.cfg.id.clone();
+        let intents = match self.store.intents(id.clone()).await {
+            Ok(intents) if intents.is_empty() => return,
+            Ok(intents) => intents,
+            Err(e) => {
+                warn!(error = %e, "cannot read the apply journal");
+                return;
+            }
+        };
+        let root = self.cfg.root.clone();
+        if !root.is_dir() || check_marker(&root).is_err() {
+            // Not the source's folder right now (an unmounted disk?): nothing to compare with.
+            // The first scan reports why; the journal waits.
+            return;
+        }
+        let found = tokio::task::spawn_blocking(move || {
+            intents
+                .into_iter()
+                .filter_map(|intent| landed(&root, intent))
+                .collect::<Vec<_>>()
+        })
+        .await
+        .unwrap_or_default();
+        let n = found.len();
+        // Committing also clears the journal, the entries that never landed with it.
+        if let Err(e) = self.store.commit(id.clone(), found).await {
+            warn!(error = %e, "cannot record what the apply journal found");
+            return;
+        }
+        if n > 0 {
+            info!(
+                items = n,
+                "recorded items a crash left written but unrecorded"
+            );
+        }
+        if let Ok(totals) = self.store.totals(id).await {
+            self.publish(|s| s.totals = totals);
+        }
+    }
+}
+
+/// The disk half of writing one staged item, run on the blocking pool.
+struct WriteJob {
+    item: RemoteItem,
+    temp: Option<PathBuf>,
+    conflict: bool,
+    same_content: bool,
+}
+
+/// What writing an item left: its metadata on disk (`None` once deleted) and the conflict
+/// copy made of the local version, if any.
+struct Written {
+    meta: Option<Metadata>,
+    conflict_copy: Option<String>,
+}
+
+impl WriteJob {
+    fn run(self, root: &Path, local_short: &str) -> Result<Written, ApplyError> {
+        let item = &self.item;
+        let mut conflict_copy = None;
+        if self.conflict && !item.deleted && !self.same_content {
+            let secs = crate::events::unix_ms_now() / 1000;
+            conflict_copy = apply::keep_conflict_copy(root, &item.path, local_short, secs)?;
+        }
+        let keep_err = |e: crate::versions::VersionsError| ApplyError::Io {
+            path: item.path.to_string(),
+            action: "keeping the old version",
+            source: std::io::Error::other(e.to_string()),
+        };
+        if item.deleted {
+            // A file deleted by a peer goes to the versions folder, not away.
+            crate::versions::keep(root, item.path.as_str(), true).map_err(keep_err)?;
+            let meta = match apply::remove(root, &item.path)? {
+                Removed::Yes => None,
+                Removed::KeptNotEmpty => Some(apply::stat(root, &item.path)?),
+            };
+            return Ok(Written {
+                meta,
+                conflict_copy,
+            });
+        }
+        apply::ensure_parents(root, &item.path)?;
+        let meta = match item.meta.kind {
+            ItemKind::File => match &self.temp {
+                Some(temp) => {
+                    // The version being replaced is kept first.
+                    crate::versions::keep(root, item.path.as_str(), false).map_err(keep_err)?;
+                    apply::place_file(root, &item.path, temp, item.meta.mode, item.meta.mtime_ns)?
+                }
+                None => apply::set_file_meta(root, &item.path, item.meta.mode, item.meta.mtime_ns)?,
+            },
+            ItemKind::Directory => apply::make_dir(root, &item.path, item.meta.mode)?,
+            ItemKind::Symlink => apply::make_symlink(
+                root,
+                &item.path,
+                item.meta.symlink_target.as_deref().unwrap_or_default(),
+            )?,
+        };
+        Ok(Written {
+            meta: Some(meta),
+            conflict_copy,
+        })
+    }
+}
+
+/// The journaled difference, with the metadata now on disk, when the write it announced
+/// reached the disk whole; `None` when it did not (or the item changed since).
+fn landed(root: &Path, mut intent: Difference) -> Option<Difference> {
+    let path = crate::universal::ItemPath::parse(&intent.path).ok()?;
+    let full = root.join(path.as_str());
+    if intent.deleted {
+        return match std::fs::symlink_metadata(&full) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Some(intent),
+            _ => None,
+        };
+    }
+    let on_disk = apply::stat(root, &path).ok()?;
+    let want = &intent.meta;
+    let same = on_disk.kind == want.kind
+        && match want.kind {
+            // Mode and mtime are set before the rename, so a file that made it has both.
+            ItemKind::File => {
+                on_disk.size == want.size
+                    && on_disk.mtime_ns == want.mtime_ns
+                    && on_disk.mode == want.mode
+                    && match &intent.content {
+                        Content::Replace { hash, .. } => apply::verify(&full, &path, *hash).is_ok(),
+                        Content::Keep | Content::Empty => on_disk.size == 0,
+                    }
+            }
+            ItemKind::Directory => on_disk.mode == want.mode,
+            ItemKind::Symlink => on_disk.symlink_target == want.symlink_target,
+        };
+    same.then(|| {
+        intent.meta = on_disk;
+        intent
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use crate::chunker::chunk_bytes;
+    use crate::index::ShortId;
+
+    fn file_intent(path: &str, data: &[u8], mtime_ns: i64, mode: u32) -> Difference {
+        let hashed = chunk_bytes(data);
+        let mut version = VersionVector::new();
+        version.bump(ShortId(3));
+        Difference {
+            path: path.into(),
+            meta: Metadata {
+                kind: ItemKind::File,
+                size: data.len() as u64,
+                mtime_ns,
+                inode: 0,
+                mode,
+                symlink_target: None,
+            },
+            version,
+            content: Content::Replace {
+                hash: hashed.hash,
+                chunks: hashed.chunks,
+            },
+            deleted: false,
+            origin: Some("PEER".into()),
+        }
+    }
+
+    fn write_file(root: &Path, path: &str, data: &[u8], mtime_ns: i64, mode: u32) {
+        use std::os::unix::fs::PermissionsExt;
+        let full = root.join(path);
+        std::fs::write(&full, data).unwrap();
+        std::fs::set_permissions(&full, std::fs::Permissions::from_mode(mode)).unwrap();
+        let f = std::fs::File::options().write(true).open(&full).unwrap();
+        let when = std::time::UNIX_EPOCH + std::time::Duration::from_nanos(mtime_ns as u64);
+        f.set_times(std::fs::FileTimes::new().set_modified(when))
+            .unwrap();
+    }
+
+    #[test]
+    fn a_file_renamed_into_place_before_the_crash_has_landed() {
+        let dir = tempfile::tempdir().unwrap();
+        let mtime = 1_700_000_000_000_000_000;
+        write_file(dir.path(), "a", b"peer content", mtime, 0o640);
+        let found = landed(dir.path(), file_intent("a", b"peer content", mtime, 0o640)).unwrap();
+        assert_eq!(found.meta.size, 12);
+        assert_ne!(found.meta.inode, 0, "recorded with what is on disk");
+    }
+
+    #[test]
+    fn an_old_or_changed_file_has_not_landed() {
+        let dir = tempfile::tempdir().unwrap();
+        let mtime = 1_700_000_000_000_000_000;
+        // The rename never happened: the old content is still there.
+        write_file(dir.path(), "a", b"old content!", mtime - 5, 0o640);
+        assert!(landed(dir.path(), file_intent("a", b"peer content", mtime, 0o640)).is_none());
+        // Same size, mtime and mode, other bytes: only the hash tells.
+        write_file(dir.path(), "b", b"peer c0ntent", mtime, 0o640);
+        assert!(landed(dir.path(), file_intent("b", b"peer content", mtime, 0o640)).is_none());
+        // Missing altogether.
+        assert!(landed(dir.path(), file_intent("c", b"x", mtime, 0o640)).is_none());
+    }
+
+    #[test]
+    fn a_deletion_has_landed_when_the_item_is_gone() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut gone = file_intent("a", b"", 1, 0o644);
+        gone.deleted = true;
+        gone.content = Content::Empty;
+        assert!(landed(dir.path(), gone.clone()).is_some());
+        std::fs::write(dir.path().join("a"), b"still here").unwrap();
+        assert!(landed(dir.path(), gone).is_none());
+    }
+
+    #[test]
+    fn paths_from_the_journal_are_checked_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut escape = file_intent("../x", b"", 1, 0o644);
+        escape.deleted = true;
+        assert!(landed(dir.path(), escape).is_none());
+    }
+}
