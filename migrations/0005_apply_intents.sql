@@ -16,5 +16,6 @@ CREATE TABLE apply_intents (
     symlink_target  TEXT,
     deleted         INTEGER NOT NULL DEFAULT 0,
     origin          TEXT,
+    modified_by     TEXT,
     PRIMARY KEY (source_id, path)
 ) WITHOUT ROWID;

@@ -200,6 +200,7 @@ fn bench_rescan(dir: &Path, files: usize) -> anyhow::Result<Vec<String>> {
                     content,
                     deleted: false,
                     origin: None,
+                    modified_by: None,
                 })
             }
             _ => None,

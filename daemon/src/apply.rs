@@ -322,7 +322,12 @@ pub fn remove(root: &Path, item: &ItemPath) -> Result<Removed, ApplyError> {
 }
 
 /// Moves a losing local file aside as `NAME.sync-conflict-YYYYMMDD-HHMMSS-DEVICE.EXT`, so a
-/// concurrent remote version can take its place without losing it. Returns the new name.
+/// concurrent remote version can take its place without losing it. Returns the copy's name.
+///
+/// The name comes from the losing version (its author and modification time), so devices
+/// that keep the same loser agree on it. A copy of that name holding the same content
+/// already keeps it: the file is left for the winner to replace. A different file of that
+/// name is never overwritten; the copy gets a `-2`, `-3`… suffix instead.
 pub fn keep_conflict_copy(
     root: &Path,
     item: &ItemPath,
@@ -341,15 +346,62 @@ pub fn keep_conflict_copy(
         _ => (name, String::new()),
     };
     let stamp = crate::events::utc_stamp(unix_secs);
-    let copy = format!("{stem}.sync-conflict-{stamp}-{device_short}{ext}");
-    let copy_path = if dir.is_empty() {
-        copy
-    } else {
-        format!("{dir}/{copy}")
+    let err = |source| ApplyError::Io {
+        path: item.to_string(),
+        action: "keeping the local version as a conflict copy",
+        source,
     };
-    fs::rename(&target, root.join(&copy_path))
-        .map_err(io_err(item, "keeping the local version as a conflict copy"))?;
-    Ok(Some(copy_path))
+    for n in 1..=MAX_SAME_NAMED_COPIES {
+        let suffix = if n == 1 {
+            String::new()
+        } else {
+            format!("-{n}")
+        };
+        let copy = format!("{stem}.sync-conflict-{stamp}-{device_short}{suffix}{ext}");
+        let copy_path = if dir.is_empty() {
+            copy
+        } else {
+            format!("{dir}/{copy}")
+        };
+        let full = root.join(&copy_path);
+        // A hard link fails rather than replace an existing name; the unlink after it makes
+        // the pair a move.
+        match fs::hard_link(&target, &full) {
+            Ok(()) => {
+                fs::remove_file(&target).map_err(&err)?;
+                return Ok(Some(copy_path));
+            }
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                if same_entry(&target, &full).map_err(&err)? {
+                    return Ok(Some(copy_path));
+                }
+            }
+            Err(e) => return Err(err(e)),
+        }
+    }
+    Err(err(io::Error::other(format!(
+        "{MAX_SAME_NAMED_COPIES} conflict copies of it from the same device and second exist \
+         already; move some of them away"
+    ))))
+}
+
+/// Conflict copies tried under one name before giving up.
+const MAX_SAME_NAMED_COPIES: u32 = 1000;
+
+/// True when two paths hold the same symlink target or the same file bytes.
+fn same_entry(a: &Path, b: &Path) -> io::Result<bool> {
+    let (ma, mb) = (fs::symlink_metadata(a)?, fs::symlink_metadata(b)?);
+    if ma.file_type().is_symlink() || mb.file_type().is_symlink() {
+        return Ok(ma.file_type().is_symlink()
+            && mb.file_type().is_symlink()
+            && fs::read_link(a)? == fs::read_link(b)?);
+    }
+    if !ma.file_type().is_file() || !mb.file_type().is_file() || ma.len() != mb.len() {
+        return Ok(false);
+    }
+    let ha = hash_reader(fs::File::open(a)?, &mut |_| {})?;
+    let hb = hash_reader(fs::File::open(b)?, &mut |_| {})?;
+    Ok(ha.hash == hb.hash)
 }
 
 /// A conflict copy's parts, read back from its name.
@@ -485,6 +537,7 @@ mod tests {
             sequence: 1,
             hash: None,
             deleted: false,
+            modified_by: None,
         };
         assert!(unchanged_since_scan(root, &item, Some(&prior)).unwrap());
         fs::write(root.join("f"), b"xy").unwrap();
@@ -533,5 +586,30 @@ mod tests {
         assert_eq!(copy, "d/report.sync-conflict-20231114-221320-ABCDEFG.txt");
         assert_eq!(fs::read(root.join(&copy)).unwrap(), b"mine");
         assert!(!root.join("d/report.txt").exists());
+    }
+
+    #[test]
+    fn a_conflict_copy_never_overwrites_and_is_never_made_twice() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let keep = || keep_conflict_copy(root, &p("a.txt"), "ABCDEFG", 1_700_000_000);
+        fs::write(root.join("a.txt"), b"first loser").unwrap();
+        let first = keep().unwrap().unwrap();
+        // The same loser again (another device's copy synced here first): nothing new.
+        fs::write(root.join("a.txt"), b"first loser").unwrap();
+        assert_eq!(keep().unwrap().unwrap(), first);
+        assert_eq!(fs::read(root.join("a.txt")).unwrap(), b"first loser");
+        // Another loser under the same name: a numbered copy, and both survive.
+        fs::write(root.join("a.txt"), b"second loser").unwrap();
+        let second = keep().unwrap().unwrap();
+        assert_eq!(second, "a.sync-conflict-20231114-221320-ABCDEFG-2.txt");
+        assert_eq!(fs::read(root.join(&first)).unwrap(), b"first loser");
+        assert_eq!(fs::read(root.join(&second)).unwrap(), b"second loser");
+        assert!(!root.join("a.txt").exists());
+        assert_eq!(
+            parse_conflict_name(&second).unwrap().original,
+            "a.txt",
+            "a numbered copy still names its original"
+        );
     }
 }

@@ -71,6 +71,9 @@ pub struct PriorItem {
     pub sequence: u64,
     pub hash: Option<Hash128>,
     pub deleted: bool,
+    /// Short ID of the device whose change made this version (`None` if recorded before
+    /// that was kept).
+    pub modified_by: Option<String>,
 }
 
 /// New content for an item, as a difference carries it.
@@ -98,4 +101,6 @@ pub struct Difference {
     /// The peer this exact version was applied from (not echoed back to it); `None` for
     /// local changes.
     pub origin: Option<String>,
+    /// Short ID of the device whose change made this version.
+    pub modified_by: Option<String>,
 }

@@ -787,6 +787,7 @@ impl SourceTask {
                         content,
                         deleted: false,
                         origin: None,
+                        modified_by: Some(self.cfg.local_short_name.clone()),
                     });
                 }
                 Found::Deleted { prior } => {
@@ -802,6 +803,7 @@ impl SourceTask {
                         content: Content::Empty,
                         deleted: true,
                         origin: None,
+                        modified_by: Some(self.cfg.local_short_name.clone()),
                     });
                 }
                 Found::Error { path, message } => {

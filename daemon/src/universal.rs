@@ -24,6 +24,8 @@ pub const MAX_ITEMS_PER_UPDATE: usize = 5_000;
 pub const MAX_LINK_BYTES: usize = 4096;
 /// Most devices one version vector may name.
 pub const MAX_VERSION_COUNTERS: usize = 1_000;
+/// Longest short device ID an item may name as its modifier.
+pub const MAX_DEVICE_SHORT: usize = 16;
 
 /// Why something from a peer was refused. Nothing of a refused item is written.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -107,6 +109,8 @@ pub struct RemoteItem {
     pub deleted: bool,
     /// The sender's local sequence for this item.
     pub sequence: u64,
+    /// Short ID of the device whose change made this version.
+    pub modified_by: Option<String>,
 }
 
 impl RemoteItem {
@@ -193,6 +197,7 @@ pub fn item_to_pb(item: &RemoteItem) -> pb::Item {
         symlink_target: item.meta.symlink_target.clone().unwrap_or_default(),
         deleted: item.deleted,
         sequence: item.sequence,
+        modified_by: item.modified_by.clone().unwrap_or_default(),
     }
 }
 
@@ -268,6 +273,13 @@ pub fn item_from_pb(msg: &pb::Item) -> Result<RemoteItem, Refused> {
     } else if !msg.chunks.is_empty() || (msg.size != 0 && kind != ItemKind::File) {
         return Err(bad("only a live file may carry content".into()));
     }
+    // It becomes part of a file name (conflict copies), so only a short plain word will do.
+    let by = &msg.modified_by;
+    if by.len() > MAX_DEVICE_SHORT || !by.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        return Err(bad(
+            "the modifying device's short ID is not a short alphanumeric word".into(),
+        ));
+    }
     Ok(RemoteItem {
         path,
         meta: Metadata {
@@ -283,6 +295,7 @@ pub fn item_from_pb(msg: &pb::Item) -> Result<RemoteItem, Refused> {
         chunks,
         deleted: msg.deleted,
         sequence: msg.sequence,
+        modified_by: (!by.is_empty()).then(|| by.clone()),
     })
 }
 
@@ -367,6 +380,7 @@ mod tests {
             ],
             deleted: false,
             sequence: 9,
+            modified_by: Some("ABCDEFG".into()),
         }
     }
 
@@ -415,6 +429,8 @@ mod tests {
                     m.version.as_mut().unwrap().counters.push(c);
                 }),
             ),
+            ("short ID", Box::new(|m| m.modified_by = "../x".into())),
+            ("short ID", Box::new(|m| m.modified_by = "A".repeat(17))),
         ];
         for (want, mutate) in cases {
             let mut m = good.clone();

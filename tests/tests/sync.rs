@@ -724,3 +724,78 @@ fn replaced_and_deleted_files_are_kept_as_versions_and_can_be_restored() {
     let err = b.fails(&["versions", "restore", "docs", "../escape"], 1);
     assert!(err.contains("not allowed"), "{err}");
 }
+
+#[test]
+fn three_devices_editing_apart_agree_on_the_winner_and_keep_each_loser_once() {
+    let (a, mut b, mut c) = (Agent::start(), Agent::start(), Agent::start());
+    let (da, db, dc) = (a.data_dir("docs"), b.data_dir("docs"), c.data_dir("docs"));
+    tree::write(&da.join("doc.txt"), "base");
+    pair(&a, &b);
+    pair(&b, &c);
+    pair(&a, &c);
+    a.share("docs", &da, &[&b, &c]);
+    b.share("docs", &db, &[&a, &c]);
+    c.share("docs", &dc, &[&a, &b]);
+    let all_agree = |a: &Agent, b: &Agent, c: &Agent| {
+        // Twice round: a change one device makes while settling (a merged conflict version)
+        // reaches the others on the second pass.
+        for _ in 0..2 {
+            a.sync_with(&[b, c], SYNC);
+            b.sync_with(&[a, c], SYNC);
+            c.sync_with(&[a, b], SYNC);
+        }
+    };
+    all_agree(&a, &b, &c);
+    tree::assert_same_trees(&da, &dc);
+
+    // All three edit doc.txt apart: A while the others are down, B and C while they are down
+    // (each scans its edit at start). C's edit is the latest, then B's, then A's.
+    b.kill();
+    c.kill();
+    let mut watch = a.watch("docs");
+    tree::write(&da.join("doc.txt"), "edited on A");
+    tree::set_mtime(&da.join("doc.txt"), OLD_MTIME_NS);
+    watch.expect("modified", "doc.txt", EVENT_DEADLINE);
+    tree::write(&db.join("doc.txt"), "edited on B");
+    tree::set_mtime(&db.join("doc.txt"), OLD_MTIME_NS + 1_000_000_000);
+    tree::write(&dc.join("doc.txt"), "edited on C");
+    tree::set_mtime(&dc.join("doc.txt"), OLD_MTIME_NS + 2_000_000_000);
+    b.start_again();
+    c.start_again();
+    // B and C listen on new ports now; A's address did not change.
+    b.add_peer(&c);
+    c.add_peer(&b);
+    all_agree(&a, &b, &c);
+
+    // The same winner everywhere, and each losing version kept exactly once, under the same
+    // name on every device: named after the device that wrote it and when.
+    let short = |agent: &Agent| agent.device_id()[..7].to_owned();
+    let expected = vec![
+        format!("doc.sync-conflict-20010909-014640-{}.txt", short(&a)),
+        format!("doc.sync-conflict-20010909-014641-{}.txt", short(&b)),
+    ];
+    for d in [&da, &db, &dc] {
+        assert_eq!(
+            fs::read_to_string(d.join("doc.txt")).expect("doc.txt"),
+            "edited on C",
+            "the latest edit wins in {}",
+            d.display()
+        );
+        assert_eq!(conflict_copies(d, "doc"), expected, "in {}", d.display());
+        assert_eq!(
+            fs::read_to_string(d.join(&expected[0])).expect("A's copy"),
+            "edited on A"
+        );
+        assert_eq!(
+            fs::read_to_string(d.join(&expected[1])).expect("B's copy"),
+            "edited on B"
+        );
+    }
+    tree::assert_same_trees(&da, &db);
+    tree::assert_same_trees(&da, &dc);
+    for agent in [&a, &b, &c] {
+        let list = agent.json(&["conflicts", "docs"]);
+        let all = list["conflicts"].as_array().expect("a conflict list");
+        assert_eq!(all.len(), 2, "{list:#}");
+    }
+}

@@ -531,6 +531,7 @@ impl Sender {
                     chunks,
                     deleted: prior.deleted,
                     sequence: prior.sequence,
+                    modified_by: prior.modified_by.clone(),
                 };
                 let msg = universal::item_to_pb(&item);
                 let len = msg.encoded_len();

@@ -73,6 +73,7 @@ fn check(root: &Path, scope: Scope, prior: &mut HashMap<String, PriorItem>) -> (
                         sequence: 1,
                         hash,
                         deleted: false,
+                        modified_by: None,
                     },
                 );
             }

@@ -60,7 +60,16 @@ impl Staged {
             content: content_of(item, item.meta.kind),
             deleted: item.deleted,
             origin: self.origin(),
+            modified_by: self.modified_by(),
         }
+    }
+
+    /// The winning version's author; a peer too old to say is taken to be the author.
+    fn modified_by(&self) -> Option<String> {
+        let item = &self.req.item;
+        item.modified_by
+            .clone()
+            .or_else(|| Some(self.req.from.clone()))
     }
 
     /// A merged conflict version is news to the sender too, so it is echoed back.
@@ -256,7 +265,6 @@ impl SourceTask {
             return;
         }
         let root = self.cfg.root.clone();
-        let local_short = self.cfg.local_short_name.clone();
         let jobs: Vec<WriteJob> = staged
             .iter()
             .map(|s| WriteJob {
@@ -264,11 +272,21 @@ impl SourceTask {
                 temp: s.req.temp.clone(),
                 conflict: s.conflict,
                 same_content: s.same_content,
+                loser: s.prior.as_ref().map(|p| Loser {
+                    // Named after the losing version itself (its author and time), so every
+                    // device that keeps the same loser gives it the same name.
+                    by: p
+                        .modified_by
+                        .clone()
+                        .unwrap_or_else(|| self.cfg.local_short_name.clone()),
+                    unix_secs: u64::try_from(p.meta.mtime_ns.div_euclid(1_000_000_000))
+                        .unwrap_or(0),
+                }),
             })
             .collect();
         let written = tokio::task::spawn_blocking(move || {
             jobs.into_iter()
-                .map(|job| job.run(&root, &local_short))
+                .map(|job| job.run(&root))
                 .collect::<Vec<_>>()
         })
         .await;
@@ -312,6 +330,7 @@ impl SourceTask {
             version: s.version.clone(),
             deleted: item.deleted,
             origin: s.origin(),
+            modified_by: s.modified_by(),
         };
         let live_prior = s.prior.as_ref().filter(|p| !p.deleted);
         let kind = if item.deleted {
@@ -412,6 +431,14 @@ struct WriteJob {
     temp: Option<PathBuf>,
     conflict: bool,
     same_content: bool,
+    /// The local version a conflict replaces.
+    loser: Option<Loser>,
+}
+
+/// Who wrote a losing local version, and when: the name of its conflict copy.
+struct Loser {
+    by: String,
+    unix_secs: u64,
 }
 
 /// What writing an item left: its metadata on disk (`None` once deleted) and the conflict
@@ -422,12 +449,16 @@ struct Written {
 }
 
 impl WriteJob {
-    fn run(self, root: &Path, local_short: &str) -> Result<Written, ApplyError> {
+    fn run(self, root: &Path) -> Result<Written, ApplyError> {
         let item = &self.item;
         let mut conflict_copy = None;
-        if self.conflict && !item.deleted && !self.same_content {
-            let secs = crate::events::unix_ms_now() / 1000;
-            conflict_copy = apply::keep_conflict_copy(root, &item.path, local_short, secs)?;
+        if self.conflict
+            && !item.deleted
+            && !self.same_content
+            && let Some(loser) = &self.loser
+        {
+            conflict_copy =
+                apply::keep_conflict_copy(root, &item.path, &loser.by, loser.unix_secs)?;
         }
         let keep_err = |e: crate::versions::VersionsError| ApplyError::Io {
             path: item.path.to_string(),
@@ -533,6 +564,7 @@ mod tests {
             },
             deleted: false,
             origin: Some("PEER".into()),
+            modified_by: Some("PEER".into()),
         }
     }
 

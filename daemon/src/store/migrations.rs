@@ -10,6 +10,9 @@ pub(super) fn all() -> Migrations<'static> {
         M::up(include_str!("../../../migrations/0003_peers.sql")),
         M::up(include_str!("../../../migrations/0004_item_origin.sql")),
         M::up(include_str!("../../../migrations/0005_apply_intents.sql")),
+        M::up(include_str!(
+            "../../../migrations/0006_item_modified_by.sql"
+        )),
     ])
 }
 

@@ -152,8 +152,8 @@ pub(super) fn sources(c: &mut Connection) -> Result<Vec<SourceRow>> {
     Ok(rows)
 }
 
-const ITEM_COLUMNS: &str =
-    "path, kind, size, mtime_ns, inode, mode, version, sequence, hash, symlink_target, deleted";
+const ITEM_COLUMNS: &str = "path, kind, size, mtime_ns, inode, mode, version, sequence, hash, symlink_target, deleted, \
+     modified_by";
 
 type RawItem = (
     String,
@@ -167,6 +167,7 @@ type RawItem = (
     Option<Vec<u8>>,
     Option<String>,
     bool,
+    Option<String>,
 );
 
 fn raw_item(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawItem> {
@@ -182,11 +183,13 @@ fn raw_item(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawItem> {
         r.get(8)?,
         r.get(9)?,
         r.get(10)?,
+        r.get(11)?,
     ))
 }
 
 fn decode_item(source_id: &str, raw: RawItem) -> Result<PriorItem> {
-    let (path, kind, size, mtime_ns, inode, mode, version, sequence, hash, target, deleted) = raw;
+    let (path, kind, size, mtime_ns, inode, mode, version, sequence, hash, target, deleted, by) =
+        raw;
     let corrupt = |reason: String| Error::Corrupt {
         source_id: source_id.to_owned(),
         path: path.clone(),
@@ -214,6 +217,7 @@ fn decode_item(source_id: &str, raw: RawItem) -> Result<PriorItem> {
         sequence: to_u64(sequence),
         hash,
         deleted,
+        modified_by: by,
     })
 }
 
@@ -300,13 +304,15 @@ pub(super) fn commit(
         let mut upsert_keep = tx
             .prepare_cached(
                 "INSERT INTO items (source_id, path, kind, size, mtime_ns, inode, mode, version,
-                                    sequence, hash, chunks, symlink_target, deleted, origin)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, NULL, NULL, ?10, ?11, ?12)
+                                    sequence, hash, chunks, symlink_target, deleted, origin,
+                                    modified_by)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, NULL, NULL, ?10, ?11, ?12, ?13)
                  ON CONFLICT (source_id, path) DO UPDATE SET
                     kind = excluded.kind, size = excluded.size, mtime_ns = excluded.mtime_ns,
                     inode = excluded.inode, mode = excluded.mode, version = excluded.version,
                     sequence = excluded.sequence, symlink_target = excluded.symlink_target,
-                    deleted = excluded.deleted, origin = excluded.origin",
+                    deleted = excluded.deleted, origin = excluded.origin,
+                    modified_by = excluded.modified_by",
             )
             .map_err(&err)?;
         let mut set_content = tx
@@ -340,6 +346,7 @@ pub(super) fn commit(
                     d.meta.symlink_target,
                     d.deleted,
                     d.origin,
+                    d.modified_by,
                 ])
                 .map_err(&err)?;
             match &d.content {
@@ -406,8 +413,8 @@ pub(super) fn record_intents(
         let mut insert = tx
             .prepare_cached(
                 "INSERT OR REPLACE INTO apply_intents (source_id, path, kind, size, mtime_ns,
-                    mode, version, hash, chunks, symlink_target, deleted, origin)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+                    mode, version, hash, chunks, symlink_target, deleted, origin, modified_by)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
             )
             .map_err(&err)?;
         for d in intents {
@@ -432,6 +439,7 @@ pub(super) fn record_intents(
                     d.meta.symlink_target,
                     d.deleted,
                     d.origin,
+                    d.modified_by,
                 ])
                 .map_err(&err)?;
         }
@@ -451,6 +459,7 @@ type RawIntent = (
     Option<String>,
     bool,
     Option<String>,
+    Option<String>,
 );
 
 pub(super) fn intents(c: &mut Connection, source_id: &str) -> Result<Vec<Difference>> {
@@ -458,7 +467,7 @@ pub(super) fn intents(c: &mut Connection, source_id: &str) -> Result<Vec<Differe
     let mut stmt = c
         .prepare_cached(
             "SELECT path, kind, size, mtime_ns, mode, version, hash, chunks, symlink_target,
-                    deleted, origin
+                    deleted, origin, modified_by
              FROM apply_intents WHERE source_id = ?1 ORDER BY path",
         )
         .map_err(&err)?;
@@ -476,6 +485,7 @@ pub(super) fn intents(c: &mut Connection, source_id: &str) -> Result<Vec<Differe
                 r.get(8)?,
                 r.get(9)?,
                 r.get(10)?,
+                r.get(11)?,
             ))
         })
         .map_err(&err)?
@@ -487,7 +497,8 @@ pub(super) fn intents(c: &mut Connection, source_id: &str) -> Result<Vec<Differe
 }
 
 fn decode_intent(source_id: &str, raw: RawIntent) -> Result<Difference> {
-    let (path, kind, size, mtime_ns, mode, version, hash, chunks, target, deleted, origin) = raw;
+    let (path, kind, size, mtime_ns, mode, version, hash, chunks, target, deleted, origin, by) =
+        raw;
     let corrupt = |reason: String| Error::Corrupt {
         source_id: source_id.to_owned(),
         path: path.clone(),
@@ -517,6 +528,7 @@ fn decode_intent(source_id: &str, raw: RawIntent) -> Result<Difference> {
         content,
         deleted,
         origin,
+        modified_by: by,
     })
 }
 
@@ -708,8 +720,8 @@ pub(super) fn items_since(
             |r| {
                 Ok((
                     raw_item(r)?,
-                    r.get::<_, Option<Vec<u8>>>(11)?,
-                    r.get::<_, Option<String>>(12)?,
+                    r.get::<_, Option<Vec<u8>>>(12)?,
+                    r.get::<_, Option<String>>(13)?,
                 ))
             },
         )

@@ -41,6 +41,7 @@ fn file(path: &str, size: u64, hash: u8) -> Difference {
         },
         deleted: false,
         origin: None,
+        modified_by: Some("SEVEN77".into()),
     }
 }
 
@@ -119,7 +120,7 @@ fn migrates_from_an_empty_database() {
     let version: i64 = conn
         .pragma_query_value(None, "user_version", |r| r.get(0))
         .unwrap();
-    assert_eq!(version, 5);
+    assert_eq!(version, 6);
     migrations::all().validate().unwrap();
 }
 
