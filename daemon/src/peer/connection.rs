@@ -167,8 +167,13 @@ pub async fn run(
         if let Some(p) = b.peers.get_mut(&device_text) {
             p.connected = false;
             p.last_error = why;
+            // Whatever the receivers were in the middle of is asked for again on reconnect
+            // (the cursor did not move past it); counted as still needed, it would keep
+            // `wait` from ever calling the source in sync.
             for s in p.sources.values_mut() {
                 s.in_flight = 0;
+                s.needed_items = 0;
+                s.needed_bytes = 0;
                 s.receiving_idle = true;
             }
         }
@@ -334,6 +339,11 @@ impl Conn {
                 });
             }
             if !self.receivers.contains_key(&c.source) {
+                // A new receiver starts from the cursor: nothing is needed yet.
+                board_update(&self.ctx, &self.device_text, &c.source, |s| {
+                    s.needed_items = 0;
+                    s.needed_bytes = 0;
+                });
                 let (tx, rx) = mpsc::channel(INDEX_WINDOW * 2);
                 self.receivers.insert(c.source.clone(), tx);
                 let (device, source) = (self.device_text.clone(), c.source.clone());
@@ -575,19 +585,41 @@ struct Receiver {
     applied: u64,
     /// Highest sequence received, applied or not.
     seen: u64,
-    retry: Vec<RemoteItem>,
+    retry: Vec<Retry>,
+}
+
+/// An item set aside to be tried again.
+struct Retry {
+    item: RemoteItem,
+    /// Set aside because another receiver was fetching the same content: tried again as soon
+    /// as that fetch ends, rather than after [`RETRY_EVERY`].
+    busy: Option<BuildKey>,
 }
 
 impl Receiver {
     async fn run(mut self, mut updates: mpsc::Receiver<pb::IndexUpdate>) {
+        let mut building = self.ctx.building.subscribe();
         loop {
             let update = if self.retry.is_empty() {
                 updates.recv().await
             } else {
+                let waits_for_fetch = self.retry.iter().any(|r| r.busy.is_some());
                 tokio::select! {
                     u = updates.recv() => u,
                     () = tokio::time::sleep(RETRY_EVERY) => {
                         self.retry_failed(updates.is_empty()).await;
+                        continue;
+                    }
+                    Ok(()) = building.changed(), if waits_for_fetch => {
+                        let released = {
+                            let set = building.borrow_and_update();
+                            self.retry
+                                .iter()
+                                .any(|r| r.busy.as_ref().is_some_and(|k| !set.contains(k)))
+                        };
+                        if released {
+                            self.retry_failed(updates.is_empty()).await;
+                        }
                         continue;
                     }
                 }
@@ -598,10 +630,9 @@ impl Receiver {
     }
 
     async fn retry_failed(&mut self, queue_empty: bool) {
-        for item in std::mem::take(&mut self.retry) {
-            if let Err(item) = self.process(item).await {
-                self.retry.push(*item);
-            }
+        for r in std::mem::take(&mut self.retry) {
+            let again = self.process(r.item).await;
+            self.retry.extend(again);
         }
         self.acknowledge(queue_empty).await;
     }
@@ -676,7 +707,7 @@ impl Receiver {
     /// before the first item still waiting for a retry, so neither side calls it in sync and
     /// a restart asks for that item again.
     async fn acknowledge(&mut self, queue_empty: bool) {
-        let held_back = self.retry.iter().map(|i| i.sequence).min();
+        let held_back = self.retry.iter().map(|r| r.item.sequence).min();
         let applied = match held_back {
             Some(first) => self.seen.min(first.saturating_sub(1)),
             None => self.seen,
@@ -718,17 +749,14 @@ impl Receiver {
     }
 
     /// Applies one item; gives it back if it should be tried again later.
-    async fn process(&mut self, item: RemoteItem) -> Result<(), Box<RemoteItem>> {
+    async fn process(&mut self, item: RemoteItem) -> Option<Retry> {
         let prepared = self.fetcher().prepare(item.clone()).await;
-        match self.finish(vec![(item, prepared)]).await.pop() {
-            Some(item) => Err(Box::new(item)),
-            None => Ok(()),
-        }
+        self.finish(vec![(item, prepared)]).await.pop()
     }
 
     /// The local step of prepared items: hand them to the source task as one batch. Gives
     /// back the items to try again later.
-    async fn finish(&mut self, batch: Vec<(RemoteItem, Prepared)>) -> Vec<RemoteItem> {
+    async fn finish(&mut self, batch: Vec<(RemoteItem, Prepared)>) -> Vec<Retry> {
         let id = self.src.id.clone();
         let mut retry = Vec::new();
         let mut claims = Vec::new();
@@ -737,12 +765,16 @@ impl Receiver {
         for (item, prepared) in batch {
             match prepared {
                 Prepared::Skip => {}
+                Prepared::Busy(key) => retry.push(Retry {
+                    item,
+                    busy: Some(key),
+                }),
                 Prepared::Retry(e) => {
                     warn!(item = %item.path, error = %e, "cannot fetch content; retrying later");
                     board_update(&self.ctx, &self.device_text, &id, |s| {
                         s.last_error = format!("{}: {e}", item.path)
                     });
-                    retry.push(item);
+                    retry.push(Retry { item, busy: None });
                 }
                 Prepared::Apply(temp, claim) => {
                     claims.extend(claim);
@@ -764,7 +796,7 @@ impl Receiver {
         for (item, outcome) in items.into_iter().zip(outcomes) {
             if let ApplyOutcome::Failed(e) = outcome {
                 board_update(&self.ctx, &self.device_text, &id, |s| s.last_error = e);
-                retry.push(item);
+                retry.push(Retry { item, busy: None });
             }
         }
         retry
@@ -798,6 +830,8 @@ enum Prepared {
     Apply(Option<std::path::PathBuf>, Option<Claim>),
     /// Content could not be fetched now.
     Retry(String),
+    /// Another receiver is fetching the same content for the same item.
+    Busy(BuildKey),
 }
 
 /// Everything needed to fetch an item's content, cloneable into a task.
@@ -812,34 +846,30 @@ struct Fetcher {
 impl Fetcher {
     /// Decides whether the item is needed and builds its content if so.
     async fn prepare(self, item: RemoteItem) -> Prepared {
-        // When several peers announce the same content for the same item, only one fetch runs;
-        // the others wait for it and then find the item already applied.
+        // When several peers announce the same content for the same item, only one fetch runs.
+        // The others are set aside, not awaited here: waiting would stall this receiver's
+        // in-order pipeline behind another's, and two receivers that each hold a claim the
+        // other's next item waits for would stall for good. Set aside, they are retried when
+        // the claim goes, and then find the item applied.
         let key = (self.src.id.clone(), item.path.to_string(), item.hash);
-        loop {
-            match self.decide(&item).await {
-                Some(done) => return done,
-                None => {
-                    let claimed = self
-                        .ctx
-                        .building
-                        .send_if_modified(|set| set.insert(key.clone()));
-                    if claimed {
-                        // Held until the item is applied, so the waiting fetches then skip it.
-                        let claim = Claim {
-                            building: self.ctx.building.clone(),
-                            key,
-                        };
-                        return match self.build(&item).await {
-                            Ok(temp) => Prepared::Apply(Some(temp), Some(claim)),
-                            Err(e) => Prepared::Retry(e),
-                        };
-                    }
-                    let mut building = self.ctx.building.subscribe();
-                    if building.wait_for(|set| !set.contains(&key)).await.is_err() {
-                        return Prepared::Retry("shutting down".into());
-                    }
-                }
-            }
+        if let Some(done) = self.decide(&item).await {
+            return done;
+        }
+        let claimed = self
+            .ctx
+            .building
+            .send_if_modified(|set| set.insert(key.clone()));
+        if !claimed {
+            return Prepared::Busy(key);
+        }
+        // Held until the item is applied, so the set-aside fetches then skip it.
+        let claim = Claim {
+            building: self.ctx.building.clone(),
+            key,
+        };
+        match self.build(&item).await {
+            Ok(temp) => Prepared::Apply(Some(temp), Some(claim)),
+            Err(e) => Prepared::Retry(e),
         }
     }
 
