@@ -85,6 +85,7 @@ struct Conn {
 pub async fn run(
     ctx: Ctx,
     device: DeviceId,
+    conn_id: u64,
     remote_addr: String,
     mut inbound: Streaming<Frame>,
     out: Outbound,
@@ -94,6 +95,7 @@ pub async fn run(
     ctx.board.send_modify(|b| {
         let p = b.peers.entry(device_text.clone()).or_default();
         p.connected = true;
+        p.conn = conn_id;
         p.remote_addr = remote_addr;
         p.last_error.clear();
     });
@@ -119,6 +121,7 @@ pub async fn run(
         f.insert(
             device_text.clone(),
             super::PeerFetch {
+                conn: conn_id,
                 tx: conn.fetch_tx.clone(),
                 sources: Default::default(),
             },
@@ -156,15 +159,20 @@ pub async fn run(
         }
     };
     info!(reason = %why, "peer disconnected");
+    // A connection that replaced this one owns the entries now.
     ctx.fetchers.send_modify(|f| {
-        f.remove(&device_text);
+        if f.get(&device_text).is_some_and(|e| e.conn == conn_id) {
+            f.remove(&device_text);
+        }
     });
     conn.cancel.cancel();
     for (_, reply) in std::mem::take(&mut conn.pending) {
         let _ = reply.send(Err("the connection closed".into()));
     }
     ctx.board.send_modify(|b| {
-        if let Some(p) = b.peers.get_mut(&device_text) {
+        if let Some(p) = b.peers.get_mut(&device_text)
+            && p.conn == conn_id
+        {
             p.connected = false;
             p.last_error = why;
             // Whatever the receivers were in the middle of is asked for again on reconnect

@@ -82,6 +82,9 @@ pub struct PeerState {
     pub sources: BTreeMap<String, PeerSourceStatus>,
     /// Frames or items refused from this peer (bad paths, unshared sources, bad chunks).
     pub refused: u64,
+    /// The manager's id of the live connection: a replaced connection that ends later must
+    /// not mark the device disconnected.
+    pub conn: u64,
 }
 
 /// Everything the peer side publishes for `status` and `wait`.
@@ -157,6 +160,8 @@ impl PeerHandle {
 /// How to ask one connected peer for chunks, and which sources it exchanges with us.
 #[derive(Clone)]
 struct PeerFetch {
+    /// The connection this entry belongs to (see [`PeerState::conn`]).
+    conn: u64,
     tx: mpsc::Sender<connection::Fetch>,
     sources: BTreeSet<String>,
 }
@@ -468,6 +473,7 @@ impl Peer for PeerService {
                 connection::run(
                     ctx.clone(),
                     info.device,
+                    conn,
                     info.addr.to_string(),
                     inbound,
                     connection::Outbound::Server(out_tx),
@@ -496,7 +502,7 @@ async fn dial_loop(ctx: Ctx, device: DeviceId, address: String, cancel: Cancella
             .get(&device.to_string())
             .is_some_and(|p| p.connected);
         if !connected_already {
-            match dial_once(&ctx, device, &address, &cancel).await {
+            match dial_once(&ctx, device, &address).await {
                 Ok(()) => backoff = Duration::from_millis(200),
                 Err(e) => {
                     debug!(error = %e, address = %address, "cannot reach peer");
@@ -516,12 +522,7 @@ async fn dial_loop(ctx: Ctx, device: DeviceId, address: String, cancel: Cancella
     }
 }
 
-async fn dial_once(
-    ctx: &Ctx,
-    device: DeviceId,
-    address: &str,
-    cancel: &CancellationToken,
-) -> Result<(), String> {
+async fn dial_once(ctx: &Ctx, device: DeviceId, address: &str) -> Result<(), String> {
     let config = tls::client_config(&ctx.identity, device).map_err(|e| e.to_string())?;
     let connector = tokio_rustls::TlsConnector::from(config);
     let addr = address.to_owned();
@@ -564,16 +565,14 @@ async fn dial_once(
             return Err(format!("{address} refused the exchange: {}", e.message()));
         }
     };
+    // The connection outlives this dialer: re-adding the peer (a new address) restarts the
+    // dialer but must not cut a working connection. Removing the peer or shutting down closes
+    // it through the manager's token.
     info!(address = %address, "peer connected (outgoing)");
-    let stop = token.clone();
-    let parent = cancel.clone();
-    tokio::spawn(async move {
-        parent.cancelled().await;
-        stop.cancel();
-    });
     connection::run(
         ctx.clone(),
         device,
+        conn,
         address.to_owned(),
         inbound,
         connection::Outbound::Client(out_tx),
