@@ -125,8 +125,9 @@ pub fn unchanged_since_scan(
             Ok(match kind {
                 Some(ItemKind::Directory) => p.meta.kind == ItemKind::Directory,
                 Some(k) => {
+                    // Sizes are recorded for files only (a symlink's is its target's length).
                     k == p.meta.kind
-                        && m.len() == p.meta.size
+                        && (k != ItemKind::File || m.len() == p.meta.size)
                         && mtime_ns(&m) == p.meta.mtime_ns
                         && m.ino() == p.meta.inode
                 }
@@ -516,6 +517,24 @@ mod tests {
         let err = ensure_parents(dir.path(), &p("link/x")).unwrap_err();
         assert!(matches!(err, ApplyError::BadParent { .. }), "{err}");
         assert!(fs::read_dir(outside.path()).unwrap().next().is_none());
+    }
+
+    #[test]
+    fn a_recorded_symlink_is_unchanged_since_scan() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        symlink("some/target", root.join("l")).unwrap();
+        let prior = PriorItem {
+            path: "l".into(),
+            meta: stat(root, &p("l")).unwrap(),
+            version: crate::index::VersionVector::new(),
+            sequence: 1,
+            hash: None,
+            deleted: false,
+            modified_by: None,
+        };
+        assert_eq!(prior.meta.size, 0, "sizes are for files");
+        assert!(unchanged_since_scan(root, &p("l"), Some(&prior)).unwrap());
     }
 
     #[test]

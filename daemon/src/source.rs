@@ -280,6 +280,7 @@ pub fn spawn(
         retry_at: None,
         deferred: Vec::new(),
         applied_records: Vec::new(),
+        disturbed: HashSet::new(),
     };
     let join = tokio::spawn(task.run().instrument(span));
     SourceHandle {
@@ -309,6 +310,8 @@ struct SourceTask {
     deferred: Vec<(Vec<RemoteApply>, oneshot::Sender<Vec<ApplyOutcome>>)>,
     /// Applied remote differences not yet committed.
     applied_records: Vec<AppliedRecord>,
+    /// Items written for a peer that someone changed right after; rehashed after the batch.
+    disturbed: HashSet<String>,
 }
 
 /// Receives from an optional channel; without one, waits forever.

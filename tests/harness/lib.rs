@@ -332,7 +332,12 @@ impl Agent {
         match fs::read_to_string(&log) {
             Ok(text) => {
                 let lines: Vec<&str> = text.lines().collect();
-                for line in &lines[lines.len().saturating_sub(LOG_TAIL_LINES)..] {
+                // `TANDEM_TEST_LOG_TAIL=N` prints more when chasing a failure.
+                let tail = std::env::var("TANDEM_TEST_LOG_TAIL")
+                    .ok()
+                    .and_then(|n| n.parse().ok())
+                    .unwrap_or(LOG_TAIL_LINES);
+                for line in &lines[lines.len().saturating_sub(tail)..] {
                     let _ = writeln!(s, "{line}");
                 }
             }

@@ -165,6 +165,13 @@ impl SourceTask {
                 }
             }
         }
+        if !self.disturbed.is_empty() {
+            // Written to by someone else right after the agent wrote it: hash it again now,
+            // so that write is a local change like any other.
+            let paths: Vec<String> = self.disturbed.iter().cloned().collect();
+            let force = std::mem::take(&mut self.disturbed);
+            Box::pin(self.scan(Scope::Under(paths), force)).await;
+        }
         outcomes
     }
 
@@ -246,12 +253,54 @@ impl SourceTask {
         }
     }
 
-    /// Journals, writes and queues for the commit everything staged so far.
+    /// Journals, writes and queues for the commit everything staged so far. An item whose
+    /// target changed on this device between its check and its write is scanned and checked
+    /// once more.
     async fn write_stage(&mut self, stage: &mut Vec<Staged>, outcomes: &mut [ApplyOutcome]) {
-        if stage.is_empty() {
-            return;
+        let changed = self.write_staged(std::mem::take(stage), outcomes).await;
+        for (index, req) in changed {
+            if let Err(e) = self.flush_applied().await {
+                outcomes[index] = self.finish(&req, ApplyOutcome::Failed(e));
+                continue;
+            }
+            let under = vec![req.item.path.to_string()];
+            Box::pin(self.scan(Scope::Under(under), HashSet::new())).await;
+            match self.check(&req, true).await {
+                Check::Done(outcome) => outcomes[index] = self.finish(&req, outcome),
+                Check::ScanFirst => {
+                    outcomes[index] = self.finish(&req, ApplyOutcome::Failed(BUSY.into()));
+                }
+                Check::Stage {
+                    prior,
+                    conflict,
+                    same_content,
+                    version,
+                } => {
+                    let again = Staged {
+                        index,
+                        req,
+                        prior,
+                        conflict,
+                        same_content,
+                        version,
+                    };
+                    for (index, req) in Box::pin(self.write_staged(vec![again], outcomes)).await {
+                        outcomes[index] = self.finish(&req, ApplyOutcome::Failed(BUSY.into()));
+                    }
+                }
+            }
         }
-        let staged = std::mem::take(stage);
+    }
+
+    /// Journals and writes `staged`; gives back the items whose target changed meanwhile.
+    async fn write_staged(
+        &mut self,
+        staged: Vec<Staged>,
+        outcomes: &mut [ApplyOutcome],
+    ) -> Vec<(usize, RemoteApply)> {
+        if staged.is_empty() {
+            return Vec::new();
+        }
         let intents: Vec<Difference> = staged.iter().map(Staged::intent).collect();
         if let Err(e) = self
             .store
@@ -262,7 +311,7 @@ impl SourceTask {
             for s in staged {
                 outcomes[s.index] = self.finish(&s.req, ApplyOutcome::Failed(message.clone()));
             }
-            return;
+            return Vec::new();
         }
         let root = self.cfg.root.clone();
         let jobs: Vec<WriteJob> = staged
@@ -272,6 +321,7 @@ impl SourceTask {
                 temp: s.req.temp.clone(),
                 conflict: s.conflict,
                 same_content: s.same_content,
+                prior: s.prior.clone(),
                 loser: s.prior.as_ref().map(|p| Loser {
                     // Named after the losing version itself (its author and time), so every
                     // device that keeps the same loser gives it the same name.
@@ -297,16 +347,27 @@ impl SourceTask {
                 for s in staged {
                     outcomes[s.index] = self.finish(&s.req, ApplyOutcome::Failed(message.clone()));
                 }
-                return;
+                return Vec::new();
             }
         };
+        let mut changed = Vec::new();
         for (s, result) in staged.into_iter().zip(written) {
             let outcome = match result {
-                Ok(written) => self.queue_record(&s, written),
+                Ok(Write::Done(written)) => {
+                    if written.disturbed {
+                        self.disturbed.insert(s.req.item.path.to_string());
+                    }
+                    self.queue_record(&s, written)
+                }
+                Ok(Write::ChangedMeanwhile) => {
+                    changed.push((s.index, s.req));
+                    continue;
+                }
                 Err(e) => ApplyOutcome::Failed(e.to_string()),
             };
             outcomes[s.index] = self.finish(&s.req, outcome);
         }
+        changed
     }
 
     /// Queues the record of a written item for the batch's commit.
@@ -431,8 +492,17 @@ struct WriteJob {
     temp: Option<PathBuf>,
     conflict: bool,
     same_content: bool,
+    /// What the item was checked against.
+    prior: Option<PriorItem>,
     /// The local version a conflict replaces.
     loser: Option<Loser>,
+}
+
+/// How writing one item went, short of an error.
+enum Write {
+    Done(Written),
+    /// The target changed on this device after the item was checked: nothing was written.
+    ChangedMeanwhile,
 }
 
 /// Who wrote a losing local version, and when: the name of its conflict copy.
@@ -446,11 +516,20 @@ struct Loser {
 struct Written {
     meta: Option<Metadata>,
     conflict_copy: Option<String>,
+    /// What is on disk now is not what was written (someone wrote right after): it is
+    /// hashed again once the batch is recorded.
+    disturbed: bool,
 }
 
 impl WriteJob {
-    fn run(self, root: &Path) -> Result<Written, ApplyError> {
+    fn run(self, root: &Path) -> Result<Write, ApplyError> {
         let item = &self.item;
+        // Checked again right before writing: the batch was checked as a whole, and a user
+        // may have written since. (A write in the instant between this and the rename still
+        // goes to the old file, which the versions folder keeps.)
+        if !apply::unchanged_since_scan(root, &item.path, self.prior.as_ref())? {
+            return Ok(Write::ChangedMeanwhile);
+        }
         let mut conflict_copy = None;
         if self.conflict
             && !item.deleted
@@ -472,10 +551,11 @@ impl WriteJob {
                 Removed::Yes => None,
                 Removed::KeptNotEmpty => Some(apply::stat(root, &item.path)?),
             };
-            return Ok(Written {
+            return Ok(Write::Done(Written {
                 meta,
                 conflict_copy,
-            });
+                disturbed: false,
+            }));
         }
         apply::ensure_parents(root, &item.path)?;
         let meta = match item.meta.kind {
@@ -494,12 +574,18 @@ impl WriteJob {
                 item.meta.symlink_target.as_deref().unwrap_or_default(),
             )?,
         };
-        Ok(Written {
+        let disturbed = item.meta.kind == ItemKind::File
+            && (meta.size != item.meta.size || meta.mtime_ns != item.meta.mtime_ns);
+        Ok(Write::Done(Written {
             meta: Some(meta),
             conflict_copy,
-        })
+            disturbed,
+        }))
     }
 }
+
+/// Why an item is tried again when its file keeps changing under the agent.
+const BUSY: &str = "it changed on this device while being applied; it is compared again shortly";
 
 /// The journaled difference, with the metadata now on disk, when the write it announced
 /// reached the disk whole; `None` when it did not (or the item changed since).
