@@ -907,13 +907,24 @@ impl SourceTask {
         let check = {
             let (root, item_path, prior) = (root.clone(), item.path.clone(), prior.clone());
             tokio::task::spawn_blocking(move || {
-                apply::unchanged_since_scan(&root, &item_path, prior.as_ref())
+                // Behind a symlink (or a file) above the item lies nothing of the source: no
+                // check, version keeping or deletion may look or reach through it.
+                if apply::blocked_parent(&root, &item_path).is_some() {
+                    return Ok(None);
+                }
+                apply::unchanged_since_scan(&root, &item_path, prior.as_ref()).map(Some)
             })
             .await
         };
         let prior = match check {
-            Ok(Ok(true)) => prior,
-            Ok(Ok(false)) => {
+            // Nothing of the source is there to delete; anything else cannot be placed there.
+            Ok(Ok(None)) if item.deleted => return ApplyOutcome::Skipped,
+            Ok(Ok(None)) => {
+                let refused = apply::ApplyError::BadParent { path: path.clone() };
+                return ApplyOutcome::Failed(refused.to_string());
+            }
+            Ok(Ok(Some(true))) => prior,
+            Ok(Ok(Some(false))) => {
                 // Something changed here that the scanner has not seen yet: record it first,
                 // so it is compared (and kept) rather than overwritten.
                 // What this batch already wrote must be on record before the scanner looks.
@@ -952,6 +963,14 @@ impl SourceTask {
                 && p.hash == item.hash
                 && item.meta.kind == ItemKind::File
         });
+        if item.meta.kind == ItemKind::File && !item.deleted && temp.is_none() && !same_content {
+            // The content was found here when the item was prepared, but what is here now is
+            // something else (changed meanwhile, or replaced by a link that only metadata
+            // would then be written through): fetch it on the next try.
+            return ApplyOutcome::Failed(format!(
+                "{path}: changed here while it was being prepared; it is fetched again"
+            ));
+        }
         let local_short = self.cfg.local_short_name.clone();
         let work = {
             let (root, item, temp) = (root.clone(), item.clone(), temp.clone());

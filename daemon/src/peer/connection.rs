@@ -428,17 +428,21 @@ async fn read_chunk(
         return Err(format!("chunk length {} is out of range", req.len));
     }
     let path = ItemPath::parse(&req.path).map_err(|e| e.to_string())?;
-    let mut candidates = vec![(src.root.join(path.as_str()), req.offset, req.len)];
+    let mut candidates = vec![(path, req.offset, req.len)];
     let root_text = src.root.to_string_lossy().into_owned();
     if let Ok(others) = ctx.store.chunk_sources(hash).await {
         for o in others.into_iter().filter(|o| o.root == root_text) {
             if let Ok(p) = ItemPath::parse(&o.path) {
-                candidates.push((src.root.join(p.as_str()), o.offset, o.len));
+                candidates.push((p, o.offset, o.len));
             }
         }
     }
-    for (file, offset, len) in candidates {
-        let read = tokio::task::spawn_blocking(move || apply::read_range(&file, offset, len)).await;
+    for (item, offset, len) in candidates {
+        let root = src.root.clone();
+        // Never through a symlink: the peer may have made links here itself, and an answer
+        // (even only "found" for a hash it guessed) would tell it what lies outside.
+        let read =
+            tokio::task::spawn_blocking(move || apply::read_range(&root, &item, offset, len)).await;
         if let Ok(Ok(data)) = read
             && Hash128::of(&data) == hash
         {
@@ -850,6 +854,25 @@ impl Fetcher {
         if ignored {
             return Some(Prepared::Skip);
         }
+        let (root, path) = (self.src.root.clone(), item.path.clone());
+        // A failed check lets the item through to the source task, which checks again
+        // before it touches anything.
+        let blocked = tokio::task::spawn_blocking(move || apply::blocked_parent(&root, &path))
+            .await
+            .unwrap_or(None);
+        if let Some(parent) = blocked {
+            // Like `..`, a path through a symlink (which the peer may have made itself) would
+            // reach out of the source; it is refused, not retried, and nothing is fetched.
+            refuse(
+                &self.ctx,
+                &self.device_text,
+                &format!(
+                    "path {:?} goes through {parent:?}, which is not a folder here",
+                    item.path.as_str()
+                ),
+            );
+            return Some(Prepared::Skip);
+        }
         let prior = self
             .ctx
             .store
@@ -1003,9 +1026,9 @@ impl ChunkGetter {
                 let Ok(p) = ItemPath::parse(&loc.path) else {
                     continue;
                 };
-                let file = std::path::Path::new(&loc.root).join(p.as_str());
+                let root = std::path::PathBuf::from(&loc.root);
                 let read = tokio::task::spawn_blocking(move || {
-                    apply::read_range(&file, loc.offset, loc.len)
+                    apply::read_range(&root, &p, loc.offset, loc.len)
                 })
                 .await;
                 if let Ok(Ok(data)) = read
