@@ -135,6 +135,13 @@ pub async fn run(
                     }
                 }
                 Ok(None) => break "the peer closed the connection".to_owned(),
+                // tonic refuses a frame over the decoding limit before allocating it; after
+                // that the stream cannot be resynchronised, so the connection goes too.
+                Err(e) if e.code() == tonic::Code::OutOfRange => {
+                    let what = format!("a frame over the {MAX_FRAME_BYTES}-byte limit");
+                    refuse(&ctx, &device_text, &what);
+                    break format!("dropped: the peer sent {what}");
+                }
                 Err(e) => break format!("connection lost: {}", e.message()),
             },
             fetch = fetch_rx.recv() => if let Some(fetch) = fetch {
@@ -184,8 +191,10 @@ fn board_update(ctx: &Ctx, device: &str, source: &str, f: impl FnOnce(&mut PeerS
     ctx.changed.notify_waiters();
 }
 
+/// Counts and logs something refused from a peer, naming the peer's device ID (connection
+/// tasks do not all run inside the peer's span).
 fn refuse(ctx: &Ctx, device: &str, what: &str) {
-    warn!(refused = %what, "refused from peer");
+    warn!(device = %device, refused = %what, "refused from peer");
     ctx.board.send_modify(|b| {
         let p = b.peers.entry(device.to_owned()).or_default();
         p.refused += 1;
@@ -938,19 +947,31 @@ impl Fetcher {
                 // A one-chunk file's hash is its chunk's hash, already checked on arrival.
                 let whole_checked =
                     matches!(item.chunks.as_slice(), [only] if Some(only.hash) == hash);
-                tokio::task::spawn_blocking(move || {
+                let verified = tokio::task::spawn_blocking(move || {
                     file.sync_all()
                         .map_err(|e| write_failed("flushing the temp file", &e))?;
-                    match hash {
-                        Some(h) if !whole_checked => {
-                            apply::verify(&temp2, &path, h).map_err(|e| e.to_string())
-                        }
+                    Ok(match hash {
+                        Some(h) if !whole_checked => apply::verify(&temp2, &path, h),
                         _ => Ok(()),
-                    }
+                    })
                 })
                 .await
                 .map_err(|e| e.to_string())
-                .and_then(|r| r)
+                .and_then(|r| r)?;
+                match verified {
+                    Ok(()) => Ok(()),
+                    Err(e @ apply::ApplyError::HashMismatch { .. }) => {
+                        // Every chunk matched its own hash, so the content is what the chunk
+                        // list says: the peer announced a list and a whole hash that disagree.
+                        refuse(
+                            &self.ctx,
+                            &self.device_text,
+                            &format!("{}: its chunks do not match its content hash", item.path),
+                        );
+                        Err(e.to_string())
+                    }
+                    Err(e) => Err(e.to_string()),
+                }
             }
             Err(e) => Err(e),
         };
