@@ -65,6 +65,31 @@ pub fn temp_path_in_root(root: &Path) -> PathBuf {
     root.join(format!("{TEMP_PREFIX}{:016x}", h.finish()))
 }
 
+/// The first folder above the item that exists but is not a real folder (a symlink, or a
+/// file), as an item path. What lies behind it is not part of the source: the scanner never
+/// looks there, so nothing may be read, checked, replaced or deleted there for a peer.
+/// `None` when every existing folder above the item is real (missing ones are fine: they
+/// would be made as real folders).
+pub fn blocked_parent(root: &Path, item: &ItemPath) -> Option<String> {
+    let path = item.as_str();
+    let mut dir = root.to_path_buf();
+    for (at, part) in path
+        .match_indices('/')
+        .map(|(at, _)| at)
+        .zip(path.split('/'))
+    {
+        dir.push(part);
+        match fs::symlink_metadata(&dir) {
+            Ok(m) if m.file_type().is_dir() => {}
+            Ok(_) => return Some(path[..at].to_owned()),
+            // Nothing below a missing (or unreadable) folder exists to be touched; writing
+            // there makes real folders first (or fails).
+            Err(_) => return None,
+        }
+    }
+    None
+}
+
 /// True when every folder above the item exists and is a real folder.
 pub fn parents_exist(root: &Path, item: &ItemPath) -> bool {
     let parts: Vec<&str> = item.as_str().split('/').collect();
@@ -233,9 +258,7 @@ pub fn set_file_meta(
     mtime_ns: i64,
 ) -> Result<Metadata, ApplyError> {
     let target = root.join(item.as_str());
-    let f = fs::OpenOptions::new()
-        .write(true)
-        .open(&target)
+    let f = open_regular(&target, fs::OpenOptions::new().write(true))
         .map_err(io_err(item, "opening the file"))?;
     f.set_permissions(fs::Permissions::from_mode(mode))
         .map_err(io_err(item, "setting permissions"))?;
@@ -470,10 +493,37 @@ pub fn remove_stale_temps(root: &Path) -> usize {
     removed
 }
 
-/// Reads `len` bytes at `offset` of a local file, for reusing a chunk found there.
-pub fn read_range(path: &Path, offset: u64, len: u32) -> io::Result<Vec<u8>> {
+/// Opens `path` only if it is a regular file itself, never what a symlink there points to.
+///
+/// Without `O_NOFOLLOW` in std, the file is looked at without following links first, and the
+/// file opened must then be that same file (a link swapped in between is caught).
+fn open_regular(path: &Path, options: &fs::OpenOptions) -> io::Result<fs::File> {
+    let seen = fs::symlink_metadata(path)?;
+    if !seen.file_type().is_file() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "not a regular file (a symlink is never followed)",
+        ));
+    }
+    let f = options.open(path)?;
+    let opened = f.metadata()?;
+    if (opened.dev(), opened.ino()) != (seen.dev(), seen.ino()) {
+        return Err(io::Error::other("the file was replaced while being opened"));
+    }
+    Ok(f)
+}
+
+/// Reads `len` bytes at `offset` of an item's file, for a chunk a peer asked for or one
+/// reused locally: only a regular file inside the source, never through a symlink.
+pub fn read_range(root: &Path, item: &ItemPath, offset: u64, len: u32) -> io::Result<Vec<u8>> {
     use std::io::{Seek, SeekFrom};
-    let mut f = fs::File::open(path)?;
+    if let Some(parent) = blocked_parent(root, item) {
+        return Err(io::Error::new(
+            io::ErrorKind::NotFound,
+            format!("{parent} is not a folder of the source"),
+        ));
+    }
+    let mut f = open_regular(&root.join(item.as_str()), fs::OpenOptions::new().read(true))?;
     f.seek(SeekFrom::Start(offset))?;
     let mut buf = vec![0u8; usize::try_from(len).unwrap_or(0)];
     f.read_exact(&mut buf)?;
@@ -535,6 +585,45 @@ mod tests {
         };
         assert_eq!(prior.meta.size, 0, "sizes are for files");
         assert!(unchanged_since_scan(root, &p("l"), Some(&prior)).unwrap());
+    }
+
+    #[test]
+    fn nothing_is_read_or_touched_through_a_symlink() {
+        let dir = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        fs::write(outside.path().join("secret"), b"outside").unwrap();
+        fs::set_permissions(
+            outside.path().join("secret"),
+            fs::Permissions::from_mode(0o600),
+        )
+        .unwrap();
+        symlink(outside.path(), root.join("link")).unwrap();
+        symlink(outside.path().join("secret"), root.join("filelink")).unwrap();
+        fs::create_dir(root.join("d")).unwrap();
+        fs::write(root.join("d/f"), b"inside").unwrap();
+        fs::write(root.join("file"), b"x").unwrap();
+
+        assert_eq!(blocked_parent(root, &p("link/secret")), Some("link".into()));
+        assert_eq!(blocked_parent(root, &p("d/f")), None);
+        assert_eq!(blocked_parent(root, &p("missing/deeper/f")), None);
+        assert_eq!(blocked_parent(root, &p("file/under")), Some("file".into()));
+        assert_eq!(
+            blocked_parent(root, &p("link")),
+            None,
+            "the link itself is fine"
+        );
+
+        assert_eq!(read_range(root, &p("d/f"), 0, 6).unwrap(), b"inside");
+        assert!(read_range(root, &p("link/secret"), 0, 7).is_err());
+        assert!(read_range(root, &p("filelink"), 0, 7).is_err());
+        assert!(set_file_meta(root, &p("filelink"), 0o777, 1).is_err());
+        let m = fs::metadata(outside.path().join("secret")).unwrap();
+        assert_eq!(
+            m.mode() & 0o777,
+            0o600,
+            "the link's target kept its permissions"
+        );
     }
 
     #[test]

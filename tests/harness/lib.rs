@@ -4,11 +4,14 @@
 //! `--home` and the tests' source folders, starts `tandemd --home … --listen 127.0.0.1:0`, and
 //! talks to it only through `tandemctl --json`. It waits with `tandemctl wait` or on `watch`
 //! events ([`Watch`]), never with a sleep. When a test fails, dropping the agent prints its log
-//! tail and the temp tree. Several agents meet through [`peers`]. Must not: link the daemon or
-//! reach into it, apart from reading `tandem.db` read-only in [`prior`].
+//! tail and the temp tree. Several agents meet through [`peers`]; [`hostile`] is a peer that
+//! speaks the wire protocol itself and misbehaves on purpose. Must not: link the daemon or
+//! reach into it, apart from reading `tandem.db` read-only in [`prior`] (the generated wire
+//! types of `tandem-proto` are fine: they are the protocol, not the daemon).
 
 pub mod backoff;
 pub mod bins;
+pub mod hostile;
 pub mod peers;
 pub mod prior;
 pub mod process;

@@ -138,6 +138,13 @@ pub async fn run(
                     }
                 }
                 Ok(None) => break "the peer closed the connection".to_owned(),
+                // tonic refuses a frame over the decoding limit before allocating it; after
+                // that the stream cannot be resynchronised, so the connection goes too.
+                Err(e) if e.code() == tonic::Code::OutOfRange => {
+                    let what = format!("a frame over the {MAX_FRAME_BYTES}-byte limit");
+                    refuse(&ctx, &device_text, &what);
+                    break format!("dropped: the peer sent {what}");
+                }
                 Err(e) => break format!("connection lost: {}", e.message()),
             },
             fetch = fetch_rx.recv() => if let Some(fetch) = fetch {
@@ -197,8 +204,10 @@ fn board_update(ctx: &Ctx, device: &str, source: &str, f: impl FnOnce(&mut PeerS
     ctx.changed.notify_waiters();
 }
 
+/// Counts and logs something refused from a peer, naming the peer's device ID (connection
+/// tasks do not all run inside the peer's span).
 fn refuse(ctx: &Ctx, device: &str, what: &str) {
-    warn!(refused = %what, "refused from peer");
+    warn!(device = %device, refused = %what, "refused from peer");
     ctx.board.send_modify(|b| {
         let p = b.peers.entry(device.to_owned()).or_default();
         p.refused += 1;
@@ -448,17 +457,21 @@ async fn read_chunk(
         return Err(format!("chunk length {} is out of range", req.len));
     }
     let path = ItemPath::parse(&req.path).map_err(|e| e.to_string())?;
-    let mut candidates = vec![(src.root.join(path.as_str()), req.offset, req.len)];
+    let mut candidates = vec![(path, req.offset, req.len)];
     let root_text = src.root.to_string_lossy().into_owned();
     if let Ok(others) = ctx.store.chunk_sources(hash).await {
         for o in others.into_iter().filter(|o| o.root == root_text) {
             if let Ok(p) = ItemPath::parse(&o.path) {
-                candidates.push((src.root.join(p.as_str()), o.offset, o.len));
+                candidates.push((p, o.offset, o.len));
             }
         }
     }
-    for (file, offset, len) in candidates {
-        let read = tokio::task::spawn_blocking(move || apply::read_range(&file, offset, len)).await;
+    for (item, offset, len) in candidates {
+        let root = src.root.clone();
+        // Never through a symlink: the peer may have made links here itself, and an answer
+        // (even only "found" for a hash it guessed) would tell it what lies outside.
+        let read =
+            tokio::task::spawn_blocking(move || apply::read_range(&root, &item, offset, len)).await;
         if let Ok(Ok(data)) = read
             && Hash128::of(&data) == hash
         {
@@ -892,6 +905,25 @@ impl Fetcher {
         if ignored {
             return Some(Prepared::Skip);
         }
+        let (root, path) = (self.src.root.clone(), item.path.clone());
+        // A failed check lets the item through to the source task, which checks again
+        // before it touches anything.
+        let blocked = tokio::task::spawn_blocking(move || apply::blocked_parent(&root, &path))
+            .await
+            .unwrap_or(None);
+        if let Some(parent) = blocked {
+            // Like `..`, a path through a symlink (which the peer may have made itself) would
+            // reach out of the source; it is refused, not retried, and nothing is fetched.
+            refuse(
+                &self.ctx,
+                &self.device_text,
+                &format!(
+                    "path {:?} goes through {parent:?}, which is not a folder here",
+                    item.path.as_str()
+                ),
+            );
+            return Some(Prepared::Skip);
+        }
         let prior = self
             .ctx
             .store
@@ -957,19 +989,31 @@ impl Fetcher {
                 // A one-chunk file's hash is its chunk's hash, already checked on arrival.
                 let whole_checked =
                     matches!(item.chunks.as_slice(), [only] if Some(only.hash) == hash);
-                tokio::task::spawn_blocking(move || {
+                let verified = tokio::task::spawn_blocking(move || {
                     file.sync_all()
                         .map_err(|e| write_failed("flushing the temp file", &e))?;
-                    match hash {
-                        Some(h) if !whole_checked => {
-                            apply::verify(&temp2, &path, h).map_err(|e| e.to_string())
-                        }
+                    Ok(match hash {
+                        Some(h) if !whole_checked => apply::verify(&temp2, &path, h),
                         _ => Ok(()),
-                    }
+                    })
                 })
                 .await
                 .map_err(|e| e.to_string())
-                .and_then(|r| r)
+                .and_then(|r| r)?;
+                match verified {
+                    Ok(()) => Ok(()),
+                    Err(e @ apply::ApplyError::HashMismatch { .. }) => {
+                        // Every chunk matched its own hash, so the content is what the chunk
+                        // list says: the peer announced a list and a whole hash that disagree.
+                        refuse(
+                            &self.ctx,
+                            &self.device_text,
+                            &format!("{}: its chunks do not match its content hash", item.path),
+                        );
+                        Err(e.to_string())
+                    }
+                    Err(e) => Err(e.to_string()),
+                }
             }
             Err(e) => Err(e),
         };
@@ -1045,9 +1089,9 @@ impl ChunkGetter {
                 let Ok(p) = ItemPath::parse(&loc.path) else {
                     continue;
                 };
-                let file = std::path::Path::new(&loc.root).join(p.as_str());
+                let root = std::path::PathBuf::from(&loc.root);
                 let read = tokio::task::spawn_blocking(move || {
-                    apply::read_range(&file, loc.offset, loc.len)
+                    apply::read_range(&root, &p, loc.offset, loc.len)
                 })
                 .await;
                 if let Ok(Ok(data)) = read

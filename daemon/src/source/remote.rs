@@ -204,6 +204,26 @@ impl SourceTask {
             Ok(p) => p,
             Err(e) => return Check::Done(ApplyOutcome::Failed(e.to_string())),
         };
+        // Behind a symlink (or a file) above the item lies nothing of the source: no check,
+        // version keeping or deletion may look or reach through it.
+        let blocked = {
+            let (root, item_path) = (self.cfg.root.clone(), item.path.clone());
+            tokio::task::spawn_blocking(move || apply::blocked_parent(&root, &item_path)).await
+        };
+        match blocked {
+            Ok(None) => {}
+            // Nothing of the source is there to delete.
+            Ok(Some(_)) if item.deleted => return Check::Done(ApplyOutcome::Skipped),
+            Ok(Some(_)) => {
+                let refused = ApplyError::BadParent {
+                    path: item.path.to_string(),
+                };
+                return Check::Done(ApplyOutcome::Failed(refused.to_string()));
+            }
+            Err(e) => {
+                return Check::Done(ApplyOutcome::Failed(format!("apply task failed: {e}")));
+            }
+        }
         if !scanned {
             let (root, item_path, p) = (self.cfg.root.clone(), item.path.clone(), prior.clone());
             let unchanged = tokio::task::spawn_blocking(move || {
@@ -241,6 +261,16 @@ impl SourceTask {
                 && p.hash == item.hash
                 && item.meta.kind == ItemKind::File
         });
+        if item.meta.kind == ItemKind::File && !item.deleted && req.temp.is_none() && !same_content
+        {
+            // The content was found here when the item was prepared, but what is here now is
+            // something else (changed meanwhile, or replaced by a link that only metadata
+            // would then be written through): fetch it on the next try.
+            return Check::Done(ApplyOutcome::Failed(format!(
+                "{}: changed here while it was being prepared; it is fetched again",
+                item.path
+            )));
+        }
         let version = match (&prior, conflict) {
             (Some(p), true) => item.version.merge(&p.version),
             _ => item.version.clone(),
@@ -527,6 +557,11 @@ impl WriteJob {
         // Checked again right before writing: the batch was checked as a whole, and a user
         // may have written since. (A write in the instant between this and the rename still
         // goes to the old file, which the versions folder keeps.)
+        if apply::blocked_parent(root, &item.path).is_some() {
+            return Err(ApplyError::BadParent {
+                path: item.path.to_string(),
+            });
+        }
         if !apply::unchanged_since_scan(root, &item.path, self.prior.as_ref())? {
             return Ok(Write::ChangedMeanwhile);
         }
