@@ -4,14 +4,16 @@
 //! `--home` and the tests' source folders, starts `tandemd --home … --listen 127.0.0.1:0`, and
 //! talks to it only through `tandemctl --json`. It waits with `tandemctl wait` or on `watch`
 //! events ([`Watch`]), never with a sleep. When a test fails, dropping the agent prints its log
-//! tail and the temp tree. Several agents meet through [`peers`]. Must not: link the daemon or
-//! reach into it, apart from reading `tandem.db` read-only in [`prior`].
+//! tail and the temp tree. Several agents meet through [`peers`], directly or through a
+//! fault-injecting [`proxy`]. Must not: link the daemon or reach into it, apart from reading
+//! `tandem.db` read-only in [`prior`].
 
 pub mod backoff;
 pub mod bins;
 pub mod peers;
 pub mod prior;
 pub mod process;
+pub mod proxy;
 pub mod tree;
 mod watch;
 
