@@ -340,11 +340,13 @@ impl Conn {
                         entry.sources.insert(source);
                     }
                 });
+                let needed = Needed::new(&self.ctx, &self.device_text, &c.source);
                 let task = Receiver {
                     ctx: self.ctx.clone(),
                     device: self.device,
                     device_text: self.device_text.clone(),
                     src,
+                    needed,
                     out: self.out.clone(),
                     fetch: self.fetch_tx.clone(),
                     applied,
@@ -573,6 +575,65 @@ struct Receiver {
     /// Highest sequence received, applied or not.
     seen: u64,
     retry: Vec<RemoteItem>,
+    /// This receiver's share of the board's `needed_*` counts.
+    needed: Needed,
+}
+
+/// What one receiver has added to the board's `needed_items` and `needed_bytes` and not yet
+/// taken out. A receiver stops wherever it is when its connection drops, in the middle of an
+/// update; whatever it still counted is taken out when it is dropped, since the next
+/// connection asks for those items again and counts them afresh (left in, they would keep
+/// `wait` from ever calling the peers in sync).
+struct Needed {
+    ctx: Ctx,
+    device: String,
+    source: String,
+    items: u64,
+    bytes: u64,
+}
+
+impl Needed {
+    fn new(ctx: &Ctx, device: &str, source: &str) -> Needed {
+        Needed {
+            ctx: ctx.clone(),
+            device: device.to_owned(),
+            source: source.to_owned(),
+            items: 0,
+            bytes: 0,
+        }
+    }
+
+    /// Counts items just received; the receiver is busy until it has dealt with them.
+    fn add(&mut self, items: u64, bytes: u64) {
+        self.items += items;
+        self.bytes += bytes;
+        board_update(&self.ctx, &self.device, &self.source, |s| {
+            s.needed_items += items;
+            s.needed_bytes += bytes;
+            s.receiving_idle = false;
+        });
+    }
+
+    /// Takes out items dealt with (applied, skipped, refused or put aside for a retry).
+    fn done(&mut self, items: u64, bytes: u64) {
+        // Never more than this receiver put in, so other receivers' counts stay whole.
+        let (items, bytes) = (items.min(self.items), bytes.min(self.bytes));
+        self.items -= items;
+        self.bytes -= bytes;
+        board_update(&self.ctx, &self.device, &self.source, |s| {
+            s.needed_items = s.needed_items.saturating_sub(items);
+            s.needed_bytes = s.needed_bytes.saturating_sub(bytes);
+        });
+    }
+}
+
+impl Drop for Needed {
+    fn drop(&mut self) {
+        if self.items > 0 || self.bytes > 0 {
+            let (items, bytes) = (self.items, self.bytes);
+            self.done(items, bytes);
+        }
+    }
 }
 
 impl Receiver {
@@ -611,13 +672,12 @@ impl Receiver {
                 return;
             }
         };
-        let needed_bytes: u64 = update.items.iter().map(|i| i.size).sum();
-        let count = items.len() as u64;
-        board_update(&self.ctx, &self.device_text, &self.src.id, |s| {
-            s.needed_items += count;
-            s.needed_bytes += needed_bytes;
-            s.receiving_idle = false;
-        });
+        // Counted as they are taken out again below: a refused item counts no bytes.
+        let needed_bytes: u64 = items
+            .iter()
+            .map(|i| i.as_ref().map_or(0, |i| i.meta.size))
+            .sum();
+        self.needed.add(items.len() as u64, needed_bytes);
         let mut max_seq = self.seen.max(update.through_sequence);
         // Content is fetched for several items at once (small files are mostly round trips),
         // and applied strictly in the peer's order.
@@ -630,9 +690,7 @@ impl Receiver {
                     None => break,
                     Some(Err(refused)) => {
                         refuse(&self.ctx, &self.device_text, &refused.to_string());
-                        board_update(&self.ctx, &self.device_text, &self.src.id, |s| {
-                            s.needed_items = s.needed_items.saturating_sub(1)
-                        });
+                        self.needed.done(1, 0);
                     }
                     Some(Ok(item)) => {
                         max_seq = max_seq.max(item.sequence);
@@ -659,10 +717,9 @@ impl Receiver {
             let size: u64 = batch.iter().map(|(i, _)| i.meta.size).sum();
             let to_retry = self.finish(batch).await;
             self.retry.extend(to_retry);
+            self.needed.done(n, size);
             board_update(&self.ctx, &self.device_text, &self.src.id, |s| {
-                s.needed_items = s.needed_items.saturating_sub(n);
-                s.needed_bytes = s.needed_bytes.saturating_sub(size);
-                s.done_items += n;
+                s.done_items += n
             });
         }
         self.seen = self.seen.max(max_seq);
