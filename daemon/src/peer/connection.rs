@@ -785,6 +785,7 @@ impl Receiver {
         let id = self.src.id.clone();
         let mut retry = Vec::new();
         let mut claims = Vec::new();
+        let mut temps = Vec::new();
         let mut items = Vec::with_capacity(batch.len());
         let mut reqs = Vec::with_capacity(batch.len());
         for (item, prepared) in batch {
@@ -801,10 +802,11 @@ impl Receiver {
                     claims.extend(claim);
                     reqs.push(RemoteApply {
                         item: item.clone(),
-                        temp,
+                        temp: temp.as_ref().map(|t| t.path.clone()),
                         from: self.device.short_string(),
                         from_device: self.device_text.clone(),
                     });
+                    temps.extend(temp);
                     items.push(item);
                 }
             }
@@ -812,8 +814,23 @@ impl Receiver {
         if reqs.is_empty() {
             return retry;
         }
-        let outcomes = self.src.commander.apply(reqs).await;
-        drop(claims);
+        // From here the source task owns the temp files: it renames each into place or
+        // removes it. The hand-over runs in its own task, so a connection dropping while the
+        // batch waits for the source task neither strands the temps nor pulls them from
+        // under an apply already under way.
+        for temp in temps {
+            temp.hand_over();
+        }
+        let commander = self.src.commander.clone();
+        let applying = tokio::spawn(async move {
+            let outcomes = commander.apply(reqs).await;
+            drop(claims);
+            outcomes
+        });
+        let outcomes = match applying.await {
+            Ok(outcomes) => outcomes,
+            Err(e) => vec![ApplyOutcome::Failed(format!("applying failed: {e}")); items.len()],
+        };
         for (item, outcome) in items.into_iter().zip(outcomes) {
             if let ApplyOutcome::Failed(e) = outcome {
                 board_update(&self.ctx, &self.device_text, &id, |s| s.last_error = e);
@@ -848,9 +865,33 @@ enum Prepared {
     Skip,
     /// Ready for the source task, with built content if it needed any (and the claim on
     /// that content, released once applied).
-    Apply(Option<std::path::PathBuf>, Option<Claim>),
+    Apply(Option<BuiltTemp>, Option<Claim>),
     /// Content could not be fetched now.
     Retry(String),
+}
+
+/// A temp file being built or built for an item, removed when dropped before the source task
+/// took it over: a fetch abandoned half way (its connection dropped) or an item never applied
+/// must not leave its temp in the source.
+struct BuiltTemp {
+    path: std::path::PathBuf,
+}
+
+impl BuiltTemp {
+    /// The source task owns the file from now on.
+    fn hand_over(mut self) {
+        self.path = std::path::PathBuf::new();
+    }
+}
+
+impl Drop for BuiltTemp {
+    fn drop(&mut self) {
+        if !self.path.as_os_str().is_empty() {
+            // One unlink, only on the path that abandons the content: cheap enough to do
+            // here rather than on the blocking pool. Gone already is fine too.
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
 }
 
 /// Everything needed to fetch an item's content, cloneable into a task.
@@ -940,7 +981,7 @@ impl Fetcher {
     }
 
     /// Builds the item's content in a temp file beside its target and verifies it.
-    async fn build(&self, item: &RemoteItem) -> Result<std::path::PathBuf, String> {
+    async fn build(&self, item: &RemoteItem) -> Result<BuiltTemp, String> {
         let root = self.src.root.clone();
         let path = item.path.clone();
         let size = item.meta.size;
@@ -956,19 +997,23 @@ impl Fetcher {
                 };
                 let f = std::fs::File::create(&temp)
                     .map_err(|e| write_failed("creating a temp file", &e))?;
-                f.set_len(size)
-                    .map_err(|e| write_failed("sizing the temp file", &e))?;
+                if let Err(e) = f.set_len(size) {
+                    let _ = std::fs::remove_file(&temp);
+                    return Err(write_failed("sizing the temp file", &e));
+                }
                 Ok((temp, f))
             },
         )
         .await
         .map_err(|e| e.to_string())??;
-        let (temp, file) = made;
+        let (path, file) = made;
+        // Removed again however this ends short of a verified file, cancellation included.
+        let temp = BuiltTemp { path };
         let file = Arc::new(file);
         let result = self.fill(item, file.clone()).await;
         let result = match result {
             Ok(()) => {
-                let (temp2, path, hash) = (temp.clone(), item.path.clone(), item.hash);
+                let (temp2, path, hash) = (temp.path.clone(), item.path.clone(), item.hash);
                 // A one-chunk file's hash is its chunk's hash, already checked on arrival.
                 let whole_checked =
                     matches!(item.chunks.as_slice(), [only] if Some(only.hash) == hash);
@@ -988,13 +1033,7 @@ impl Fetcher {
             }
             Err(e) => Err(e),
         };
-        match result {
-            Ok(()) => Ok(temp),
-            Err(e) => {
-                let _ = std::fs::remove_file(&temp);
-                Err(e)
-            }
-        }
+        result.map(|()| temp)
     }
 
     async fn fill(&self, item: &RemoteItem, file: Arc<std::fs::File>) -> Result<(), String> {
@@ -1154,5 +1193,47 @@ impl ChunkGetter {
         let n = u64::from(chunk.len);
         board_update(&self.ctx, device, &self.source, |s| s.fetched_bytes += n);
         Ok(data)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_temp_is_removed_when_its_fetch_is_abandoned_and_kept_once_handed_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let (dropped, abandoned, handed) = (
+            dir.path().join("dropped"),
+            dir.path().join("abandoned"),
+            dir.path().join("handed"),
+        );
+        for p in [&dropped, &abandoned, &handed] {
+            std::fs::write(p, b"built").unwrap();
+        }
+
+        drop(BuiltTemp {
+            path: dropped.clone(),
+        });
+        assert!(!dropped.exists());
+
+        // A fetch that never finishes, cancelled with its connection.
+        let temp = BuiltTemp {
+            path: abandoned.clone(),
+        };
+        let fetch = tokio::spawn(async move {
+            let _held = temp;
+            std::future::pending::<()>().await;
+        });
+        fetch.abort();
+        assert!(fetch.await.unwrap_err().is_cancelled());
+        assert!(!abandoned.exists());
+
+        BuiltTemp {
+            path: handed.clone(),
+        }
+        .hand_over();
+        assert!(handed.exists());
     }
 }
