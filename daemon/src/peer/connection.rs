@@ -135,7 +135,7 @@ pub async fn run(
                     }
                 }
                 Ok(None) => break "the peer closed the connection".to_owned(),
-                Err(e) => break format!("connection lost: {}", e.message()),
+                Err(e) => break format!("connection lost: {}", with_root_cause(&e)),
             },
             fetch = fetch_rx.recv() => if let Some(fetch) = fetch {
                 conn.next_request += 1;
@@ -174,6 +174,23 @@ pub async fn run(
         }
     });
     ctx.changed.notify_waiters();
+}
+
+/// A status's message and, in brackets, the innermost error under it: the message alone
+/// ("error reading a body from connection") hides what broke the link, such as a TLS record
+/// that failed its check ("cannot decrypt peer's message").
+fn with_root_cause(status: &Status) -> String {
+    let mut root = None;
+    let mut cause = std::error::Error::source(status);
+    while let Some(e) = cause {
+        root = Some(e);
+        cause = e.source();
+    }
+    let message = status.message();
+    match root.map(ToString::to_string) {
+        Some(root) if !message.contains(&root) => format!("{message} ({root})"),
+        _ => message.to_owned(),
+    }
 }
 
 fn board_update(ctx: &Ctx, device: &str, source: &str, f: impl FnOnce(&mut PeerSourceStatus)) {
