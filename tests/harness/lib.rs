@@ -4,10 +4,11 @@
 //! `--home` and the tests' source folders, starts `tandemd --home … --listen 127.0.0.1:0`, and
 //! talks to it only through `tandemctl --json`. It waits with `tandemctl wait` or on `watch`
 //! events ([`Watch`]), never with a sleep. When a test fails, dropping the agent prints its log
-//! tail and the temp tree. Several agents meet through [`peers`]; [`hostile`] is a peer that
-//! speaks the wire protocol itself and misbehaves on purpose. Must not: link the daemon or
-//! reach into it, apart from reading `tandem.db` read-only in [`prior`] (the generated wire
-//! types of `tandem-proto` are fine: they are the protocol, not the daemon).
+//! tail and the temp tree. Several agents meet through [`peers`], directly or through a
+//! fault-injecting [`proxy`]; [`hostile`] is a peer that speaks the wire protocol itself and
+//! misbehaves on purpose. Must not: link the daemon or reach into it, apart from reading
+//! `tandem.db` read-only in [`prior`] (the generated wire types of `tandem-proto` are fine:
+//! they are the protocol, not the daemon).
 
 pub mod backoff;
 pub mod bins;
@@ -15,6 +16,7 @@ pub mod hostile;
 pub mod peers;
 pub mod prior;
 pub mod process;
+pub mod proxy;
 pub mod tree;
 mod watch;
 

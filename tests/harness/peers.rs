@@ -40,6 +40,12 @@ impl Agent {
         self.json(&["peer", "add", &text(&id, "device_id"), &text(&id, "listen")])
     }
 
+    /// `tandemctl peer add ID ADDR`: pins `other`, dialled at `address` (a proxy in front of
+    /// it, say) instead of where it listens. Pinning a known device again only moves it.
+    pub fn add_peer_at(&self, other: &Agent, address: &str) -> Value {
+        self.json(&["peer", "add", &other.device_id(), address])
+    }
+
     /// `tandemctl source add ID PATH --peer …`: a source shared with each of `peers`.
     pub fn share(&self, id: &str, path: &std::path::Path, peers: &[&Agent]) -> Value {
         let path = path.to_str().expect("temp paths are UTF-8");

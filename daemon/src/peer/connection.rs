@@ -145,7 +145,7 @@ pub async fn run(
                     refuse(&ctx, &device_text, &what);
                     break format!("dropped: the peer sent {what}");
                 }
-                Err(e) => break format!("connection lost: {}", e.message()),
+                Err(e) => break format!("connection lost: {}", with_root_cause(&e)),
             },
             fetch = fetch_rx.recv() => if let Some(fetch) = fetch {
                 conn.next_request += 1;
@@ -182,18 +182,30 @@ pub async fn run(
         {
             p.connected = false;
             p.last_error = why;
-            // Whatever the receivers were in the middle of is asked for again on reconnect
-            // (the cursor did not move past it); counted as still needed, it would keep
-            // `wait` from ever calling the source in sync.
             for s in p.sources.values_mut() {
                 s.in_flight = 0;
-                s.needed_items = 0;
-                s.needed_bytes = 0;
                 s.receiving_idle = true;
             }
         }
     });
     ctx.changed.notify_waiters();
+}
+
+/// A status's message and, in brackets, the innermost error under it: the message alone
+/// ("error reading a body from connection") hides what broke the link, such as a TLS record
+/// that failed its check ("cannot decrypt peer's message").
+fn with_root_cause(status: &Status) -> String {
+    let mut root = None;
+    let mut cause = std::error::Error::source(status);
+    while let Some(e) = cause {
+        root = Some(e);
+        cause = e.source();
+    }
+    let message = status.message();
+    match root.map(ToString::to_string) {
+        Some(root) if !message.contains(&root) => format!("{message} ({root})"),
+        _ => message.to_owned(),
+    }
 }
 
 fn board_update(ctx: &Ctx, device: &str, source: &str, f: impl FnOnce(&mut PeerSourceStatus)) {
@@ -356,11 +368,6 @@ impl Conn {
                 });
             }
             if !self.receivers.contains_key(&c.source) {
-                // A new receiver starts from the cursor: nothing is needed yet.
-                board_update(&self.ctx, &self.device_text, &c.source, |s| {
-                    s.needed_items = 0;
-                    s.needed_bytes = 0;
-                });
                 let (tx, rx) = mpsc::channel(INDEX_WINDOW * 2);
                 self.receivers.insert(c.source.clone(), tx);
                 let (device, source) = (self.device_text.clone(), c.source.clone());
@@ -369,11 +376,13 @@ impl Conn {
                         entry.sources.insert(source);
                     }
                 });
+                let needed = Needed::new(&self.ctx, &self.device_text, &c.source);
                 let task = Receiver {
                     ctx: self.ctx.clone(),
                     device: self.device,
                     device_text: self.device_text.clone(),
                     src,
+                    needed,
                     out: self.out.clone(),
                     fetch: self.fetch_tx.clone(),
                     applied,
@@ -607,6 +616,8 @@ struct Receiver {
     /// Highest sequence received, applied or not.
     seen: u64,
     retry: Vec<Retry>,
+    /// This receiver's share of the board's `needed_*` counts.
+    needed: Needed,
 }
 
 /// An item set aside to be tried again.
@@ -615,6 +626,63 @@ struct Retry {
     /// Set aside because another receiver was fetching the same content: tried again as soon
     /// as that fetch ends, rather than after [`RETRY_EVERY`].
     busy: Option<BuildKey>,
+}
+
+/// What one receiver has added to the board's `needed_items` and `needed_bytes` and not yet
+/// taken out. A receiver stops wherever it is when its connection drops, in the middle of an
+/// update; whatever it still counted is taken out when it is dropped, since the next
+/// connection asks for those items again and counts them afresh (left in, they would keep
+/// `wait` from ever calling the peers in sync).
+struct Needed {
+    ctx: Ctx,
+    device: String,
+    source: String,
+    items: u64,
+    bytes: u64,
+}
+
+impl Needed {
+    fn new(ctx: &Ctx, device: &str, source: &str) -> Needed {
+        Needed {
+            ctx: ctx.clone(),
+            device: device.to_owned(),
+            source: source.to_owned(),
+            items: 0,
+            bytes: 0,
+        }
+    }
+
+    /// Counts items just received; the receiver is busy until it has dealt with them.
+    fn add(&mut self, items: u64, bytes: u64) {
+        self.items += items;
+        self.bytes += bytes;
+        board_update(&self.ctx, &self.device, &self.source, |s| {
+            s.needed_items += items;
+            s.needed_bytes += bytes;
+            s.receiving_idle = false;
+        });
+    }
+
+    /// Takes out items dealt with (applied, skipped, refused or put aside for a retry).
+    fn done(&mut self, items: u64, bytes: u64) {
+        // Never more than this receiver put in, so other receivers' counts stay whole.
+        let (items, bytes) = (items.min(self.items), bytes.min(self.bytes));
+        self.items -= items;
+        self.bytes -= bytes;
+        board_update(&self.ctx, &self.device, &self.source, |s| {
+            s.needed_items = s.needed_items.saturating_sub(items);
+            s.needed_bytes = s.needed_bytes.saturating_sub(bytes);
+        });
+    }
+}
+
+impl Drop for Needed {
+    fn drop(&mut self) {
+        if self.items > 0 || self.bytes > 0 {
+            let (items, bytes) = (self.items, self.bytes);
+            self.done(items, bytes);
+        }
+    }
 }
 
 impl Receiver {
@@ -666,13 +734,12 @@ impl Receiver {
                 return;
             }
         };
-        let needed_bytes: u64 = update.items.iter().map(|i| i.size).sum();
-        let count = items.len() as u64;
-        board_update(&self.ctx, &self.device_text, &self.src.id, |s| {
-            s.needed_items += count;
-            s.needed_bytes += needed_bytes;
-            s.receiving_idle = false;
-        });
+        // Counted as they are taken out again below: a refused item counts no bytes.
+        let needed_bytes: u64 = items
+            .iter()
+            .map(|i| i.as_ref().map_or(0, |i| i.meta.size))
+            .sum();
+        self.needed.add(items.len() as u64, needed_bytes);
         let mut max_seq = self.seen.max(update.through_sequence);
         // Content is fetched for several items at once (small files are mostly round trips),
         // and applied strictly in the peer's order.
@@ -685,9 +752,7 @@ impl Receiver {
                     None => break,
                     Some(Err(refused)) => {
                         refuse(&self.ctx, &self.device_text, &refused.to_string());
-                        board_update(&self.ctx, &self.device_text, &self.src.id, |s| {
-                            s.needed_items = s.needed_items.saturating_sub(1)
-                        });
+                        self.needed.done(1, 0);
                     }
                     Some(Ok(item)) => {
                         max_seq = max_seq.max(item.sequence);
@@ -714,10 +779,9 @@ impl Receiver {
             let size: u64 = batch.iter().map(|(i, _)| i.meta.size).sum();
             let to_retry = self.finish(batch).await;
             self.retry.extend(to_retry);
+            self.needed.done(n, size);
             board_update(&self.ctx, &self.device_text, &self.src.id, |s| {
-                s.needed_items = s.needed_items.saturating_sub(n);
-                s.needed_bytes = s.needed_bytes.saturating_sub(size);
-                s.done_items += n;
+                s.done_items += n
             });
         }
         self.seen = self.seen.max(max_seq);
@@ -781,6 +845,7 @@ impl Receiver {
         let id = self.src.id.clone();
         let mut retry = Vec::new();
         let mut claims = Vec::new();
+        let mut temps = Vec::new();
         let mut items = Vec::with_capacity(batch.len());
         let mut reqs = Vec::with_capacity(batch.len());
         for (item, prepared) in batch {
@@ -801,10 +866,11 @@ impl Receiver {
                     claims.extend(claim);
                     reqs.push(RemoteApply {
                         item: item.clone(),
-                        temp,
+                        temp: temp.as_ref().map(|t| t.path.clone()),
                         from: self.device.short_string(),
                         from_device: self.device_text.clone(),
                     });
+                    temps.extend(temp);
                     items.push(item);
                 }
             }
@@ -812,8 +878,23 @@ impl Receiver {
         if reqs.is_empty() {
             return retry;
         }
-        let outcomes = self.src.commander.apply(reqs).await;
-        drop(claims);
+        // From here the source task owns the temp files: it renames each into place or
+        // removes it. The hand-over runs in its own task, so a connection dropping while the
+        // batch waits for the source task neither strands the temps nor pulls them from
+        // under an apply already under way.
+        for temp in temps {
+            temp.hand_over();
+        }
+        let commander = self.src.commander.clone();
+        let applying = tokio::spawn(async move {
+            let outcomes = commander.apply(reqs).await;
+            drop(claims);
+            outcomes
+        });
+        let outcomes = match applying.await {
+            Ok(outcomes) => outcomes,
+            Err(e) => vec![ApplyOutcome::Failed(format!("applying failed: {e}")); items.len()],
+        };
         for (item, outcome) in items.into_iter().zip(outcomes) {
             if let ApplyOutcome::Failed(e) = outcome {
                 board_update(&self.ctx, &self.device_text, &id, |s| s.last_error = e);
@@ -848,11 +929,35 @@ enum Prepared {
     Skip,
     /// Ready for the source task, with built content if it needed any (and the claim on
     /// that content, released once applied).
-    Apply(Option<std::path::PathBuf>, Option<Claim>),
+    Apply(Option<BuiltTemp>, Option<Claim>),
     /// Content could not be fetched now.
     Retry(String),
     /// Another receiver is fetching the same content for the same item.
     Busy(BuildKey),
+}
+
+/// A temp file being built or built for an item, removed when dropped before the source task
+/// took it over: a fetch abandoned half way (its connection dropped) or an item never applied
+/// must not leave its temp in the source.
+struct BuiltTemp {
+    path: std::path::PathBuf,
+}
+
+impl BuiltTemp {
+    /// The source task owns the file from now on.
+    fn hand_over(mut self) {
+        self.path = std::path::PathBuf::new();
+    }
+}
+
+impl Drop for BuiltTemp {
+    fn drop(&mut self) {
+        if !self.path.as_os_str().is_empty() {
+            // One unlink, only on the path that abandons the content: cheap enough to do
+            // here rather than on the blocking pool. Gone already is fine too.
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
 }
 
 /// Everything needed to fetch an item's content, cloneable into a task.
@@ -957,7 +1062,7 @@ impl Fetcher {
     }
 
     /// Builds the item's content in a temp file beside its target and verifies it.
-    async fn build(&self, item: &RemoteItem) -> Result<std::path::PathBuf, String> {
+    async fn build(&self, item: &RemoteItem) -> Result<BuiltTemp, String> {
         let root = self.src.root.clone();
         let path = item.path.clone();
         let size = item.meta.size;
@@ -973,19 +1078,23 @@ impl Fetcher {
                 };
                 let f = std::fs::File::create(&temp)
                     .map_err(|e| write_failed("creating a temp file", &e))?;
-                f.set_len(size)
-                    .map_err(|e| write_failed("sizing the temp file", &e))?;
+                if let Err(e) = f.set_len(size) {
+                    let _ = std::fs::remove_file(&temp);
+                    return Err(write_failed("sizing the temp file", &e));
+                }
                 Ok((temp, f))
             },
         )
         .await
         .map_err(|e| e.to_string())??;
-        let (temp, file) = made;
+        let (path, file) = made;
+        // Removed again however this ends short of a verified file, cancellation included.
+        let temp = BuiltTemp { path };
         let file = Arc::new(file);
         let result = self.fill(item, file.clone()).await;
         let result = match result {
             Ok(()) => {
-                let (temp2, path, hash) = (temp.clone(), item.path.clone(), item.hash);
+                let (temp2, path, hash) = (temp.path.clone(), item.path.clone(), item.hash);
                 // A one-chunk file's hash is its chunk's hash, already checked on arrival.
                 let whole_checked =
                     matches!(item.chunks.as_slice(), [only] if Some(only.hash) == hash);
@@ -1017,13 +1126,7 @@ impl Fetcher {
             }
             Err(e) => Err(e),
         };
-        match result {
-            Ok(()) => Ok(temp),
-            Err(e) => {
-                let _ = std::fs::remove_file(&temp);
-                Err(e)
-            }
-        }
+        result.map(|()| temp)
     }
 
     async fn fill(&self, item: &RemoteItem, file: Arc<std::fs::File>) -> Result<(), String> {
@@ -1183,5 +1286,47 @@ impl ChunkGetter {
         let n = u64::from(chunk.len);
         board_update(&self.ctx, device, &self.source, |s| s.fetched_bytes += n);
         Ok(data)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_temp_is_removed_when_its_fetch_is_abandoned_and_kept_once_handed_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let (dropped, abandoned, handed) = (
+            dir.path().join("dropped"),
+            dir.path().join("abandoned"),
+            dir.path().join("handed"),
+        );
+        for p in [&dropped, &abandoned, &handed] {
+            std::fs::write(p, b"built").unwrap();
+        }
+
+        drop(BuiltTemp {
+            path: dropped.clone(),
+        });
+        assert!(!dropped.exists());
+
+        // A fetch that never finishes, cancelled with its connection.
+        let temp = BuiltTemp {
+            path: abandoned.clone(),
+        };
+        let fetch = tokio::spawn(async move {
+            let _held = temp;
+            std::future::pending::<()>().await;
+        });
+        fetch.abort();
+        assert!(fetch.await.unwrap_err().is_cancelled());
+        assert!(!abandoned.exists());
+
+        BuiltTemp {
+            path: handed.clone(),
+        }
+        .hand_over();
+        assert!(handed.exists());
     }
 }
