@@ -799,3 +799,48 @@ fn three_devices_editing_apart_agree_on_the_winner_and_keep_each_loser_once() {
         assert_eq!(all.len(), 2, "{list:#}");
     }
 }
+
+#[test]
+fn an_edit_beats_a_concurrent_deletion_and_the_file_comes_back() {
+    let (a, da, mut b, db) = two_sharing(
+        |d| {
+            tree::write(&d.join("deleted on A.txt"), "base 1");
+            tree::write(&d.join("deleted on B.txt"), "base 2");
+        },
+        |_| {},
+    );
+    settle(&a, &b);
+    tree::assert_same_trees(&da, &db);
+
+    // Apart: each side deletes one file the other edits. The deletions happen last in time,
+    // so it is not the later change that wins but the edit.
+    b.kill();
+    tree::write(&db.join("deleted on A.txt"), "edited on B");
+    tree::write(&da.join("deleted on B.txt"), "edited on A");
+    let mut watch = a.watch("docs");
+    watch.expect("modified", "deleted on B.txt", EVENT_DEADLINE);
+    fs::remove_file(da.join("deleted on A.txt")).expect("delete on A");
+    watch.expect("deleted", "deleted on A.txt", EVENT_DEADLINE);
+    fs::remove_file(db.join("deleted on B.txt")).expect("delete on B");
+    b.start_again();
+
+    settle(&a, &b);
+    settle(&b, &a);
+    for d in [&da, &db] {
+        assert_eq!(
+            fs::read_to_string(d.join("deleted on A.txt")).expect("B's edit is back"),
+            "edited on B",
+            "in {}",
+            d.display()
+        );
+        assert_eq!(
+            fs::read_to_string(d.join("deleted on B.txt")).expect("A's edit is back"),
+            "edited on A",
+            "in {}",
+            d.display()
+        );
+        assert!(conflict_copies(d, "deleted on A").is_empty());
+        assert!(conflict_copies(d, "deleted on B").is_empty());
+    }
+    tree::assert_same_trees(&da, &db);
+}
