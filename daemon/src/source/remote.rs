@@ -89,6 +89,16 @@ fn content_of(item: &RemoteItem, kind: ItemKind) -> Content {
     }
 }
 
+/// What the disk says about an item's target before a remote difference is applied.
+enum Disk {
+    /// As the prior state recorded it (or scanned just now).
+    AsRecorded,
+    /// Changed since its last scan: scan first.
+    ChangedHere,
+    /// Behind a symlink or a file: not part of the source.
+    Blocked,
+}
+
 /// What checking one remote difference came to.
 enum Check {
     Done(ApplyOutcome),
@@ -206,37 +216,37 @@ impl SourceTask {
         };
         // Behind a symlink (or a file) above the item lies nothing of the source: no check,
         // version keeping or deletion may look or reach through it.
-        let blocked = {
-            let (root, item_path) = (self.cfg.root.clone(), item.path.clone());
-            tokio::task::spawn_blocking(move || apply::blocked_parent(&root, &item_path)).await
+        // One trip to the blocking pool for both looks at the disk.
+        let looked = {
+            let (root, item_path, p) = (self.cfg.root.clone(), item.path.clone(), prior.clone());
+            tokio::task::spawn_blocking(move || -> Result<Disk, ApplyError> {
+                // Behind a symlink (or a file) above the item lies nothing of the source: no
+                // check, version keeping or deletion may look or reach through it.
+                if apply::blocked_parent(&root, &item_path).is_some() {
+                    return Ok(Disk::Blocked);
+                }
+                if scanned || apply::unchanged_since_scan(&root, &item_path, p.as_ref())? {
+                    Ok(Disk::AsRecorded)
+                } else {
+                    Ok(Disk::ChangedHere)
+                }
+            })
+            .await
         };
-        match blocked {
-            Ok(None) => {}
+        match looked {
+            Ok(Ok(Disk::AsRecorded)) => {}
+            Ok(Ok(Disk::ChangedHere)) => return Check::ScanFirst,
             // Nothing of the source is there to delete.
-            Ok(Some(_)) if item.deleted => return Check::Done(ApplyOutcome::Skipped),
-            Ok(Some(_)) => {
+            Ok(Ok(Disk::Blocked)) if item.deleted => return Check::Done(ApplyOutcome::Skipped),
+            Ok(Ok(Disk::Blocked)) => {
                 let refused = ApplyError::BadParent {
                     path: item.path.to_string(),
                 };
                 return Check::Done(ApplyOutcome::Failed(refused.to_string()));
             }
+            Ok(Err(e)) => return Check::Done(ApplyOutcome::Failed(e.to_string())),
             Err(e) => {
                 return Check::Done(ApplyOutcome::Failed(format!("apply task failed: {e}")));
-            }
-        }
-        if !scanned {
-            let (root, item_path, p) = (self.cfg.root.clone(), item.path.clone(), prior.clone());
-            let unchanged = tokio::task::spawn_blocking(move || {
-                apply::unchanged_since_scan(&root, &item_path, p.as_ref())
-            })
-            .await;
-            match unchanged {
-                Ok(Ok(true)) => {}
-                Ok(Ok(false)) => return Check::ScanFirst,
-                Ok(Err(e)) => return Check::Done(ApplyOutcome::Failed(e.to_string())),
-                Err(e) => {
-                    return Check::Done(ApplyOutcome::Failed(format!("apply task failed: {e}")));
-                }
             }
         }
         let mut conflict = false;
