@@ -119,11 +119,13 @@ impl RemoteItem {
         let mine = Contender {
             deleted: local.deleted,
             mtime_ns: local.meta.mtime_ns,
+            modified_by: local.modified_by.as_deref().unwrap_or_default(),
             version: &local.version,
         };
         let theirs = Contender {
             deleted: self.deleted,
             mtime_ns: self.meta.mtime_ns,
+            modified_by: self.modified_by.as_deref().unwrap_or_default(),
             version: &self.version,
         };
         remote_wins(mine, theirs)

@@ -14,18 +14,28 @@ pub use version::{MAX_COUNTER, Ordering, ShortId, VersionError, VersionVector};
 pub struct Contender<'a> {
     pub deleted: bool,
     pub mtime_ns: i64,
+    /// Short ID of the device whose change this version is ("" if unknown).
+    pub modified_by: &'a str,
     pub version: &'a VersionVector,
 }
 
 /// The conflict rule, the same on every device: an edit beats a deletion, then the later
-/// modification time wins, and a tie goes to the larger encoded version vector (concurrent
-/// vectors always differ, so some side always wins).
+/// modification time wins, then the larger author short ID, and a last tie goes to the larger
+/// encoded version vector (concurrent vectors always differ, so some side always wins).
+///
+/// Only the last step looks at the vector, because a version's vector grows when a device
+/// merges it after a conflict while its content, mtime and author stay: deciding on the vector
+/// earlier would let A prefer X over Y while B, holding Y under a merged vector, prefers Y
+/// (two writes in one kernel clock tick have the same mtime).
 pub fn remote_wins(local: Contender<'_>, remote: Contender<'_>) -> bool {
     if local.deleted != remote.deleted {
         return local.deleted;
     }
     if local.mtime_ns != remote.mtime_ns {
         return remote.mtime_ns > local.mtime_ns;
+    }
+    if local.modified_by != remote.modified_by {
+        return remote.modified_by > local.modified_by;
     }
     remote.version.encode() > local.version.encode()
 }
@@ -51,11 +61,13 @@ mod conflict_tests {
             let x = Contender {
                 deleted: ad,
                 mtime_ns: am,
+                modified_by: "AAA",
                 version: &a,
             };
             let y = Contender {
                 deleted: bd,
                 mtime_ns: bm,
+                modified_by: "AAA",
                 version: &b,
             };
             assert_ne!(
@@ -67,13 +79,45 @@ mod conflict_tests {
         let edit = Contender {
             deleted: false,
             mtime_ns: 1,
+            modified_by: "AAA",
             version: &a,
         };
         let delete = Contender {
             deleted: true,
             mtime_ns: 9,
+            modified_by: "BBB",
             version: &b,
         };
         assert!(remote_wins(delete, edit), "an edit beats a deletion");
+    }
+
+    #[test]
+    fn a_merged_vector_does_not_change_which_content_wins() {
+        // X by device B and Y by device C, written in the same clock tick.
+        let (mut vx, mut vy) = (VersionVector::new(), VersionVector::new());
+        vx.bump(ShortId(2));
+        vy.bump(ShortId(3));
+        let mut va = VersionVector::new();
+        va.bump(ShortId(1));
+        // A lost to Y first and holds Y's content under the merged vector.
+        let y_merged = vy.merge(&va);
+        let x = Contender {
+            deleted: false,
+            mtime_ns: 7,
+            modified_by: "BBBBBBB",
+            version: &vx,
+        };
+        let y = Contender {
+            deleted: false,
+            mtime_ns: 7,
+            modified_by: "CCCCCCC",
+            version: &vy,
+        };
+        let y_on_a = Contender {
+            version: &y_merged,
+            ..y
+        };
+        assert_eq!(remote_wins(x, y), remote_wins(x, y_on_a));
+        assert_eq!(remote_wins(y, x), remote_wins(y_on_a, x));
     }
 }
