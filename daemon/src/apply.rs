@@ -412,6 +412,56 @@ pub fn keep_conflict_copy(
 /// Conflict copies tried under one name before giving up.
 const MAX_SAME_NAMED_COPIES: u32 = 1000;
 
+/// Moves a folder that holds something aside as `NAME.sync-conflict-YYYYMMDD-HHMMSS-DEVICE`,
+/// so a file or link from a peer can take its name without anything in it being lost (what is
+/// in it syncs under the new name). An empty folder, or none, is left for the caller to
+/// replace. Returns the new name.
+pub fn move_folder_aside(
+    root: &Path,
+    item: &ItemPath,
+    device_short: &str,
+    unix_secs: u64,
+) -> Result<Option<String>, ApplyError> {
+    let target = root.join(item.as_str());
+    let err = |source| ApplyError::Io {
+        path: item.to_string(),
+        action: "moving the folder aside as a conflict copy",
+        source,
+    };
+    match fs::symlink_metadata(&target) {
+        Ok(m) if m.file_type().is_dir() => {}
+        _ => return Ok(None),
+    }
+    if fs::read_dir(&target).map_err(err)?.next().is_none() {
+        return Ok(None);
+    }
+    let stamp = crate::events::utc_stamp(unix_secs);
+    for n in 1..=MAX_SAME_NAMED_COPIES {
+        let suffix = if n == 1 {
+            String::new()
+        } else {
+            format!("-{n}")
+        };
+        let copy_path = format!(
+            "{}.sync-conflict-{stamp}-{device_short}{suffix}",
+            item.as_str()
+        );
+        let full = root.join(&copy_path);
+        // Only this agent writes such names; a user racing it here loses nothing either, as
+        // rename onto an existing non-empty folder fails.
+        if fs::symlink_metadata(&full).is_ok() {
+            continue;
+        }
+        fs::rename(&target, &full).map_err(err)?;
+        sync_parent(root, item)?;
+        return Ok(Some(copy_path));
+    }
+    Err(err(io::Error::other(format!(
+        "{MAX_SAME_NAMED_COPIES} conflict copies of it from the same device and second exist \
+         already; move some of them away"
+    ))))
+}
+
 /// True when two paths hold the same symlink target or the same file bytes.
 fn same_entry(a: &Path, b: &Path) -> io::Result<bool> {
     let (ma, mb) = (fs::symlink_metadata(a)?, fs::symlink_metadata(b)?);
@@ -694,6 +744,33 @@ mod tests {
         assert_eq!(copy, "d/report.sync-conflict-20231114-221320-ABCDEFG.txt");
         assert_eq!(fs::read(root.join(&copy)).unwrap(), b"mine");
         assert!(!root.join("d/report.txt").exists());
+    }
+
+    #[test]
+    fn only_a_folder_with_something_in_it_is_moved_aside() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        fs::create_dir(root.join("empty")).unwrap();
+        assert_eq!(
+            move_folder_aside(root, &p("empty"), "ABCDEFG", 1_700_000_000).unwrap(),
+            None
+        );
+        assert!(
+            root.join("empty").is_dir(),
+            "left for the caller to replace"
+        );
+        fs::create_dir(root.join("full")).unwrap();
+        fs::write(root.join("full/kept.txt"), b"unseen").unwrap();
+        let moved = move_folder_aside(root, &p("full"), "ABCDEFG", 1_700_000_000)
+            .unwrap()
+            .unwrap();
+        assert_eq!(moved, "full.sync-conflict-20231114-221320-ABCDEFG");
+        assert_eq!(
+            fs::read(root.join(&moved).join("kept.txt")).unwrap(),
+            b"unseen"
+        );
+        assert!(!root.join("full").exists());
+        assert_eq!(parse_conflict_name(&moved).unwrap().original, "full");
     }
 
     #[test]

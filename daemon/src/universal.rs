@@ -118,12 +118,14 @@ impl RemoteItem {
     pub fn wins_over(&self, local: &crate::item::PriorItem) -> bool {
         let mine = Contender {
             deleted: local.deleted,
+            is_dir: local.meta.kind == ItemKind::Directory,
             mtime_ns: local.meta.mtime_ns,
             modified_by: local.modified_by.as_deref().unwrap_or_default(),
             version: &local.version,
         };
         let theirs = Contender {
             deleted: self.deleted,
+            is_dir: self.meta.kind == ItemKind::Directory,
             mtime_ns: self.meta.mtime_ns,
             modified_by: self.modified_by.as_deref().unwrap_or_default(),
             version: &self.version,

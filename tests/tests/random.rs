@@ -27,8 +27,9 @@ const DEFAULT_SEEDS: &[u64] = &[1, 2];
 /// a new local file that takes one more pass to travel.
 const MAX_PASSES: usize = 6;
 
-const FILE_NAMES: &[&str] = &["a.txt", "b.txt", "c.bin", "notes.md", "x"];
-const DIR_NAMES: &[&str] = &["d1", "d2", "deep", "e"];
+/// "x" and "e" are in both lists: a file on one device and a folder on another under one name.
+const FILE_NAMES: &[&str] = &["a.txt", "b.txt", "c.bin", "notes.md", "x", "e"];
+const DIR_NAMES: &[&str] = &["d1", "d2", "deep", "e", "x"];
 
 fn digest(bytes: &[u8]) -> u64 {
     let mut h = DefaultHasher::new();
@@ -93,7 +94,10 @@ impl World {
     }
 
     fn note(&mut self, line: String) {
-        self.log.push(format!("r{} {}", self.round, line));
+        let line = format!("seed {} r{} {}", self.seed, self.round, line);
+        // Also on stderr, which a failing test prints, whichever assertion fails.
+        eprintln!("{line}");
+        self.log.push(line);
     }
 
     /// Unique content for the next write: a header naming it, then seeded bytes.

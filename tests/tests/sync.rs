@@ -844,3 +844,75 @@ fn an_edit_beats_a_concurrent_deletion_and_the_file_comes_back() {
     }
     tree::assert_same_trees(&da, &db);
 }
+
+#[test]
+fn a_file_and_a_folder_made_apart_under_one_name_both_survive() {
+    let (a, da, mut b, db) = two_sharing(
+        |d| {
+            tree::write(&d.join("y/old.txt"), "in y from the start");
+        },
+        |_| {},
+    );
+    settle(&a, &b);
+
+    // Apart: A makes a file "x" where B makes a folder "x" with something in it; and A
+    // replaces folder "y" by a file while B adds to the folder.
+    b.kill();
+    let mut watch = a.watch("docs");
+    tree::write(&da.join("x"), "file x from A");
+    fs::remove_dir_all(da.join("y")).expect("remove y on A");
+    tree::write(&da.join("y"), "file y from A");
+    watch.expect_all(&[("added", "x"), ("modified", "y")], EVENT_DEADLINE);
+    tree::write(&db.join("x/inner.txt"), "inside folder x on B");
+    tree::write(&db.join("y/new.txt"), "added to folder y on B");
+    b.start_again();
+
+    settle(&a, &b);
+    settle(&b, &a);
+    settle(&a, &b);
+    tree::assert_same_trees(&da, &db);
+    // Nothing either side wrote is lost: the folders' new files are there, and each file
+    // that had to give way to a folder is kept as a conflict copy beside it.
+    for d in [&da, &db] {
+        assert_eq!(
+            fs::read_to_string(d.join("x/inner.txt")).expect("B's file in folder x"),
+            "inside folder x on B"
+        );
+        let everything: Vec<String> = tree::snapshot(d).into_keys().collect();
+        let holds = |text: &str| {
+            everything
+                .iter()
+                .any(|p| fs::read_to_string(d.join(p)).is_ok_and(|c| c == text))
+        };
+        for text in ["file x from A", "file y from A", "added to folder y on B"] {
+            assert!(
+                holds(text),
+                "{text:?} is lost in {}: {everything:?}",
+                d.display()
+            );
+        }
+        // Where each ended up: folder x won (a folder beats a file), A's file x is a conflict
+        // copy; A's file y replaced the folder it had seen, whose unseen addition moved aside
+        // with the folder.
+        assert_eq!(
+            fs::read_to_string(d.join("y")).expect("file y"),
+            "file y from A"
+        );
+        let x_copies = conflict_copies(d, "x");
+        assert_eq!(x_copies.len(), 1, "{everything:?}");
+        assert_eq!(
+            fs::read_to_string(d.join(&x_copies[0])).expect("x's copy"),
+            "file x from A"
+        );
+        let y_copies = conflict_copies(d, "y");
+        assert_eq!(y_copies.len(), 1, "{everything:?}");
+        assert_eq!(
+            fs::read_to_string(d.join(&y_copies[0]).join("new.txt")).expect("moved aside"),
+            "added to folder y on B"
+        );
+        assert!(
+            !d.join(&y_copies[0]).join("old.txt").exists(),
+            "what A deleted stays deleted"
+        );
+    }
+}

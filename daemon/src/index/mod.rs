@@ -13,14 +13,17 @@ pub use version::{MAX_COUNTER, Ordering, ShortId, VersionError, VersionVector};
 #[derive(Debug, Clone, Copy)]
 pub struct Contender<'a> {
     pub deleted: bool,
+    /// A folder: it may hold things the other side has never seen.
+    pub is_dir: bool,
     pub mtime_ns: i64,
     /// Short ID of the device whose change this version is ("" if unknown).
     pub modified_by: &'a str,
     pub version: &'a VersionVector,
 }
 
-/// The conflict rule, the same on every device: an edit beats a deletion, then the later
-/// modification time wins, then the larger author short ID, and a last tie goes to the larger
+/// The conflict rule, the same on every device: an edit beats a deletion, a folder beats a
+/// file or link (whatever is in it survives; the file is kept as a conflict copy), then the
+/// later modification time wins, then the larger author short ID, and a last tie goes to the larger
 /// encoded version vector (concurrent vectors always differ, so some side always wins).
 ///
 /// Only the last step looks at the vector, because a version's vector grows when a device
@@ -30,6 +33,9 @@ pub struct Contender<'a> {
 pub fn remote_wins(local: Contender<'_>, remote: Contender<'_>) -> bool {
     if local.deleted != remote.deleted {
         return local.deleted;
+    }
+    if local.is_dir != remote.is_dir {
+        return remote.is_dir;
     }
     if local.mtime_ns != remote.mtime_ns {
         return remote.mtime_ns > local.mtime_ns;
@@ -60,12 +66,14 @@ mod conflict_tests {
         for ((ad, am), (bd, bm)) in cases {
             let x = Contender {
                 deleted: ad,
+                is_dir: false,
                 mtime_ns: am,
                 modified_by: "AAA",
                 version: &a,
             };
             let y = Contender {
                 deleted: bd,
+                is_dir: false,
                 mtime_ns: bm,
                 modified_by: "AAA",
                 version: &b,
@@ -78,17 +86,32 @@ mod conflict_tests {
         }
         let edit = Contender {
             deleted: false,
+            is_dir: false,
             mtime_ns: 1,
             modified_by: "AAA",
             version: &a,
         };
         let delete = Contender {
             deleted: true,
+            is_dir: false,
             mtime_ns: 9,
             modified_by: "BBB",
             version: &b,
         };
         assert!(remote_wins(delete, edit), "an edit beats a deletion");
+        let newer_file = Contender {
+            mtime_ns: 50,
+            ..edit
+        };
+        let folder = Contender {
+            is_dir: true,
+            ..edit
+        };
+        assert!(
+            remote_wins(newer_file, folder),
+            "a folder beats a later file"
+        );
+        assert!(!remote_wins(folder, newer_file));
     }
 
     #[test]
@@ -103,12 +126,14 @@ mod conflict_tests {
         let y_merged = vy.merge(&va);
         let x = Contender {
             deleted: false,
+            is_dir: false,
             mtime_ns: 7,
             modified_by: "BBBBBBB",
             version: &vx,
         };
         let y = Contender {
             deleted: false,
+            is_dir: false,
             mtime_ns: 7,
             modified_by: "CCCCCCC",
             version: &vy,

@@ -734,6 +734,15 @@ impl Receiver {
                 return;
             }
         };
+        // A newer version of an item waiting for a retry replaces it: the old one may never
+        // be applicable (its content gone, its folder replaced), and the new one decides.
+        if !self.retry.is_empty() {
+            let newer: BTreeSet<&str> = items
+                .iter()
+                .filter_map(|i| i.as_ref().ok().map(|i| i.path.as_str()))
+                .collect();
+            self.retry.retain(|r| !newer.contains(r.item.path.as_str()));
+        }
         // Counted as they are taken out again below: a refused item counts no bytes.
         let needed_bytes: u64 = items
             .iter()
@@ -1010,25 +1019,6 @@ impl Fetcher {
         if ignored {
             return Some(Prepared::Skip);
         }
-        let (root, path) = (self.src.root.clone(), item.path.clone());
-        // A failed check lets the item through to the source task, which checks again
-        // before it touches anything.
-        let blocked = tokio::task::spawn_blocking(move || apply::blocked_parent(&root, &path))
-            .await
-            .unwrap_or(None);
-        if let Some(parent) = blocked {
-            // Like `..`, a path through a symlink (which the peer may have made itself) would
-            // reach out of the source; it is refused, not retried, and nothing is fetched.
-            refuse(
-                &self.ctx,
-                &self.device_text,
-                &format!(
-                    "path {:?} goes through {parent:?}, which is not a folder here",
-                    item.path.as_str()
-                ),
-            );
-            return Some(Prepared::Skip);
-        }
         let prior = self
             .ctx
             .store
@@ -1049,6 +1039,38 @@ impl Fetcher {
                 }
                 Ordering::Dominates => {}
             }
+        }
+        if item.deleted {
+            // Whatever stands in the way, a deletion writes nothing: the source task decides.
+            return Some(Prepared::Apply(None, None));
+        }
+        let (root, path) = (self.src.root.clone(), item.path.clone());
+        // Only after the version check, so an outdated item never waits on its path.
+        // A failed check lets the item through to the source task, which checks again
+        // before it touches anything.
+        let blocked = tokio::task::spawn_blocking(move || {
+            apply::blocked_parent(&root, &path).map(|parent| {
+                let link = std::fs::symlink_metadata(root.join(&parent))
+                    .is_ok_and(|m| m.file_type().is_symlink());
+                (parent, link)
+            })
+        })
+        .await
+        .unwrap_or(None);
+        if let Some((parent, link)) = blocked {
+            let why = format!(
+                "path {:?} goes through {parent:?}, which is not a folder here",
+                item.path.as_str()
+            );
+            if link {
+                // Like `..`, a path through a symlink (which the peer may have made itself)
+                // would reach out of the source.
+                refuse(&self.ctx, &self.device_text, &why);
+            }
+            // Nothing is fetched now, but the item is not dropped either: a file here where
+            // the peer has a folder is a conflict in flight, which the folder wins, and then
+            // the item has somewhere to go.
+            return Some(Prepared::Retry(why));
         }
         let needs_content = item.meta.kind == ItemKind::File
             && !item.deleted

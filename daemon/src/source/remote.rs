@@ -118,7 +118,19 @@ impl SourceTask {
     pub(super) async fn apply_batch(&mut self, batch: Vec<RemoteApply>) -> Vec<ApplyOutcome> {
         let mut outcomes = vec![ApplyOutcome::Skipped; batch.len()];
         let mut stage: Vec<Staged> = Vec::new();
-        for (index, req) in batch.into_iter().enumerate() {
+        // Deletions first, deepest first: a folder the peer replaced by a file is emptied of
+        // what the peer saw before the file comes, so only what it never saw is moved aside.
+        // (Content was fetched before the batch came here, so order costs no reuse.)
+        let mut ordered: Vec<(usize, RemoteApply)> = batch.into_iter().enumerate().collect();
+        ordered.sort_by_key(|(i, r)| {
+            let depth = r.item.path.as_str().matches('/').count();
+            (
+                !r.item.deleted,
+                std::cmp::Reverse(if r.item.deleted { depth } else { 0 }),
+                *i,
+            )
+        });
+        for (index, req) in ordered {
             // The same path twice in one batch: the second is checked against the first's
             // result, so the first is written before.
             if stage.iter().any(|s| s.req.item.path == req.item.path) {
@@ -603,6 +615,24 @@ impl WriteJob {
             }));
         }
         apply::ensure_parents(root, &item.path)?;
+        if item.meta.kind != ItemKind::Directory && self.temp.is_some()
+            || item.meta.kind == ItemKind::Symlink
+        {
+            // A folder here still holding things the peer has not seen (its deletions of
+            // what it did see came first in the batch) gives way, but whole: it moves aside.
+            let (by, secs) = match &self.loser {
+                Some(l) => (l.by.clone(), l.unix_secs),
+                None => (String::new(), crate::events::unix_ms_now() / 1000),
+            };
+            let by = if by.is_empty() {
+                "LOCAL".to_owned()
+            } else {
+                by
+            };
+            if let Some(moved) = apply::move_folder_aside(root, &item.path, &by, secs)? {
+                conflict_copy = Some(moved);
+            }
+        }
         let meta = match item.meta.kind {
             ItemKind::File => match &self.temp {
                 Some(temp) => {
@@ -612,12 +642,19 @@ impl WriteJob {
                 }
                 None => apply::set_file_meta(root, &item.path, item.meta.mode, item.meta.mtime_ns)?,
             },
-            ItemKind::Directory => apply::make_dir(root, &item.path, item.meta.mode)?,
-            ItemKind::Symlink => apply::make_symlink(
-                root,
-                &item.path,
-                item.meta.symlink_target.as_deref().unwrap_or_default(),
-            )?,
+            ItemKind::Directory => {
+                // A file a folder replaces is kept like any replaced file.
+                crate::versions::keep(root, item.path.as_str(), true).map_err(keep_err)?;
+                apply::make_dir(root, &item.path, item.meta.mode)?
+            }
+            ItemKind::Symlink => {
+                crate::versions::keep(root, item.path.as_str(), false).map_err(keep_err)?;
+                apply::make_symlink(
+                    root,
+                    &item.path,
+                    item.meta.symlink_target.as_deref().unwrap_or_default(),
+                )?
+            }
         };
         let disturbed = item.meta.kind == ItemKind::File
             && (meta.size != item.meta.size || meta.mtime_ns != item.meta.mtime_ns);

@@ -790,7 +790,7 @@ pub(super) fn conflict_copies(c: &mut Connection, source_id: &str) -> Result<Vec
     let err = sql("listing conflict copies");
     let mut stmt = c
         .prepare_cached(
-            "SELECT path FROM items WHERE source_id = ?1 AND deleted = 0 AND kind != 1
+            "SELECT path FROM items WHERE source_id = ?1 AND deleted = 0
              AND path LIKE '%.sync-conflict-%' ORDER BY path",
         )
         .map_err(&err)?;
