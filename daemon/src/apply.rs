@@ -454,6 +454,9 @@ pub fn move_folder_aside(
         }
         fs::rename(&target, &full).map_err(err)?;
         sync_parent(root, item)?;
+        // A fetch may have been building a temp file in the folder for an item under it; that
+        // item's path now ends at a file, so nothing will ever finish or remove the temp there.
+        remove_stale_temps(&full);
         return Ok(Some(copy_path));
     }
     Err(err(io::Error::other(format!(
@@ -761,6 +764,7 @@ mod tests {
         );
         fs::create_dir(root.join("full")).unwrap();
         fs::write(root.join("full/kept.txt"), b"unseen").unwrap();
+        fs::write(root.join("full").join(format!("{TEMP_PREFIX}1")), b"half").unwrap();
         let moved = move_folder_aside(root, &p("full"), "ABCDEFG", 1_700_000_000)
             .unwrap()
             .unwrap();
@@ -770,6 +774,10 @@ mod tests {
             b"unseen"
         );
         assert!(!root.join("full").exists());
+        assert!(
+            !root.join(&moved).join(format!("{TEMP_PREFIX}1")).exists(),
+            "a fetch's temp file does not travel with the folder"
+        );
         assert_eq!(parse_conflict_name(&moved).unwrap().original, "full");
     }
 
