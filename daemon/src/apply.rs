@@ -375,18 +375,12 @@ pub fn keep_conflict_copy(
         action: "keeping the local version as a conflict copy",
         source,
     };
-    for n in 1..=MAX_SAME_NAMED_COPIES {
-        let suffix = if n == 1 {
-            String::new()
-        } else {
-            format!("-{n}")
-        };
-        let copy = format!("{stem}.sync-conflict-{stamp}-{device_short}{suffix}{ext}");
-        let copy_path = if dir.is_empty() {
-            copy
-        } else {
-            format!("{dir}/{copy}")
-        };
+    let base = if dir.is_empty() {
+        stem.to_owned()
+    } else {
+        format!("{dir}/{stem}")
+    };
+    for copy_path in conflict_names(&base, &stamp, device_short, &ext) {
         let full = root.join(&copy_path);
         // A hard link fails rather than replace an existing name; the unlink after it makes
         // the pair a move.
@@ -403,14 +397,36 @@ pub fn keep_conflict_copy(
             Err(e) => return Err(err(e)),
         }
     }
-    Err(err(io::Error::other(format!(
-        "{MAX_SAME_NAMED_COPIES} conflict copies of it from the same device and second exist \
-         already; move some of them away"
-    ))))
+    Err(err(too_many_copies()))
 }
 
 /// Conflict copies tried under one name before giving up.
 const MAX_SAME_NAMED_COPIES: u32 = 1000;
+
+/// The names a conflict copy of `base` (its path without the extension) may take, in order:
+/// `BASE.sync-conflict-STAMP-DEVICE.EXT`, then with `-2`, `-3`… before the extension.
+fn conflict_names<'a>(
+    base: &'a str,
+    stamp: &'a str,
+    device_short: &'a str,
+    ext: &'a str,
+) -> impl Iterator<Item = String> + 'a {
+    (1..=MAX_SAME_NAMED_COPIES).map(move |n| {
+        let suffix = if n == 1 {
+            String::new()
+        } else {
+            format!("-{n}")
+        };
+        format!("{base}.sync-conflict-{stamp}-{device_short}{suffix}{ext}")
+    })
+}
+
+fn too_many_copies() -> io::Error {
+    io::Error::other(format!(
+        "{MAX_SAME_NAMED_COPIES} conflict copies of it from the same device and second exist \
+         already; move some of them away"
+    ))
+}
 
 /// Moves a folder that holds something aside as `NAME.sync-conflict-YYYYMMDD-HHMMSS-DEVICE`,
 /// so a file or link from a peer can take its name without anything in it being lost (what is
@@ -436,16 +452,7 @@ pub fn move_folder_aside(
         return Ok(None);
     }
     let stamp = crate::events::utc_stamp(unix_secs);
-    for n in 1..=MAX_SAME_NAMED_COPIES {
-        let suffix = if n == 1 {
-            String::new()
-        } else {
-            format!("-{n}")
-        };
-        let copy_path = format!(
-            "{}.sync-conflict-{stamp}-{device_short}{suffix}",
-            item.as_str()
-        );
+    for copy_path in conflict_names(item.as_str(), &stamp, device_short, "") {
         let full = root.join(&copy_path);
         // Only this agent writes such names; a user racing it here loses nothing either, as
         // rename onto an existing non-empty folder fails.
@@ -459,10 +466,7 @@ pub fn move_folder_aside(
         remove_stale_temps(&full);
         return Ok(Some(copy_path));
     }
-    Err(err(io::Error::other(format!(
-        "{MAX_SAME_NAMED_COPIES} conflict copies of it from the same device and second exist \
-         already; move some of them away"
-    ))))
+    Err(err(too_many_copies()))
 }
 
 /// True when two paths hold the same symlink target or the same file bytes.
