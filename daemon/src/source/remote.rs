@@ -9,10 +9,10 @@
 //! instead of the scanner taking it for a local change. Must not: fetch content (the peer
 //! module does), or write anything before its intent is journaled.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::{AppliedRecord, SourceTask, TotalsDelta, check_marker};
 use crate::apply::{self, ApplyError, Removed};
@@ -21,7 +21,7 @@ use crate::index::{Ordering, VersionVector};
 use crate::item::{Content, Difference, ItemKind, Metadata, PriorItem};
 use crate::scanner::Scope;
 use crate::source::{ApplyOutcome, RemoteApply};
-use crate::universal::RemoteItem;
+use crate::universal::{ItemPath, RemoteItem};
 
 /// A remote difference that passed every check and waits to be written with its stage.
 struct Staged {
@@ -99,6 +99,29 @@ enum Disk {
     Blocked,
 }
 
+/// An item's prior state, or why it could not be read.
+type PriorLook = Result<Option<PriorItem>, String>;
+/// What the disk holds at an item's path, or why it could not be looked at.
+type DiskLook = Result<Disk, String>;
+
+/// Looks at an item's target on disk (run on the blocking pool). Behind a symlink (or a file)
+/// above the item lies nothing of the source: no check, version keeping or deletion may look
+/// or reach through it.
+fn look_at_disk(
+    root: &Path,
+    path: &ItemPath,
+    prior: Option<&PriorItem>,
+    scanned: bool,
+) -> DiskLook {
+    if apply::blocked_parent(root, path).is_some() {
+        return Ok(Disk::Blocked);
+    }
+    match scanned || apply::unchanged_since_scan(root, path, prior).map_err(|e| e.to_string())? {
+        true => Ok(Disk::AsRecorded),
+        false => Ok(Disk::ChangedHere),
+    }
+}
+
 /// What checking one remote difference came to.
 enum Check {
     Done(ApplyOutcome),
@@ -116,6 +139,8 @@ enum Check {
 impl SourceTask {
     /// Applies a batch of remote differences and commits them together.
     pub(super) async fn apply_batch(&mut self, batch: Vec<RemoteApply>) -> Vec<ApplyOutcome> {
+        let started = std::time::Instant::now();
+        let items = batch.len();
         let mut outcomes = vec![ApplyOutcome::Skipped; batch.len()];
         let mut stage: Vec<Staged> = Vec::new();
         // Deletions first, deepest first: a folder the peer replaced by a file is emptied of
@@ -130,15 +155,29 @@ impl SourceTask {
                 *i,
             )
         });
+        // Every item's prior state and disk look in one trip each, rather than two per item:
+        // they hold until this batch writes or scans something, after which items are
+        // looked up one by one again.
+        let mut looked_up = self.look_up(&ordered).await;
         for (index, req) in ordered {
             // The same path twice in one batch: the second is checked against the first's
             // result, so the first is written before.
             if stage.iter().any(|s| s.req.item.path == req.item.path) {
                 self.write_stage(&mut stage, &mut outcomes).await;
+                looked_up.clear();
             }
             let mut scanned = false;
             loop {
-                match self.check(&req, scanned).await {
+                let found = if scanned {
+                    None
+                } else {
+                    looked_up.remove(&index)
+                };
+                let checked = match found {
+                    Some((prior, disk)) => self.decide(&req, prior, disk),
+                    None => self.check(&req, scanned).await,
+                };
+                match checked {
                     Check::Done(outcome) => {
                         outcomes[index] = self.finish(&req, outcome);
                         break;
@@ -165,6 +204,7 @@ impl SourceTask {
                         // What this batch already wrote must be on record before the
                         // scanner looks.
                         self.write_stage(&mut stage, &mut outcomes).await;
+                        looked_up.clear();
                         if let Err(e) = self.flush_applied().await {
                             outcomes[index] = self.finish(&req, ApplyOutcome::Failed(e));
                             break;
@@ -178,7 +218,9 @@ impl SourceTask {
                 }
             }
         }
+        let checked_ms = started.elapsed().as_millis();
         self.write_stage(&mut stage, &mut outcomes).await;
+        let written_ms = started.elapsed().as_millis();
         if let Err(e) = self.flush_applied().await {
             warn!(error = %e, "cannot record applied differences");
             for o in &mut outcomes {
@@ -194,11 +236,78 @@ impl SourceTask {
             let force = std::mem::take(&mut self.disturbed);
             Box::pin(self.scan(Scope::Under(paths), force)).await;
         }
+        debug!(
+            items,
+            checked_ms,
+            written_ms,
+            ms = started.elapsed().as_millis(),
+            "applied a batch"
+        );
         outcomes
+    }
+
+    /// Prior state and disk look of every item of a batch, by batch position.
+    async fn look_up(
+        &self,
+        ordered: &[(usize, RemoteApply)],
+    ) -> HashMap<usize, (PriorLook, DiskLook)> {
+        let paths: Vec<String> = ordered
+            .iter()
+            .map(|(_, r)| r.item.path.to_string())
+            .collect();
+        let priors = match self.store.prior_items_at(self.cfg.id.clone(), paths).await {
+            Ok(p) => p,
+            // Each item asks again on its own and reports its own error.
+            Err(_) => return HashMap::new(),
+        };
+        let root = self.cfg.root.clone();
+        let jobs: Vec<(ItemPath, Option<PriorItem>)> = ordered
+            .iter()
+            .zip(&priors)
+            .map(|((_, r), p)| (r.item.path.clone(), p.clone()))
+            .collect();
+        let disks = tokio::task::spawn_blocking(move || {
+            jobs.iter()
+                .map(|(path, prior)| look_at_disk(&root, path, prior.as_ref(), false))
+                .collect::<Vec<_>>()
+        })
+        .await;
+        let Ok(disks) = disks else {
+            return HashMap::new();
+        };
+        ordered
+            .iter()
+            .map(|(i, _)| *i)
+            .zip(priors.into_iter().map(Ok).zip(disks))
+            .collect()
     }
 
     /// Decides what to do with one remote difference, against the state recorded now.
     async fn check(&mut self, req: &RemoteApply, scanned: bool) -> Check {
+        let item = &req.item;
+        let prior = self
+            .store
+            .prior_item(self.cfg.id.clone(), item.path.to_string())
+            .await
+            .map_err(|e| e.to_string());
+        let disk = match &prior {
+            Ok(p) => {
+                let (root, item_path, p) = (self.cfg.root.clone(), item.path.clone(), p.clone());
+                tokio::task::spawn_blocking(move || {
+                    look_at_disk(&root, &item_path, p.as_ref(), scanned)
+                })
+                .await
+                .unwrap_or_else(|e| Err(format!("apply task failed: {e}")))
+            }
+            // Not looked at: the prior state's error decides first.
+            Err(e) => Err(e.clone()),
+        };
+        self.decide(req, prior, disk)
+    }
+
+    /// Decides what to do with one remote difference, given the item's prior state and what
+    /// the disk holds at its path.
+    fn decide(&self, req: &RemoteApply, prior: PriorLook, disk: DiskLook) -> Check {
         let item = &req.item;
         if self.cfg.paused {
             return Check::Done(ApplyOutcome::Failed(
@@ -218,48 +327,22 @@ impl SourceTask {
         if ignored {
             return Check::Done(ApplyOutcome::Skipped);
         }
-        let prior = match self
-            .store
-            .prior_item(self.cfg.id.clone(), item.path.to_string())
-            .await
-        {
+        let prior = match prior {
             Ok(p) => p,
-            Err(e) => return Check::Done(ApplyOutcome::Failed(e.to_string())),
+            Err(e) => return Check::Done(ApplyOutcome::Failed(e)),
         };
-        // Behind a symlink (or a file) above the item lies nothing of the source: no check,
-        // version keeping or deletion may look or reach through it.
-        // One trip to the blocking pool for both looks at the disk.
-        let looked = {
-            let (root, item_path, p) = (self.cfg.root.clone(), item.path.clone(), prior.clone());
-            tokio::task::spawn_blocking(move || -> Result<Disk, ApplyError> {
-                // Behind a symlink (or a file) above the item lies nothing of the source: no
-                // check, version keeping or deletion may look or reach through it.
-                if apply::blocked_parent(&root, &item_path).is_some() {
-                    return Ok(Disk::Blocked);
-                }
-                if scanned || apply::unchanged_since_scan(&root, &item_path, p.as_ref())? {
-                    Ok(Disk::AsRecorded)
-                } else {
-                    Ok(Disk::ChangedHere)
-                }
-            })
-            .await
-        };
-        match looked {
-            Ok(Ok(Disk::AsRecorded)) => {}
-            Ok(Ok(Disk::ChangedHere)) => return Check::ScanFirst,
+        match disk {
+            Ok(Disk::AsRecorded) => {}
+            Ok(Disk::ChangedHere) => return Check::ScanFirst,
             // Nothing of the source is there to delete.
-            Ok(Ok(Disk::Blocked)) if item.deleted => return Check::Done(ApplyOutcome::Skipped),
-            Ok(Ok(Disk::Blocked)) => {
+            Ok(Disk::Blocked) if item.deleted => return Check::Done(ApplyOutcome::Skipped),
+            Ok(Disk::Blocked) => {
                 let refused = ApplyError::BadParent {
                     path: item.path.to_string(),
                 };
                 return Check::Done(ApplyOutcome::Failed(refused.to_string()));
             }
-            Ok(Err(e)) => return Check::Done(ApplyOutcome::Failed(e.to_string())),
-            Err(e) => {
-                return Check::Done(ApplyOutcome::Failed(format!("apply task failed: {e}")));
-            }
+            Err(e) => return Check::Done(ApplyOutcome::Failed(e)),
         }
         let mut conflict = false;
         if let Some(p) = &prior {

@@ -245,6 +245,21 @@ impl StoreHandle {
             .await
     }
 
+    /// The prior state of each of `paths`, in their order: one trip for a whole batch.
+    pub async fn prior_items_at(
+        &self,
+        source_id: String,
+        paths: Vec<String>,
+    ) -> Result<Vec<Option<crate::item::PriorItem>>> {
+        self.call(move |c| {
+            paths
+                .iter()
+                .map(|path| queries::prior_item(c, &source_id, path))
+                .collect()
+        })
+        .await
+    }
+
     /// Item paths of a source that look like conflict copies.
     pub async fn conflict_copies(&self, source_id: String) -> Result<Vec<String>> {
         self.call(move |c| queries::conflict_copies(c, &source_id))
