@@ -466,28 +466,41 @@ async fn read_chunk(
         return Err(format!("chunk length {} is out of range", req.len));
     }
     let path = ItemPath::parse(&req.path).map_err(|e| e.to_string())?;
-    let mut candidates = vec![(path, req.offset, req.len)];
+    // The named item almost always still has it; other local copies are looked up (a trip to
+    // the store) only when it does not.
+    if let Some(data) = read_verified(&src.root, path, req.offset, req.len, hash).await {
+        return Ok(data);
+    }
     let root_text = src.root.to_string_lossy().into_owned();
     if let Ok(others) = ctx.store.chunk_sources(hash).await {
         for o in others.into_iter().filter(|o| o.root == root_text) {
-            if let Ok(p) = ItemPath::parse(&o.path) {
-                candidates.push((p, o.offset, o.len));
+            if let Ok(p) = ItemPath::parse(&o.path)
+                && let Some(data) = read_verified(&src.root, p, o.offset, o.len, hash).await
+            {
+                return Ok(data);
             }
         }
     }
-    for (item, offset, len) in candidates {
-        let root = src.root.clone();
-        // Never through a symlink: the peer may have made links here itself, and an answer
-        // (even only "found" for a hash it guessed) would tell it what lies outside.
-        let read =
-            tokio::task::spawn_blocking(move || apply::read_range(&root, &item, offset, len)).await;
-        if let Ok(Ok(data)) = read
-            && Hash128::of(&data) == hash
-        {
-            return Ok(data);
-        }
-    }
     Err(format!("chunk {hash} of {} is no longer here", req.path))
+}
+
+/// A range of an item's file, if it is there and hashes to `hash`. Never through a symlink:
+/// the peer may have made links here itself, and an answer (even only "found" for a hash it
+/// guessed) would tell it what lies outside.
+async fn read_verified(
+    root: &std::path::Path,
+    item: ItemPath,
+    offset: u64,
+    len: u32,
+    hash: Hash128,
+) -> Option<Vec<u8>> {
+    let root = root.to_path_buf();
+    let read =
+        tokio::task::spawn_blocking(move || apply::read_range(&root, &item, offset, len)).await;
+    match read {
+        Ok(Ok(data)) if Hash128::of(&data) == hash => Some(data),
+        _ => None,
+    }
 }
 
 /// Streams this device's index of one source to the peer, from its cursor on, then live.
@@ -1085,70 +1098,92 @@ impl Fetcher {
 
     /// Builds the item's content in a temp file beside its target and verifies it.
     async fn build(&self, item: &RemoteItem) -> Result<BuiltTemp, String> {
+        // A file of one chunk (most small files) is fetched first and then created, written,
+        // flushed and checked in one trip to the blocking pool: each trip is two thread
+        // switches, and those dominated syncing many small files.
+        let first = match item.chunks.as_slice() {
+            [only] => Some((*only, self.getter(item).get(*only).await?)),
+            _ => None,
+        };
         let root = self.src.root.clone();
         let path = item.path.clone();
-        let size = item.meta.size;
-        let made = tokio::task::spawn_blocking(
-            move || -> Result<(std::path::PathBuf, std::fs::File), String> {
-                // Beside the target when its folder exists; otherwise in the source root, so
-                // folders are only ever made by applying their own items (a folder made early
-                // would look like a local change to the scanner).
-                let temp = if apply::parents_exist(&root, &path) {
-                    apply::temp_path(&root, &path)
-                } else {
-                    apply::temp_path_in_root(&root)
-                };
-                let f = std::fs::File::create(&temp)
-                    .map_err(|e| write_failed("creating a temp file", &e))?;
-                if let Err(e) = f.set_len(size) {
-                    let _ = std::fs::remove_file(&temp);
-                    return Err(write_failed("sizing the temp file", &e));
-                }
-                Ok((temp, f))
-            },
-        )
-        .await
-        .map_err(|e| e.to_string())??;
-        let (path, file) = made;
-        // Removed again however this ends short of a verified file, cancellation included.
-        let temp = BuiltTemp { path };
-        let file = Arc::new(file);
-        let result = self.fill(item, file.clone()).await;
-        let result = match result {
-            Ok(()) => {
-                let (temp2, path, hash) = (temp.path.clone(), item.path.clone(), item.hash);
-                // A one-chunk file's hash is its chunk's hash, already checked on arrival.
-                let whole_checked =
-                    matches!(item.chunks.as_slice(), [only] if Some(only.hash) == hash);
-                let verified = tokio::task::spawn_blocking(move || {
-                    file.sync_all()
-                        .map_err(|e| write_failed("flushing the temp file", &e))?;
-                    Ok(match hash {
-                        Some(h) if !whole_checked => apply::verify(&temp2, &path, h),
-                        _ => Ok(()),
-                    })
-                })
-                .await
-                .map_err(|e| e.to_string())
-                .and_then(|r| r)?;
-                match verified {
-                    Ok(()) => Ok(()),
-                    Err(e @ apply::ApplyError::HashMismatch { .. }) => {
-                        // Every chunk matched its own hash, so the content is what the chunk
-                        // list says: the peer announced a list and a whole hash that disagree.
-                        refuse(
-                            &self.ctx,
-                            &self.device_text,
-                            &format!("{}: its chunks do not match its content hash", item.path),
-                        );
-                        Err(e.to_string())
+        let (size, hash) = (item.meta.size, item.hash);
+        let one_chunk = first.is_some();
+        let made = tokio::task::spawn_blocking(move || -> Result<Made, String> {
+            // Beside the target when its folder exists; otherwise in the source root, so
+            // folders are only ever made by applying their own items (a folder made early
+            // would look like a local change to the scanner).
+            let temp = if apply::parents_exist(&root, &path) {
+                apply::temp_path(&root, &path)
+            } else {
+                apply::temp_path_in_root(&root)
+            };
+            let f = std::fs::File::create(&temp)
+                .map_err(|e| write_failed("creating a temp file", &e))?;
+            let filled = f
+                .set_len(size)
+                .map_err(|e| write_failed("sizing the temp file", &e))
+                .and_then(|()| match first {
+                    Some((chunk, data)) => {
+                        f.write_all_at(&data, chunk.offset)
+                            .map_err(|e| write_failed("writing the temp file", &e))?;
+                        // A one-chunk file's hash is its chunk's hash, checked on arrival.
+                        let whole_checked = hash == Some(chunk.hash);
+                        flush_and_verify(&f, &temp, &path, hash.filter(|_| !whole_checked))
                     }
-                    Err(e) => Err(e.to_string()),
+                    None => Ok(Ok(())),
+                });
+            match filled {
+                Ok(verified) => Ok(Made {
+                    temp,
+                    file: f,
+                    verified,
+                }),
+                Err(e) => {
+                    let _ = std::fs::remove_file(&temp);
+                    Err(e)
                 }
             }
-            Err(e) => Err(e),
+        })
+        .await
+        .map_err(|e| e.to_string())??;
+        // Removed again however this ends short of a verified file, cancellation included.
+        let temp = BuiltTemp { path: made.temp };
+        let verified = if one_chunk {
+            made.verified
+        } else {
+            let file = Arc::new(made.file);
+            self.fill(item, file.clone()).await?;
+            let (temp2, path) = (temp.path.clone(), item.path.clone());
+            tokio::task::spawn_blocking(move || flush_and_verify(&file, &temp2, &path, hash))
+                .await
+                .map_err(|e| e.to_string())??
         };
-        result.map(|()| temp)
+        match verified {
+            Ok(()) => Ok(temp),
+            Err(e @ apply::ApplyError::HashMismatch { .. }) => {
+                // Every chunk matched its own hash, so the content is what the chunk list
+                // says: the peer announced a list and a whole hash that disagree.
+                refuse(
+                    &self.ctx,
+                    &self.device_text,
+                    &format!("{}: its chunks do not match its content hash", item.path),
+                );
+                Err(e.to_string())
+            }
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    /// Gets one chunk of `item`'s content, from here or from a peer.
+    fn getter(&self, item: &RemoteItem) -> ChunkGetter {
+        ChunkGetter {
+            ctx: self.ctx.clone(),
+            device: self.device_text.clone(),
+            source: self.src.id.clone(),
+            path: item.path.to_string(),
+            fetch: self.fetch.clone(),
+        }
     }
 
     async fn fill(&self, item: &RemoteItem, file: Arc<std::fs::File>) -> Result<(), String> {
@@ -1157,13 +1192,7 @@ impl Fetcher {
         loop {
             while set.len() < CHUNK_WINDOW {
                 let Some(chunk) = chunks.next() else { break };
-                let getter = ChunkGetter {
-                    ctx: self.ctx.clone(),
-                    device: self.device_text.clone(),
-                    source: self.src.id.clone(),
-                    path: item.path.to_string(),
-                    fetch: self.fetch.clone(),
-                };
+                let getter = self.getter(item);
                 let file = file.clone();
                 set.spawn(async move {
                     let data = getter.get(chunk).await?;
@@ -1181,6 +1210,30 @@ impl Fetcher {
             }
         }
     }
+}
+
+/// A temp file made for an item, and whether its content checked out (when it was filled
+/// in the same trip).
+struct Made {
+    temp: std::path::PathBuf,
+    file: std::fs::File,
+    verified: Result<(), apply::ApplyError>,
+}
+
+/// Flushes a filled temp file to disk and checks its whole hash, when one is to be checked.
+/// The outer error is a failed write; the inner one what the check found.
+fn flush_and_verify(
+    file: &std::fs::File,
+    temp: &std::path::Path,
+    path: &ItemPath,
+    hash: Option<Hash128>,
+) -> Result<Result<(), apply::ApplyError>, String> {
+    file.sync_all()
+        .map_err(|e| write_failed("flushing the temp file", &e))?;
+    Ok(match hash {
+        Some(h) => apply::verify(temp, path, h),
+        None => Ok(()),
+    })
 }
 
 /// One chunk request on the wire, for the board's in-flight count.
