@@ -75,6 +75,10 @@ struct State {
     cut_at: Option<u64>,
     /// After each planned cut, the next one this many bytes later, this many more times.
     cut_every: Option<(u64, u64)>,
+    /// A planned cut is decided but not yet carried out: every read meanwhile is dropped,
+    /// since the connection it belongs to is about to be cut (counting it would put bytes
+    /// after the cut among those before it).
+    cutting: bool,
     flips: Flips,
 }
 
@@ -243,6 +247,7 @@ impl Shared {
 }
 
 fn cut_all(state: &mut State) -> usize {
+    state.cutting = false;
     let n = state.live.len();
     if n == 0 {
         return 0;
@@ -374,6 +379,13 @@ struct ReadPlan {
 /// in it, and decides on a planned cut.
 fn plan_read(shared: &Shared, data: &mut [u8]) -> ReadPlan {
     let mut state = shared.lock();
+    if state.cutting {
+        return ReadPlan {
+            forward: 0,
+            delay: Duration::ZERO,
+            cut: false,
+        };
+    }
     let start = state.counts.forwarded;
     let mut forward = data.len();
     let mut cut = false;
@@ -384,6 +396,7 @@ fn plan_read(shared: &Shared, data: &mut [u8]) -> ReadPlan {
             // torn record. At least one byte, so a cut always follows some traffic.
             forward = left.max(1);
             cut = true;
+            state.cutting = true;
             state.cut_at = None;
             if let Some((bytes, more)) = state.cut_every
                 && more > 0
