@@ -116,9 +116,10 @@ fn look_at_disk(
     if apply::blocked_parent(root, path).is_some() {
         return Ok(Disk::Blocked);
     }
-    match scanned || apply::unchanged_since_scan(root, path, prior).map_err(|e| e.to_string())? {
-        true => Ok(Disk::AsRecorded),
-        false => Ok(Disk::ChangedHere),
+    if scanned || apply::unchanged_since_scan(root, path, prior).map_err(|e| e.to_string())? {
+        Ok(Disk::AsRecorded)
+    } else {
+        Ok(Disk::ChangedHere)
     }
 }
 
@@ -282,7 +283,8 @@ impl SourceTask {
             .collect()
     }
 
-    /// Decides what to do with one remote difference, against the state recorded now.
+    /// Looks up one remote difference's prior state and disk on their own (outside a batch
+    /// lookup), then decides what to do with it.
     async fn check(&mut self, req: &RemoteApply, scanned: bool) -> Check {
         let item = &req.item;
         let prior = self
