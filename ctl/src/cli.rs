@@ -50,11 +50,15 @@ pub enum Command {
     Pause(OptionalSource),
     /// Start syncing a paused source again (all sources when ID is omitted)
     Resume(OptionalSource),
-    /// Wait until every source is in sync; exits 4 if the timeout passes first
+    /// Wait until every source is in sync with every device it is shared with; exits 4 if the
+    /// timeout passes first, naming each device not reached and why
     Wait {
         /// Give up after this many seconds (fractions allowed); without it, wait as long as it takes
         #[arg(long, value_name = "SECONDS", value_parser = parse_timeout)]
         timeout: Option<Duration>,
+        /// Only wait for the devices connected right now (a device not reached is not waited for)
+        #[arg(long)]
+        connected: bool,
     },
     /// Print live events, one line each, until interrupted (times are UTC)
     Watch,

@@ -154,7 +154,13 @@ pub async fn run<W: Write>(ctx: &mut Ctx<W>, command: Command) -> Result<Outcome
             let ack = ctx.client.resume(request(&target)).await?.into_inner();
             print_ack(ctx, &ack, &describe("resumed", &target))
         }
-        Command::Wait { timeout } => wait(ctx, cli::timeout_ms(timeout)).await,
+        Command::Wait { timeout, connected } => {
+            let req = WaitRequest {
+                timeout_ms: cli::timeout_ms(timeout),
+                connected_only: connected,
+            };
+            wait(ctx, req).await
+        }
         Command::Watch => watch(ctx).await,
     }
 }
@@ -235,12 +241,8 @@ async fn source_list<W: Write>(ctx: &mut Ctx<W>) -> Result<Outcome, Failure> {
     Ok(Outcome::Success)
 }
 
-async fn wait<W: Write>(ctx: &mut Ctx<W>, timeout_ms: u64) -> Result<Outcome, Failure> {
-    let reply = ctx
-        .client
-        .wait(WaitRequest { timeout_ms })
-        .await?
-        .into_inner();
+async fn wait<W: Write>(ctx: &mut Ctx<W>, req: WaitRequest) -> Result<Outcome, Failure> {
+    let reply = ctx.client.wait(req).await?.into_inner();
     if ctx.json {
         output::json_document(&mut ctx.out, &reply)?;
     } else {

@@ -121,6 +121,7 @@ impl Control for Fake {
             } else {
                 vec!["docs: 2 items to send".into()]
             },
+            unreached: Vec::new(),
         }))
     }
 

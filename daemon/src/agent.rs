@@ -16,24 +16,12 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::apply;
-use crate::config::{Config, Home, HomeLock};
-use crate::control;
+use crate::config::{Config, Home};
 use crate::events::{Event, EventBus, EventKind, unix_ms_now};
 use crate::identity::{DeviceId, Identity};
 use crate::peer::{self, PeerHandle, SharedSource, Sources};
 use crate::source::{self, SourceCommander, SourceConfig, SourceHandle, SourceStatus};
 use crate::store::{self, PeerRow, SourceRow, StoreHandle};
-
-/// Formats a source may name. Only `files` has a reader and writer in this build.
-pub const FORMATS: &[&str] = &[
-    "files",
-    "vcard-dir",
-    "vcard-file",
-    "ical-dir",
-    "ical-file",
-    "csv-contacts",
-];
-const AVAILABLE_FORMATS: &[&str] = &["files"];
 
 /// Why the agent could not start, or refused a request.
 #[derive(Debug, thiserror::Error)]
@@ -44,8 +32,6 @@ pub enum Error {
     Identity(#[from] crate::identity::Error),
     #[error(transparent)]
     Store(#[from] store::Error),
-    #[error("cannot serve the control socket {path}: {reason}")]
-    Control { path: PathBuf, reason: String },
     #[error("no source with id {0:?}; `tandemctl source list` shows the ids")]
     UnknownSource(String),
     #[error("no peer with device ID {0}; `tandemctl peer list` shows the known devices")]
@@ -299,13 +285,42 @@ impl AgentHandle {
     }
 }
 
-/// Runs the agent until `shutdown` is cancelled (or a signal arrives in `tandemd`).
-pub async fn run(
-    home: Home,
-    _lock: HomeLock,
-    listen: Option<SocketAddr>,
-    shutdown: CancellationToken,
-) -> Result<(), Error> {
+/// A started agent: its handle for the control service, and what [`Running::stop`] winds down.
+pub struct Running {
+    handle: AgentHandle,
+    agent: tokio::task::JoinHandle<()>,
+    cancel: CancellationToken,
+    store: StoreHandle,
+    store_thread: store::StoreThread,
+}
+
+impl Running {
+    /// A handle for the control service (or a test) to drive the agent with.
+    pub fn handle(&self) -> AgentHandle {
+        self.handle.clone()
+    }
+
+    /// Stops every source and peer task, waits for them, then closes the database.
+    pub async fn stop(self) {
+        info!("shutting down");
+        self.cancel.cancel();
+        drop(self.handle);
+        if let Err(e) = self.agent.await {
+            warn!(error = %e, "agent task ended abnormally");
+        }
+        drop(self.store);
+        // Joining a thread blocks: not on the runtime's own threads.
+        let thread = self.store_thread;
+        if let Err(e) = tokio::task::spawn_blocking(move || thread.join()).await {
+            warn!(error = %e, "closing the database failed");
+        }
+    }
+}
+
+/// Starts the agent in `home`: identity, database, peer listener, a task per source. The
+/// caller holds the home's lock, serves the control socket, and calls [`Running::stop`].
+pub async fn start(home: &Home, listen: Option<SocketAddr>) -> Result<Running, Error> {
+    let home = home.clone();
     let config = Config::load(&home)?;
     let listen = listen.unwrap_or(config.listen);
     let (listener, listen) = peer::bind(listen).await.map_err(|e| {
@@ -363,20 +378,13 @@ pub async fn run(
     };
     task.start_recorded().await?;
     let agent = tokio::spawn(task.run());
-
-    let served = control::serve(&home.control_socket(), handle.clone(), shutdown.clone()).await;
-    if let Err(e) = &served {
-        warn!(error = %e, "control socket failed; shutting down");
-    }
-    info!("shutting down");
-    sources_cancel.cancel();
-    drop(handle);
-    if let Err(e) = agent.await {
-        warn!(error = %e, "agent task ended abnormally");
-    }
-    drop(store);
-    store_thread.join();
-    served
+    Ok(Running {
+        handle,
+        agent,
+        cancel: sources_cancel,
+        store,
+        store_thread,
+    })
 }
 
 struct AgentTask {
@@ -531,10 +539,10 @@ impl AgentTask {
             created_unix_ms: unix_ms_now(),
             peers,
         };
-        source::create_marker(&root).map_err(|e| {
+        crate::layout::create_marker(&root).map_err(|e| {
             Error::Invalid(format!(
                 "cannot create the marker folder {}: {e}; the agent needs write access to the source",
-                source::marker_path(&root).display()
+                crate::layout::marker_path(&root).display()
             ))
         })?;
         self.store.add_source(row.clone()).await?;
@@ -580,18 +588,9 @@ fn validate_id(id: &str) -> Result<(), Error> {
 }
 
 fn validate_format(format: &str) -> Result<(), Error> {
-    if AVAILABLE_FORMATS.contains(&format) {
-        Ok(())
-    } else if FORMATS.contains(&format) {
-        Err(Error::Invalid(format!(
-            "format {format:?} is not available in this build yet; use --format files for now"
-        )))
-    } else {
-        Err(Error::Invalid(format!(
-            "unknown format {format:?}; known formats: {}",
-            FORMATS.join(", ")
-        )))
-    }
+    crate::formats::by_name(format)
+        .map(drop)
+        .map_err(|e| Error::Invalid(e.to_string()))
 }
 
 /// Checks a `host:port` to dial; empty means "the peer dials in".
@@ -696,11 +695,11 @@ mod tests {
     #[test]
     fn formats_are_checked() {
         assert!(validate_format("files").is_ok());
+        // A format this build has no module for is refused, naming the ones it has.
+        let refused = validate_format("vcard-dir").unwrap_err().to_string();
         assert!(
-            validate_format("vcard-dir")
-                .unwrap_err()
-                .to_string()
-                .contains("not available")
+            refused.contains("\"vcard-dir\"") && refused.contains("files"),
+            "{refused}"
         );
         assert!(
             validate_format("xml")

@@ -14,7 +14,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::chunker::{Hash128, hash_reader};
 use crate::item::{ItemKind, Metadata, PriorItem};
-use crate::scanner::{TEMP_PREFIX, mtime_ns};
+use crate::layout::TEMP_PREFIX;
+use crate::scanner::mtime_ns;
 use crate::universal::ItemPath;
 
 /// Why an item could not be applied; the target is untouched in every case.

@@ -12,6 +12,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::layout;
+
 /// Errors while preparing the home folder or reading its configuration.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -83,27 +85,27 @@ impl Home {
     }
     /// `config.toml`: settings the user may edit.
     pub fn config_file(&self) -> PathBuf {
-        self.root.join("config.toml")
+        self.root.join(layout::CONFIG_FILE)
     }
     /// Folder of the TLS certificate and key that make the device identity.
     pub fn identity_dir(&self) -> PathBuf {
-        self.root.join("identity")
+        self.root.join(layout::IDENTITY_DIR)
     }
     /// The SQLite database with the prior state of every source.
     pub fn database(&self) -> PathBuf {
-        self.root.join("tandem.db")
+        self.root.join(layout::DATABASE_FILE)
     }
     /// The owner-only Unix socket `tandemctl` talks to.
     pub fn control_socket(&self) -> PathBuf {
-        self.root.join("control.sock")
+        self.root.join(layout::CONTROL_SOCKET)
     }
     /// Folder of the agent's log files.
     pub fn log_dir(&self) -> PathBuf {
-        self.root.join("logs")
+        self.root.join(layout::LOG_DIR)
     }
     /// The lock file that keeps a second agent off this home.
     pub fn lock_file(&self) -> PathBuf {
-        self.root.join("tandemd.lock")
+        self.root.join(layout::LOCK_FILE)
     }
 
     /// Takes the home's lock for the life of the returned guard.

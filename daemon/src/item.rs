@@ -3,7 +3,7 @@
 //! Must not: do I/O. These are plain values; the store persists them, the scanner fills them.
 
 use crate::chunker::{ChunkRef, Hash128};
-use crate::index::VersionVector;
+use crate::index::{Contender, VersionVector};
 
 /// What kind of thing an item path names in a `files` source.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -74,6 +74,19 @@ pub struct PriorItem {
     /// Short ID of the device whose change made this version (`None` if recorded before
     /// that was kept).
     pub modified_by: Option<String>,
+}
+
+impl PriorItem {
+    /// This version as the conflict rule sees it.
+    pub fn contender(&self) -> Contender<'_> {
+        Contender {
+            deleted: self.deleted,
+            is_dir: self.meta.kind == ItemKind::Directory,
+            mtime_ns: self.meta.mtime_ns,
+            modified_by: self.modified_by.as_deref().unwrap_or_default(),
+            version: &self.version,
+        }
+    }
 }
 
 /// New content for an item, as a difference carries it.

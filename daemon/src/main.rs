@@ -1,4 +1,5 @@
-//! `tandemd`: the Tandem agent. Parses flags, takes the home, runs [`tandem::agent::run`].
+//! `tandemd`: the Tandem agent. Parses flags, takes the home, starts [`tandem::agent::start`], serves
+//! [`tandem::control::serve`] until a signal, then stops the agent.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -50,8 +51,18 @@ fn run(args: Args) -> anyhow::Result<()> {
             wait_for_signal().await;
             on_signal.cancel();
         });
-        tandem::agent::run(home, lock, args.listen, shutdown).await
+        let running = tandem::agent::start(&home, args.listen)
+            .await
+            .map_err(anyhow::Error::from)?;
+        let served =
+            tandem::control::serve(&home.control_socket(), running.handle(), shutdown).await;
+        if let Err(e) = &served {
+            tracing::warn!(error = %e, "control socket failed; shutting down");
+        }
+        running.stop().await;
+        served.map_err(anyhow::Error::from)
     })?;
+    drop(lock);
     Ok(())
 }
 

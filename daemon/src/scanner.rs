@@ -14,11 +14,8 @@ use std::time::{Duration, SystemTime};
 
 use crate::chunker;
 use crate::item::{Content, ItemKind, Metadata, PriorItem};
-
-/// Name of the agent's own folder in a source root; never scanned, never synced.
-pub const AGENT_DIR: &str = ".tandem";
-/// Prefix of the agent's temp files; never scanned.
-pub const TEMP_PREFIX: &str = ".tandem-tmp-";
+use crate::layout::is_internal;
+pub use crate::layout::is_under;
 
 /// A file modified this recently may change again within the same mtime tick, which a stat
 /// cannot see; such files are hashed once more after this long (the "racy" check).
@@ -175,21 +172,6 @@ fn minimal_roots(paths: &[String]) -> Vec<String> {
         }
     }
     out
-}
-
-/// True when item path `p` lies strictly under `dir`.
-pub fn is_under(p: &str, dir: &str) -> bool {
-    p.len() > dir.len() && p.starts_with(dir) && p.as_bytes()[dir.len()] == b'/'
-}
-
-/// True for names the scanner never reports: the agent's own folder and temp files.
-pub fn is_internal(item_path: &str) -> bool {
-    item_path == AGENT_DIR
-        || is_under(item_path, AGENT_DIR)
-        || item_path
-            .rsplit('/')
-            .next()
-            .is_some_and(|name| name.starts_with(TEMP_PREFIX))
 }
 
 struct Walker<'a> {

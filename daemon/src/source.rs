@@ -17,9 +17,11 @@ use tracing::{Instrument, debug, info, warn};
 
 use crate::apply;
 use crate::events::{Event, EventBus, EventKind, unix_ms_now};
+use crate::formats::{self, Format};
 use crate::ignores::{IGNORE_FILE, Ignores};
 use crate::index::{ShortId, VersionVector};
 use crate::item::{Content, Difference, PriorItem};
+use crate::layout::{create_marker, marker_path};
 use crate::scanner::{self, Found, ScanError, ScanRequest, Scope, Sink};
 use crate::store::{self, StoreHandle, Totals};
 use crate::universal::RemoteItem;
@@ -260,10 +262,37 @@ pub fn spawn(
         pending: !cfg.paused,
         ignores: Arc::new(Ignores::default()),
     };
+    let format = formats::by_name(&cfg.format);
     let (status_tx, status_rx) = watch::channel(status);
     let (tx, rx) = mpsc::channel(64);
     let span = tracing::info_span!("source", id = %cfg.id);
+    let format = match format {
+        Ok(format) => format,
+        Err(e) => {
+            // Recorded by a build that knew this format: keep it, do nothing with it, say why.
+            let message = format!("{e} (this build cannot read the source's format)");
+            warn!(source = %cfg.id, error = %message, "source not started");
+            status_tx.send_modify(|s| {
+                s.state = State::Error;
+                s.error = Some(message);
+                s.pending = false;
+            });
+            let stopped = cancel.clone();
+            let join = tokio::spawn(async move {
+                let _keep_status = status_tx;
+                let _keep_inbox = rx;
+                stopped.cancelled().await;
+            });
+            return SourceHandle {
+                tx,
+                status: status_rx,
+                cancel,
+                join,
+            };
+        }
+    };
     let task = SourceTask {
+        format,
         debouncer: Debouncer::new(cfg.debounce, cfg.debounce_max),
         cfg,
         store,
@@ -293,6 +322,8 @@ pub fn spawn(
 
 struct SourceTask {
     cfg: SourceConfig,
+    /// How the source's data is read and written.
+    format: &'static dyn Format,
     store: StoreHandle,
     events: EventBus,
     changed: Arc<Notify>,
@@ -677,13 +708,14 @@ impl SourceTask {
         };
 
         let (tx, mut rx) = mpsc::channel::<Batch>(4);
+        let format = self.format;
         let scan = tokio::task::spawn_blocking(move || {
             let mut sink = BatchSink {
                 tx,
                 batch: Batch::default(),
                 last_flush: std::time::Instant::now(),
             };
-            let result = scanner::scan(req, &mut sink);
+            let result = format.read(req, &mut sink);
             sink.flush();
             result
         });
@@ -882,23 +914,6 @@ impl SourceTask {
             }
         });
         Ok(())
-    }
-}
-
-/// The marker folder every source root holds: the agent's own folder in it.
-pub fn marker_path(root: &std::path::Path) -> PathBuf {
-    root.join(scanner::AGENT_DIR)
-}
-
-/// Creates a source root's marker folder (owner-only; it also keeps the agent's own files).
-pub fn create_marker(root: &std::path::Path) -> std::io::Result<()> {
-    use std::os::unix::fs::DirBuilderExt;
-    match std::fs::DirBuilder::new()
-        .mode(0o700)
-        .create(marker_path(root))
-    {
-        Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => Err(e),
-        _ => Ok(()),
     }
 }
 

@@ -8,9 +8,9 @@ use std::fmt;
 use tandem_proto::peer as pb;
 
 use crate::chunker::{ChunkRef, Hash128, MAX_CHUNK_SIZE};
-use crate::index::{Contender, VersionVector, remote_wins};
+use crate::index::{self, Contender, Decision, VersionVector};
 use crate::item::{ItemKind, Metadata};
-use crate::scanner::{AGENT_DIR, TEMP_PREFIX};
+use crate::layout::{AGENT_DIR, TEMP_PREFIX};
 
 /// Longest item path accepted, in bytes (Linux PATH_MAX).
 pub const MAX_PATH_BYTES: usize = 4096;
@@ -114,23 +114,23 @@ pub struct RemoteItem {
 }
 
 impl RemoteItem {
-    /// The conflict rule applied to this item against a concurrent local one.
-    pub fn wins_over(&self, local: &crate::item::PriorItem) -> bool {
-        let mine = Contender {
-            deleted: local.deleted,
-            is_dir: local.meta.kind == ItemKind::Directory,
-            mtime_ns: local.meta.mtime_ns,
-            modified_by: local.modified_by.as_deref().unwrap_or_default(),
-            version: &local.version,
-        };
-        let theirs = Contender {
+    /// This version as the conflict rule sees it.
+    pub fn contender(&self) -> Contender<'_> {
+        Contender {
             deleted: self.deleted,
             is_dir: self.meta.kind == ItemKind::Directory,
             mtime_ns: self.meta.mtime_ns,
             modified_by: self.modified_by.as_deref().unwrap_or_default(),
             version: &self.version,
-        };
-        remote_wins(mine, theirs)
+        }
+    }
+
+    /// The one decision ([`index::decide`]) on this item against its prior state here.
+    pub fn decide(&self, prior: Option<&crate::item::PriorItem>) -> Decision {
+        index::decide(
+            self.contender(),
+            prior.map(crate::item::PriorItem::contender),
+        )
     }
 }
 

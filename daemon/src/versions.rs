@@ -10,12 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use crate::events::utc_stamp;
-use crate::scanner::AGENT_DIR;
-
-/// Folder of kept versions inside a source root.
-pub fn versions_dir(root: &Path) -> PathBuf {
-    root.join(AGENT_DIR).join("versions")
-}
+pub use crate::layout::versions_dir;
 
 /// One kept version.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -13,7 +13,7 @@ use notify::{RecursiveMode, Watcher as _};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use crate::scanner::is_internal;
+use crate::layout::is_internal;
 
 /// What the watcher tells the source task.
 #[derive(Debug, Clone, PartialEq, Eq)]

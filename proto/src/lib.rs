@@ -1,6 +1,11 @@
 //! Generated protobuf and gRPC types shared by `tandemd` and `tandemctl`.
 //!
-//! Nothing hand-written lives here beyond the re-exports: change the `.proto` files instead.
+//! Nothing hand-written lives here beyond the re-exports and the protocol's version number:
+//! change the `.proto` files instead.
+
+/// The version of `peer.proto` this build speaks. Raise it with any change an older build
+/// would misread; devices refuse a hello that names another version.
+pub const PEER_PROTOCOL: u32 = 2;
 
 /// Messages and service of `control.proto`: `tandemctl` ⇄ the local `tandemd`.
 pub mod control {

@@ -155,20 +155,31 @@ impl HostilePeer {
         }
     }
 
-    /// Says hello as `device_id`, claiming to share `sources` (cursors at zero).
+    /// Says hello as `device_id`, claiming to share `sources` as files (cursors at zero), in
+    /// the protocol version this build speaks.
     pub fn hello(&self, device_id: &str, sources: &[&str]) {
+        self.hello_as(device_id, sources, tandem_proto::PEER_PROTOCOL, "files");
+    }
+
+    /// Says hello as `device_id` in protocol version `protocol`, claiming to keep `sources`
+    /// as data of `kind`.
+    pub fn hello_as(&self, device_id: &str, sources: &[&str], protocol: u32, kind: &str) {
         let sources = sources
             .iter()
             .map(|s| pb::SourceCursor {
                 source: (*s).to_owned(),
                 applied: 0,
                 local: self.next_sequence,
+                kind: kind.to_owned(),
+                format: "hostile".to_owned(),
             })
             .collect();
         self.send(Body::Hello(pb::Hello {
             device_id: device_id.to_owned(),
             version: "hostile".to_owned(),
             sources,
+            protocol,
+            capabilities: Vec::new(),
         }));
     }
 

@@ -17,6 +17,7 @@ pub mod peers;
 pub mod prior;
 pub mod process;
 pub mod proxy;
+pub mod skip;
 pub mod tree;
 mod watch;
 
@@ -31,6 +32,7 @@ use serde_json::Value;
 use tempfile::TempDir;
 
 pub use crate::peers::{pair, settle, two_sharing};
+pub use crate::skip::skip;
 pub use crate::watch::{EVENT_DEADLINE, Watch};
 
 /// Longest a fresh `tandemd` may take to answer `tandemctl id`.
@@ -84,10 +86,10 @@ impl Agent {
             return Some(Agent::start());
         }
         if !Path::new(SETPRIV).is_file() {
-            eprintln!(
-                "skipped: running as root, where file permissions do not stop reads, and \
+            skip(&format!(
+                "running as root, where file permissions do not stop reads, and \
                  {SETPRIV} (util-linux) is missing to drop that power; install util-linux"
-            );
+            ));
             return None;
         }
         let probe = Command::new(SETPRIV)
@@ -97,15 +99,15 @@ impl Agent {
         match probe {
             Ok(out) if out.status.success() => Some(Agent::launch(Launch::WithoutDacOverride)),
             Ok(out) => {
-                eprintln!(
-                    "skipped: running as root and {SETPRIV} cannot drop dac_override here ({}): {}",
+                skip(&format!(
+                    "running as root and {SETPRIV} cannot drop dac_override here ({}): {}",
                     out.status,
                     String::from_utf8_lossy(&out.stderr).trim()
-                );
+                ));
                 None
             }
             Err(e) => {
-                eprintln!("skipped: running as root and {SETPRIV} cannot run: {e}");
+                skip(&format!("running as root and {SETPRIV} cannot run: {e}"));
                 None
             }
         }
@@ -245,6 +247,16 @@ impl Agent {
         run_ctl(&self.home, args)
     }
 
+    /// Runs `tandemctl --home HOME ARGS…` without `--json`: what a person sees.
+    pub fn plain(&self, args: &[&str]) -> Output {
+        let mut cmd = Command::new(bins::tandemctl());
+        cmd.arg("--home")
+            .arg(&self.home)
+            .args(args)
+            .env_remove("TANDEM_HOME");
+        process::run_bounded(&mut cmd, CTL_LIMIT)
+    }
+
     /// Runs a `tandemctl --json` command that must succeed, and parses what it prints.
     pub fn json(&self, args: &[&str]) -> Value {
         let mut cmd = ctl_command(&self.home, args);
@@ -296,10 +308,23 @@ impl Agent {
         self.json(&["source", "add", id, path])
     }
 
-    /// `tandemctl wait --timeout T`, which must report every source in sync.
+    /// `tandemctl wait --timeout T`, which must report every source in sync with every device
+    /// it is shared with.
     pub fn wait(&self, timeout: Duration) {
+        self.wait_with(timeout, &[]);
+    }
+
+    /// `tandemctl wait --connected --timeout T`: in sync with the devices connected now (those
+    /// not reached are not waited for), which must be reported.
+    pub fn wait_connected(&self, timeout: Duration) {
+        self.wait_with(timeout, &["--connected"]);
+    }
+
+    fn wait_with(&self, timeout: Duration, flags: &[&str]) {
         let secs = format!("{:.3}", timeout.as_secs_f64());
-        let mut cmd = ctl_command(&self.home, &["wait", "--timeout", &secs]);
+        let mut args = vec!["wait", "--timeout", &secs];
+        args.extend_from_slice(flags);
+        let mut cmd = ctl_command(&self.home, &args);
         let out = process::run_bounded(&mut cmd, timeout + CTL_LIMIT);
         if !out.status.success() {
             let status = self.ctl(&["status"]);

@@ -85,16 +85,17 @@ impl Agent {
     }
 
     /// Waits until this agent is connected to every one of `peers` and in sync with them:
-    /// `tandemctl wait` succeeds and `status --json` then shows every source shared with
-    /// them `in_sync` with each. (Right after connecting, `wait` may pass before the peers
-    /// have said which sources they share; the status check catches that, and waits again.)
+    /// `tandemctl wait --connected` succeeds and `status --json` then shows every source
+    /// shared with them `in_sync` with each. (Other devices a source is shared with may be
+    /// down; `--connected` does not wait for them, and the status check names the ones that
+    /// count.)
     pub fn sync_with(&self, peers: &[&Agent], timeout: Duration) {
         let deadline = Instant::now() + timeout;
         self.await_connected(peers, timeout);
         let devices: Vec<String> = peers.iter().map(|p| p.device_id()).collect();
         let mut last = Value::Null;
         let synced = backoff::retry_with_backoff(left(deadline), || {
-            self.wait(left(deadline).max(MIN_WAIT));
+            self.wait_connected(left(deadline).max(MIN_WAIT));
             last = self.status();
             devices.iter().all(|d| in_sync(&last, d)).then_some(())
         });

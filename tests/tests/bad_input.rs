@@ -46,6 +46,22 @@ fn adding_a_path_that_does_not_exist_names_the_path() {
 }
 
 #[test]
+fn an_unknown_format_is_refused_with_the_list_of_formats() {
+    let agent = Agent::start();
+    let data = agent.data_dir("docs");
+    let shown = data.to_str().expect("UTF-8 temp path");
+    let stderr = agent.fails(&["source", "add", "x", shown, "--format", "nope"], 1);
+    assert!(stderr.contains("\"nope\""), "{stderr}");
+    assert!(stderr.contains("known formats: files"), "{stderr}");
+    let list = agent.json(&["source", "list"]);
+    assert_eq!(
+        list["sources"].as_array().map(Vec::len).unwrap_or(0),
+        0,
+        "{list:#}"
+    );
+}
+
+#[test]
 fn adding_the_same_id_twice_is_refused() {
     let agent = Agent::start();
     let first = agent.data_dir("one");

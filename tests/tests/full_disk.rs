@@ -64,7 +64,9 @@ fn a_full_disk_fails_one_item_clearly_and_it_arrives_once_there_is_space() {
     let disk = match SmallDisk::mount(&db, "4m") {
         Ok(disk) => disk,
         Err(why) => {
-            eprintln!("skipped: this test needs to mount a small tmpfs as root: {why}");
+            tandem_tests::skip(&format!(
+                "this test needs to mount a small tmpfs as root: {why}"
+            ));
             return;
         }
     };

@@ -528,3 +528,87 @@ fn an_oversized_frame_drops_the_connection_and_the_agent_carries_on() {
     expected.insert("docs/ok.txt".to_owned(), *entry);
     assert_eq!(after, expected, "only the legitimate item was written");
 }
+
+#[test]
+fn a_peer_speaking_another_protocol_version_is_refused_naming_both_versions() {
+    let s = Scene::new();
+    let m = HostilePeer::connect_with_retry(&s.a.listen(), &s.key, LIMIT);
+    let hello = m.agent_hello(LIMIT);
+    assert_eq!(hello.protocol, tandem_proto::PEER_PROTOCOL, "{hello:?}");
+    assert!(
+        hello.capabilities.iter().any(|c| c == "kind:files"),
+        "{hello:?}"
+    );
+    assert!(hello.sources.iter().all(|c| c.kind == "files"), "{hello:?}");
+
+    let newer = tandem_proto::PEER_PROTOCOL + 1;
+    m.hello_as(s.m_id(), &["docs"], newer, "files");
+    assert!(
+        m.wait_closed(LIMIT).is_some(),
+        "A kept a connection that speaks protocol {newer}"
+    );
+    let theirs = format!("protocol {newer}");
+    let ours = format!("protocol {}", tandem_proto::PEER_PROTOCOL);
+    let named = backoff::retry_with_backoff(LIMIT, || {
+        let status = s.a.status();
+        let peer = status["peers"]
+            .as_array()?
+            .iter()
+            .find(|p| p["device_id"] == s.m_id())?
+            .clone();
+        let error = peer["last_error"].as_str()?.to_owned();
+        (error.contains(&theirs) && error.contains(&ours)).then_some(())
+    });
+    assert!(
+        named.is_some(),
+        "status does not name both versions:\n{:#}",
+        s.a.status()
+    );
+    s.expect_logged(&theirs);
+    // `wait` names M as not reached, and why.
+    let out = s.a.ctl(&["wait", "--timeout", "1"]);
+    assert_eq!(out.status.code(), Some(4));
+    let reply: Value = serde_json::from_slice(&out.stdout).expect("wait --json prints JSON");
+    let reason = reply["unreached"]
+        .as_array()
+        .and_then(|all| all.iter().find(|u| u["device_id"] == s.m_id()))
+        .and_then(|u| u["reason"].as_str())
+        .unwrap_or_default();
+    assert!(reason.contains(&theirs), "{reply:#}");
+
+    // Speaking the same protocol again, M is taken back.
+    let mut m = s.connect(&["docs"]);
+    let item = m.file("ok.txt", b"same protocol again");
+    m.update("docs", vec![item]);
+    s.expect_landed("ok.txt", b"same protocol again");
+}
+
+#[test]
+fn a_peer_keeping_the_source_as_another_kind_of_data_is_refused_for_that_source() {
+    let s = Scene::new();
+    let before = s.disk();
+    let mut m = HostilePeer::connect_with_retry(&s.a.listen(), &s.key, LIMIT);
+    m.agent_hello(LIMIT);
+    m.hello_as(s.m_id(), &["docs"], tandem_proto::PEER_PROTOCOL, "contacts");
+    let said = backoff::retry_with_backoff(LIMIT, || {
+        let error = s.progress()["last_error"].as_str()?.to_owned();
+        (error.contains("contacts") && error.contains("files")).then_some(())
+    });
+    assert!(
+        said.is_some(),
+        "A's status does not say the kinds differ:\n{:#}",
+        s.a.status()
+    );
+    // Nothing M sends for the refused source lands.
+    s.expect_refused("an update for a source refused for its kind", || {
+        let item = m.file("contact.vcf", b"BEGIN:VCARD");
+        m.update("docs", vec![item]);
+    });
+    assert_eq!(s.disk(), before, "nothing was written");
+    let out = s.a.ctl(&["wait", "--timeout", "1"]);
+    assert_eq!(
+        out.status.code(),
+        Some(4),
+        "a refused source is not in sync"
+    );
+}

@@ -473,7 +473,8 @@ fn an_unknown_device_is_refused_until_it_is_added() {
             .is_some_and(|all| all.iter().all(|p| p["device_id"] != c_id.as_str())),
         "{last:#}"
     );
-    a.wait(SYNC);
+    // C is not a peer of A, so only the connected-devices meaning of `wait` can end.
+    a.wait_connected(SYNC);
     assert_eq!(names(&da), set(&["a.txt"]));
     assert!(!a.prior_state("docs").contains_key("intruder.txt"));
     let seen_by_c = c.progress("docs", &a);

@@ -19,17 +19,26 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
 use crate::agent::{AddSource, AgentHandle, Error};
+
+/// Why the control socket could not be served.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot serve the control socket {path}: {reason}")]
+pub struct ServeError {
+    path: std::path::PathBuf,
+    reason: String,
+}
 use crate::events::{Event, unix_ms_now};
 use crate::peer::Board;
 use crate::source::{SourceStatus, State};
+use crate::sync_state::{self, Members};
 
 /// Serves the control socket until `shutdown` is cancelled; removes the socket afterwards.
 pub async fn serve(
     path: &Path,
     agent: AgentHandle,
     shutdown: CancellationToken,
-) -> Result<(), Error> {
-    let err = |reason: String| Error::Control {
+) -> Result<(), ServeError> {
+    let err = |reason: String| ServeError {
         path: path.to_path_buf(),
         reason,
     };
@@ -87,7 +96,7 @@ fn progress_pb(s: &SourceStatus, board: &Board) -> Vec<pb::PeerProgress> {
             pb::PeerProgress {
                 device_id: device.clone(),
                 connected,
-                in_sync: connected && p.shared_by_peer && p.in_sync(s.totals.sequence),
+                in_sync: sync_state::in_sync_with(s, device, board),
                 needed_items: p.needed_items,
                 needed_bytes: p.needed_bytes,
                 in_flight: p.in_flight,
@@ -95,7 +104,12 @@ fn progress_pb(s: &SourceStatus, board: &Board) -> Vec<pb::PeerProgress> {
                 fetched_bytes: p.fetched_bytes,
                 reused_bytes: p.reused_bytes,
                 sent_items: p.sent_items,
-                last_error: p.last_error,
+                // A source refused with this peer says why before anything else.
+                last_error: if p.refused.is_empty() {
+                    p.last_error
+                } else {
+                    p.refused
+                },
             }
         })
         .collect()
@@ -164,47 +178,28 @@ fn ack(verb: &str, n: usize) -> Response<pb::Ack> {
     })
 }
 
-/// One line per source (and per source and peer) that is not in sync yet.
-fn pending_lines(statuses: &[SourceStatus], board: &Board) -> Vec<String> {
-    let mut lines = Vec::new();
-    for s in statuses {
-        if !s.settled() {
-            lines.push(match s.state {
-                State::Error => format!(
-                    "{}: stopped: {}",
-                    s.id,
-                    s.error.as_deref().unwrap_or("unknown error")
-                ),
-                State::Scanning if s.scans == 0 => format!("{}: first scan not finished", s.id),
-                _ => format!("{}: changes waiting to be scanned", s.id),
-            });
+/// The reply to `wait`: in sync, or each thing still pending, and the devices not reached.
+fn wait_reply(pending: &[sync_state::Pending]) -> pb::WaitReply {
+    let mut unreached: Vec<pb::Unreached> = Vec::new();
+    for p in pending.iter().filter(|p| p.why.unreached()) {
+        let Some(device) = &p.device else { continue };
+        if unreached.iter().any(|u| u.device_id == *device) {
             continue;
         }
-        if s.state == State::Paused {
-            continue;
+        let mut line = p.to_string();
+        if let Some(at) = line.find("not reached: ") {
+            line = line[at + "not reached: ".len()..].to_owned();
         }
-        for device in &s.peers {
-            let Some(peer) = board.peers.get(device).filter(|p| p.connected) else {
-                continue;
-            };
-            let Some(p) = peer.sources.get(&s.id).filter(|p| p.shared_by_peer) else {
-                continue;
-            };
-            if !p.in_sync(s.totals.sequence) {
-                let short: String = device.chars().take(7).collect();
-                lines.push(format!(
-                    "{}: peer {short}: {} items ({} bytes) to fetch, {} chunks in flight, it has applied {} of {} changes",
-                    s.id,
-                    p.needed_items,
-                    p.needed_bytes,
-                    p.in_flight,
-                    p.peer_applied.min(s.totals.sequence),
-                    s.totals.sequence
-                ));
-            }
-        }
+        unreached.push(pb::Unreached {
+            device_id: device.clone(),
+            reason: line,
+        });
     }
-    lines
+    pb::WaitReply {
+        in_sync: pending.is_empty(),
+        pending: pending.iter().map(ToString::to_string).collect(),
+        unreached,
+    }
 }
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<pb::Event, Status>> + Send>>;
@@ -328,7 +323,13 @@ impl Control for ControlService {
     }
 
     async fn wait(&self, req: Request<pb::WaitRequest>) -> Result<Response<pb::WaitReply>, Status> {
-        let timeout_ms = req.into_inner().timeout_ms;
+        let req = req.into_inner();
+        let timeout_ms = req.timeout_ms;
+        let members = if req.connected_only {
+            Members::Connected
+        } else {
+            Members::All
+        };
         let deadline = (timeout_ms > 0)
             .then(|| tokio::time::Instant::now() + Duration::from_millis(timeout_ms));
         let receivers = self.agent.subscribe().await.map_err(status_of)?;
@@ -340,22 +341,16 @@ impl Control for ControlService {
             notified.as_mut().enable();
             let statuses: Vec<SourceStatus> =
                 receivers.iter().map(|r| r.borrow().clone()).collect();
-            let pending = pending_lines(&statuses, &self.agent.peers.board());
+            let pending = sync_state::pending(&statuses, &self.agent.peers.board(), members);
             // A stopped source will not sync by waiting; say so at once.
             let stopped = statuses.iter().any(|s| s.state == State::Error);
             if pending.is_empty() || stopped {
-                return Ok(Response::new(pb::WaitReply {
-                    in_sync: pending.is_empty(),
-                    pending,
-                }));
+                return Ok(Response::new(wait_reply(&pending)));
             }
             match deadline {
                 Some(deadline) => {
                     if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                        return Ok(Response::new(pb::WaitReply {
-                            in_sync: false,
-                            pending,
-                        }));
+                        return Ok(Response::new(wait_reply(&pending)));
                     }
                 }
                 None => notified.await,

@@ -1,6 +1,6 @@
-//! Index: the rules that decide how differences relate to each other. Today it
-//! holds version vectors; local sequences, the conflict winner and the
-//! three-way record merge will live here too.
+//! Index: the rules that decide how differences relate to each other: version vectors,
+//! the conflict winner, and the one decision on a remote item ([`decide`]). The three-way
+//! record merge will live here too.
 //!
 //! Must not: do any I/O. Everything here is pure and deterministic, so every
 //! device reaches the same decision from the same inputs.
@@ -19,6 +19,48 @@ pub struct Contender<'a> {
     /// Short ID of the device whose change this version is ("" if unknown).
     pub modified_by: &'a str,
     pub version: &'a VersionVector,
+}
+
+/// What to do with a remote version of an item, against what this device recorded for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    /// New here, or newer than what is here: apply it.
+    Apply,
+    /// Concurrent with the local version and it wins the conflict rule: apply it under the
+    /// merged vector; `keep_local` when the losing local version is live and is kept as a
+    /// conflict copy (a local deletion that loses leaves nothing to keep).
+    Conflict { keep_local: bool },
+    /// The same version is here already.
+    Equal,
+    /// This device has a newer version.
+    Dominated,
+    /// Concurrent, and the local version wins: nothing to do here (the peer will take ours).
+    LocalWins,
+}
+
+impl Decision {
+    /// True when the remote version is to be written.
+    pub fn applies(self) -> bool {
+        matches!(self, Decision::Apply | Decision::Conflict { .. })
+    }
+}
+
+/// The one decision on a remote item, the same on every device given the same two versions:
+/// the receiver calls it before fetching (to fetch nothing that would not be applied) and
+/// again right before writing (with the state then).
+pub fn decide(remote: Contender<'_>, local: Option<Contender<'_>>) -> Decision {
+    let Some(local) = local else {
+        return Decision::Apply;
+    };
+    match remote.version.compare(local.version) {
+        Ordering::Equal => Decision::Equal,
+        Ordering::Dominated => Decision::Dominated,
+        Ordering::Dominates => Decision::Apply,
+        Ordering::Concurrent if remote_wins(local, remote) => Decision::Conflict {
+            keep_local: !local.deleted,
+        },
+        Ordering::Concurrent => Decision::LocalWins,
+    }
 }
 
 /// The conflict rule, the same on every device: an edit beats a deletion, a folder beats a
@@ -49,6 +91,71 @@ pub fn remote_wins(local: Contender<'_>, remote: Contender<'_>) -> bool {
 #[cfg(test)]
 mod conflict_tests {
     use super::*;
+
+    fn contender(version: &VersionVector, mtime_ns: i64, deleted: bool) -> Contender<'_> {
+        Contender {
+            deleted,
+            is_dir: false,
+            mtime_ns,
+            modified_by: "AAA",
+            version,
+        }
+    }
+
+    #[test]
+    fn the_one_decision_covers_new_newer_equal_older_and_both_conflict_outcomes() {
+        let mut base = VersionVector::new();
+        base.bump(ShortId(1));
+        let mut newer = base.clone();
+        newer.bump(ShortId(2));
+        let mut other = base.clone();
+        other.bump(ShortId(3));
+        let check = |remote: Contender<'_>, local: Option<Contender<'_>>| decide(remote, local);
+        assert_eq!(check(contender(&base, 1, false), None), Decision::Apply);
+        assert_eq!(
+            check(
+                contender(&newer, 1, false),
+                Some(contender(&base, 1, false))
+            ),
+            Decision::Apply
+        );
+        assert_eq!(
+            check(contender(&base, 1, false), Some(contender(&base, 1, false))),
+            Decision::Equal
+        );
+        assert_eq!(
+            check(
+                contender(&base, 1, false),
+                Some(contender(&newer, 1, false))
+            ),
+            Decision::Dominated
+        );
+        // Concurrent: the later write wins, and a live loser is kept.
+        assert_eq!(
+            check(
+                contender(&other, 9, false),
+                Some(contender(&newer, 1, false))
+            ),
+            Decision::Conflict { keep_local: true }
+        );
+        assert_eq!(
+            check(
+                contender(&other, 1, false),
+                Some(contender(&newer, 9, false))
+            ),
+            Decision::LocalWins
+        );
+        // An edit beats a concurrent local deletion, and there is nothing to keep of it.
+        assert_eq!(
+            check(
+                contender(&other, 1, false),
+                Some(contender(&newer, 9, true))
+            ),
+            Decision::Conflict { keep_local: false }
+        );
+        assert!(Decision::Conflict { keep_local: false }.applies());
+        assert!(!Decision::LocalWins.applies());
+    }
 
     #[test]
     fn the_rule_is_the_same_from_both_sides() {

@@ -17,8 +17,8 @@ use tracing::{debug, info, warn};
 use super::{Ctx, PeerSourceStatus, SharedSource};
 use crate::apply;
 use crate::chunker::{ChunkRef, Hash128, MAX_CHUNK_SIZE};
+use crate::formats::{self, Kind};
 use crate::identity::DeviceId;
-use crate::index::Ordering;
 use crate::item::ItemKind;
 use crate::source::{ApplyOutcome, RemoteApply};
 use crate::universal::{self, ItemPath, RemoteItem};
@@ -95,9 +95,15 @@ pub async fn run(
     ctx.board.send_modify(|b| {
         let p = b.peers.entry(device_text.clone()).or_default();
         p.connected = true;
+        p.ever_connected = true;
         p.conn = conn_id;
         p.remote_addr = remote_addr;
         p.last_error.clear();
+        p.incompatible.clear();
+        // What the peer shares is known again only from its hello on this connection.
+        for s in p.sources.values_mut() {
+            s.shared_by_peer = false;
+        }
     });
     ctx.changed.notify_waiters();
     let (fetch_tx, mut fetch_rx) = mpsc::channel(256);
@@ -191,6 +197,39 @@ pub async fn run(
     ctx.changed.notify_waiters();
 }
 
+/// Optional features this build offers in its hello: the kinds of data it can keep.
+const CAPABILITIES: &[&str] = &["kind:files"];
+
+/// The kind of data a source kept in `format` holds; `None` for a format this build lacks.
+fn kind_of(format: &str) -> Option<Kind> {
+    formats::by_name(format).ok().map(|f| f.kind())
+}
+
+/// Why a source cannot be exchanged with a peer that keeps it as another kind of data.
+fn kind_mismatch(theirs: &pb::SourceCursor, our_format: &str, device: &DeviceId) -> Option<String> {
+    let ours = kind_of(our_format)?;
+    if Kind::parse(&theirs.kind) == Some(ours) {
+        return None;
+    }
+    let their_kind = if theirs.kind.is_empty() {
+        "an unknown kind"
+    } else {
+        theirs.kind.as_str()
+    };
+    Some(format!(
+        "source {:?}: device {} keeps it as {their_kind} ({}), this device as {ours} ({our_format}); \
+         a source holds one kind of data everywhere, so share it only between devices that keep \
+         the same kind",
+        theirs.source,
+        device.short_string(),
+        if theirs.format.is_empty() {
+            "?"
+        } else {
+            &theirs.format
+        },
+    ))
+}
+
 /// A status's message and, in brackets, the innermost error under it: the message alone
 /// ("error reading a body from connection") hides what broke the link, such as a TLS record
 /// that failed its check ("cannot decrypt peer's message").
@@ -245,17 +284,27 @@ impl Conn {
                 .cursor(self.device_text.clone(), id.clone())
                 .await
                 .unwrap_or(0);
-            let local = s.status.borrow().totals.sequence;
+            let (local, format) = {
+                let status = s.status.borrow();
+                (status.totals.sequence, status.format.clone())
+            };
             sources.push(pb::SourceCursor {
                 source: id.clone(),
                 applied,
                 local,
+                kind: kind_of(&format)
+                    .map(Kind::as_str)
+                    .unwrap_or_default()
+                    .to_owned(),
+                format,
             });
         }
         let hello = pb::Hello {
             device_id: self.ctx.identity.device_id.to_string(),
             version: env!("CARGO_PKG_VERSION").into(),
             sources,
+            protocol: tandem_proto::PEER_PROTOCOL,
+            capabilities: CAPABILITIES.iter().map(|c| (*c).to_owned()).collect(),
         };
         self.out.send(Body::Hello(hello)).await;
         if let Some(hello) = self.peer_hello.clone() {
@@ -265,7 +314,7 @@ impl Conn {
 
     async fn on_frame(&mut self, frame: Frame) -> Result<(), String> {
         match frame.body {
-            Some(Body::Hello(hello)) => self.on_hello(hello).await,
+            Some(Body::Hello(hello)) => self.on_hello(hello).await?,
             Some(Body::Index(update)) => {
                 let Some(tx) = self.receivers.get(&update.source) else {
                     refuse(
@@ -311,17 +360,41 @@ impl Conn {
         Ok(())
     }
 
-    async fn on_hello(&mut self, hello: pb::Hello) {
+    /// Checks the peer's hello; an incompatible protocol ends the connection.
+    async fn on_hello(&mut self, hello: pb::Hello) -> Result<(), String> {
         if hello.device_id != self.device_text {
             refuse(
                 &self.ctx,
                 &self.device_text,
                 "a hello naming another device",
             );
-            return;
+            return Ok(());
+        }
+        if hello.protocol != tandem_proto::PEER_PROTOCOL {
+            let why = format!(
+                "device {} speaks peer protocol {} (tandem {}), this device speaks protocol {} \
+                 (tandem {}); install the same Tandem release on both",
+                self.device.short_string(),
+                hello.protocol,
+                if hello.version.is_empty() {
+                    "?"
+                } else {
+                    &hello.version
+                },
+                tandem_proto::PEER_PROTOCOL,
+                env!("CARGO_PKG_VERSION"),
+            );
+            warn!(device = %self.device_text, error = %why, "refused an incompatible peer");
+            self.ctx.board.send_modify(|b| {
+                if let Some(p) = b.peers.get_mut(&self.device_text) {
+                    p.incompatible.clone_from(&why);
+                }
+            });
+            return Err(format!("refused: {why}"));
         }
         self.peer_hello = Some(hello.clone());
         self.start_exchanges(hello).await;
+        Ok(())
     }
 
     /// Starts a sender and a receiver for every source both sides share and not yet running.
@@ -331,7 +404,19 @@ impl Conn {
                 debug!(source = %c.source, "peer shares a source we do not share with it");
                 continue;
             };
-            let local = src.status.borrow().totals.sequence;
+            let (local, format) = {
+                let status = src.status.borrow();
+                (status.totals.sequence, status.format.clone())
+            };
+            if let Some(why) = kind_mismatch(&c, &format, &self.device) {
+                // Both devices see the other's hello, so both refuse, each with this message.
+                warn!(source = %c.source, device = %self.device_text, error = %why, "refused a source");
+                board_update(&self.ctx, &self.device_text, &c.source, |s| {
+                    s.refused.clone_from(&why);
+                    s.shared_by_peer = false;
+                });
+                continue;
+            }
             // A cursor beyond what this device ever numbered means its database was reset:
             // start over so the peer sees everything again.
             let from = if c.applied > local { 0 } else { c.applied };
@@ -342,11 +427,13 @@ impl Conn {
                 .await
                 .unwrap_or(0);
             board_update(&self.ctx, &self.device_text, &c.source, |s| {
+                s.refused.clear();
                 s.shared_by_peer = true;
                 s.peer_sequence = c.local;
                 s.peer_applied = from;
                 s.applied = applied;
                 s.receiving_idle = true;
+                s.peer_caught_up = false;
             });
             if !self.senders.contains_key(&c.source) {
                 let (tx, rx) = watch::channel(from);
@@ -542,6 +629,19 @@ impl Sender {
                 }
             };
             if items.is_empty() {
+                // "Caught up" promises the receiver there is nothing more to come: not while
+                // this device is still scanning, which would number more changes.
+                if !self.src.status.borrow().settled() {
+                    let from = self.from;
+                    if status
+                        .wait_for(|s| s.totals.sequence > from || s.settled())
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                    continue;
+                }
                 if !told_caught_up {
                     let update = pb::IndexUpdate {
                         source: self.src.id.clone(),
@@ -807,6 +907,11 @@ impl Receiver {
             });
         }
         self.seen = self.seen.max(max_seq);
+        // The peer's word that it has sent everything it had numbered, scanned and settled.
+        let caught_up = update.caught_up;
+        board_update(&self.ctx, &self.device_text, &self.src.id, |s| {
+            s.peer_caught_up = caught_up;
+        });
         self.acknowledge(queue_empty).await;
     }
 
@@ -1039,19 +1144,10 @@ impl Fetcher {
             .await
             .ok()
             .flatten();
-        if let Some(p) = &prior {
-            match item.version.compare(&p.version) {
-                Ordering::Equal | Ordering::Dominated => return Some(Prepared::Skip),
-                Ordering::Concurrent => {
-                    // The conflict rule is the same everywhere: when this device's version
-                    // wins, the peer's is never fetched (the source task decides again at
-                    // apply time, with the state then).
-                    if !item.wins_over(p) {
-                        return Some(Prepared::Skip);
-                    }
-                }
-                Ordering::Dominates => {}
-            }
+        // When this device's version wins (or is the same or newer), the peer's is never
+        // fetched; the source task decides again at apply time, with the state then.
+        if !item.decide(prior.as_ref()).applies() {
+            return Some(Prepared::Skip);
         }
         if item.deleted {
             // Whatever stands in the way, a deletion writes nothing: the source task decides.

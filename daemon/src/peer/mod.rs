@@ -57,14 +57,21 @@ pub struct PeerSourceStatus {
     pub receiving_idle: bool,
     /// The peer said it shares this source too.
     pub shared_by_peer: bool,
+    /// The peer's last index update said it had sent everything, with nothing left to scan.
+    pub peer_caught_up: bool,
+    /// Why this source is not exchanged with the peer (it keeps another kind of data); empty
+    /// when it is.
+    pub refused: String,
     pub last_error: String,
 }
 
 impl PeerSourceStatus {
-    /// In sync with a connected peer: it has applied everything this device numbered, this
-    /// device has applied everything it announced, and nothing is being fetched.
+    /// In sync with a connected peer: it has applied everything this device numbered, it has
+    /// sent its whole index (settled, not scanning), this device has applied all of it, and
+    /// nothing is being fetched.
     pub fn in_sync(&self, local_sequence: u64) -> bool {
-        self.peer_applied >= local_sequence
+        self.peer_caught_up
+            && self.peer_applied >= local_sequence
             && self.applied >= self.peer_sequence
             && self.receiving_idle
             && self.needed_items == 0
@@ -77,8 +84,13 @@ impl PeerSourceStatus {
 pub struct PeerState {
     pub address: Option<String>,
     pub connected: bool,
+    /// A connection has been made since the agent started.
+    pub ever_connected: bool,
     pub remote_addr: String,
     pub last_error: String,
+    /// Why the last connection was refused for speaking an incompatible protocol (empty
+    /// when it was not).
+    pub incompatible: String,
     pub sources: BTreeMap<String, PeerSourceStatus>,
     /// Frames or items refused from this peer (bad paths, unshared sources, bad chunks).
     pub refused: u64,

@@ -7,6 +7,7 @@ use std::path::Path;
 
 use super::*;
 use crate::index::{ShortId, VersionVector};
+use crate::layout::{AGENT_DIR, TEMP_PREFIX};
 
 #[derive(Default)]
 struct Collect {

@@ -10,15 +10,16 @@
 //! module does), or write anything before its intent is journaled.
 
 use std::collections::{HashMap, HashSet};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use tracing::{debug, info, warn};
 
 use super::{AppliedRecord, SourceTask, TotalsDelta, check_marker};
-use crate::apply::{self, ApplyError, Removed};
+use crate::apply::{self, ApplyError};
 use crate::events::{Event, EventKind};
-use crate::index::{Ordering, VersionVector};
-use crate::item::{Content, Difference, ItemKind, Metadata, PriorItem};
+use crate::formats::{Loser, Write, WriteJob, Written};
+use crate::index::{Decision, VersionVector};
+use crate::item::{Content, Difference, ItemKind, PriorItem};
 use crate::scanner::Scope;
 use crate::source::{ApplyOutcome, RemoteApply};
 use crate::universal::{ItemPath, RemoteItem};
@@ -346,22 +347,15 @@ impl SourceTask {
             }
             Err(e) => return Check::Done(ApplyOutcome::Failed(e)),
         }
-        let mut conflict = false;
-        if let Some(p) = &prior {
-            match item.version.compare(&p.version) {
-                Ordering::Equal | Ordering::Dominated => {
-                    return Check::Done(ApplyOutcome::Skipped);
-                }
-                Ordering::Dominates => {}
-                Ordering::Concurrent => {
-                    if !item.wins_over(p) {
-                        info!(item = %item.path, peer = %req.from, "conflict: the local version wins");
-                        return Check::Done(ApplyOutcome::Skipped);
-                    }
-                    conflict = !p.deleted;
-                }
+        let conflict = match item.decide(prior.as_ref()) {
+            Decision::Apply => false,
+            Decision::Conflict { keep_local } => keep_local,
+            Decision::Equal | Decision::Dominated => return Check::Done(ApplyOutcome::Skipped),
+            Decision::LocalWins => {
+                info!(item = %item.path, peer = %req.from, "conflict: the local version wins");
+                return Check::Done(ApplyOutcome::Skipped);
             }
-        }
+        };
         let same_content = prior.as_ref().is_some_and(|p| {
             !p.deleted
                 && p.meta.kind == ItemKind::File
@@ -471,9 +465,10 @@ impl SourceTask {
                 }),
             })
             .collect();
+        let format = self.format;
         let written = tokio::task::spawn_blocking(move || {
             jobs.into_iter()
-                .map(|job| job.run(&root))
+                .map(|job| format.write(&root, job))
                 .collect::<Vec<_>>()
         })
         .await;
@@ -623,134 +618,6 @@ impl SourceTask {
     }
 }
 
-/// The disk half of writing one staged item, run on the blocking pool.
-struct WriteJob {
-    item: RemoteItem,
-    temp: Option<PathBuf>,
-    conflict: bool,
-    same_content: bool,
-    /// What the item was checked against.
-    prior: Option<PriorItem>,
-    /// The local version a conflict replaces.
-    loser: Option<Loser>,
-}
-
-/// How writing one item went, short of an error.
-enum Write {
-    Done(Written),
-    /// The target changed on this device after the item was checked: nothing was written.
-    ChangedMeanwhile,
-}
-
-/// Who wrote a losing local version, and when: the name of its conflict copy.
-struct Loser {
-    by: String,
-    unix_secs: u64,
-}
-
-/// What writing an item left: its metadata on disk (`None` once deleted) and the conflict
-/// copy made of the local version, if any.
-struct Written {
-    meta: Option<Metadata>,
-    conflict_copy: Option<String>,
-    /// What is on disk now is not what was written (someone wrote right after): it is
-    /// hashed again once the batch is recorded.
-    disturbed: bool,
-}
-
-impl WriteJob {
-    fn run(self, root: &Path) -> Result<Write, ApplyError> {
-        let item = &self.item;
-        // Checked again right before writing: the batch was checked as a whole, and a user
-        // may have written since. (A write in the instant between this and the rename still
-        // goes to the old file, which the versions folder keeps.)
-        if apply::blocked_parent(root, &item.path).is_some() {
-            return Err(ApplyError::BadParent {
-                path: item.path.to_string(),
-            });
-        }
-        if !apply::unchanged_since_scan(root, &item.path, self.prior.as_ref())? {
-            return Ok(Write::ChangedMeanwhile);
-        }
-        let mut conflict_copy = None;
-        if self.conflict
-            && !item.deleted
-            && !self.same_content
-            && let Some(loser) = &self.loser
-        {
-            conflict_copy =
-                apply::keep_conflict_copy(root, &item.path, &loser.by, loser.unix_secs)?;
-        }
-        let keep_err = |e: crate::versions::VersionsError| ApplyError::Io {
-            path: item.path.to_string(),
-            action: "keeping the old version",
-            source: std::io::Error::other(e.to_string()),
-        };
-        if item.deleted {
-            // A file deleted by a peer goes to the versions folder, not away.
-            crate::versions::keep(root, item.path.as_str(), true).map_err(keep_err)?;
-            let meta = match apply::remove(root, &item.path)? {
-                Removed::Yes => None,
-                Removed::KeptNotEmpty => Some(apply::stat(root, &item.path)?),
-            };
-            return Ok(Write::Done(Written {
-                meta,
-                conflict_copy,
-                disturbed: false,
-            }));
-        }
-        apply::ensure_parents(root, &item.path)?;
-        if item.meta.kind != ItemKind::Directory && self.temp.is_some()
-            || item.meta.kind == ItemKind::Symlink
-        {
-            // A folder here still holding things the peer has not seen (its deletions of
-            // what it did see came first in the batch) gives way, but whole: it moves aside.
-            let (by, secs) = match &self.loser {
-                Some(l) => (l.by.clone(), l.unix_secs),
-                None => (String::new(), crate::events::unix_ms_now() / 1000),
-            };
-            let by = if by.is_empty() {
-                "LOCAL".to_owned()
-            } else {
-                by
-            };
-            if let Some(moved) = apply::move_folder_aside(root, &item.path, &by, secs)? {
-                conflict_copy = Some(moved);
-            }
-        }
-        let meta = match item.meta.kind {
-            ItemKind::File => match &self.temp {
-                Some(temp) => {
-                    // The version being replaced is kept first.
-                    crate::versions::keep(root, item.path.as_str(), false).map_err(keep_err)?;
-                    apply::place_file(root, &item.path, temp, item.meta.mode, item.meta.mtime_ns)?
-                }
-                None => apply::set_file_meta(root, &item.path, item.meta.mode, item.meta.mtime_ns)?,
-            },
-            ItemKind::Directory => {
-                // A file a folder replaces is kept like any replaced file.
-                crate::versions::keep(root, item.path.as_str(), true).map_err(keep_err)?;
-                apply::make_dir(root, &item.path, item.meta.mode)?
-            }
-            ItemKind::Symlink => {
-                crate::versions::keep(root, item.path.as_str(), false).map_err(keep_err)?;
-                apply::make_symlink(
-                    root,
-                    &item.path,
-                    item.meta.symlink_target.as_deref().unwrap_or_default(),
-                )?
-            }
-        };
-        let disturbed = item.meta.kind == ItemKind::File
-            && (meta.size != item.meta.size || meta.mtime_ns != item.meta.mtime_ns);
-        Ok(Write::Done(Written {
-            meta: Some(meta),
-            conflict_copy,
-            disturbed,
-        }))
-    }
-}
-
 /// Why an item is tried again when its file keeps changing under the agent.
 const BUSY: &str = "it changed on this device while being applied; it is compared again shortly";
 
@@ -795,6 +662,7 @@ mod tests {
     use super::*;
     use crate::chunker::chunk_bytes;
     use crate::index::ShortId;
+    use crate::item::Metadata;
 
     fn file_intent(path: &str, data: &[u8], mtime_ns: i64, mode: u32) -> Difference {
         let hashed = chunk_bytes(data);

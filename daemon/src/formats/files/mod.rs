@@ -1,0 +1,175 @@
+//! The `files` format: any files in a folder. Reading is the scanner's walk (stat, compare
+//! with the prior state, hash what changed); writing puts a peer's verified item in place
+//! through `apply` (conflict copy, versions folder, rename, fsync).
+//!
+//! Must not: decide which version wins, touch SQL, or follow a symlink.
+
+use std::path::{Path, PathBuf};
+
+use super::{Format, Kind, Layout};
+use crate::apply::{self, ApplyError, Removed};
+use crate::item::{ItemKind, Metadata, PriorItem};
+use crate::scanner::{self, ScanError, ScanRequest, ScanSummary, Sink};
+use crate::universal::RemoteItem;
+
+/// Any files in a folder, synced as they are.
+#[derive(Debug)]
+pub struct Files;
+
+impl Format for Files {
+    fn name(&self) -> &'static str {
+        "files"
+    }
+
+    fn kind(&self) -> Kind {
+        Kind::Files
+    }
+
+    fn layout(&self) -> Layout {
+        Layout::Folder
+    }
+
+    fn read(&self, req: ScanRequest, sink: &mut dyn Sink) -> Result<ScanSummary, ScanError> {
+        scanner::scan(req, sink)
+    }
+
+    fn write(&self, root: &Path, job: WriteJob) -> Result<Write, ApplyError> {
+        job.run(root)
+    }
+}
+
+/// One checked, journaled item to write into a `files` source (the disk half of applying it).
+#[derive(Debug)]
+pub struct WriteJob {
+    pub item: RemoteItem,
+    /// Verified content beside the target (files with new content only).
+    pub temp: Option<PathBuf>,
+    /// Concurrent with the local version, and the peer's wins: the local one is kept as a copy.
+    pub conflict: bool,
+    /// The recorded content is already what the peer has (a metadata-only change).
+    pub same_content: bool,
+    /// What the item was checked against.
+    pub prior: Option<PriorItem>,
+    /// The local version a conflict replaces.
+    pub loser: Option<Loser>,
+}
+
+/// How writing one item went, short of an error.
+#[derive(Debug)]
+pub enum Write {
+    Done(Written),
+    /// The target changed on this device after the item was checked: nothing was written.
+    ChangedMeanwhile,
+}
+
+/// Who wrote a losing local version, and when: the name of its conflict copy.
+#[derive(Debug, Clone)]
+pub struct Loser {
+    pub by: String,
+    pub unix_secs: u64,
+}
+
+/// What writing an item left: its metadata on disk (`None` once deleted) and the conflict
+/// copy made of the local version, if any.
+#[derive(Debug)]
+pub struct Written {
+    pub meta: Option<Metadata>,
+    pub conflict_copy: Option<String>,
+    /// What is on disk now is not what was written (someone wrote right after): it is
+    /// hashed again once the batch is recorded.
+    pub disturbed: bool,
+}
+
+impl WriteJob {
+    /// Writes the item: conflict copy, versions folder, then the rename into place.
+    fn run(self, root: &Path) -> Result<Write, ApplyError> {
+        let item = &self.item;
+        // Checked again right before writing: the batch was checked as a whole, and a user
+        // may have written since. (A write in the instant between this and the rename still
+        // goes to the old file, which the versions folder keeps.)
+        if apply::blocked_parent(root, &item.path).is_some() {
+            return Err(ApplyError::BadParent {
+                path: item.path.to_string(),
+            });
+        }
+        if !apply::unchanged_since_scan(root, &item.path, self.prior.as_ref())? {
+            return Ok(Write::ChangedMeanwhile);
+        }
+        let mut conflict_copy = None;
+        if self.conflict
+            && !item.deleted
+            && !self.same_content
+            && let Some(loser) = &self.loser
+        {
+            conflict_copy =
+                apply::keep_conflict_copy(root, &item.path, &loser.by, loser.unix_secs)?;
+        }
+        let keep_err = |e: crate::versions::VersionsError| ApplyError::Io {
+            path: item.path.to_string(),
+            action: "keeping the old version",
+            source: std::io::Error::other(e.to_string()),
+        };
+        if item.deleted {
+            // A file deleted by a peer goes to the versions folder, not away.
+            crate::versions::keep(root, item.path.as_str(), true).map_err(keep_err)?;
+            let meta = match apply::remove(root, &item.path)? {
+                Removed::Yes => None,
+                Removed::KeptNotEmpty => Some(apply::stat(root, &item.path)?),
+            };
+            return Ok(Write::Done(Written {
+                meta,
+                conflict_copy,
+                disturbed: false,
+            }));
+        }
+        apply::ensure_parents(root, &item.path)?;
+        if item.meta.kind != ItemKind::Directory && self.temp.is_some()
+            || item.meta.kind == ItemKind::Symlink
+        {
+            // A folder here still holding things the peer has not seen (its deletions of
+            // what it did see came first in the batch) gives way, but whole: it moves aside.
+            let (by, secs) = match &self.loser {
+                Some(l) => (l.by.clone(), l.unix_secs),
+                None => (String::new(), crate::events::unix_ms_now() / 1000),
+            };
+            let by = if by.is_empty() {
+                "LOCAL".to_owned()
+            } else {
+                by
+            };
+            if let Some(moved) = apply::move_folder_aside(root, &item.path, &by, secs)? {
+                conflict_copy = Some(moved);
+            }
+        }
+        let meta = match item.meta.kind {
+            ItemKind::File => match &self.temp {
+                Some(temp) => {
+                    // The version being replaced is kept first.
+                    crate::versions::keep(root, item.path.as_str(), false).map_err(keep_err)?;
+                    apply::place_file(root, &item.path, temp, item.meta.mode, item.meta.mtime_ns)?
+                }
+                None => apply::set_file_meta(root, &item.path, item.meta.mode, item.meta.mtime_ns)?,
+            },
+            ItemKind::Directory => {
+                // A file a folder replaces is kept like any replaced file.
+                crate::versions::keep(root, item.path.as_str(), true).map_err(keep_err)?;
+                apply::make_dir(root, &item.path, item.meta.mode)?
+            }
+            ItemKind::Symlink => {
+                crate::versions::keep(root, item.path.as_str(), false).map_err(keep_err)?;
+                apply::make_symlink(
+                    root,
+                    &item.path,
+                    item.meta.symlink_target.as_deref().unwrap_or_default(),
+                )?
+            }
+        };
+        let disturbed = item.meta.kind == ItemKind::File
+            && (meta.size != item.meta.size || meta.mtime_ns != item.meta.mtime_ns);
+        Ok(Write::Done(Written {
+            meta: Some(meta),
+            conflict_copy,
+            disturbed,
+        }))
+    }
+}

@@ -1,0 +1,138 @@
+//! Native formats behind one trait, and the registry that finds them by name.
+//!
+//! A format says what kind of data a source holds (files, contacts, calendar) and how it lies
+//! on disk (a folder, or a single file); it reads that data into items against the prior state
+//! and writes staged items back. The source task only ever talks to a `dyn Format`, so adding
+//! a format is its folder here plus one line in [`REGISTRY`]. Must not: rename files outside
+//! its writer, touch SQL, or reach into another format.
+
+pub mod files;
+
+use std::fmt;
+use std::path::Path;
+
+use crate::apply::ApplyError;
+use crate::scanner::{ScanError, ScanRequest, ScanSummary, Sink};
+
+pub use files::{Loser, Write, WriteJob, Written};
+
+/// What kind of data a source holds. Devices may keep one source in different formats of the
+/// same kind (contacts as a folder of vCards here, as a CSV there), never of different kinds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Kind {
+    Files,
+    Contacts,
+    Calendar,
+}
+
+impl Kind {
+    /// The name shown to people and sent in the hello.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Files => "files",
+            Kind::Contacts => "contacts",
+            Kind::Calendar => "calendar",
+        }
+    }
+
+    /// Inverse of [`Kind::as_str`]; `None` for a kind this build does not know.
+    pub fn parse(name: &str) -> Option<Kind> {
+        [Kind::Files, Kind::Contacts, Kind::Calendar]
+            .into_iter()
+            .find(|k| k.as_str() == name)
+    }
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How a format's data lies on disk: the rules that keep a source from turning into "delete
+/// everything" differ (a folder has a marker; a single file can vanish or go empty).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layout {
+    /// A folder: one item per file (or per entry).
+    Folder,
+    /// One file holding every item.
+    SingleFile,
+}
+
+/// A native format: reads a source's data into items and writes items back.
+pub trait Format: Send + Sync + fmt::Debug + 'static {
+    /// The name `source add --format` takes.
+    fn name(&self) -> &'static str;
+    /// The kind of data it holds.
+    fn kind(&self) -> Kind;
+    /// How it lies on disk.
+    fn layout(&self) -> Layout;
+    /// Reads what is in scope and reports every item that differs from its prior state (and
+    /// every item that cannot be read) to `sink`. Blocking; a bad item never aborts the read.
+    ///
+    /// # Errors
+    /// Only when the source as a whole cannot be read (missing, unreadable, suddenly empty).
+    fn read(&self, req: ScanRequest, sink: &mut dyn Sink) -> Result<ScanSummary, ScanError>;
+    /// Writes one checked and journaled item into the source at `root`, atomically: the
+    /// target is replaced only if it is still what the prior state recorded. Blocking.
+    ///
+    /// # Errors
+    /// When the item cannot be written; nothing of it is left half-written.
+    fn write(&self, root: &Path, job: WriteJob) -> Result<Write, ApplyError>;
+}
+
+/// Every format this build can read and write. Adding a format adds one line here.
+static REGISTRY: &[&dyn Format] = &[&files::Files];
+
+/// A format name the registry does not know.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown format {name:?}; known formats: {}; pick one with --format", names().join(", "))]
+pub struct UnknownFormat {
+    pub name: String,
+}
+
+/// The format registered under `name`.
+///
+/// # Errors
+/// [`UnknownFormat`], whose message lists the known formats.
+pub fn by_name(name: &str) -> Result<&'static dyn Format, UnknownFormat> {
+    REGISTRY
+        .iter()
+        .copied()
+        .find(|f| f.name() == name)
+        .ok_or_else(|| UnknownFormat {
+            name: name.to_owned(),
+        })
+}
+
+/// The names of every registered format, in registry order.
+pub fn names() -> Vec<&'static str> {
+    REGISTRY.iter().map(|f| f.name()).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_registry_finds_formats_by_name_and_lists_them_when_it_cannot() {
+        let files = by_name("files").expect("files is registered");
+        assert_eq!(files.kind(), Kind::Files);
+        assert_eq!(files.layout(), Layout::Folder);
+        let err = by_name("nope").expect_err("nope is not a format");
+        let message = err.to_string();
+        assert!(message.contains("\"nope\""), "{message}");
+        assert!(message.contains("files"), "{message}");
+        for name in names() {
+            assert_eq!(by_name(name).map(|f| f.name()), Ok(name));
+        }
+    }
+
+    #[test]
+    fn kinds_round_trip_through_their_names() {
+        for kind in [Kind::Files, Kind::Contacts, Kind::Calendar] {
+            assert_eq!(Kind::parse(kind.as_str()), Some(kind));
+        }
+        assert_eq!(Kind::parse("photos"), None);
+    }
+}
