@@ -555,13 +555,16 @@ fn same_file_state(a: &fs::Metadata, b: &fs::Metadata) -> bool {
         && b.file_type().is_file()
 }
 
+/// True when a write right after the stat could leave the same mtime. An mtime further in
+/// the future than the window (clock skew, an unpacked archive) is not racy: the next write
+/// stamps the real time, which differs; treating it as racy would rehash it forever.
 fn is_racy(mtime_ns: i64, stat_time: SystemTime) -> bool {
     let Ok(now) = stat_time.duration_since(SystemTime::UNIX_EPOCH) else {
         return true;
     };
     let now_ns = i64::try_from(now.as_nanos()).unwrap_or(i64::MAX);
     let window = i64::try_from(RACY_WINDOW.as_nanos()).unwrap_or(i64::MAX);
-    mtime_ns > now_ns.saturating_sub(window)
+    mtime_ns > now_ns.saturating_sub(window) && mtime_ns <= now_ns.saturating_add(window)
 }
 
 #[cfg(test)]

@@ -334,3 +334,17 @@ fn ignoring_a_recorded_item_leaves_it_alone() {
         sink.found
     );
 }
+
+#[test]
+fn only_mtimes_within_the_window_around_now_are_racy() {
+    let now = SystemTime::now();
+    let ns = |t: SystemTime| {
+        i64::try_from(t.duration_since(SystemTime::UNIX_EPOCH).unwrap().as_nanos()).unwrap()
+    };
+    assert!(is_racy(ns(now), now));
+    assert!(!is_racy(ns(now - Duration::from_secs(1)), now));
+    assert!(
+        !is_racy(ns(now + Duration::from_secs(3600)), now),
+        "a file stamped in the future would otherwise be rehashed on every pass"
+    );
+}
