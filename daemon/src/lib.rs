@@ -8,6 +8,7 @@ pub mod chunker;
 pub mod config;
 pub mod control;
 pub mod events;
+pub mod feed;
 pub mod formats;
 pub mod identity;
 pub mod ignores;

@@ -146,6 +146,16 @@ pub enum ApplyOutcome {
     Failed(String),
 }
 
+/// A source as the peer side and the receiving pipeline need it: where it is, how to hand it
+/// differences, and its latest status.
+#[derive(Debug, Clone)]
+pub struct SharedSource {
+    pub id: String,
+    pub root: PathBuf,
+    pub commander: SourceCommander,
+    pub status: watch::Receiver<SourceStatus>,
+}
+
 /// Cloneable sender of commands to one source task.
 #[derive(Debug, Clone)]
 pub struct SourceCommander {

@@ -5,7 +5,11 @@
 //! through the store handle).
 
 mod connection;
+mod hello;
 mod io;
+mod receiving;
+mod sender;
+mod serve;
 pub mod tls;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -23,7 +27,7 @@ use tonic::{Request, Response, Status, Streaming};
 use tracing::{Instrument, debug, info, warn};
 
 use crate::identity::{DeviceId, Identity};
-use crate::source::{SourceCommander, SourceStatus};
+pub use crate::source::SharedSource;
 use crate::store::{PeerRow, StoreHandle};
 
 pub use connection::MAX_FRAME_BYTES;
@@ -107,15 +111,6 @@ pub struct Board {
     pub refused_devices: Vec<String>,
 }
 
-/// A source as a connection needs it.
-#[derive(Debug, Clone)]
-pub struct SharedSource {
-    pub id: String,
-    pub root: std::path::PathBuf,
-    pub commander: SourceCommander,
-    pub status: watch::Receiver<SourceStatus>,
-}
-
 /// What the peer side asks of the agent.
 pub trait Sources: Send + Sync + 'static {
     /// Sources shared with this device, right now.
@@ -191,9 +186,29 @@ struct Ctx {
     cancel: CancellationToken,
     /// Every live connection's chunk channel, so a file can be fetched from several peers.
     fetchers: Arc<watch::Sender<BTreeMap<String, PeerFetch>>>,
-    /// Items being fetched right now (source, path, content hash), so two peers announcing
-    /// the same content do not both send it.
-    building: Arc<watch::Sender<BTreeSet<connection::BuildKey>>>,
+    /// Items being fetched right now, so two peers announcing the same content do not both
+    /// send it.
+    claims: crate::feed::Claims,
+}
+
+/// Changes one source's progress with one peer on the board, and wakes `wait`.
+fn board_update(ctx: &Ctx, device: &str, source: &str, f: impl FnOnce(&mut PeerSourceStatus)) {
+    ctx.board.send_modify(|b| {
+        let p = b.peers.entry(device.to_owned()).or_default();
+        f(p.sources.entry(source.to_owned()).or_default());
+    });
+    ctx.changed.notify_waiters();
+}
+
+/// Counts and logs something refused from a peer, naming the peer's device ID (connection
+/// tasks do not all run inside the peer's span).
+fn refuse(ctx: &Ctx, device: &str, what: &str) {
+    warn!(device = %device, refused = %what, "refused from peer");
+    ctx.board.send_modify(|b| {
+        let p = b.peers.entry(device.to_owned()).or_default();
+        p.refused += 1;
+        p.last_error = format!("refused: {what}");
+    });
 }
 
 /// Binds the peer listener; the returned address is the one actually bound (port 0 resolved).
@@ -226,7 +241,7 @@ pub fn start(
         manager: tx.clone(),
         cancel: cancel.clone(),
         fetchers: Arc::new(watch::Sender::new(BTreeMap::new())),
-        building: Arc::new(watch::Sender::new(BTreeSet::new())),
+        claims: crate::feed::Claims::new(),
     };
     let known: watch::Sender<Arc<BTreeSet<String>>> = watch::Sender::new(Arc::new(
         peers.iter().map(|p| p.device_id.clone()).collect(),

@@ -1,0 +1,400 @@
+//! Preparing one remote item: decide whether it is needed, claim its content so only one
+//! receiver fetches it, build it in a temp file beside its target from chunks, and verify it.
+
+use std::collections::BTreeSet;
+use std::os::unix::fs::FileExt;
+use std::sync::Arc;
+
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use super::providers::{ChunkChain, ChunkWanted};
+use super::{Feed, Progress};
+use crate::apply;
+use crate::chunker::{ChunkRef, Hash128};
+use crate::item::ItemKind;
+use crate::source::SharedSource;
+use crate::store::StoreHandle;
+use crate::universal::{ItemPath, RemoteItem};
+
+/// Chunk requests in flight per file being built.
+const CHUNK_WINDOW: usize = 16;
+
+/// Items whose content is being fetched right now, by any receiver of any feed: two peers
+/// announcing the same content for the same item must not both send it.
+#[derive(Clone, Default)]
+pub struct Claims {
+    building: Arc<watch::Sender<BTreeSet<BuildKey>>>,
+}
+
+impl Claims {
+    /// An empty set, shared by every receiver that clones it.
+    pub fn new() -> Claims {
+        Claims::default()
+    }
+
+    /// Claims `key`; `None` when another fetch holds it.
+    fn claim(&self, key: BuildKey) -> Option<Claim> {
+        self.building
+            .send_if_modified(|set| set.insert(key.clone()))
+            .then(|| Claim {
+                building: self.building.clone(),
+                key,
+            })
+    }
+
+    /// A receiver that sees every change of the set, to retry items set aside for a claim.
+    pub(super) fn subscribe(&self) -> watch::Receiver<BTreeSet<BuildKey>> {
+        self.building.subscribe()
+    }
+}
+
+/// A claimed fetch of one item's content; dropping it (once applied, or on failure) lets
+/// other fetches of the same content decide again.
+pub(super) struct Claim {
+    building: Arc<watch::Sender<BTreeSet<BuildKey>>>,
+    key: BuildKey,
+}
+
+/// Source, item path and content hash of an item being fetched.
+pub type BuildKey = (String, String, Option<Hash128>);
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        self.building.send_modify(|set| {
+            set.remove(&self.key);
+        });
+    }
+}
+
+/// What preparing a remote item came to.
+pub(super) enum Prepared {
+    /// This device already has it (or something newer).
+    Skip,
+    /// Ready for the source task, with built content if it needed any (and the claim on
+    /// that content, released once applied).
+    Apply(Option<BuiltTemp>, Option<Claim>),
+    /// Content could not be fetched now.
+    Retry(String),
+    /// Another receiver is fetching the same content for the same item.
+    Busy(BuildKey),
+}
+
+/// A temp file being built or built for an item, removed when dropped before the source task
+/// took it over: a fetch abandoned half way (its connection dropped) or an item never applied
+/// must not leave its temp in the source.
+pub(super) struct BuiltTemp {
+    pub(super) path: std::path::PathBuf,
+}
+
+impl BuiltTemp {
+    /// The source task owns the file from now on.
+    pub(super) fn hand_over(mut self) {
+        self.path = std::path::PathBuf::new();
+    }
+}
+
+impl Drop for BuiltTemp {
+    fn drop(&mut self) {
+        if !self.path.as_os_str().is_empty() {
+            // One unlink, only on the path that abandons the content: cheap enough to do
+            // here rather than on the blocking pool. Gone already is fine too.
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// Everything needed to fetch an item's content, cloneable into a task.
+#[derive(Clone)]
+pub(super) struct Fetcher {
+    pub(super) src: SharedSource,
+    pub(super) feed: Arc<dyn Feed>,
+    pub(super) chunks: ChunkChain,
+    pub(super) claims: Claims,
+    pub(super) store: StoreHandle,
+}
+
+impl Fetcher {
+    /// Decides whether the item is needed and builds its content if so.
+    pub(super) async fn prepare(self, item: RemoteItem) -> Prepared {
+        // When several peers announce the same content for the same item, only one fetch runs.
+        // The others are set aside, not awaited here: waiting would stall this receiver's
+        // in-order pipeline behind another's, and two receivers that each hold a claim the
+        // other's next item waits for would stall for good. Set aside, they are retried when
+        // the claim goes, and then find the item applied.
+        let key = (self.src.id.clone(), item.path.to_string(), item.hash);
+        if let Some(done) = self.decide(&item).await {
+            return done;
+        }
+        // Held until the item is applied, so the set-aside fetches then skip it.
+        let Some(claim) = self.claims.claim(key.clone()) else {
+            return Prepared::Busy(key);
+        };
+        match self.build(&item).await {
+            Ok(temp) => Prepared::Apply(Some(temp), Some(claim)),
+            Err(e) => Prepared::Retry(e),
+        }
+    }
+
+    /// `Some` when the item needs no fetch (skip, or apply without content).
+    async fn decide(&self, item: &RemoteItem) -> Option<Prepared> {
+        let ignored = self
+            .src
+            .status
+            .borrow()
+            .ignores
+            .is_ignored(item.path.as_str(), item.meta.kind == ItemKind::Directory);
+        if ignored {
+            return Some(Prepared::Skip);
+        }
+        let prior = self
+            .store
+            .prior_item(self.src.id.clone(), item.path.to_string())
+            .await
+            .ok()
+            .flatten();
+        // When this device's version wins (or is the same or newer), the peer's is never
+        // fetched; the source task decides again at apply time, with the state then.
+        if !item.decide(prior.as_ref()).applies() {
+            return Some(Prepared::Skip);
+        }
+        if item.deleted {
+            // Whatever stands in the way, a deletion writes nothing: the source task decides.
+            return Some(Prepared::Apply(None, None));
+        }
+        let (root, path) = (self.src.root.clone(), item.path.clone());
+        // Only after the version check, so an outdated item never waits on its path.
+        // A failed check lets the item through to the source task, which checks again
+        // before it touches anything.
+        let blocked = tokio::task::spawn_blocking(move || {
+            apply::blocked_parent(&root, &path).map(|parent| {
+                let link = std::fs::symlink_metadata(root.join(&parent))
+                    .is_ok_and(|m| m.file_type().is_symlink());
+                (parent, link)
+            })
+        })
+        .await
+        .unwrap_or(None);
+        if let Some((parent, link)) = blocked {
+            let why = format!(
+                "path {:?} goes through {parent:?}, which is not a folder here",
+                item.path.as_str()
+            );
+            if link {
+                // Like `..`, a path through a symlink (which the peer may have made itself)
+                // would reach out of the source.
+                self.feed.refused(&why);
+            }
+            // Nothing is fetched now, but the item is not dropped either: a file here where
+            // the peer has a folder is a conflict in flight, which the folder wins, and then
+            // the item has somewhere to go.
+            return Some(Prepared::Retry(why));
+        }
+        let needs_content = item.meta.kind == ItemKind::File
+            && !item.deleted
+            && !prior.as_ref().is_some_and(|p| {
+                !p.deleted && p.hash == item.hash && p.meta.kind == ItemKind::File
+            });
+        if !needs_content {
+            return Some(Prepared::Apply(None, None));
+        }
+        None
+    }
+
+    /// Builds the item's content in a temp file beside its target and verifies it.
+    async fn build(&self, item: &RemoteItem) -> Result<BuiltTemp, String> {
+        // A file of one chunk (most small files) is fetched first and then created, written,
+        // flushed and checked in one trip to the blocking pool: each trip is two thread
+        // switches, and those dominated syncing many small files.
+        let first = match item.chunks.as_slice() {
+            [only] => Some((*only, self.chunk(item.path.as_str(), *only).await?)),
+            _ => None,
+        };
+        let root = self.src.root.clone();
+        let path = item.path.clone();
+        let (size, hash) = (item.meta.size, item.hash);
+        let one_chunk = first.is_some();
+        let made = tokio::task::spawn_blocking(move || -> Result<Made, String> {
+            // Beside the target when its folder exists; otherwise in the source root, so
+            // folders are only ever made by applying their own items (a folder made early
+            // would look like a local change to the scanner).
+            let temp = if apply::parents_exist(&root, &path) {
+                apply::temp_path(&root, &path)
+            } else {
+                apply::temp_path_in_root(&root)
+            };
+            let f = std::fs::File::create(&temp)
+                .map_err(|e| write_failed("creating a temp file", &e))?;
+            let filled = f
+                .set_len(size)
+                .map_err(|e| write_failed("sizing the temp file", &e))
+                .and_then(|()| match first {
+                    Some((chunk, data)) => {
+                        f.write_all_at(&data, chunk.offset)
+                            .map_err(|e| write_failed("writing the temp file", &e))?;
+                        // A one-chunk file's hash is its chunk's hash, checked on arrival.
+                        let whole_checked = hash == Some(chunk.hash);
+                        flush_and_verify(&f, &temp, &path, hash.filter(|_| !whole_checked))
+                    }
+                    None => Ok(Ok(())),
+                });
+            match filled {
+                Ok(verified) => Ok(Made {
+                    temp,
+                    file: f,
+                    verified,
+                }),
+                Err(e) => {
+                    let _ = std::fs::remove_file(&temp);
+                    Err(e)
+                }
+            }
+        })
+        .await
+        .map_err(|e| e.to_string())??;
+        // Removed again however this ends short of a verified file, cancellation included.
+        let temp = BuiltTemp { path: made.temp };
+        let verified = if one_chunk {
+            made.verified
+        } else {
+            let file = Arc::new(made.file);
+            self.fill(item, file.clone()).await?;
+            let (temp2, path) = (temp.path.clone(), item.path.clone());
+            tokio::task::spawn_blocking(move || flush_and_verify(&file, &temp2, &path, hash))
+                .await
+                .map_err(|e| e.to_string())??
+        };
+        match verified {
+            Ok(()) => Ok(temp),
+            Err(e @ apply::ApplyError::HashMismatch { .. }) => {
+                // Every chunk matched its own hash, so the content is what the chunk list
+                // says: the peer announced a list and a whole hash that disagree.
+                self.feed.refused(&format!(
+                    "{}: its chunks do not match its content hash",
+                    item.path
+                ));
+                Err(e.to_string())
+            }
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    /// Gets one chunk of the item at `item` through the chain (local copies first).
+    async fn chunk(&self, item: &str, chunk: ChunkRef) -> Result<Vec<u8>, String> {
+        let want = ChunkWanted {
+            source: self.src.id.clone(),
+            item: item.to_owned(),
+            chunk,
+        };
+        let served = self.chunks.get(&want).await?;
+        if served.local {
+            self.feed.progress(Progress::Reused(u64::from(chunk.len)));
+        }
+        Ok(served.data)
+    }
+
+    async fn fill(&self, item: &RemoteItem, file: Arc<std::fs::File>) -> Result<(), String> {
+        let mut set = JoinSet::new();
+        let mut chunks = item.chunks.iter().copied();
+        loop {
+            while set.len() < CHUNK_WINDOW {
+                let Some(chunk) = chunks.next() else { break };
+                let (fetcher, path, file) = (self.clone(), item.path.to_string(), file.clone());
+                set.spawn(async move {
+                    let data = fetcher.chunk(&path, chunk).await?;
+                    tokio::task::spawn_blocking(move || file.write_all_at(&data, chunk.offset))
+                        .await
+                        .map_err(|e| e.to_string())?
+                        .map_err(|e| write_failed("writing the temp file", &e))
+                });
+            }
+            match set.join_next().await {
+                None => return Ok(()),
+                Some(Ok(Ok(()))) => {}
+                Some(Ok(Err(e))) => return Err(e),
+                Some(Err(e)) => return Err(e.to_string()),
+            }
+        }
+    }
+}
+
+/// A temp file made for an item, and whether its content checked out (when it was filled
+/// in the same trip).
+struct Made {
+    temp: std::path::PathBuf,
+    file: std::fs::File,
+    verified: Result<(), apply::ApplyError>,
+}
+
+/// Flushes a filled temp file to disk and checks its whole hash, when one is to be checked.
+/// The outer error is a failed write; the inner one what the check found.
+fn flush_and_verify(
+    file: &std::fs::File,
+    temp: &std::path::Path,
+    path: &ItemPath,
+    hash: Option<Hash128>,
+) -> Result<Result<(), apply::ApplyError>, String> {
+    file.sync_all()
+        .map_err(|e| write_failed("flushing the temp file", &e))?;
+    Ok(match hash {
+        Some(h) => apply::verify(temp, path, h),
+        None => Ok(()),
+    })
+}
+
+/// A write failure in the source, with what to do about it.
+fn write_failed(action: &str, e: &std::io::Error) -> String {
+    if e.kind() == std::io::ErrorKind::StorageFull {
+        format!(
+            "{action} failed: no space left on the device holding the source; free some space \
+             (the item is retried automatically and the other items keep syncing)"
+        )
+    } else {
+        format!(
+            "{action} failed: {e}; check permissions and free space (the item is retried \
+             automatically)"
+        )
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_temp_is_removed_when_its_fetch_is_abandoned_and_kept_once_handed_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let (dropped, abandoned, handed) = (
+            dir.path().join("dropped"),
+            dir.path().join("abandoned"),
+            dir.path().join("handed"),
+        );
+        for p in [&dropped, &abandoned, &handed] {
+            std::fs::write(p, b"built").unwrap();
+        }
+
+        drop(BuiltTemp {
+            path: dropped.clone(),
+        });
+        assert!(!dropped.exists());
+
+        // A fetch that never finishes, cancelled with its connection.
+        let temp = BuiltTemp {
+            path: abandoned.clone(),
+        };
+        let fetch = tokio::spawn(async move {
+            let _held = temp;
+            std::future::pending::<()>().await;
+        });
+        fetch.abort();
+        assert!(fetch.await.unwrap_err().is_cancelled());
+        assert!(!abandoned.exists());
+
+        BuiltTemp {
+            path: handed.clone(),
+        }
+        .hand_over();
+        assert!(handed.exists());
+    }
+}

@@ -1,0 +1,321 @@
+//! One receiver: a feed's index of one source, applied in the sender's order.
+
+use std::collections::{BTreeSet, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tracing::warn;
+
+use super::fetch::{BuildKey, Claims, Fetcher, Prepared};
+use super::providers::ChunkChain;
+use super::{Feed, Progress, Update};
+use crate::source::{ApplyOutcome, RemoteApply, SharedSource};
+use crate::store::StoreHandle;
+use crate::universal::RemoteItem;
+
+/// Items prepared (fetched) ahead of the one being applied.
+const PIPELINE: usize = 64;
+/// Most remote items applied in one source-task transaction.
+const APPLY_BATCH: usize = 256;
+/// Failed items are tried again this often.
+const RETRY_EVERY: Duration = Duration::from_secs(5);
+
+/// Applies one feed's index of one source: fetches what is missing, hands each item to the
+/// source task, acknowledges through the feed, and moves the cursor.
+pub struct Receiver {
+    fetcher: Fetcher,
+    applied: u64,
+    /// Highest sequence received, applied or not.
+    seen: u64,
+    retry: Vec<Retry>,
+    /// This receiver's share of the feed's `needed` counts.
+    needed: Needed,
+}
+
+/// An item set aside to be tried again.
+struct Retry {
+    item: RemoteItem,
+    /// Set aside because another receiver was fetching the same content: tried again as soon
+    /// as that fetch ends, rather than after [`RETRY_EVERY`].
+    busy: Option<BuildKey>,
+}
+
+/// What one receiver has added to the board's `needed_items` and `needed_bytes` and not yet
+/// taken out. A receiver stops wherever it is when its connection drops, in the middle of an
+/// update; whatever it still counted is taken out when it is dropped, since the next
+/// connection asks for those items again and counts them afresh (left in, they would keep
+/// `wait` from ever calling the peers in sync).
+struct Needed {
+    feed: Arc<dyn Feed>,
+    items: u64,
+    bytes: u64,
+}
+
+impl Needed {
+    fn new(feed: Arc<dyn Feed>) -> Needed {
+        Needed {
+            feed,
+            items: 0,
+            bytes: 0,
+        }
+    }
+
+    /// Counts items just received; the receiver is busy until it has dealt with them.
+    fn add(&mut self, items: u64, bytes: u64) {
+        self.items += items;
+        self.bytes += bytes;
+        self.feed.progress(Progress::Needed { items, bytes });
+    }
+
+    /// Takes out items dealt with (applied, skipped, refused or put aside for a retry).
+    fn done(&mut self, items: u64, bytes: u64) {
+        // Never more than this receiver put in, so other receivers' counts stay whole.
+        let (items, bytes) = (items.min(self.items), bytes.min(self.bytes));
+        self.items -= items;
+        self.bytes -= bytes;
+        self.feed.progress(Progress::Dealt { items, bytes });
+    }
+}
+
+impl Drop for Needed {
+    fn drop(&mut self) {
+        if self.items > 0 || self.bytes > 0 {
+            let (items, bytes) = (self.items, self.bytes);
+            self.done(items, bytes);
+        }
+    }
+}
+
+impl Receiver {
+    /// A receiver for `source`'s index from `feed`, resuming after `applied` (the saved
+    /// cursor), fetching through `chunks`.
+    pub fn new(
+        source: SharedSource,
+        feed: Arc<dyn Feed>,
+        chunks: ChunkChain,
+        claims: Claims,
+        store: StoreHandle,
+        applied: u64,
+    ) -> Receiver {
+        Receiver {
+            needed: Needed::new(feed.clone()),
+            fetcher: Fetcher {
+                src: source,
+                feed,
+                chunks,
+                claims,
+                store,
+            },
+            applied,
+            seen: applied,
+            retry: Vec::new(),
+        }
+    }
+
+    /// Applies the updates as they come, and retries what failed, until the channel closes.
+    pub async fn run(mut self, mut updates: mpsc::Receiver<Update>) {
+        let mut building = self.fetcher.claims.subscribe();
+        loop {
+            let update = if self.retry.is_empty() {
+                updates.recv().await
+            } else {
+                let waits_for_fetch = self.retry.iter().any(|r| r.busy.is_some());
+                tokio::select! {
+                    u = updates.recv() => u,
+                    () = tokio::time::sleep(RETRY_EVERY) => {
+                        self.retry_failed(updates.is_empty()).await;
+                        continue;
+                    }
+                    Ok(()) = building.changed(), if waits_for_fetch => {
+                        let released = {
+                            let set = building.borrow_and_update();
+                            self.retry
+                                .iter()
+                                .any(|r| r.busy.as_ref().is_some_and(|k| !set.contains(k)))
+                        };
+                        if released {
+                            self.retry_failed(updates.is_empty()).await;
+                        }
+                        continue;
+                    }
+                }
+            };
+            let Some(update) = update else { return };
+            self.on_update(update, updates.is_empty()).await;
+        }
+    }
+
+    async fn retry_failed(&mut self, queue_empty: bool) {
+        for r in std::mem::take(&mut self.retry) {
+            let again = self.process(r.item).await;
+            self.retry.extend(again);
+        }
+        self.acknowledge(queue_empty).await;
+    }
+
+    async fn on_update(&mut self, update: Update, queue_empty: bool) {
+        let Update {
+            items,
+            through,
+            caught_up,
+        } = update;
+        // A newer version of an item waiting for a retry replaces it: the old one may never
+        // be applicable (its content gone, its folder replaced), and the new one decides.
+        if !self.retry.is_empty() {
+            let newer: BTreeSet<&str> = items
+                .iter()
+                .filter_map(|i| i.as_ref().ok().map(|i| i.path.as_str()))
+                .collect();
+            self.retry.retain(|r| !newer.contains(r.item.path.as_str()));
+        }
+        // Counted as they are taken out again below: a refused item counts no bytes.
+        let needed_bytes: u64 = items
+            .iter()
+            .map(|i| i.as_ref().map_or(0, |i| i.meta.size))
+            .sum();
+        self.needed.add(items.len() as u64, needed_bytes);
+        let mut max_seq = self.seen.max(through);
+        // Content is fetched for several items at once (small files are mostly round trips),
+        // and applied strictly in the peer's order.
+        let mut pending: VecDeque<(RemoteItem, tokio::task::JoinHandle<Prepared>)> =
+            VecDeque::new();
+        let mut items = items.into_iter();
+        loop {
+            while pending.len() < PIPELINE {
+                match items.next() {
+                    None => break,
+                    Some(Err(refused)) => {
+                        self.fetcher.feed.refused(&refused.to_string());
+                        self.needed.done(1, 0);
+                    }
+                    Some(Ok(item)) => {
+                        max_seq = max_seq.max(item.sequence);
+                        let job = tokio::spawn(self.fetcher.clone().prepare(item.clone()));
+                        pending.push_back((item, job));
+                    }
+                }
+            }
+            // Everything already fetched goes to the source task as one batch (one
+            // transaction), waiting only for the oldest.
+            let Some((item, job)) = pending.pop_front() else {
+                break;
+            };
+            let failed =
+                |e: tokio::task::JoinError| Prepared::Retry(format!("preparing failed: {e}"));
+            let mut batch = vec![(item, job.await.unwrap_or_else(failed))];
+            while batch.len() < APPLY_BATCH && pending.front().is_some_and(|(_, j)| j.is_finished())
+            {
+                if let Some((item, job)) = pending.pop_front() {
+                    batch.push((item, job.await.unwrap_or_else(failed)));
+                }
+            }
+            let n = batch.len() as u64;
+            let size: u64 = batch.iter().map(|(i, _)| i.meta.size).sum();
+            let to_retry = self.finish(batch).await;
+            self.retry.extend(to_retry);
+            self.needed.done(n, size);
+            self.fetcher.feed.progress(Progress::Done(n));
+        }
+        self.seen = self.seen.max(max_seq);
+        // The sender's word that it has sent everything it had numbered, scanned and settled.
+        self.fetcher.feed.progress(Progress::CaughtUp(caught_up));
+        self.acknowledge(queue_empty).await;
+    }
+
+    /// Moves the cursor and tells the peer how far its index is applied here: up to just
+    /// before the first item still waiting for a retry, so neither side calls it in sync and
+    /// a restart asks for that item again.
+    async fn acknowledge(&mut self, queue_empty: bool) {
+        let held_back = self.retry.iter().map(|r| r.item.sequence).min();
+        let applied = match held_back {
+            Some(first) => self.seen.min(first.saturating_sub(1)),
+            None => self.seen,
+        };
+        if applied != self.applied {
+            self.applied = applied;
+            let origin = self.fetcher.feed.origin().device.clone();
+            let source = self.fetcher.src.id.clone();
+            if let Err(e) = self.fetcher.store.set_cursor(origin, source, applied).await {
+                warn!(error = %e, "cannot save the cursor; the sender resends after a restart");
+            }
+        }
+        self.fetcher.feed.acknowledge(applied, self.seen).await;
+        let idle = queue_empty && self.retry.is_empty();
+        self.fetcher.feed.progress(Progress::Acknowledged {
+            applied,
+            seen: self.seen,
+            idle,
+        });
+    }
+
+    /// Applies one item; gives it back if it should be tried again later.
+    async fn process(&mut self, item: RemoteItem) -> Option<Retry> {
+        let prepared = self.fetcher.clone().prepare(item.clone()).await;
+        self.finish(vec![(item, prepared)]).await.pop()
+    }
+
+    /// The local step of prepared items: hand them to the source task as one batch. Gives
+    /// back the items to try again later.
+    async fn finish(&mut self, batch: Vec<(RemoteItem, Prepared)>) -> Vec<Retry> {
+        let feed = self.fetcher.feed.clone();
+        let origin = feed.origin().clone();
+        let mut retry = Vec::new();
+        let mut claims = Vec::new();
+        let mut temps = Vec::new();
+        let mut items = Vec::with_capacity(batch.len());
+        let mut reqs = Vec::with_capacity(batch.len());
+        for (item, prepared) in batch {
+            match prepared {
+                Prepared::Skip => {}
+                Prepared::Busy(key) => retry.push(Retry {
+                    item,
+                    busy: Some(key),
+                }),
+                Prepared::Retry(e) => {
+                    warn!(item = %item.path, error = %e, "cannot fetch content; retrying later");
+                    feed.progress(Progress::Error(format!("{}: {e}", item.path)));
+                    retry.push(Retry { item, busy: None });
+                }
+                Prepared::Apply(temp, claim) => {
+                    claims.extend(claim);
+                    reqs.push(RemoteApply {
+                        item: item.clone(),
+                        temp: temp.as_ref().map(|t| t.path.clone()),
+                        from: origin.short.clone(),
+                        from_device: origin.device.clone(),
+                    });
+                    temps.extend(temp);
+                    items.push(item);
+                }
+            }
+        }
+        if reqs.is_empty() {
+            return retry;
+        }
+        // From here the source task owns the temp files: it renames each into place or
+        // removes it. The hand-over runs in its own task, so a connection dropping while the
+        // batch waits for the source task neither strands the temps nor pulls them from
+        // under an apply already under way.
+        for temp in temps {
+            temp.hand_over();
+        }
+        let commander = self.fetcher.src.commander.clone();
+        let applying = tokio::spawn(async move {
+            let outcomes = commander.apply(reqs).await;
+            drop(claims);
+            outcomes
+        });
+        let outcomes = match applying.await {
+            Ok(outcomes) => outcomes,
+            Err(e) => vec![ApplyOutcome::Failed(format!("applying failed: {e}")); items.len()],
+        };
+        for (item, outcome) in items.into_iter().zip(outcomes) {
+            if let ApplyOutcome::Failed(e) = outcome {
+                feed.progress(Progress::Error(e));
+                retry.push(Retry { item, busy: None });
+            }
+        }
+        retry
+    }
+}

@@ -1,0 +1,70 @@
+//! The hello each way: the protocol version both sides must speak, the capabilities this
+//! build offers, and the kind of data each shared source holds (files against contacts is
+//! refused for that source, on both sides).
+
+use tandem_proto::peer as pb;
+
+use crate::formats::{self, Kind};
+use crate::identity::DeviceId;
+
+/// Optional features this build offers in its hello: the kinds of data it can keep.
+const CAPABILITIES: &[&str] = &["kind:files"];
+
+/// The kind of data a source kept in `format` holds; `None` for a format this build lacks.
+pub(super) fn kind_of(format: &str) -> Option<Kind> {
+    formats::by_name(format).ok().map(|f| f.kind())
+}
+
+/// Why a source cannot be exchanged with a peer that keeps it as another kind of data.
+pub(super) fn kind_mismatch(
+    theirs: &pb::SourceCursor,
+    our_format: &str,
+    device: &DeviceId,
+) -> Option<String> {
+    let ours = kind_of(our_format)?;
+    if Kind::parse(&theirs.kind) == Some(ours) {
+        return None;
+    }
+    let their_kind = if theirs.kind.is_empty() {
+        "an unknown kind"
+    } else {
+        theirs.kind.as_str()
+    };
+    Some(format!(
+        "source {:?}: device {} keeps it as {their_kind} ({}), this device as {ours} ({our_format}); \
+         a source holds one kind of data everywhere, so share it only between devices that keep \
+         the same kind",
+        theirs.source,
+        device.short_string(),
+        if theirs.format.is_empty() {
+            "?"
+        } else {
+            &theirs.format
+        },
+    ))
+}
+
+/// The capabilities this build offers, for its hello.
+pub(super) fn capabilities() -> Vec<String> {
+    CAPABILITIES.iter().map(|c| (*c).to_owned()).collect()
+}
+
+/// Refuses a hello in another protocol version, naming both versions.
+pub(super) fn check_protocol(hello: &pb::Hello, device: &DeviceId) -> Result<(), String> {
+    if hello.protocol == tandem_proto::PEER_PROTOCOL {
+        return Ok(());
+    }
+    Err(format!(
+        "device {} speaks peer protocol {} (tandem {}), this device speaks protocol {} \
+         (tandem {}); install the same Tandem release on both",
+        device.short_string(),
+        hello.protocol,
+        if hello.version.is_empty() {
+            "?"
+        } else {
+            &hello.version
+        },
+        tandem_proto::PEER_PROTOCOL,
+        env!("CARGO_PKG_VERSION"),
+    ))
+}
