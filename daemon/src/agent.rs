@@ -285,9 +285,13 @@ impl AgentHandle {
     }
 }
 
+/// Longest shutdown waits for the peer side's tasks.
+const PEER_STOP_LIMIT: std::time::Duration = std::time::Duration::from_secs(3);
+
 /// A started agent: its handle for the control service, and what [`Running::stop`] winds down.
 pub struct Running {
     handle: AgentHandle,
+    peers: PeerHandle,
     agent: tokio::task::JoinHandle<()>,
     cancel: CancellationToken,
     store: StoreHandle,
@@ -307,6 +311,14 @@ impl Running {
         drop(self.handle);
         if let Err(e) = self.agent.await {
             warn!(error = %e, "agent task ended abnormally");
+        }
+        // Connections notice the cancellation at their next frame or timer; a peer that stalls
+        // must not hold the shutdown up for long.
+        if tokio::time::timeout(PEER_STOP_LIMIT, self.peers.stopped())
+            .await
+            .is_err()
+        {
+            warn!("peer connections did not stop within {PEER_STOP_LIMIT:?}; closing anyway");
         }
         drop(self.store);
         // Joining a thread blocks: not on the runtime's own threads.
@@ -379,6 +391,7 @@ pub async fn start(home: &Home, listen: Option<SocketAddr>) -> Result<Running, E
     task.start_recorded().await?;
     let agent = tokio::spawn(task.run());
     Ok(Running {
+        peers: handle.peers.clone(),
         handle,
         agent,
         cancel: sources_cancel,
@@ -422,6 +435,7 @@ impl AgentTask {
             debounce_max: self.config.debounce_max,
             rescan_interval: self.config.rescan_interval,
             versions_keep: self.config.versions_keep,
+            disk: Arc::new(apply::OsDisk),
         };
         let handle = source::spawn(
             cfg,
@@ -489,6 +503,7 @@ impl AgentTask {
                             root: status.path,
                             commander: h.commander(),
                             status: h.subscribe(),
+                            disk: h.disk(),
                         }
                     })
                     .collect();

@@ -15,7 +15,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, warn};
 
-use crate::apply;
+use crate::apply::{self, ApplyError, Disk};
 use crate::events::{Event, EventBus, EventKind, unix_ms_now};
 use crate::formats::{self, Format};
 use crate::ignores::{IGNORE_FILE, Ignores};
@@ -53,6 +53,8 @@ pub struct SourceConfig {
     pub rescan_interval: Duration,
     /// Retention of the versions folder (`None`: forever).
     pub versions_keep: Option<Duration>,
+    /// Where writes into the source go (the real disk, or a faulty one in tests).
+    pub disk: Arc<dyn Disk>,
 }
 
 /// Coarse state of a source, as `status` shows it.
@@ -136,14 +138,49 @@ pub struct RemoteApply {
 }
 
 /// What became of a remote difference.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum ApplyOutcome {
     /// Written (and recorded with the rest of its batch).
     Applied,
     /// Not needed: this device has the same or a newer version (or wins the conflict).
     Skipped,
-    /// Could not be applied now; the message names the item and what to do.
-    Failed(String),
+    /// Could not be applied now; it is tried again later.
+    Failed(ApplyFailure),
+}
+
+impl ApplyOutcome {
+    /// True when the item was written.
+    pub fn is_applied(&self) -> bool {
+        matches!(self, ApplyOutcome::Applied)
+    }
+}
+
+/// Why a remote difference could not be applied now. Each message says what happens next.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ApplyFailure {
+    #[error("the source is paused; it applies once resumed")]
+    Paused,
+    #[error("the source is stopped: {0}")]
+    SourceStopped(String),
+    #[error("the source stopped")]
+    SourceGone,
+    #[error("{item}: changed here while it was being prepared; it is fetched again")]
+    ChangedWhilePrepared { item: String },
+    #[error("it changed on this device while being applied; it is compared again shortly")]
+    Busy,
+    /// Writing it failed; the error names the item and what to do.
+    #[error(transparent)]
+    Write(Arc<ApplyError>),
+    /// Its prior state or its target could not be looked at.
+    #[error("{0}")]
+    Lookup(String),
+    #[error("{action} failed: {source}; it is tried again")]
+    Store {
+        action: &'static str,
+        source: Arc<store::Error>,
+    },
+    #[error("{what} failed: {error}; it is tried again")]
+    Task { what: &'static str, error: String },
 }
 
 /// A source as the peer side and the receiving pipeline need it: where it is, how to hand it
@@ -154,6 +191,8 @@ pub struct SharedSource {
     pub root: PathBuf,
     pub commander: SourceCommander,
     pub status: watch::Receiver<SourceStatus>,
+    /// Where content built for it is written.
+    pub disk: Arc<dyn Disk>,
 }
 
 /// Cloneable sender of commands to one source task.
@@ -205,7 +244,7 @@ impl SourceCommander {
             // The source is gone; nothing will use the built content.
             let _ = std::fs::remove_file(temp);
         }
-        vec![ApplyOutcome::Failed("the source stopped".into()); n]
+        vec![ApplyOutcome::Failed(ApplyFailure::SourceGone); n]
     }
 }
 
@@ -213,6 +252,7 @@ impl SourceCommander {
 #[derive(Debug)]
 pub struct SourceHandle {
     tx: mpsc::Sender<Msg>,
+    disk: Arc<dyn Disk>,
     status: watch::Receiver<SourceStatus>,
     cancel: CancellationToken,
     join: JoinHandle<()>,
@@ -227,6 +267,11 @@ impl SourceHandle {
     /// A receiver that sees every new status snapshot.
     pub fn subscribe(&self) -> watch::Receiver<SourceStatus> {
         self.status.clone()
+    }
+
+    /// Where writes into this source go.
+    pub fn disk(&self) -> Arc<dyn Disk> {
+        self.disk.clone()
     }
 
     /// A cloneable sender of commands to this source.
@@ -295,12 +340,14 @@ pub fn spawn(
             });
             return SourceHandle {
                 tx,
+                disk: cfg.disk.clone(),
                 status: status_rx,
                 cancel,
                 join,
             };
         }
     };
+    let disk = cfg.disk.clone();
     let task = SourceTask {
         format,
         debouncer: Debouncer::new(cfg.debounce, cfg.debounce_max),
@@ -324,6 +371,7 @@ pub fn spawn(
     let join = tokio::spawn(task.run().instrument(span));
     SourceHandle {
         tx,
+        disk,
         status: status_rx,
         cancel,
         join,
@@ -375,7 +423,26 @@ enum Stop {
     Cancelled,
     /// The user paused the source mid-scan; reply once paused.
     Paused(oneshot::Sender<()>),
-    Source(String),
+    /// The source as a whole cannot be scanned now.
+    Source(SourceError),
+}
+
+/// Why a whole source stopped. Nothing is sent as deleted while it is; the source is checked
+/// again every few seconds.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error(
+        "the source marker {marker} is missing, so this may not be the source's folder (an \
+         unmounted disk?); nothing is sent as deleted. Mount the disk, or if this is the right \
+         folder, recreate the marker with `mkdir {marker}`"
+    )]
+    MarkerMissing { marker: String },
+    #[error(transparent)]
+    Scan(#[from] ScanError),
+    #[error("reading or recording its state failed: {0}")]
+    Store(#[from] store::Error),
+    #[error("the scanner crashed: {0}; it is restarted")]
+    Crashed(String),
 }
 
 impl SourceTask {
@@ -647,7 +714,8 @@ impl SourceTask {
             }
             Err(Stop::Cancelled) => {}
             Err(Stop::Paused(done)) => self.handle(Msg::Pause(done)).await,
-            Err(Stop::Source(message)) => {
+            Err(Stop::Source(error)) => {
+                let message = error.to_string();
                 warn!(error = %message, "source stopped");
                 if self.status.borrow().error.as_deref() != Some(message.as_str()) {
                     self.events
@@ -680,7 +748,7 @@ impl SourceTask {
             .store
             .prior_items(id.clone(), under)
             .await
-            .map_err(|e| Stop::Source(e.to_string()))?;
+            .map_err(|e| Stop::Source(e.into()))?;
         let mut seen_errors: BTreeMap<String, String> = BTreeMap::new();
         if scope == Scope::Full {
             let root = self.cfg.root.clone();
@@ -744,7 +812,7 @@ impl SourceTask {
                         if let Err(e) = self.commit_batch(batch, &mut seen_errors).await {
                             drop(rx);
                             let _ = scan.await;
-                            return Err(Stop::Source(e.to_string()));
+                            return Err(Stop::Source(e.into()));
                         }
                     }
                     None => break,
@@ -778,8 +846,8 @@ impl SourceTask {
         let summary = match scan.await {
             Ok(Ok(summary)) => summary,
             Ok(Err(ScanError::Cancelled)) => return Err(Stop::Cancelled),
-            Ok(Err(e)) => return Err(Stop::Source(e.to_string())),
-            Err(e) => return Err(Stop::Source(format!("the scanner crashed: {e}"))),
+            Ok(Err(e)) => return Err(Stop::Source(e.into())),
+            Err(e) => return Err(Stop::Source(SourceError::Crashed(e.to_string()))),
         };
         // Errors under the scanned scope are replaced by what this scan found.
         self.publish(|s| {
@@ -893,7 +961,7 @@ impl SourceTask {
 
 impl SourceTask {
     /// Commits the differences applied so far in one transaction, then tells `watch`.
-    async fn flush_applied(&mut self) -> Result<(), String> {
+    async fn flush_applied(&mut self) -> Result<(), ApplyFailure> {
         if self.applied_records.is_empty() {
             return Ok(());
         }
@@ -904,7 +972,10 @@ impl SourceTask {
             .store
             .commit(id.clone(), diffs)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| ApplyFailure::Store {
+                action: "recording applied items",
+                source: Arc::new(e),
+            })?;
         let mut total = TotalsDelta::default();
         for (r, seq) in records.iter().zip(&seqs) {
             total.merge(&r.delta);
@@ -929,7 +1000,7 @@ impl SourceTask {
 
 /// A root that exists but lacks its marker is most likely an empty mount point: scanning it
 /// would report everything deleted.
-fn check_marker(root: &std::path::Path) -> Result<(), String> {
+fn check_marker(root: &std::path::Path) -> Result<(), SourceError> {
     if !root.is_dir() {
         // The scanner reports a missing root in its own words.
         return Ok(());
@@ -937,13 +1008,9 @@ fn check_marker(root: &std::path::Path) -> Result<(), String> {
     if marker_path(root).is_dir() {
         return Ok(());
     }
-    Err(format!(
-        "the source marker {} is missing, so this may not be the source's folder (an unmounted \
-         disk?); nothing is sent as deleted. Mount the disk, or if this is the right folder, \
-         recreate the marker with `mkdir {}`",
-        marker_path(root).display(),
-        marker_path(root).display()
-    ))
+    Err(SourceError::MarkerMissing {
+        marker: marker_path(root).display().to_string(),
+    })
 }
 
 /// The prior version with this device's counter bumped; a new item starts from empty.

@@ -178,8 +178,7 @@ pub fn version_from_pb(path: &str, v: Option<&pb::Version>) -> Result<VersionVec
 
 /// Encodes an item for a peer.
 pub fn item_to_pb(item: &RemoteItem) -> pb::Item {
-    pb::Item {
-        path: item.path.as_str().to_owned(),
+    let body = pb::FileBody {
         kind: match item.meta.kind {
             ItemKind::File => pb::ItemKind::File,
             ItemKind::Directory => pb::ItemKind::Directory,
@@ -188,7 +187,6 @@ pub fn item_to_pb(item: &RemoteItem) -> pb::Item {
         size: item.meta.size,
         mtime_ns: item.meta.mtime_ns,
         mode: item.meta.mode,
-        version: Some(version_to_pb(&item.version)),
         hash: item.hash.map(|h| h.0.to_vec()).unwrap_or_default(),
         chunks: item
             .chunks
@@ -199,9 +197,16 @@ pub fn item_to_pb(item: &RemoteItem) -> pb::Item {
             })
             .collect(),
         symlink_target: item.meta.symlink_target.clone().unwrap_or_default(),
-        deleted: item.deleted,
-        sequence: item.sequence,
-        modified_by: item.modified_by.clone().unwrap_or_default(),
+    };
+    pb::Item {
+        key: Some(pb::item::Key::Path(item.path.as_str().to_owned())),
+        header: Some(pb::Header {
+            version: Some(version_to_pb(&item.version)),
+            sequence: item.sequence,
+            deleted: item.deleted,
+            modified_by: item.modified_by.clone().unwrap_or_default(),
+        }),
+        body: Some(pb::item::Body::File(body)),
     }
 }
 
@@ -209,30 +214,51 @@ pub fn item_to_pb(item: &RemoteItem) -> pb::Item {
 ///
 /// # Errors
 /// [`Refused`] naming the item and what is wrong; nothing of it may be used.
-pub fn item_from_pb(msg: &pb::Item) -> Result<RemoteItem, Refused> {
-    let path = ItemPath::parse(&msg.path)?;
+pub fn item_from_pb(item: &pb::Item) -> Result<RemoteItem, Refused> {
+    let key = match &item.key {
+        Some(pb::item::Key::Path(path)) => path,
+        Some(pb::item::Key::Uid(uid)) => {
+            return Err(Refused::Item {
+                path: format!("record {}", uid.chars().take(64).collect::<String>()),
+                reason: "a record in an exchange of files".into(),
+            });
+        }
+        None => {
+            return Err(Refused::Item {
+                path: String::new(),
+                reason: "an item with no key".into(),
+            });
+        }
+    };
+    let path = ItemPath::parse(key)?;
     let bad = |reason: String| Refused::Item {
-        path: msg.path.clone(),
+        path: key.clone(),
         reason,
     };
-    let kind = match pb::ItemKind::try_from(msg.kind) {
+    let Some(header) = &item.header else {
+        return Err(bad("it has no header".into()));
+    };
+    let Some(pb::item::Body::File(body)) = &item.body else {
+        return Err(bad("it has no file body".into()));
+    };
+    let kind = match pb::ItemKind::try_from(body.kind) {
         Ok(pb::ItemKind::File) => ItemKind::File,
         Ok(pb::ItemKind::Directory) => ItemKind::Directory,
         Ok(pb::ItemKind::Symlink) => ItemKind::Symlink,
-        Err(_) => return Err(bad(format!("unknown kind {}", msg.kind))),
+        Err(_) => return Err(bad(format!("unknown kind {}", body.kind))),
     };
-    let version = version_from_pb(&msg.path, msg.version.as_ref())?;
-    if msg.mode > 0o7777 {
+    let version = version_from_pb(key, header.version.as_ref())?;
+    if body.mode > 0o7777 {
         return Err(bad(format!(
             "mode {:o} has bits beyond permissions",
-            msg.mode
+            body.mode
         )));
     }
     let mut hash = None;
     let mut chunks = Vec::new();
     let symlink_target = match kind {
-        ItemKind::Symlink if !msg.deleted => {
-            let t = &msg.symlink_target;
+        ItemKind::Symlink if !header.deleted => {
+            let t = &body.symlink_target;
             if t.is_empty() || t.len() > MAX_LINK_BYTES || t.contains('\0') {
                 return Err(bad(
                     "symlink target is empty, too long or has a NUL byte".into()
@@ -242,20 +268,20 @@ pub fn item_from_pb(msg: &pb::Item) -> Result<RemoteItem, Refused> {
         }
         _ => None,
     };
-    if kind == ItemKind::File && !msg.deleted {
+    if kind == ItemKind::File && !header.deleted {
         hash = Some(
-            Hash128::from_slice(&msg.hash)
+            Hash128::from_slice(&body.hash)
                 .ok_or_else(|| bad("content hash is not 16 bytes".into()))?,
         );
-        if msg.chunks.len() > MAX_CHUNKS_PER_ITEM {
+        if body.chunks.len() > MAX_CHUNKS_PER_ITEM {
             return Err(bad(format!(
                 "{} chunks is more than the limit",
-                msg.chunks.len()
+                body.chunks.len()
             )));
         }
         let mut offset: u64 = 0;
-        chunks.reserve(msg.chunks.len());
-        for (i, c) in msg.chunks.iter().enumerate() {
+        chunks.reserve(body.chunks.len());
+        for (i, c) in body.chunks.iter().enumerate() {
             let h = Hash128::from_slice(&c.hash)
                 .ok_or_else(|| bad(format!("chunk {i} hash is not 16 bytes")))?;
             if c.len == 0 || c.len > MAX_CHUNK_SIZE {
@@ -268,17 +294,17 @@ pub fn item_from_pb(msg: &pb::Item) -> Result<RemoteItem, Refused> {
             });
             offset += u64::from(c.len);
         }
-        if offset != msg.size {
+        if offset != body.size {
             return Err(bad(format!(
                 "chunks add up to {offset} bytes but the size is {}",
-                msg.size
+                body.size
             )));
         }
-    } else if !msg.chunks.is_empty() || (msg.size != 0 && kind != ItemKind::File) {
+    } else if !body.chunks.is_empty() || (body.size != 0 && kind != ItemKind::File) {
         return Err(bad("only a live file may carry content".into()));
     }
     // It becomes part of a file name (conflict copies), so only a short plain word will do.
-    let by = &msg.modified_by;
+    let by = &header.modified_by;
     if by.len() > MAX_DEVICE_SHORT || !by.bytes().all(|b| b.is_ascii_alphanumeric()) {
         return Err(bad(
             "the modifying device's short ID is not a short alphanumeric word".into(),
@@ -288,17 +314,17 @@ pub fn item_from_pb(msg: &pb::Item) -> Result<RemoteItem, Refused> {
         path,
         meta: Metadata {
             kind,
-            size: if msg.deleted { 0 } else { msg.size },
-            mtime_ns: msg.mtime_ns,
+            size: if header.deleted { 0 } else { body.size },
+            mtime_ns: body.mtime_ns,
             inode: 0,
-            mode: msg.mode,
+            mode: body.mode,
             symlink_target,
         },
         version,
         hash,
         chunks,
-        deleted: msg.deleted,
-        sequence: msg.sequence,
+        deleted: header.deleted,
+        sequence: header.sequence,
         modified_by: (!by.is_empty()).then(|| by.clone()),
     })
 }
@@ -407,38 +433,65 @@ mod tests {
     }
 
     #[test]
+    fn items_without_a_key_header_or_file_body_and_records_are_refused() {
+        let good = item_to_pb(&file_item());
+        let mut no_key = good.clone();
+        no_key.key = None;
+        let mut no_header = good.clone();
+        no_header.header = None;
+        let mut no_body = good.clone();
+        no_body.body = None;
+        let mut record = good.clone();
+        record.key = Some(pb::item::Key::Uid("ana@example".into()));
+        record.body = Some(pb::item::Body::Record(pb::RecordBody {}));
+        for (m, want) in [
+            (no_key, "no key"),
+            (no_header, "no header"),
+            (no_body, "no file body"),
+            (record, "a record"),
+        ] {
+            let err = item_from_pb(&m).unwrap_err().to_string();
+            assert!(err.contains(want), "{want}: {err}");
+        }
+    }
+
+    #[test]
     fn inconsistent_items_are_refused() {
         let good = item_to_pb(&file_item());
-        type Mutation = Box<dyn Fn(&mut pb::Item)>;
+        type Mutation = Box<dyn Fn(&mut pb::FileBody, &mut pb::Header)>;
         let cases: Vec<(&str, Mutation)> = vec![
-            ("size", Box::new(|m| m.size += 1)),
-            ("16 bytes", Box::new(|m| m.hash.truncate(3))),
-            ("chunk 1 hash", Box::new(|m| m.chunks[1].hash.push(0))),
-            ("length 0", Box::new(|m| m.chunks[0].len = 0)),
-            ("no version", Box::new(|m| m.version = None)),
+            ("size", Box::new(|b, _| b.size += 1)),
+            ("16 bytes", Box::new(|b, _| b.hash.truncate(3))),
+            ("chunk 1 hash", Box::new(|b, _| b.chunks[1].hash.push(0))),
+            ("length 0", Box::new(|b, _| b.chunks[0].len = 0)),
+            ("no version", Box::new(|_, h| h.version = None)),
             (
                 "empty",
-                Box::new(|m| m.version = Some(pb::Version::default())),
+                Box::new(|_, h| h.version = Some(pb::Version::default())),
             ),
-            ("unknown kind", Box::new(|m| m.kind = 9)),
-            ("mode", Box::new(|m| m.mode = 0o170000)),
+            ("unknown kind", Box::new(|b, _| b.kind = 9)),
+            ("mode", Box::new(|b, _| b.mode = 0o170000)),
             (
                 "only a live file",
-                Box::new(|m| m.kind = pb::ItemKind::Directory as i32),
+                Box::new(|b, _| b.kind = pb::ItemKind::Directory as i32),
             ),
             (
                 "twice",
-                Box::new(|m| {
-                    let c = m.version.as_ref().unwrap().counters[0];
-                    m.version.as_mut().unwrap().counters.push(c);
+                Box::new(|_, h| {
+                    let c = h.version.as_ref().unwrap().counters[0];
+                    h.version.as_mut().unwrap().counters.push(c);
                 }),
             ),
-            ("short ID", Box::new(|m| m.modified_by = "../x".into())),
-            ("short ID", Box::new(|m| m.modified_by = "A".repeat(17))),
+            ("short ID", Box::new(|_, h| h.modified_by = "../x".into())),
+            ("short ID", Box::new(|_, h| h.modified_by = "A".repeat(17))),
         ];
         for (want, mutate) in cases {
             let mut m = good.clone();
-            mutate(&mut m);
+            let (Some(pb::item::Body::File(body)), Some(header)) = (&mut m.body, &mut m.header)
+            else {
+                panic!("a file item has a file body and a header");
+            };
+            mutate(body, header);
             let err = item_from_pb(&m).unwrap_err().to_string();
             assert!(
                 err.contains(want) && err.contains("docs/a.txt"),
@@ -460,7 +513,7 @@ mod tests {
             Err(Refused::TooManyItems { .. })
         ));
         let mut bad = item_to_pb(&file_item());
-        bad.path = "../escape".into();
+        bad.key = Some(pb::item::Key::Path("../escape".into()));
         let update = pb::IndexUpdate {
             source: "s".into(),
             items: vec![item_to_pb(&file_item()), bad],

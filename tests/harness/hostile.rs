@@ -195,7 +195,7 @@ impl HostilePeer {
     pub fn update(&mut self, source: &str, mut items: Vec<pb::Item>) {
         for item in &mut items {
             self.next_sequence += 1;
-            item.sequence = self.next_sequence;
+            header(item).sequence = self.next_sequence;
         }
         self.send(Body::Index(pb::IndexUpdate {
             source: source.to_owned(),
@@ -208,8 +208,8 @@ impl HostilePeer {
     /// A live file item at `path` with a correct hash and chunk list for `data`, versioned by
     /// this device; its chunks are served with the right bytes.
     pub fn file(&mut self, path: &str, data: &[u8]) -> pb::Item {
-        let item = file_item(path, data, self.version());
-        for (chunk, piece) in item.chunks.iter().zip(data.chunks(PIECE)) {
+        let mut item = file_item(path, data, self.version());
+        for (chunk, piece) in body(&mut item).chunks.iter().zip(data.chunks(PIECE)) {
             self.serve(&chunk.hash, piece.to_vec());
         }
         item
@@ -285,20 +285,44 @@ pub fn file_item(path: &str, data: &[u8], version: pb::Version) -> pb::Item {
             len: u32::try_from(piece.len()).expect("a piece is 64 KiB at most"),
         })
         .collect();
+    item(
+        path,
+        version,
+        pb::FileBody {
+            kind: pb::ItemKind::File as i32,
+            size: u64::try_from(data.len()).expect("test data fits in u64"),
+            mtime_ns: 1_700_000_000_000_000_000,
+            mode: 0o644,
+            hash: hash(data),
+            chunks,
+            symlink_target: String::new(),
+        },
+    )
+}
+
+/// An item of a `files` source at `path`, live, at `version`, with `body`.
+pub fn item(path: &str, version: pb::Version, body: pb::FileBody) -> pb::Item {
     pb::Item {
-        path: path.to_owned(),
-        kind: pb::ItemKind::File as i32,
-        size: u64::try_from(data.len()).expect("test data fits in u64"),
-        mtime_ns: 1_700_000_000_000_000_000,
-        mode: 0o644,
-        version: Some(version),
-        hash: hash(data),
-        chunks,
-        symlink_target: String::new(),
-        deleted: false,
-        sequence: 0,
-        modified_by: String::new(),
+        key: Some(pb::item::Key::Path(path.to_owned())),
+        header: Some(pb::Header {
+            version: Some(version),
+            ..Default::default()
+        }),
+        body: Some(pb::item::Body::File(body)),
     }
+}
+
+/// The file body of an item made here, to change before sending.
+pub fn body(item: &mut pb::Item) -> &mut pb::FileBody {
+    match &mut item.body {
+        Some(pb::item::Body::File(body)) => body,
+        _ => panic!("items made by this harness have a file body"),
+    }
+}
+
+/// The header of an item made here, to change before sending.
+pub fn header(item: &mut pb::Item) -> &mut pb::Header {
+    item.header.get_or_insert_with(Default::default)
 }
 
 /// TCP, TLS 1.3 and HTTP/2 up to the open `Exchange` stream.

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 use tandem_proto::peer::{self as pb, frame::Body};
-use tandem_tests::hostile::{DeviceKey, HostilePeer, file_item, hash};
+use tandem_tests::hostile::{DeviceKey, HostilePeer, body, file_item, hash, header, item};
 use tandem_tests::tree::{self, Kind};
 use tandem_tests::{Agent, backoff, num};
 
@@ -194,34 +194,32 @@ fn temps(root: &Path) -> Vec<String> {
 }
 
 fn dir_item(path: &str, version: pb::Version) -> pb::Item {
-    pb::Item {
-        path: path.to_owned(),
+    let body = pb::FileBody {
         kind: pb::ItemKind::Directory as i32,
         mode: 0o755,
-        version: Some(version),
         ..Default::default()
-    }
+    };
+    item(path, version, body)
 }
 
 fn link_item(path: &str, target: &str, version: pb::Version) -> pb::Item {
-    pb::Item {
-        path: path.to_owned(),
+    let body = pb::FileBody {
         kind: pb::ItemKind::Symlink as i32,
         mode: 0o777,
-        version: Some(version),
         symlink_target: target.to_owned(),
         ..Default::default()
-    }
+    };
+    item(path, version, body)
 }
 
 fn tombstone(path: &str, version: pb::Version) -> pb::Item {
-    pb::Item {
-        path: path.to_owned(),
+    let body = pb::FileBody {
         kind: pb::ItemKind::File as i32,
-        version: Some(version),
-        deleted: true,
         ..Default::default()
-    }
+    };
+    let mut gone = item(path, version, body);
+    header(&mut gone).deleted = true;
+    gone
 }
 
 #[test]
@@ -290,8 +288,8 @@ fn paths_out_of_the_source_and_unshared_sources_are_refused_and_nothing_is_writt
     let victim_text = victim.to_str().expect("UTF-8 temp path").to_owned();
     let version = m.version();
     let mut touched = m.file("touch.txt", b"same bytes");
-    touched.mode = 0o777;
-    touched.mtime_ns = 1_000_000_000;
+    body(&mut touched).mode = 0o777;
+    body(&mut touched).mtime_ns = 1_000_000_000;
     m.update(
         "docs",
         vec![link_item("touch.txt", &victim_text, version), touched],
@@ -392,9 +390,10 @@ fn chunks_that_do_not_match_their_hash_are_refused_and_leave_nothing() {
     // The announced chunk hash is right for the announced content, but M answers A's chunk
     // request with other bytes of the same length.
     let wanted = b"the content M announced".to_vec();
-    let item = m.file("bad-chunk.txt", &wanted);
+    let mut item = m.file("bad-chunk.txt", &wanted);
     let forged: Vec<u8> = wanted.iter().rev().copied().collect();
-    m.serve(&item.chunks[0].hash, forged);
+    let first = body(&mut item).chunks[0].hash.clone();
+    m.serve(&first, forged);
     s.expect_refused("a chunk that does not match its hash", || {
         m.update("docs", vec![item]);
     });
@@ -421,7 +420,7 @@ fn chunks_that_do_not_match_their_hash_are_refused_and_leave_nothing() {
     // Every chunk matches its own hash, but together they are not the announced content.
     let (one, two) = (vec![1u8; 70_000], vec![2u8; 70_000]);
     let mut item = m.file("bad-whole.txt", &[one.clone(), two.clone()].concat());
-    item.hash = hash(&[two, one].concat());
+    body(&mut item).hash = hash(&[two, one].concat());
     s.expect_refused("content that does not match its whole hash", || {
         m.update("docs", vec![item]);
     });

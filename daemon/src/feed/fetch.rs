@@ -2,7 +2,6 @@
 //! receiver fetches it, build it in a temp file beside its target from chunks, and verify it.
 
 use std::collections::BTreeSet;
-use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
 use tokio::sync::watch;
@@ -10,7 +9,7 @@ use tokio::task::JoinSet;
 
 use super::providers::{ChunkChain, ChunkWanted};
 use super::{Feed, Progress};
-use crate::apply;
+use crate::apply::{self, ApplyError};
 use crate::chunker::{ChunkRef, Hash128};
 use crate::item::ItemKind;
 use crate::source::SharedSource;
@@ -75,7 +74,7 @@ pub(super) enum Prepared {
     /// that content, released once applied).
     Apply(Option<BuiltTemp>, Option<Claim>),
     /// Content could not be fetched now.
-    Retry(String),
+    Retry(NotBuilt),
     /// Another receiver is fetching the same content for the same item.
     Busy(BuildKey),
 }
@@ -98,8 +97,8 @@ impl Drop for BuiltTemp {
     fn drop(&mut self) {
         if !self.path.as_os_str().is_empty() {
             // One unlink, only on the path that abandons the content: cheap enough to do
-            // here rather than on the blocking pool. Gone already is fine too.
-            let _ = std::fs::remove_file(&self.path);
+            // here rather than on the blocking pool.
+            apply::remove_temp(&self.path);
         }
     }
 }
@@ -132,7 +131,7 @@ impl Fetcher {
         };
         match self.build(&item).await {
             Ok(temp) => Prepared::Apply(Some(temp), Some(claim)),
-            Err(e) => Prepared::Retry(e),
+            Err(why) => Prepared::Retry(why),
         }
     }
 
@@ -188,7 +187,7 @@ impl Fetcher {
             // Nothing is fetched now, but the item is not dropped either: a file here where
             // the peer has a folder is a conflict in flight, which the folder wins, and then
             // the item has somewhere to go.
-            return Some(Prepared::Retry(why));
+            return Some(Prepared::Retry(NotBuilt::Fetch(why)));
         }
         let needs_content = item.meta.kind == ItemKind::File
             && !item.deleted
@@ -202,81 +201,68 @@ impl Fetcher {
     }
 
     /// Builds the item's content in a temp file beside its target and verifies it.
-    async fn build(&self, item: &RemoteItem) -> Result<BuiltTemp, String> {
+    async fn build(&self, item: &RemoteItem) -> Result<BuiltTemp, NotBuilt> {
         // A file of one chunk (most small files) is fetched first and then created, written,
         // flushed and checked in one trip to the blocking pool: each trip is two thread
         // switches, and those dominated syncing many small files.
         let first = match item.chunks.as_slice() {
-            [only] => Some((*only, self.chunk(item.path.as_str(), *only).await?)),
+            [only] => Some((
+                *only,
+                self.chunk(item.path.as_str(), *only)
+                    .await
+                    .map_err(NotBuilt::Fetch)?,
+            )),
             _ => None,
         };
-        let root = self.src.root.clone();
+        let (disk, root) = (self.src.disk.clone(), self.src.root.clone());
         let path = item.path.clone();
         let (size, hash) = (item.meta.size, item.hash);
         let one_chunk = first.is_some();
-        let made = tokio::task::spawn_blocking(move || -> Result<Made, String> {
-            // Beside the target when its folder exists; otherwise in the source root, so
-            // folders are only ever made by applying their own items (a folder made early
-            // would look like a local change to the scanner).
-            let temp = if apply::parents_exist(&root, &path) {
-                apply::temp_path(&root, &path)
-            } else {
-                apply::temp_path_in_root(&root)
-            };
-            let f = std::fs::File::create(&temp)
-                .map_err(|e| write_failed("creating a temp file", &e))?;
-            let filled = f
-                .set_len(size)
-                .map_err(|e| write_failed("sizing the temp file", &e))
-                .and_then(|()| match first {
-                    Some((chunk, data)) => {
-                        f.write_all_at(&data, chunk.offset)
-                            .map_err(|e| write_failed("writing the temp file", &e))?;
-                        // A one-chunk file's hash is its chunk's hash, checked on arrival.
-                        let whole_checked = hash == Some(chunk.hash);
-                        flush_and_verify(&f, &temp, &path, hash.filter(|_| !whole_checked))
-                    }
-                    None => Ok(Ok(())),
-                });
-            match filled {
-                Ok(verified) => Ok(Made {
-                    temp,
-                    file: f,
-                    verified,
-                }),
-                Err(e) => {
-                    let _ = std::fs::remove_file(&temp);
-                    Err(e)
-                }
+        let made = tokio::task::spawn_blocking(move || -> Result<Made, ApplyError> {
+            let (temp, file) = apply::create_temp(&*disk, &root, &path, size)?;
+            // Removed again however this ends short of a verified file.
+            let temp = BuiltTemp { path: temp };
+            if let Some((chunk, data)) = first {
+                apply::write_temp(&*disk, &file, &temp.path, &path, &data, chunk.offset)?;
+                // A one-chunk file's hash is its chunk's hash, checked on arrival.
+                let whole_checked = hash == Some(chunk.hash);
+                let check = hash.filter(|_| !whole_checked);
+                apply::finish_temp(&*disk, &file, &temp.path, &path, check)?;
             }
+            Ok(Made { temp, file })
         })
         .await
-        .map_err(|e| e.to_string())??;
-        // Removed again however this ends short of a verified file, cancellation included.
-        let temp = BuiltTemp { path: made.temp };
-        let verified = if one_chunk {
-            made.verified
-        } else {
+        .map_err(|e| NotBuilt::Fetch(format!("building the temp file failed: {e}")))?
+        .map_err(|e| self.write_failed(item, e))?;
+        if !one_chunk {
             let file = Arc::new(made.file);
-            self.fill(item, file.clone()).await?;
-            let (temp2, path) = (temp.path.clone(), item.path.clone());
-            tokio::task::spawn_blocking(move || flush_and_verify(&file, &temp2, &path, hash))
-                .await
-                .map_err(|e| e.to_string())??
-        };
-        match verified {
-            Ok(()) => Ok(temp),
-            Err(e @ apply::ApplyError::HashMismatch { .. }) => {
-                // Every chunk matched its own hash, so the content is what the chunk list
-                // says: the peer announced a list and a whole hash that disagree.
-                self.feed.refused(&format!(
-                    "{}: its chunks do not match its content hash",
-                    item.path
-                ));
-                Err(e.to_string())
-            }
-            Err(e) => Err(e.to_string()),
+            self.fill(item, file.clone(), &made.temp.path).await?;
+            let (disk, temp, path) = (
+                self.src.disk.clone(),
+                made.temp.path.clone(),
+                item.path.clone(),
+            );
+            tokio::task::spawn_blocking(move || {
+                apply::finish_temp(&*disk, &file, &temp, &path, hash)
+            })
+            .await
+            .map_err(|e| NotBuilt::Fetch(format!("checking the temp file failed: {e}")))?
+            .map_err(|e| self.write_failed(item, e))?;
         }
+        Ok(made.temp)
+    }
+
+    /// What a failed write or check of an item's temp file means for it.
+    fn write_failed(&self, item: &RemoteItem, e: ApplyError) -> NotBuilt {
+        if let ApplyError::HashMismatch { .. } = e {
+            // Every chunk matched its own hash, so the content is what the chunk list says:
+            // the sender announced a list and a whole hash that disagree.
+            self.feed.refused(&format!(
+                "{}: its chunks do not match its content hash",
+                item.path
+            ));
+        }
+        NotBuilt::Write(e)
     }
 
     /// Gets one chunk of the item at `item` through the chain (local copies first).
@@ -293,67 +279,66 @@ impl Fetcher {
         Ok(served.data)
     }
 
-    async fn fill(&self, item: &RemoteItem, file: Arc<std::fs::File>) -> Result<(), String> {
+    /// Fetches every chunk of a many-chunk item into its temp file, several at once.
+    async fn fill(
+        &self,
+        item: &RemoteItem,
+        file: Arc<std::fs::File>,
+        temp: &std::path::Path,
+    ) -> Result<(), NotBuilt> {
         let mut set = JoinSet::new();
         let mut chunks = item.chunks.iter().copied();
         loop {
             while set.len() < CHUNK_WINDOW {
                 let Some(chunk) = chunks.next() else { break };
-                let (fetcher, path, file) = (self.clone(), item.path.to_string(), file.clone());
+                let (fetcher, path, file) = (self.clone(), item.path.clone(), file.clone());
+                let temp = temp.to_path_buf();
                 set.spawn(async move {
-                    let data = fetcher.chunk(&path, chunk).await?;
-                    tokio::task::spawn_blocking(move || file.write_all_at(&data, chunk.offset))
+                    let data = fetcher
+                        .chunk(path.as_str(), chunk)
                         .await
-                        .map_err(|e| e.to_string())?
-                        .map_err(|e| write_failed("writing the temp file", &e))
+                        .map_err(NotBuilt::Fetch)?;
+                    let disk = fetcher.src.disk.clone();
+                    tokio::task::spawn_blocking(move || {
+                        apply::write_temp(&*disk, &file, &temp, &path, &data, chunk.offset)
+                    })
+                    .await
+                    .map_err(|e| NotBuilt::Fetch(format!("writing the temp file failed: {e}")))?
+                    .map_err(NotBuilt::Write)
                 });
             }
             match set.join_next().await {
                 None => return Ok(()),
                 Some(Ok(Ok(()))) => {}
                 Some(Ok(Err(e))) => return Err(e),
-                Some(Err(e)) => return Err(e.to_string()),
+                Some(Err(e)) => return Err(NotBuilt::Fetch(e.to_string())),
             }
         }
     }
 }
 
-/// A temp file made for an item, and whether its content checked out (when it was filled
-/// in the same trip).
+/// A temp file made for an item, open for the chunks still to come.
 struct Made {
-    temp: std::path::PathBuf,
+    temp: BuiltTemp,
     file: std::fs::File,
-    verified: Result<(), apply::ApplyError>,
 }
 
-/// Flushes a filled temp file to disk and checks its whole hash, when one is to be checked.
-/// The outer error is a failed write; the inner one what the check found.
-fn flush_and_verify(
-    file: &std::fs::File,
-    temp: &std::path::Path,
-    path: &ItemPath,
-    hash: Option<Hash128>,
-) -> Result<Result<(), apply::ApplyError>, String> {
-    file.sync_all()
-        .map_err(|e| write_failed("flushing the temp file", &e))?;
-    Ok(match hash {
-        Some(h) => apply::verify(temp, path, h),
-        None => Ok(()),
-    })
+/// Why an item's content could not be built now; it is tried again later.
+#[derive(Debug)]
+pub(super) enum NotBuilt {
+    /// Writing or checking its temp file failed (the message names the item and what to do).
+    Write(ApplyError),
+    /// A chunk could not be had, or the item cannot go where it belongs yet.
+    Fetch(String),
 }
 
-/// A write failure in the source, with what to do about it.
-fn write_failed(action: &str, e: &std::io::Error) -> String {
-    if e.kind() == std::io::ErrorKind::StorageFull {
-        format!(
-            "{action} failed: no space left on the device holding the source; free some space \
-             (the item is retried automatically and the other items keep syncing)"
-        )
-    } else {
-        format!(
-            "{action} failed: {e}; check permissions and free space (the item is retried \
-             automatically)"
-        )
+impl NotBuilt {
+    /// The reason as `status` shows it, naming the item.
+    pub(super) fn describe(&self, item: &ItemPath) -> String {
+        match self {
+            NotBuilt::Write(e) => e.to_string(),
+            NotBuilt::Fetch(e) => format!("{item}: {e}"),
+        }
     }
 }
 

@@ -7,10 +7,10 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tracing::warn;
 
-use super::fetch::{BuildKey, Claims, Fetcher, Prepared};
+use super::fetch::{BuildKey, Claims, Fetcher, NotBuilt, Prepared};
 use super::providers::ChunkChain;
 use super::{Feed, Progress, Update};
-use crate::source::{ApplyOutcome, RemoteApply, SharedSource};
+use crate::source::{ApplyFailure, ApplyOutcome, RemoteApply, SharedSource};
 use crate::store::StoreHandle;
 use crate::universal::RemoteItem;
 
@@ -201,8 +201,9 @@ impl Receiver {
             let Some((item, job)) = pending.pop_front() else {
                 break;
             };
-            let failed =
-                |e: tokio::task::JoinError| Prepared::Retry(format!("preparing failed: {e}"));
+            let failed = |e: tokio::task::JoinError| {
+                Prepared::Retry(NotBuilt::Fetch(format!("preparing failed: {e}")))
+            };
             let mut batch = vec![(item, job.await.unwrap_or_else(failed))];
             while batch.len() < APPLY_BATCH && pending.front().is_some_and(|(_, j)| j.is_finished())
             {
@@ -272,9 +273,10 @@ impl Receiver {
                     item,
                     busy: Some(key),
                 }),
-                Prepared::Retry(e) => {
+                Prepared::Retry(why) => {
+                    let e = why.describe(&item.path);
                     warn!(item = %item.path, error = %e, "cannot fetch content; retrying later");
-                    feed.progress(Progress::Error(format!("{}: {e}", item.path)));
+                    feed.progress(Progress::Error(e));
                     retry.push(Retry { item, busy: None });
                 }
                 Prepared::Apply(temp, claim) => {
@@ -308,11 +310,17 @@ impl Receiver {
         });
         let outcomes = match applying.await {
             Ok(outcomes) => outcomes,
-            Err(e) => vec![ApplyOutcome::Failed(format!("applying failed: {e}")); items.len()],
+            Err(e) => {
+                let failure = ApplyFailure::Task {
+                    what: "applying",
+                    error: e.to_string(),
+                };
+                vec![ApplyOutcome::Failed(failure); items.len()]
+            }
         };
         for (item, outcome) in items.into_iter().zip(outcomes) {
             if let ApplyOutcome::Failed(e) = outcome {
-                feed.progress(Progress::Error(e));
+                feed.progress(Progress::Error(e.to_string()));
                 retry.push(Retry { item, busy: None });
             }
         }

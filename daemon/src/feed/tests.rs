@@ -12,6 +12,7 @@ use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use super::*;
+use crate::apply::{Disk, FaultyDisk, Injected, OsDisk, Step};
 use crate::chunker::{Hash128, chunk_bytes};
 use crate::events::EventBus;
 use crate::index::{ShortId, VersionVector};
@@ -25,10 +26,11 @@ const PEER: ShortId = ShortId(2);
 const SOURCE: &str = "docs";
 const LIMIT: Duration = Duration::from_secs(20);
 
-/// A feed whose acknowledgements, progress and refusals are kept for the test to read.
+/// A feed whose acknowledgements, errors and refusals are kept for the test to read.
 struct MemoryFeed {
     origin: Origin,
     acked: Mutex<Vec<(u64, u64)>>,
+    errors: Mutex<Vec<String>>,
     refusals: Mutex<Vec<String>>,
     changed: Notify,
 }
@@ -44,24 +46,14 @@ impl Feed for MemoryFeed {
         Box::pin(async {})
     }
 
-    fn progress(&self, _: Progress) {}
+    fn progress(&self, progress: Progress) {
+        if let Progress::Error(e) = progress {
+            self.errors.lock().unwrap().push(e);
+        }
+    }
 
     fn refused(&self, what: &str) {
         self.refusals.lock().unwrap().push(what.to_owned());
-    }
-}
-
-/// Chunks the test put there, by hash.
-struct MemoryChunks(HashMap<Hash128, Vec<u8>>);
-
-impl ChunkProvider for MemoryChunks {
-    fn is_local(&self) -> bool {
-        false
-    }
-
-    fn get<'a>(&'a self, want: &'a ChunkWanted) -> BoxFuture<'a, Result<Vec<u8>, String>> {
-        let found = self.0.get(&want.chunk.hash).cloned();
-        Box::pin(async move { found.ok_or_else(|| "not in memory".to_owned()) })
     }
 }
 
@@ -109,165 +101,363 @@ fn write_at(root: &Path, path: &str, data: &[u8], mtime_ns: i64) {
         .unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn differences_from_an_in_memory_feed_are_applied_conflicts_included() {
-    let dir = tempfile::tempdir().unwrap();
-    let root = dir.path().join("docs");
-    std::fs::create_dir(&root).unwrap();
-    crate::layout::create_marker(&root).unwrap();
-    // Local edits the feed will conflict with: one older than the peer's, one newer.
-    let (old, new) = (1_700_000_000_000_000_000, 1_750_000_000_000_000_000);
-    write_at(&root, "loses.txt", b"local, older", old);
-    write_at(&root, "wins.txt", b"local, newer", new);
+/// A real source task on a temp folder, fed by an in-memory feed through a receiver.
+struct Scene {
+    _dir: tempfile::TempDir,
+    root: std::path::PathBuf,
+    store: store::StoreHandle,
+    source: source::SourceHandle,
+    feed: Arc<MemoryFeed>,
+    updates: Option<mpsc::Sender<Update>>,
+    receiver: Option<tokio::task::JoinHandle<()>>,
+    chunks: Arc<Mutex<HashMap<Hash128, Vec<u8>>>>,
+}
 
-    let (store, _thread) = store::open_in_memory().unwrap();
-    store
-        .add_source(SourceRow {
-            id: SOURCE.into(),
-            path: root.to_str().unwrap().into(),
-            format: "files".into(),
-            paused: false,
-            sequence: 0,
-            created_unix_ms: 0,
-            peers: vec!["PEER".into()],
-        })
-        .await
-        .unwrap();
-    // Cursors are kept per known device.
-    store
-        .add_peer(PeerRow {
-            device_id: "PEER".into(),
-            address: None,
-            added_unix_ms: 0,
-        })
-        .await
-        .unwrap();
-    let cancel = CancellationToken::new();
-    let handle = source::spawn(
-        SourceConfig {
-            id: SOURCE.into(),
-            root: root.clone(),
-            format: "files".into(),
-            paused: false,
-            peers: vec!["PEER".into()],
-            local: LOCAL,
-            local_short_name: "LOCALLO".into(),
-            debounce: Duration::from_millis(10),
-            debounce_max: Duration::from_millis(50),
-            rescan_interval: Duration::from_secs(3600),
-            versions_keep: None,
-        },
-        store.clone(),
-        EventBus::new(64),
-        Arc::new(Notify::new()),
-        cancel.clone(),
-    );
-    let mut status = handle.subscribe();
-    let scanned = tokio::time::timeout(LIMIT, status.wait_for(|s| s.scans >= 1 && s.settled()))
-        .await
-        .is_ok();
-    assert!(scanned, "not scanned: {:?}", handle.status());
+/// Chunks the test put there, by hash, shared with the scene so it can add more.
+struct SharedChunks(Arc<Mutex<HashMap<Hash128, Vec<u8>>>>);
 
-    // The peer edited both files apart from this device (concurrent versions), and added one.
-    let items = vec![
-        file(
-            "new.txt",
-            b"made by the peer",
-            version(&[(PEER, 1)]),
-            old,
-            1,
-        ),
-        file("loses.txt", b"peer, newer", version(&[(PEER, 1)]), new, 2),
-        file("wins.txt", b"peer, older", version(&[(PEER, 1)]), old, 3),
-    ];
-    let mut chunks = HashMap::new();
-    for (data, item) in [
-        (&b"made by the peer"[..], &items[0]),
-        (b"peer, newer", &items[1]),
-        (b"peer, older", &items[2]),
-    ] {
-        for c in &item.chunks {
-            chunks.insert(c.hash, data.to_vec());
+impl ChunkProvider for SharedChunks {
+    fn is_local(&self) -> bool {
+        false
+    }
+
+    fn get<'a>(&'a self, want: &'a ChunkWanted) -> BoxFuture<'a, Result<Vec<u8>, String>> {
+        let found = self.0.lock().unwrap().get(&want.chunk.hash).cloned();
+        Box::pin(async move { found.ok_or_else(|| "not in memory".to_owned()) })
+    }
+}
+
+impl Scene {
+    /// `local` files are written (with their mtimes) and scanned before the feed starts.
+    async fn new(disk: Arc<dyn Disk>, local: &[(&str, &[u8], i64)]) -> Scene {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("docs");
+        std::fs::create_dir(&root).unwrap();
+        crate::layout::create_marker(&root).unwrap();
+        for (path, data, mtime_ns) in local {
+            write_at(&root, path, data, *mtime_ns);
+        }
+        let (store, _thread) = store::open_in_memory().unwrap();
+        store
+            .add_source(SourceRow {
+                id: SOURCE.into(),
+                path: root.to_str().unwrap().into(),
+                format: "files".into(),
+                paused: false,
+                sequence: 0,
+                created_unix_ms: 0,
+                peers: vec!["PEER".into()],
+            })
+            .await
+            .unwrap();
+        // Cursors are kept per known device.
+        store
+            .add_peer(PeerRow {
+                device_id: "PEER".into(),
+                address: None,
+                added_unix_ms: 0,
+            })
+            .await
+            .unwrap();
+        let source = source::spawn(
+            SourceConfig {
+                id: SOURCE.into(),
+                root: root.clone(),
+                format: "files".into(),
+                paused: false,
+                peers: vec!["PEER".into()],
+                local: LOCAL,
+                local_short_name: "LOCALLO".into(),
+                debounce: Duration::from_millis(10),
+                debounce_max: Duration::from_millis(50),
+                rescan_interval: Duration::from_secs(3600),
+                versions_keep: None,
+                disk: disk.clone(),
+            },
+            store.clone(),
+            EventBus::new(64),
+            Arc::new(Notify::new()),
+            CancellationToken::new(),
+        );
+        let mut status = source.subscribe();
+        let scanned = tokio::time::timeout(LIMIT, status.wait_for(|s| s.scans >= 1 && s.settled()))
+            .await
+            .is_ok();
+        assert!(scanned, "not scanned: {:?}", source.status());
+        let feed = Arc::new(MemoryFeed {
+            origin: Origin {
+                device: "PEER".into(),
+                short: "PEERPEE".into(),
+            },
+            acked: Mutex::new(Vec::new()),
+            errors: Mutex::new(Vec::new()),
+            refusals: Mutex::new(Vec::new()),
+            changed: Notify::new(),
+        });
+        let chunks = Arc::new(Mutex::new(HashMap::new()));
+        let receiver = Receiver::new(
+            SharedSource {
+                id: SOURCE.into(),
+                root: root.clone(),
+                commander: source.commander(),
+                status: source.subscribe(),
+                disk,
+            },
+            feed.clone(),
+            ChunkChain::new(vec![Arc::new(SharedChunks(chunks.clone()))]),
+            Claims::new(),
+            store.clone(),
+            0,
+        );
+        let (tx, rx) = mpsc::channel(4);
+        Scene {
+            _dir: dir,
+            root,
+            store,
+            source,
+            feed,
+            updates: Some(tx),
+            receiver: Some(tokio::spawn(receiver.run(rx))),
+            chunks,
         }
     }
-    let feed = Arc::new(MemoryFeed {
-        origin: Origin {
-            device: "PEER".into(),
-            short: "PEERPEE".into(),
-        },
-        acked: Mutex::new(Vec::new()),
-        refusals: Mutex::new(Vec::new()),
-        changed: Notify::new(),
-    });
-    let receiver = Receiver::new(
-        SharedSource {
-            id: SOURCE.into(),
-            root: root.clone(),
-            commander: handle.commander(),
-            status: handle.subscribe(),
-        },
-        feed.clone(),
-        ChunkChain::new(vec![Arc::new(MemoryChunks(chunks))]),
-        Claims::new(),
-        store.clone(),
-        0,
-    );
-    let (tx, rx) = mpsc::channel(4);
-    let running = tokio::spawn(receiver.run(rx));
-    tx.send(Update {
-        items: items.into_iter().map(Ok).collect(),
-        through: 3,
-        caught_up: true,
-    })
-    .await
-    .unwrap();
 
-    let acked_all = async {
-        loop {
-            let notified = feed.changed.notified();
-            if feed.acked.lock().unwrap().iter().any(|(a, _)| *a >= 3) {
-                return;
+    /// Sends the items (their content made available by hash) as one update.
+    async fn send(&self, items: Vec<(RemoteItem, &[u8])>) {
+        let through = items.iter().map(|(i, _)| i.sequence).max().unwrap_or(0);
+        for (item, data) in &items {
+            let hashed = chunk_bytes(data);
+            let mut chunks = self.chunks.lock().unwrap();
+            for c in &item.chunks {
+                let start = usize::try_from(c.offset).unwrap();
+                let end = start + usize::try_from(c.len).unwrap();
+                chunks.insert(c.hash, data[start..end].to_vec());
             }
-            notified.await;
+            assert_eq!(Some(hashed.hash), item.hash);
         }
-    };
-    tokio::time::timeout(LIMIT, acked_all).await.unwrap();
+        let update = Update {
+            items: items.into_iter().map(|(i, _)| Ok(i)).collect(),
+            through,
+            caught_up: true,
+        };
+        self.updates.as_ref().unwrap().send(update).await.unwrap();
+    }
 
-    let read = |p: &str| std::fs::read(root.join(p)).unwrap();
-    assert_eq!(read("new.txt"), b"made by the peer");
-    assert_eq!(read("loses.txt"), b"peer, newer", "the later write wins");
+    /// Waits until the feed was told everything up to `seq` is applied.
+    async fn applied_through(&self, seq: u64) {
+        let acked = async {
+            loop {
+                let notified = self.feed.changed.notified();
+                if self
+                    .feed
+                    .acked
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .any(|(a, _)| *a >= seq)
+                {
+                    return;
+                }
+                notified.await;
+            }
+        };
+        let done = tokio::time::timeout(LIMIT, acked).await.is_ok();
+        assert!(
+            done,
+            "not applied through {seq}: acks {:?}, errors {:?}, status {:?}",
+            self.feed.acked.lock().unwrap(),
+            self.feed.errors.lock().unwrap(),
+            self.source.status()
+        );
+    }
+
+    fn read(&self, path: &str) -> Vec<u8> {
+        std::fs::read(self.root.join(path)).unwrap()
+    }
+
+    /// Files of the source whose names contain `part`, the agent's own folder left out.
+    fn names_with(&self, part: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut stack = vec![self.root.clone()];
+        while let Some(dir) = stack.pop() {
+            for entry in std::fs::read_dir(&dir).unwrap() {
+                let entry = entry.unwrap();
+                let name = entry.file_name().into_string().unwrap();
+                if name == crate::layout::AGENT_DIR {
+                    continue;
+                }
+                if entry.file_type().unwrap().is_dir() {
+                    stack.push(entry.path());
+                } else if name.contains(part) {
+                    out.push(name);
+                }
+            }
+        }
+        out
+    }
+
+    async fn stop(mut self) {
+        drop(self.updates.take());
+        if let Some(receiver) = self.receiver.take() {
+            receiver.await.unwrap();
+        }
+        self.source.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn differences_from_an_in_memory_feed_are_applied_conflicts_included() {
+    // Local edits the feed will conflict with: one older than the peer's, one newer.
+    let (old, new) = (1_700_000_000_000_000_000, 1_750_000_000_000_000_000);
+    let s = Scene::new(
+        Arc::new(OsDisk),
+        &[
+            ("loses.txt", b"local, older", old),
+            ("wins.txt", b"local, newer", new),
+        ],
+    )
+    .await;
+    // The peer edited both files apart from this device (concurrent versions), and added one.
+    let peer = version(&[(PEER, 1)]);
+    s.send(vec![
+        (
+            file("new.txt", b"made by the peer", peer.clone(), old, 1),
+            b"made by the peer",
+        ),
+        (
+            file("loses.txt", b"peer, newer", peer.clone(), new, 2),
+            b"peer, newer",
+        ),
+        (
+            file("wins.txt", b"peer, older", peer.clone(), old, 3),
+            b"peer, older",
+        ),
+    ])
+    .await;
+    s.applied_through(3).await;
+
+    assert_eq!(s.read("new.txt"), b"made by the peer");
+    assert_eq!(s.read("loses.txt"), b"peer, newer", "the later write wins");
     assert_eq!(
-        read("wins.txt"),
+        s.read("wins.txt"),
         b"local, newer",
         "the local later write stays"
     );
-    let copies: Vec<String> = std::fs::read_dir(&root)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().into_string().unwrap())
-        .filter(|n| n.contains("sync-conflict"))
-        .collect();
+    let copies = s.names_with("sync-conflict");
     assert_eq!(copies.len(), 1, "{copies:?}");
     assert!(copies[0].starts_with("loses.sync-conflict-"), "{copies:?}");
     assert_eq!(
-        read(&copies[0]),
+        s.read(&copies[0]),
         b"local, older",
         "the losing local edit is kept"
     );
-    assert!(feed.refusals.lock().unwrap().is_empty());
-    // The merged version is recorded for the conflict, the peer's for the plain apply.
-    let prior = store
+    assert!(s.feed.refusals.lock().unwrap().is_empty());
+    // The merged version is recorded for the conflict.
+    let prior = s
+        .store
         .prior_item(SOURCE.into(), "loses.txt".into())
         .await
         .unwrap()
         .unwrap();
     assert_eq!(
-        prior.version.compare(&version(&[(PEER, 1)])),
+        prior.version.compare(&peer),
         crate::index::Ordering::Dominates
     );
-    let cursor = store.cursor("PEER".into(), SOURCE.into()).await.unwrap();
+    let cursor = s.store.cursor("PEER".into(), SOURCE.into()).await.unwrap();
     assert_eq!(cursor, 3, "the cursor moved past what was applied");
+    s.stop().await;
+}
 
-    drop(tx);
-    running.await.unwrap();
-    handle.stop().await;
+/// A fault at `step` on `name` fails that item clearly, leaves nothing partial, lets the rest
+/// sync, and the item arrives on its retry.
+async fn one_item_fails_then_arrives(step: Step, name: &str, injected: Injected, want: &str) {
+    let disk = Arc::new(FaultyDisk::new());
+    let s = Scene::new(disk.clone(), &[]).await;
+    std::fs::create_dir(s.root.join("big")).unwrap();
+    // The folder already exists here, so the temp file is made beside its target.
+    s.source.commander().rescan().await;
+    disk.plan(step, name, injected, 1);
+    let t = 1_700_000_000_000_000_000;
+    let v = |n| version(&[(PEER, n)]);
+    let big = vec![7u8; 300_000];
+    s.send(vec![
+        (file("a.txt", b"first", v(1), t, 1), b"first"),
+        (file("big/data.bin", &big, v(1), t, 2), &big),
+        (file("z.txt", b"last", v(1), t, 3), b"last"),
+    ])
+    .await;
+    // The others arrive even though one failed.
+    s.applied_through(1).await;
+    let error = loop {
+        let errors = s.feed.errors.lock().unwrap().clone();
+        if let Some(e) = errors.into_iter().find(|e| e.contains("big/data.bin")) {
+            break e;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(error.contains(want), "{error}");
+    assert_eq!(disk.pending(), 0, "the fault happened");
+    // The retry brings it (every 5 s), and nothing partial was ever left behind.
+    s.applied_through(3).await;
+    assert_eq!(s.read("a.txt"), b"first");
+    assert_eq!(s.read("z.txt"), b"last");
+    assert_eq!(s.read("big/data.bin"), big);
+    assert!(s.names_with(crate::layout::TEMP_PREFIX).is_empty());
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_space_while_fetching_fails_one_item_and_it_arrives_on_retry() {
+    one_item_fails_then_arrives(Step::Write, "/big", Injected::NoSpace, "no space left").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_io_error_while_fetching_fails_one_item_and_it_arrives_on_retry() {
+    one_item_fails_then_arrives(Step::Create, "/big", Injected::Io, "creating a temp file").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_space_while_renaming_fails_one_item_and_it_arrives_on_retry() {
+    one_item_fails_then_arrives(Step::Rename, "big/data.bin", Injected::NoSpace, "renaming").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_io_error_while_renaming_fails_one_item_and_it_arrives_on_retry() {
+    one_item_fails_then_arrives(Step::Rename, "big/data.bin", Injected::Io, "Input/output").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_changed_under_the_writer_is_scanned_first_and_never_overwritten() {
+    let t = 1_700_000_000_000_000_000;
+    let disk = Arc::new(FaultyDisk::new());
+    let s = Scene::new(disk.clone(), &[("notes.txt", b"local", t)]).await;
+    let local = s
+        .store
+        .prior_item(SOURCE.into(), "notes.txt".into())
+        .await
+        .unwrap()
+        .unwrap();
+    // The peer's version descends from this device's, so without the change it would apply.
+    let newer = local.version.merge(&version(&[(PEER, 1)]));
+    // Someone appends to the file just as the writer looks at it.
+    disk.plan(
+        Step::Look,
+        "notes.txt",
+        Injected::Change(b" + typed".to_vec()),
+        1,
+    );
+    s.send(vec![(file("notes.txt", b"peer", newer, t + 1, 1), b"peer")])
+        .await;
+    s.applied_through(1).await;
+    assert_eq!(disk.pending(), 0, "the change happened");
+    // The edit made under the writer survives: in place, or as the conflict copy beside it.
+    let kept: Vec<Vec<u8>> = std::iter::once("notes.txt".to_owned())
+        .chain(s.names_with("sync-conflict"))
+        .map(|n| s.read(&n))
+        .collect();
+    assert!(
+        kept.iter().any(|k| k == b"local + typed"),
+        "the local edit was lost: {kept:?}"
+    );
+    s.stop().await;
 }

@@ -11,7 +11,7 @@ pub mod files;
 use std::fmt;
 use std::path::Path;
 
-use crate::apply::ApplyError;
+use crate::apply::{ApplyError, Disk};
 use crate::scanner::{ScanError, ScanRequest, ScanSummary, Sink};
 
 pub use files::{Loser, Write, WriteJob, Written};
@@ -73,12 +73,13 @@ pub trait Format: Send + Sync + fmt::Debug + 'static {
     /// # Errors
     /// Only when the source as a whole cannot be read (missing, unreadable, suddenly empty).
     fn read(&self, req: ScanRequest, sink: &mut dyn Sink) -> Result<ScanSummary, ScanError>;
-    /// Writes one checked and journaled item into the source at `root`, atomically: the
+    /// Writes one checked and journaled item into the source at `root` through `disk`,
+    /// atomically: the
     /// target is replaced only if it is still what the prior state recorded. Blocking.
     ///
     /// # Errors
     /// When the item cannot be written; nothing of it is left half-written.
-    fn write(&self, root: &Path, job: WriteJob) -> Result<Write, ApplyError>;
+    fn write(&self, disk: &dyn Disk, root: &Path, job: WriteJob) -> Result<Write, ApplyError>;
 }
 
 /// Every format this build can read and write. Adding a format adds one line here.

@@ -376,7 +376,7 @@ impl Conn {
                     acked: rx,
                 };
                 let cancel = self.cancel.clone();
-                tokio::spawn(async move {
+                self.ctx.tasks.spawn(async move {
                     tokio::select! {
                         () = cancel.cancelled() => {}
                         () = task.run() => {}
@@ -420,7 +420,7 @@ impl Conn {
                     applied,
                 );
                 let cancel = self.cancel.clone();
-                tokio::spawn(async move {
+                self.ctx.tasks.spawn(async move {
                     tokio::select! {
                         () = cancel.cancelled() => {}
                         () = task.run(rx) => {}
@@ -434,7 +434,7 @@ impl Conn {
         let (ctx, out, device) = (self.ctx.clone(), self.out.clone(), self.device_text.clone());
         let src = self.shared.get(&req.source).cloned();
         let serving = self.serving.clone();
-        tokio::spawn(async move {
+        self.ctx.tasks.spawn(async move {
             let Ok(_permit) = serving.acquire_owned().await else {
                 return;
             };

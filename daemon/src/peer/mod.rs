@@ -23,6 +23,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{Instrument, debug, info, warn};
 
@@ -140,6 +141,7 @@ pub struct PeerHandle {
     tx: mpsc::Sender<Msg>,
     board: Arc<watch::Sender<Board>>,
     generation: Arc<watch::Sender<u64>>,
+    tasks: TaskTracker,
 }
 
 impl PeerHandle {
@@ -156,6 +158,13 @@ impl PeerHandle {
     /// A peer was removed: drop its connection and stop dialling it.
     pub async fn removed(&self, device: String) {
         let _ = self.tx.send(Msg::Removed(device)).await;
+    }
+
+    /// Waits until every task of the peer side has ended (they stop once the cancellation
+    /// token given to [`start`] fires).
+    pub async fn stopped(&self) {
+        self.tasks.close();
+        self.tasks.wait().await;
     }
 
     /// The set of sources or their sharing changed: every connection says hello again.
@@ -189,6 +198,8 @@ struct Ctx {
     /// Items being fetched right now, so two peers announcing the same content do not both
     /// send it.
     claims: crate::feed::Claims,
+    /// Every task of the peer side, so shutdown can wait for them to end.
+    tasks: TaskTracker,
 }
 
 /// Changes one source's progress with one peer on the board, and wakes `wait`.
@@ -242,15 +253,17 @@ pub fn start(
         cancel: cancel.clone(),
         fetchers: Arc::new(watch::Sender::new(BTreeMap::new())),
         claims: crate::feed::Claims::new(),
+        tasks: TaskTracker::new(),
     };
     let known: watch::Sender<Arc<BTreeSet<String>>> = watch::Sender::new(Arc::new(
         peers.iter().map(|p| p.device_id.clone()).collect(),
     ));
     let server_config = tls::server_config(&identity)?;
-    tokio::spawn(
+    ctx.tasks.spawn(
         serve(listener, server_config, known.subscribe(), ctx.clone())
             .instrument(tracing::info_span!("peer-listener")),
     );
+    let tasks = ctx.tasks.clone();
     let manager = Manager {
         ctx,
         rx,
@@ -263,8 +276,9 @@ pub fn start(
         tx,
         board,
         generation,
+        tasks: tasks.clone(),
     };
-    tokio::spawn(manager.run(peers));
+    tasks.spawn(manager.run(peers));
     Ok(handle)
 }
 
@@ -311,7 +325,9 @@ impl Manager {
             let token = self.ctx.cancel.child_token();
             self.dialers.insert(device.clone(), token.clone());
             let span = tracing::info_span!("peer", device = %id.short_string());
-            tokio::spawn(dial_loop(self.ctx.clone(), id, address, token).instrument(span));
+            self.ctx
+                .tasks
+                .spawn(dial_loop(self.ctx.clone(), id, address, token).instrument(span));
         }
     }
 
@@ -396,7 +412,7 @@ async fn serve(
     let (conn_tx, conn_rx) = mpsc::channel::<Result<PeerIo, std::io::Error>>(16);
     let accept_ctx = ctx.clone();
     let cancel = ctx.cancel.clone();
-    tokio::spawn(async move {
+    ctx.tasks.spawn(async move {
         loop {
             let (tcp, addr) = tokio::select! {
                 () = cancel.cancelled() => break,
@@ -415,7 +431,7 @@ async fn serve(
                 known.clone(),
                 accept_ctx.clone(),
             );
-            tokio::spawn(async move {
+            accept_ctx.tasks.clone().spawn(async move {
                 let _ = tcp.set_nodelay(true);
                 let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp))
                     .await
@@ -494,7 +510,7 @@ impl Peer for PeerService {
         let inbound = req.into_inner();
         let span = tracing::info_span!("peer", device = %info.device.short_string());
         let ctx = self.ctx.clone();
-        tokio::spawn(
+        self.ctx.tasks.spawn(
             async move {
                 info!(peer_addr = %info.addr, "peer connected (incoming)");
                 connection::run(

@@ -11,17 +11,18 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
+use std::sync::Arc;
 
 use tracing::{debug, info, warn};
 
 use super::{AppliedRecord, SourceTask, TotalsDelta, check_marker};
-use crate::apply::{self, ApplyError};
+use crate::apply::{self, ApplyError, Disk};
 use crate::events::{Event, EventKind};
 use crate::formats::{Loser, Write, WriteJob, Written};
 use crate::index::{Decision, VersionVector};
 use crate::item::{Content, Difference, ItemKind, PriorItem};
 use crate::scanner::Scope;
-use crate::source::{ApplyOutcome, RemoteApply};
+use crate::source::{ApplyFailure, ApplyOutcome, RemoteApply};
 use crate::universal::{ItemPath, RemoteItem};
 
 /// A remote difference that passed every check and waits to be written with its stage.
@@ -91,7 +92,7 @@ fn content_of(item: &RemoteItem, kind: ItemKind) -> Content {
 }
 
 /// What the disk says about an item's target before a remote difference is applied.
-enum Disk {
+enum OnDisk {
     /// As the prior state recorded it (or scanned just now).
     AsRecorded,
     /// Changed since its last scan: scan first.
@@ -103,24 +104,25 @@ enum Disk {
 /// An item's prior state, or why it could not be read.
 type PriorLook = Result<Option<PriorItem>, String>;
 /// What the disk holds at an item's path, or why it could not be looked at.
-type DiskLook = Result<Disk, String>;
+type DiskLook = Result<OnDisk, String>;
 
 /// Looks at an item's target on disk (run on the blocking pool). Behind a symlink (or a file)
 /// above the item lies nothing of the source: no check, version keeping or deletion may look
 /// or reach through it.
 fn look_at_disk(
+    disk: &dyn Disk,
     root: &Path,
     path: &ItemPath,
     prior: Option<&PriorItem>,
     scanned: bool,
 ) -> DiskLook {
     if apply::blocked_parent(root, path).is_some() {
-        return Ok(Disk::Blocked);
+        return Ok(OnDisk::Blocked);
     }
-    if scanned || apply::unchanged_since_scan(root, path, prior).map_err(|e| e.to_string())? {
-        Ok(Disk::AsRecorded)
+    if scanned || apply::unchanged_since_scan(disk, root, path, prior).map_err(|e| e.to_string())? {
+        Ok(OnDisk::AsRecorded)
     } else {
-        Ok(Disk::ChangedHere)
+        Ok(OnDisk::ChangedHere)
     }
 }
 
@@ -226,8 +228,8 @@ impl SourceTask {
         if let Err(e) = self.flush_applied().await {
             warn!(error = %e, "cannot record applied differences");
             for o in &mut outcomes {
-                if *o == ApplyOutcome::Applied {
-                    *o = ApplyOutcome::Failed(format!("recording it failed: {e}"));
+                if o.is_applied() {
+                    *o = ApplyOutcome::Failed(e.clone());
                 }
             }
         }
@@ -263,6 +265,7 @@ impl SourceTask {
             Err(_) => return HashMap::new(),
         };
         let root = self.cfg.root.clone();
+        let disk = self.cfg.disk.clone();
         let jobs: Vec<(ItemPath, Option<PriorItem>)> = ordered
             .iter()
             .zip(&priors)
@@ -270,7 +273,7 @@ impl SourceTask {
             .collect();
         let disks = tokio::task::spawn_blocking(move || {
             jobs.iter()
-                .map(|(path, prior)| look_at_disk(&root, path, prior.as_ref(), false))
+                .map(|(path, prior)| look_at_disk(&*disk, &root, path, prior.as_ref(), false))
                 .collect::<Vec<_>>()
         })
         .await;
@@ -296,8 +299,9 @@ impl SourceTask {
         let disk = match &prior {
             Ok(p) => {
                 let (root, item_path, p) = (self.cfg.root.clone(), item.path.clone(), p.clone());
+                let disk = self.cfg.disk.clone();
                 tokio::task::spawn_blocking(move || {
-                    look_at_disk(&root, &item_path, p.as_ref(), scanned)
+                    look_at_disk(&*disk, &root, &item_path, p.as_ref(), scanned)
                 })
                 .await
                 .unwrap_or_else(|e| Err(format!("apply task failed: {e}")))
@@ -313,14 +317,10 @@ impl SourceTask {
     fn decide(&self, req: &RemoteApply, prior: PriorLook, disk: DiskLook) -> Check {
         let item = &req.item;
         if self.cfg.paused {
-            return Check::Done(ApplyOutcome::Failed(
-                "the source is paused; it applies once resumed".into(),
-            ));
+            return Check::Done(ApplyOutcome::Failed(ApplyFailure::Paused));
         }
         if let Some(error) = self.status.borrow().error.clone() {
-            return Check::Done(ApplyOutcome::Failed(format!(
-                "the source is stopped: {error}"
-            )));
+            return Check::Done(ApplyOutcome::Failed(ApplyFailure::SourceStopped(error)));
         }
         let ignored = self
             .status
@@ -332,20 +332,20 @@ impl SourceTask {
         }
         let prior = match prior {
             Ok(p) => p,
-            Err(e) => return Check::Done(ApplyOutcome::Failed(e)),
+            Err(e) => return Check::Done(ApplyOutcome::Failed(ApplyFailure::Lookup(e))),
         };
         match disk {
-            Ok(Disk::AsRecorded) => {}
-            Ok(Disk::ChangedHere) => return Check::ScanFirst,
+            Ok(OnDisk::AsRecorded) => {}
+            Ok(OnDisk::ChangedHere) => return Check::ScanFirst,
             // Nothing of the source is there to delete.
-            Ok(Disk::Blocked) if item.deleted => return Check::Done(ApplyOutcome::Skipped),
-            Ok(Disk::Blocked) => {
+            Ok(OnDisk::Blocked) if item.deleted => return Check::Done(ApplyOutcome::Skipped),
+            Ok(OnDisk::Blocked) => {
                 let refused = ApplyError::BadParent {
                     path: item.path.to_string(),
                 };
-                return Check::Done(ApplyOutcome::Failed(refused.to_string()));
+                return Check::Done(ApplyOutcome::Failed(ApplyFailure::Write(Arc::new(refused))));
             }
-            Err(e) => return Check::Done(ApplyOutcome::Failed(e)),
+            Err(e) => return Check::Done(ApplyOutcome::Failed(ApplyFailure::Lookup(e))),
         }
         let conflict = match item.decide(prior.as_ref()) {
             Decision::Apply => false,
@@ -367,10 +367,9 @@ impl SourceTask {
             // The content was found here when the item was prepared, but what is here now is
             // something else (changed meanwhile, or replaced by a link that only metadata
             // would then be written through): fetch it on the next try.
-            return Check::Done(ApplyOutcome::Failed(format!(
-                "{}: changed here while it was being prepared; it is fetched again",
-                item.path
-            )));
+            return Check::Done(ApplyOutcome::Failed(ApplyFailure::ChangedWhilePrepared {
+                item: item.path.to_string(),
+            }));
         }
         let version = match (&prior, conflict) {
             (Some(p), true) => item.version.merge(&p.version),
@@ -399,7 +398,7 @@ impl SourceTask {
             match self.check(&req, true).await {
                 Check::Done(outcome) => outcomes[index] = self.finish(&req, outcome),
                 Check::ScanFirst => {
-                    outcomes[index] = self.finish(&req, ApplyOutcome::Failed(BUSY.into()));
+                    outcomes[index] = self.finish(&req, ApplyOutcome::Failed(ApplyFailure::Busy));
                 }
                 Check::Stage {
                     prior,
@@ -416,7 +415,8 @@ impl SourceTask {
                         version,
                     };
                     for (index, req) in Box::pin(self.write_staged(vec![again], outcomes)).await {
-                        outcomes[index] = self.finish(&req, ApplyOutcome::Failed(BUSY.into()));
+                        outcomes[index] =
+                            self.finish(&req, ApplyOutcome::Failed(ApplyFailure::Busy));
                     }
                 }
             }
@@ -438,13 +438,17 @@ impl SourceTask {
             .record_intents(self.cfg.id.clone(), intents)
             .await
         {
-            let message = format!("journaling the write failed: {e}");
+            let failure = ApplyFailure::Store {
+                action: "journaling the write",
+                source: Arc::new(e),
+            };
             for s in staged {
-                outcomes[s.index] = self.finish(&s.req, ApplyOutcome::Failed(message.clone()));
+                outcomes[s.index] = self.finish(&s.req, ApplyOutcome::Failed(failure.clone()));
             }
             return Vec::new();
         }
         let root = self.cfg.root.clone();
+        let disk = self.cfg.disk.clone();
         let jobs: Vec<WriteJob> = staged
             .iter()
             .map(|s| WriteJob {
@@ -468,16 +472,19 @@ impl SourceTask {
         let format = self.format;
         let written = tokio::task::spawn_blocking(move || {
             jobs.into_iter()
-                .map(|job| format.write(&root, job))
+                .map(|job| format.write(&*disk, &root, job))
                 .collect::<Vec<_>>()
         })
         .await;
         let written = match written {
             Ok(w) => w,
             Err(e) => {
-                let message = format!("apply task failed: {e}");
+                let failure = ApplyFailure::Task {
+                    what: "writing",
+                    error: e.to_string(),
+                };
                 for s in staged {
-                    outcomes[s.index] = self.finish(&s.req, ApplyOutcome::Failed(message.clone()));
+                    outcomes[s.index] = self.finish(&s.req, ApplyOutcome::Failed(failure.clone()));
                 }
                 return Vec::new();
             }
@@ -495,7 +502,7 @@ impl SourceTask {
                     changed.push((s.index, s.req));
                     continue;
                 }
-                Err(e) => ApplyOutcome::Failed(e.to_string()),
+                Err(e) => ApplyOutcome::Failed(ApplyFailure::Write(Arc::new(e))),
             };
             outcomes[s.index] = self.finish(&s.req, outcome);
         }
@@ -552,12 +559,13 @@ impl SourceTask {
     /// Cleans up after one outcome: an unused temp file goes, a failure is reported.
     fn finish(&self, req: &RemoteApply, outcome: ApplyOutcome) -> ApplyOutcome {
         if let Some(temp) = &req.temp
-            && outcome != ApplyOutcome::Applied
+            && !outcome.is_applied()
         {
             // Not used: do not leave it lying in the source.
             let _ = std::fs::remove_file(temp);
         }
-        if let ApplyOutcome::Failed(message) = &outcome {
+        if let ApplyOutcome::Failed(failure) = &outcome {
+            let message = failure.to_string();
             let path = req.item.path.to_string();
             warn!(item = %path, error = %message, peer = %req.from, "cannot apply");
             self.events.emit(
@@ -617,9 +625,6 @@ impl SourceTask {
         }
     }
 }
-
-/// Why an item is tried again when its file keeps changing under the agent.
-const BUSY: &str = "it changed on this device while being applied; it is compared again shortly";
 
 /// The journaled difference, with the metadata now on disk, when the write it announced
 /// reached the disk whole; `None` when it did not (or the item changed since).

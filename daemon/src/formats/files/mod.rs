@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 
 use super::{Format, Kind, Layout};
-use crate::apply::{self, ApplyError, Removed};
+use crate::apply::{self, ApplyError, Disk, Removed};
 use crate::item::{ItemKind, Metadata, PriorItem};
 use crate::scanner::{self, ScanError, ScanRequest, ScanSummary, Sink};
 use crate::universal::RemoteItem;
@@ -33,8 +33,8 @@ impl Format for Files {
         scanner::scan(req, sink)
     }
 
-    fn write(&self, root: &Path, job: WriteJob) -> Result<Write, ApplyError> {
-        job.run(root)
+    fn write(&self, disk: &dyn Disk, root: &Path, job: WriteJob) -> Result<Write, ApplyError> {
+        job.run(disk, root)
     }
 }
 
@@ -82,7 +82,7 @@ pub struct Written {
 
 impl WriteJob {
     /// Writes the item: conflict copy, versions folder, then the rename into place.
-    fn run(self, root: &Path) -> Result<Write, ApplyError> {
+    fn run(self, disk: &dyn Disk, root: &Path) -> Result<Write, ApplyError> {
         let item = &self.item;
         // Checked again right before writing: the batch was checked as a whole, and a user
         // may have written since. (A write in the instant between this and the rename still
@@ -92,7 +92,7 @@ impl WriteJob {
                 path: item.path.to_string(),
             });
         }
-        if !apply::unchanged_since_scan(root, &item.path, self.prior.as_ref())? {
+        if !apply::unchanged_since_scan(disk, root, &item.path, self.prior.as_ref())? {
             return Ok(Write::ChangedMeanwhile);
         }
         let mut conflict_copy = None;
@@ -146,7 +146,14 @@ impl WriteJob {
                 Some(temp) => {
                     // The version being replaced is kept first.
                     crate::versions::keep(root, item.path.as_str(), false).map_err(keep_err)?;
-                    apply::place_file(root, &item.path, temp, item.meta.mode, item.meta.mtime_ns)?
+                    apply::place_file(
+                        disk,
+                        root,
+                        &item.path,
+                        temp,
+                        item.meta.mode,
+                        item.meta.mtime_ns,
+                    )?
                 }
                 None => apply::set_file_meta(root, &item.path, item.meta.mode, item.meta.mtime_ns)?,
             },

@@ -12,6 +12,10 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt, symlink};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+pub mod disk;
+
+pub use disk::{Disk, FaultyDisk, Injected, OsDisk, Step};
+
 use crate::chunker::{Hash128, hash_reader};
 use crate::item::{ItemKind, Metadata, PriorItem};
 use crate::layout::TEMP_PREFIX;
@@ -35,17 +39,91 @@ pub enum ApplyError {
     BadParent { path: String },
     #[error("{path}: built content does not match its hash; it is fetched again")]
     HashMismatch { path: String },
+    #[error(
+        "{path}: {action} failed: no space left on the device holding the source; free some \
+         space (the item is retried automatically and the other items keep syncing)"
+    )]
+    NoSpace { path: String, action: &'static str },
 }
 
 fn io_err<'a>(
     path: &'a ItemPath,
     action: &'static str,
 ) -> impl FnOnce(io::Error) -> ApplyError + 'a {
-    move |source| ApplyError::Io {
-        path: path.to_string(),
-        action,
-        source,
+    move |source| {
+        if source.kind() == io::ErrorKind::StorageFull {
+            ApplyError::NoSpace {
+                path: path.to_string(),
+                action,
+            }
+        } else {
+            ApplyError::Io {
+                path: path.to_string(),
+                action,
+                source,
+            }
+        }
     }
+}
+
+/// Creates the temp file an item's content is built in: beside its target when the target's
+/// folder exists, else in the source root (folders are only made by applying their own items;
+/// one made early would look like a local change). The caller removes it if it gives up.
+pub fn create_temp(
+    disk: &dyn Disk,
+    root: &Path,
+    item: &ItemPath,
+    size: u64,
+) -> Result<(PathBuf, fs::File), ApplyError> {
+    let temp = if parents_exist(root, item) {
+        temp_path(root, item)
+    } else {
+        temp_path_in_root(root)
+    };
+    let file = disk
+        .create(&temp)
+        .map_err(io_err(item, "creating a temp file"))?;
+    if let Err(e) = file.set_len(size) {
+        remove_temp(&temp);
+        return Err(io_err(item, "sizing the temp file")(e));
+    }
+    Ok((temp, file))
+}
+
+/// Writes one verified chunk into an item's temp file.
+pub fn write_temp(
+    disk: &dyn Disk,
+    file: &fs::File,
+    temp: &Path,
+    item: &ItemPath,
+    data: &[u8],
+    offset: u64,
+) -> Result<(), ApplyError> {
+    disk.write_at(file, temp, data, offset)
+        .map_err(io_err(item, "writing the temp file"))
+}
+
+/// Makes a filled temp file durable, then checks its whole hash (when one is given; a
+/// one-chunk file's was checked with its chunk).
+pub fn finish_temp(
+    disk: &dyn Disk,
+    file: &fs::File,
+    temp: &Path,
+    item: &ItemPath,
+    hash: Option<Hash128>,
+) -> Result<(), ApplyError> {
+    disk.sync(file, temp)
+        .map_err(io_err(item, "flushing the temp file"))?;
+    match hash {
+        Some(h) => verify(temp, item, h),
+        None => Ok(()),
+    }
+}
+
+/// Removes a temp file the build gave up on; one already gone is fine.
+pub fn remove_temp(temp: &Path) {
+    // Nothing to report: a leftover is removed at the next start (`remove_stale_temps`).
+    let _ = fs::remove_file(temp);
 }
 
 /// A fresh, unguessable temp file name in the same folder as the target.
@@ -136,12 +214,13 @@ pub fn ensure_parents(root: &Path, item: &ItemPath) -> Result<(), ApplyError> {
 /// True when the item on disk is what the prior state says (or absent where the prior state
 /// has nothing or a tombstone): only then may it be replaced without losing a local change.
 pub fn unchanged_since_scan(
+    disk: &dyn Disk,
     root: &Path,
     item: &ItemPath,
     prior: Option<&PriorItem>,
 ) -> Result<bool, ApplyError> {
     let live = prior.filter(|p| !p.deleted);
-    match (fs::symlink_metadata(root.join(item.as_str())), live) {
+    match (disk.symlink_metadata(&root.join(item.as_str())), live) {
         (Err(e), None) if e.kind() == io::ErrorKind::NotFound => Ok(true),
         (Err(e), Some(_)) if e.kind() == io::ErrorKind::NotFound => Ok(false),
         (Err(e), _) => Err(io_err(item, "checking the target")(e)),
@@ -224,6 +303,7 @@ fn system_time(ns: i64) -> SystemTime {
 
 /// Gives a verified temp file its mode and mtime, renames it over the target, and fsyncs.
 pub fn place_file(
+    disk: &dyn Disk,
     root: &Path,
     item: &ItemPath,
     temp: &Path,
@@ -246,7 +326,8 @@ pub fn place_file(
         // A folder is being replaced by a file: only an empty one goes.
         fs::remove_dir(&target).map_err(io_err(item, "removing the folder the file replaces"))?;
     }
-    fs::rename(temp, &target).map_err(io_err(item, "renaming the temp file into place"))?;
+    disk.rename(temp, &target)
+        .map_err(io_err(item, "renaming the temp file into place"))?;
     sync_parent(root, item)?;
     stat(root, item)
 }
@@ -610,7 +691,15 @@ mod tests {
             verify(&temp, &item, Hash128::of(b"other")),
             Err(ApplyError::HashMismatch { .. })
         ));
-        let meta = place_file(root, &item, &temp, 0o640, 1_600_000_000_123_456_789).unwrap();
+        let meta = place_file(
+            &OsDisk,
+            root,
+            &item,
+            &temp,
+            0o640,
+            1_600_000_000_123_456_789,
+        )
+        .unwrap();
         assert_eq!(fs::read(root.join("a/b/c.txt")).unwrap(), b"hello");
         assert_eq!(meta.mode, 0o640);
         assert_eq!(meta.mtime_ns, 1_600_000_000_123_456_789);
@@ -642,7 +731,7 @@ mod tests {
             modified_by: None,
         };
         assert_eq!(prior.meta.size, 0, "sizes are for files");
-        assert!(unchanged_since_scan(root, &p("l"), Some(&prior)).unwrap());
+        assert!(unchanged_since_scan(&OsDisk, root, &p("l"), Some(&prior)).unwrap());
     }
 
     #[test]
@@ -689,10 +778,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path();
         let item = p("f");
-        assert!(unchanged_since_scan(root, &item, None).unwrap());
+        assert!(unchanged_since_scan(&OsDisk, root, &item, None).unwrap());
         fs::write(root.join("f"), b"x").unwrap();
         assert!(
-            !unchanged_since_scan(root, &item, None).unwrap(),
+            !unchanged_since_scan(&OsDisk, root, &item, None).unwrap(),
             "an unscanned new file is a local change"
         );
         let meta = stat(root, &item).unwrap();
@@ -705,9 +794,9 @@ mod tests {
             deleted: false,
             modified_by: None,
         };
-        assert!(unchanged_since_scan(root, &item, Some(&prior)).unwrap());
+        assert!(unchanged_since_scan(&OsDisk, root, &item, Some(&prior)).unwrap());
         fs::write(root.join("f"), b"xy").unwrap();
-        assert!(!unchanged_since_scan(root, &item, Some(&prior)).unwrap());
+        assert!(!unchanged_since_scan(&OsDisk, root, &item, Some(&prior)).unwrap());
     }
 
     #[test]

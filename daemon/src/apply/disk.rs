@@ -1,0 +1,215 @@
+//! The disk operations where applying a peer's item can fail or race, behind one small trait:
+//! creating, writing and flushing a temp file, renaming it into place, and looking at a
+//! target. [`OsDisk`] is the real one; [`FaultyDisk`] injects ENOSPC, EIO or a file changed
+//! under us at a named step, so those paths are tested without root or a small mount.
+//!
+//! Must not: decide anything; it only carries out (or fails) one operation.
+
+use std::fmt;
+use std::fs;
+use std::io::{self, Write as _};
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::sync::Mutex;
+
+/// The operations of applying an item that tests inject faults into.
+pub trait Disk: Send + Sync + fmt::Debug + 'static {
+    /// Creates a new temp file, failing if it exists.
+    fn create(&self, path: &Path) -> io::Result<fs::File>;
+    /// Writes all of `buf` at `offset` of `file` (the temp file at `path`).
+    fn write_at(&self, file: &fs::File, path: &Path, buf: &[u8], offset: u64) -> io::Result<()>;
+    /// Makes `file`'s content durable.
+    fn sync(&self, file: &fs::File, path: &Path) -> io::Result<()>;
+    /// Renames `from` over `to`: the step that replaces a target.
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
+    /// An item's metadata without following a symlink: what "unchanged since its scan" reads.
+    fn symlink_metadata(&self, path: &Path) -> io::Result<fs::Metadata>;
+}
+
+/// The operating system's own file system.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct OsDisk;
+
+impl Disk for OsDisk {
+    fn create(&self, path: &Path) -> io::Result<fs::File> {
+        fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(path)
+    }
+
+    fn write_at(&self, file: &fs::File, _: &Path, buf: &[u8], offset: u64) -> io::Result<()> {
+        file.write_all_at(buf, offset)
+    }
+
+    fn sync(&self, file: &fs::File, _: &Path) -> io::Result<()> {
+        file.sync_all()
+    }
+
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        fs::rename(from, to)
+    }
+
+    fn symlink_metadata(&self, path: &Path) -> io::Result<fs::Metadata> {
+        fs::symlink_metadata(path)
+    }
+}
+
+/// A step of applying an item, as [`FaultyDisk`] names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    Create,
+    Write,
+    Sync,
+    Rename,
+    Look,
+}
+
+/// What happens at a faulty step.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Injected {
+    /// "No space left on device".
+    NoSpace,
+    /// An input/output error from the device.
+    Io,
+    /// Someone writes these bytes to the file at that moment; the step then runs as usual.
+    Change(Vec<u8>),
+}
+
+/// One planned fault: at `step`, on a path ending in `name`, `times` times.
+#[derive(Debug, Clone)]
+struct Fault {
+    step: Step,
+    name: String,
+    injected: Injected,
+    times: u32,
+}
+
+/// A disk that fails (or changes a file) at the steps a test plans, and otherwise is the real
+/// one. For tests; the agent never uses it.
+#[derive(Debug, Default)]
+pub struct FaultyDisk {
+    planned: Mutex<Vec<Fault>>,
+}
+
+impl FaultyDisk {
+    /// A disk with no faults planned yet.
+    pub fn new() -> FaultyDisk {
+        FaultyDisk::default()
+    }
+
+    /// Plans `injected` at `step` for the next `times` operations on a path ending in `name`
+    /// (the temp file of an item is named by its target's folder, so for `Create`, `Write` and
+    /// `Sync` give the folder part or an empty name).
+    pub fn plan(&self, step: Step, name: &str, injected: Injected, times: u32) {
+        self.lock().push(Fault {
+            step,
+            name: name.to_owned(),
+            injected,
+            times,
+        });
+    }
+
+    /// How many planned faults have not happened yet.
+    pub fn pending(&self) -> u32 {
+        self.lock().iter().map(|f| f.times).sum()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Fault>> {
+        // A test that panicked while holding the lock has failed already; its plan still holds.
+        self.planned
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Takes the fault planned for this step and path, if any.
+    fn take(&self, step: Step, path: &Path) -> Option<Injected> {
+        let text = path.to_string_lossy();
+        let mut planned = self.lock();
+        let fault = planned
+            .iter_mut()
+            .find(|f| f.step == step && f.times > 0 && text.ends_with(f.name.as_str()))?;
+        fault.times -= 1;
+        Some(fault.injected.clone())
+    }
+
+    /// Carries out a planned fault: an error to return, or a change made before the step.
+    fn inject(&self, step: Step, path: &Path) -> io::Result<()> {
+        match self.take(step, path) {
+            None => Ok(()),
+            Some(Injected::NoSpace) => Err(io::Error::new(
+                io::ErrorKind::StorageFull,
+                "No space left on device (injected)",
+            )),
+            // EIO is 5 on Linux and macOS alike.
+            Some(Injected::Io) => Err(io::Error::from_raw_os_error(5)),
+            Some(Injected::Change(bytes)) => {
+                let mut f = fs::OpenOptions::new().append(true).open(path)?;
+                f.write_all(&bytes)
+            }
+        }
+    }
+}
+
+impl Disk for FaultyDisk {
+    fn create(&self, path: &Path) -> io::Result<fs::File> {
+        let parent = path.parent().unwrap_or(path);
+        self.inject(Step::Create, parent)?;
+        OsDisk.create(path)
+    }
+
+    fn write_at(&self, file: &fs::File, path: &Path, buf: &[u8], offset: u64) -> io::Result<()> {
+        let parent = path.parent().unwrap_or(path);
+        self.inject(Step::Write, parent)?;
+        OsDisk.write_at(file, path, buf, offset)
+    }
+
+    fn sync(&self, file: &fs::File, path: &Path) -> io::Result<()> {
+        let parent = path.parent().unwrap_or(path);
+        self.inject(Step::Sync, parent)?;
+        OsDisk.sync(file, path)
+    }
+
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        self.inject(Step::Rename, to)?;
+        OsDisk.rename(from, to)
+    }
+
+    fn symlink_metadata(&self, path: &Path) -> io::Result<fs::Metadata> {
+        self.inject(Step::Look, path)?;
+        OsDisk.symlink_metadata(path)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn planned_faults_happen_as_often_as_planned_and_only_where_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+        fs::write(&a, b"x").unwrap();
+        let disk = FaultyDisk::new();
+        disk.plan(Step::Rename, "/b", Injected::Io, 1);
+        disk.plan(Step::Look, "/a", Injected::Change(b"y".to_vec()), 1);
+        assert_eq!(disk.pending(), 2);
+        let refused = disk.rename(&a, &b).unwrap_err();
+        assert_eq!(refused.raw_os_error(), Some(5));
+        assert!(a.exists(), "a failed rename moved nothing");
+        assert_eq!(
+            disk.symlink_metadata(&a).unwrap().len(),
+            2,
+            "changed under us"
+        );
+        assert_eq!(disk.symlink_metadata(&a).unwrap().len(), 2, "only once");
+        disk.rename(&a, &b).unwrap();
+        assert_eq!(disk.pending(), 0);
+        disk.plan(Step::Create, "", Injected::NoSpace, 1);
+        let full = disk.create(&dir.path().join("t")).unwrap_err();
+        assert_eq!(full.kind(), io::ErrorKind::StorageFull);
+    }
+}
