@@ -521,7 +521,10 @@ impl AgentTask {
             )));
         }
         validate_format(&req.format)?;
-        let root = validate_path(&req.path, self.home.root())?;
+        let (path, home) = (req.path.clone(), self.home.root().to_path_buf());
+        let root = tokio::task::spawn_blocking(move || validate_path(&path, &home))
+            .await
+            .map_err(|e| Error::Invalid(format!("checking the path failed: {e}")))??;
         for (id, h) in &self.sources {
             let other = h.status().path;
             if root.starts_with(&other) || other.starts_with(&root) {
@@ -554,7 +557,11 @@ impl AgentTask {
             created_unix_ms: unix_ms_now(),
             peers,
         };
-        crate::layout::create_marker(&root).map_err(|e| {
+        let marker = root.clone();
+        let made = tokio::task::spawn_blocking(move || crate::layout::create_marker(&marker))
+            .await
+            .map_err(|e| Error::Invalid(format!("creating the marker failed: {e}")))?;
+        made.map_err(|e| {
             Error::Invalid(format!(
                 "cannot create the marker folder {}: {e}; the agent needs write access to the source",
                 crate::layout::marker_path(&root).display()

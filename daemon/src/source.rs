@@ -240,9 +240,11 @@ impl SourceCommander {
         {
             return outcomes;
         }
-        for temp in temps {
-            // The source is gone; nothing will use the built content.
-            let _ = std::fs::remove_file(temp);
+        // The source is gone; nothing will use the built content.
+        let removed =
+            tokio::task::spawn_blocking(move || temps.iter().for_each(|t| apply::remove_temp(t)));
+        if removed.await.is_err() {
+            warn!("removing unused temp files failed; they go at the next start");
         }
         vec![ApplyOutcome::Failed(ApplyFailure::SourceGone); n]
     }
@@ -451,11 +453,19 @@ impl SourceTask {
             Ok(totals) => {
                 // A source that never recorded anything gets its marker now; one that has,
                 // and lost it, is probably an unmounted disk and must stop instead.
-                if totals.sequence == 0
-                    && self.cfg.root.is_dir()
-                    && let Err(e) = create_marker(&self.cfg.root)
-                {
-                    warn!(error = %e, "cannot create the source marker");
+                if totals.sequence == 0 {
+                    let root = self.cfg.root.clone();
+                    let made = tokio::task::spawn_blocking(move || {
+                        if root.is_dir() {
+                            create_marker(&root)
+                        } else {
+                            Ok(())
+                        }
+                    })
+                    .await;
+                    if let Ok(Err(e)) = made {
+                        warn!(error = %e, "cannot create the source marker");
+                    }
                 }
                 self.publish(|s| s.totals = totals)
             }
@@ -738,7 +748,11 @@ impl SourceTask {
         scope: Scope,
         force: HashSet<String>,
     ) -> Result<scanner::ScanSummary, Stop> {
-        check_marker(&self.cfg.root).map_err(Stop::Source)?;
+        let root = self.cfg.root.clone();
+        tokio::task::spawn_blocking(move || check_marker(&root))
+            .await
+            .map_err(|e| Stop::Source(SourceError::Crashed(e.to_string())))?
+            .map_err(Stop::Source)?;
         let id = self.cfg.id.clone();
         let under = match &scope {
             Scope::Full => None,

@@ -43,7 +43,7 @@ pub async fn serve(
         reason,
     };
     // The caller holds the home's lock, so a socket file left here is from a dead agent.
-    match std::fs::remove_file(path) {
+    match tokio::fs::remove_file(path).await {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(err(e.to_string())),
@@ -53,7 +53,8 @@ pub async fn serve(
             "{e} (a Unix socket path must be under 108 bytes; use a shorter --home)"
         ))
     })?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+    tokio::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .await
         .map_err(|e| err(e.to_string()))?;
     tracing::info!(socket = %path.display(), "control socket ready");
     let service = ControlService { agent };
@@ -63,7 +64,7 @@ pub async fn serve(
         .await
         .map_err(|e| err(e.to_string()));
     // Leaving the socket behind would only mislead the next `tandemctl` into connecting.
-    let _ = std::fs::remove_file(path);
+    let _ = tokio::fs::remove_file(path).await;
     result
 }
 

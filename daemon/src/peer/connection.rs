@@ -23,6 +23,27 @@ pub const MAX_FRAME_BYTES: usize = 16 << 20;
 /// Chunk requests served at once for one peer.
 const SERVE_CONCURRENCY: usize = 16;
 
+/// Why an exchange ended, as `status` shows it in the peer's `last_error`.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum Disconnect {
+    #[error("closed")]
+    Closed,
+    #[error("the peer closed the connection")]
+    PeerClosed,
+    #[error("dropped: the peer sent {0}")]
+    Oversized(String),
+    #[error("connection lost: {0}")]
+    Lost(String),
+    #[error("the connection closed")]
+    SendFailed,
+    #[error("shutting down")]
+    ShuttingDown,
+    #[error("the peer sent more index updates than it may have in flight")]
+    Flooded,
+    #[error("refused: {0}")]
+    Incompatible(String),
+}
+
 /// Where outgoing frames go: the response stream (accepted) or the request stream (dialled).
 #[derive(Clone)]
 pub enum Outbound {
@@ -119,22 +140,22 @@ pub async fn run(
     conn.say_hello().await;
     let why = loop {
         tokio::select! {
-            () = cancel.cancelled() => break "closed".to_owned(),
+            () = cancel.cancelled() => break Disconnect::Closed,
             frame = inbound.message() => match frame {
                 Ok(Some(frame)) => {
                     if let Err(e) = conn.on_frame(frame).await {
                         break e;
                     }
                 }
-                Ok(None) => break "the peer closed the connection".to_owned(),
+                Ok(None) => break Disconnect::PeerClosed,
                 // tonic refuses a frame over the decoding limit before allocating it; after
                 // that the stream cannot be resynchronised, so the connection goes too.
                 Err(e) if e.code() == tonic::Code::OutOfRange => {
                     let what = format!("a frame over the {MAX_FRAME_BYTES}-byte limit");
                     refuse(&ctx, &device_text, &what);
-                    break format!("dropped: the peer sent {what}");
+                    break Disconnect::Oversized(what);
                 }
-                Err(e) => break format!("connection lost: {}", with_root_cause(&e)),
+                Err(e) => break Disconnect::Lost(with_root_cause(&e)),
             },
             fetch = fetch_rx.recv() => if let Some(fetch) = fetch {
                 conn.next_request += 1;
@@ -143,12 +164,12 @@ pub async fn run(
                 let mut req = fetch.req;
                 req.request_id = id;
                 if !conn.out.send(Body::ChunkRequest(req)).await {
-                    break "the connection closed".to_owned();
+                    break Disconnect::SendFailed;
                 }
             },
             changed = generation.changed() => {
                 if changed.is_err() {
-                    break "shutting down".to_owned();
+                    break Disconnect::ShuttingDown;
                 }
                 conn.say_hello().await;
             }
@@ -170,7 +191,7 @@ pub async fn run(
             && p.conn == conn_id
         {
             p.connected = false;
-            p.last_error = why;
+            p.last_error = why.to_string();
             for s in p.sources.values_mut() {
                 s.in_flight = 0;
                 s.receiving_idle = true;
@@ -242,7 +263,7 @@ impl Conn {
         }
     }
 
-    async fn on_frame(&mut self, frame: Frame) -> Result<(), String> {
+    async fn on_frame(&mut self, frame: Frame) -> Result<(), Disconnect> {
         match frame.body {
             Some(Body::Hello(hello)) => self.on_hello(hello).await?,
             Some(Body::Index(update)) => {
@@ -271,9 +292,7 @@ impl Conn {
                 };
                 // The peer keeps at most INDEX_WINDOW updates unacknowledged; more is abuse.
                 if tx.try_send(update).is_err() {
-                    return Err(
-                        "the peer sent more index updates than it may have in flight".into(),
-                    );
+                    return Err(Disconnect::Flooded);
                 }
             }
             Some(Body::Applied(a)) => {
@@ -303,7 +322,7 @@ impl Conn {
     }
 
     /// Checks the peer's hello; an incompatible protocol ends the connection.
-    async fn on_hello(&mut self, hello: pb::Hello) -> Result<(), String> {
+    async fn on_hello(&mut self, hello: pb::Hello) -> Result<(), Disconnect> {
         if hello.device_id != self.device_text {
             refuse(
                 &self.ctx,
@@ -319,7 +338,7 @@ impl Conn {
                     p.incompatible.clone_from(&why);
                 }
             });
-            return Err(format!("refused: {why}"));
+            return Err(Disconnect::Incompatible(why));
         }
         self.peer_hello = Some(hello.clone());
         self.start_exchanges(hello).await;

@@ -561,8 +561,12 @@ impl SourceTask {
         if let Some(temp) = &req.temp
             && !outcome.is_applied()
         {
-            // Not used: do not leave it lying in the source.
-            let _ = std::fs::remove_file(temp);
+            // Not used: do not leave it lying in the source. Off the runtime's threads, and
+            // not waited for: nothing reuses a temp file's name.
+            let temp = temp.clone();
+            drop(tokio::task::spawn_blocking(move || {
+                apply::remove_temp(&temp)
+            }));
         }
         if let ApplyOutcome::Failed(failure) = &outcome {
             let message = failure.to_string();
@@ -595,7 +599,12 @@ impl SourceTask {
             }
         };
         let root = self.cfg.root.clone();
-        if !root.is_dir() || check_marker(&root).is_err() {
+        let looked = root.clone();
+        let here =
+            tokio::task::spawn_blocking(move || looked.is_dir() && check_marker(&looked).is_ok())
+                .await
+                .unwrap_or(false);
+        if !here {
             // Not the source's folder right now (an unmounted disk?): nothing to compare with.
             // The first scan reports why; the journal waits.
             return;
