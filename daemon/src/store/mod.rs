@@ -197,7 +197,9 @@ impl StoreHandle {
             .await
     }
 
-    /// Prior state of a source's items: all of them, or those at or under the given paths.
+    /// Prior state of a source's items: all of them, or those at or under the given paths,
+    /// at once. Scans do not use it (they read pages with [`StoreHandle::prior_batch`], so
+    /// their memory does not grow with the source); it is for tests and tools.
     pub async fn prior_items(
         &self,
         source_id: String,
