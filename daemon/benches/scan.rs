@@ -2,13 +2,13 @@
 //!
 //! 1. Hashing throughput of FastCDC chunking + xxh3-128 (`chunker::hash_reader`) against
 //!    `sha256sum` on the same 1 GiB file, page-cached, best of 3.
-//! 2. Rescan of 100,000 unchanged files (load prior state from SQLite + stat walk + compare)
+//! 2. Rescan of 100,000 unchanged files (prior state streamed from SQLite + stat walk + compare)
 //!    against `find -printf` printing the same stat fields, best of 3.
 //!
 //! `cargo bench -p tandem-daemon --bench scan`; `TANDEM_BENCH_QUICK=1` for small sizes;
 //! `TANDEM_BENCH_DIR` picks where the data goes (default: the system temp dir).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::fs;
 use std::io::Write;
 use std::path::Path;
@@ -17,9 +17,9 @@ use std::time::{Duration, Instant};
 
 use tandem::chunker;
 use tandem::index::{ShortId, VersionVector};
-use tandem::item::{Difference, PriorItem};
-use tandem::scanner::{self, Found, ScanRequest, Scope, Sink};
-use tandem::store::{self, SourceRow};
+use tandem::item::{Difference, PathRange, PriorItem};
+use tandem::scanner::{self, Found, PriorCursor, PriorError, ScanRequest, Scope, Sink};
+use tandem::store::{self, SourceRow, StoreHandle};
 
 fn main() -> anyhow::Result<()> {
     let quick = std::env::var_os("TANDEM_BENCH_QUICK").is_some();
@@ -121,6 +121,33 @@ fn bench_hash(dir: &Path, mib: u64) -> anyhow::Result<Vec<String>> {
     ])
 }
 
+/// The store as the scanner's cursor, one page per trip (the agent also reads a page ahead).
+struct StorePages {
+    store: StoreHandle,
+    source_id: String,
+}
+
+impl PriorCursor for StorePages {
+    fn next_batch(
+        &mut self,
+        range: &PathRange,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<PriorItem>, PriorError> {
+        self.store
+            .prior_batch(
+                self.source_id.clone(),
+                range.clone(),
+                after.map(str::to_owned),
+                limit,
+            )
+            .wait()
+            .map_err(|e| PriorError {
+                reason: e.to_string(),
+            })
+    }
+}
+
 struct Collect(Vec<Found>);
 
 impl Sink for Collect {
@@ -163,10 +190,8 @@ fn bench_rescan(dir: &Path, files: usize) -> anyhow::Result<Vec<String>> {
         peers: vec![],
     }))?;
 
-    // First scan: record everything, as the source task would.
-    let scan_once = |prior: Vec<PriorItem>| -> anyhow::Result<Vec<Found>> {
-        let prior: HashMap<String, PriorItem> =
-            prior.into_iter().map(|p| (p.path.clone(), p)).collect();
+    // Scans as the source task does: the prior state streams from the store a page at a time.
+    let scan_once = |prior: Box<dyn PriorCursor>| -> anyhow::Result<Vec<Found>> {
         let mut sink = Collect(Vec::new());
         scanner::scan(
             ScanRequest {
@@ -181,7 +206,8 @@ fn bench_rescan(dir: &Path, files: usize) -> anyhow::Result<Vec<String>> {
         Ok(sink.0)
     };
     let t = Instant::now();
-    let found = scan_once(Vec::new())?;
+    // First scan: record everything, as the source task would.
+    let found = scan_once(Box::<scanner::PriorMap>::default())?;
     let diffs: Vec<Difference> = found
         .into_iter()
         .filter_map(|f| match f {
@@ -217,7 +243,10 @@ fn bench_rescan(dir: &Path, files: usize) -> anyhow::Result<Vec<String>> {
     );
 
     let (ours, changed) = best_of(3, || {
-        let prior = rt.block_on(handle.prior_items(id.clone(), None))?;
+        let prior = Box::new(StorePages {
+            store: handle.clone(),
+            source_id: id.clone(),
+        });
         let found = scan_once(prior)?;
         Ok(found.len())
     })?;
@@ -242,7 +271,7 @@ fn bench_rescan(dir: &Path, files: usize) -> anyhow::Result<Vec<String>> {
             initial.as_secs_f64()
         ),
         format!(
-            "| rescan of {files} unchanged files (prior state from SQLite + stat + compare) | {:.3} s | find -printf (stat walk only) {:.3} s | {:.2}× |",
+            "| rescan of {files} unchanged files (prior state streamed from SQLite + stat + compare) | {:.3} s | find -printf (stat walk only) {:.3} s | {:.2}× |",
             ours.as_secs_f64(),
             find.as_secs_f64(),
             ours.as_secs_f64() / find.as_secs_f64()

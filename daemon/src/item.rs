@@ -117,3 +117,39 @@ pub struct Difference {
     /// Short ID of the device whose change made this version.
     pub modified_by: Option<String>,
 }
+
+/// A span of item paths in the store's order, which is bytewise (SQLite's BINARY collation on
+/// UTF-8 text, and `str`'s `Ord`): what a scan reads the prior state of, a batch at a time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PathRange {
+    /// Every item of the source.
+    All,
+    /// Exactly this item.
+    Item(String),
+    /// Everything strictly under this folder: `[p/, p0)`, since '0' is the byte after '/'.
+    Under(String),
+}
+
+impl PathRange {
+    /// The ranges that together hold `path` and everything under it, in the store's order
+    /// (the item sorts before its subtree); the empty path is the whole source.
+    pub fn at_and_under(path: &str) -> Vec<PathRange> {
+        if path.is_empty() {
+            vec![PathRange::All]
+        } else {
+            vec![
+                PathRange::Item(path.to_owned()),
+                PathRange::Under(path.to_owned()),
+            ]
+        }
+    }
+
+    /// True when `path` lies in the range.
+    pub fn contains(&self, path: &str) -> bool {
+        match self {
+            PathRange::All => true,
+            PathRange::Item(p) => path == p,
+            PathRange::Under(p) => crate::layout::is_under(path, p),
+        }
+    }
+}

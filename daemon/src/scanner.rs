@@ -1,19 +1,29 @@
 //! Walks a `files` source and reports what differs from its prior state.
 //!
+//! The walk visits items in the store's order, which is bytewise by item path: in each folder,
+//! an entry NAME at key NAME and, if it is a folder, its subtree at key NAME + "/" (so "a" <
+//! "a.txt" < "a/b" < "a0"). The prior state streams in beside it a page at a time through a
+//! [`PriorCursor`], and the two are merged like sorted lists: a recorded item the walk passes
+//! without seeing is gone. Memory grows with the folders along the current path and with what
+//! changed, never with the size of the source.
+//!
 //! Stat first: an item whose kind, size, mtime and inode match its prior state is not read
 //! again. Anything else is chunked and hashed, and reported as a [`Found`] for the source task
 //! to turn into differences. A per-item problem is just another result. Must not: write SQL,
 //! talk to peers, or follow a symlink.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::ffi::OsStr;
 use std::fs;
 use std::io;
+use std::ops::Bound;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use crate::chunker;
-use crate::item::{Content, ItemKind, Metadata, PriorItem};
+use crate::item::{Content, ItemKind, Metadata, PathRange, PriorItem};
 use crate::layout::is_internal;
 pub use crate::layout::is_under;
 
@@ -24,6 +34,10 @@ pub const RACY_WINDOW: Duration = Duration::from_millis(50);
 /// How many times a file that changes while being hashed is read again before giving up
 /// for this scan (the watcher brings it back when it settles).
 const CHANGING_RETRIES: usize = 3;
+
+/// Prior items asked of the cursor at a time: big enough that a page costs the store one
+/// short range lookup per few thousand items, small enough to hold a page or two in memory.
+pub const PRIOR_PAGE: usize = 2048;
 
 /// Which part of the source a scan covers.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -67,16 +81,86 @@ pub enum ScanError {
          while the agent runs (it records each deletion) or remove and re-add the source"
     )]
     LooksEmpty { root: PathBuf, recorded: usize },
+    #[error("cannot read the prior state: {0}; nothing is sent as deleted")]
+    Prior(#[from] PriorError),
     #[error("scan stopped")]
     Cancelled,
+}
+
+/// Why the prior state could not be read (the store's own words, or a broken order).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{reason}")]
+pub struct PriorError {
+    pub reason: String,
+}
+
+/// The prior state a scan compares with, read a page at a time in the store's order: the
+/// scanner's narrow view of the store (after Syncthing's `CurrentFiler`, made a cursor so a
+/// scan never holds all of a source).
+pub trait PriorCursor: Send {
+    /// Up to `limit` recorded items in `range` whose paths sort after `after` (from the start
+    /// of the range when `None`), in bytewise path order; fewer than `limit` means the range
+    /// holds no more.
+    ///
+    /// # Errors
+    /// When the prior state cannot be read; the scan then stops and reports nothing deleted.
+    fn next_batch(
+        &mut self,
+        range: &PathRange,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<PriorItem>, PriorError>;
+}
+
+/// Prior state held in memory, by item path: for tests, benchmarks and tools that have no
+/// store.
+#[derive(Debug, Clone, Default)]
+pub struct PriorMap(pub BTreeMap<String, PriorItem>);
+
+impl FromIterator<PriorItem> for PriorMap {
+    fn from_iter<I: IntoIterator<Item = PriorItem>>(items: I) -> Self {
+        PriorMap(items.into_iter().map(|p| (p.path.clone(), p)).collect())
+    }
+}
+
+impl PriorCursor for PriorMap {
+    fn next_batch(
+        &mut self,
+        range: &PathRange,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<PriorItem>, PriorError> {
+        let first_under = match range {
+            PathRange::Under(p) => format!("{p}/"),
+            PathRange::All | PathRange::Item(_) => String::new(),
+        };
+        let low = match range {
+            PathRange::All => after.map_or(Bound::Unbounded, Bound::Excluded),
+            PathRange::Item(p) if after.is_some_and(|a| a >= p.as_str()) => return Ok(Vec::new()),
+            PathRange::Item(p) => Bound::Included(p.as_str()),
+            PathRange::Under(_) => match after {
+                Some(a) if a >= first_under.as_str() => Bound::Excluded(a),
+                _ => Bound::Included(first_under.as_str()),
+            },
+        };
+        Ok(self
+            .0
+            .range::<str, _>((low, Bound::Unbounded))
+            .map(|(_, p)| p)
+            // A range is contiguous in path order: the first path outside it ends it.
+            .take_while(|p| range.contains(&p.path))
+            .take(limit)
+            .cloned()
+            .collect())
+    }
 }
 
 /// One scan's settings and inputs.
 pub struct ScanRequest {
     pub root: PathBuf,
     pub scope: Scope,
-    /// Prior state of every item in scope, by item path.
-    pub prior: HashMap<String, PriorItem>,
+    /// The source's prior state, read a page at a time as the walk goes.
+    pub prior: Box<dyn PriorCursor>,
     /// Items to hash even if their stat matches (racy ones from an earlier scan).
     pub force_rehash: HashSet<String>,
     /// This device's `.tandemignore` patterns: ignored items are neither reported nor deleted.
@@ -107,29 +191,35 @@ pub fn scan(req: ScanRequest, sink: &mut dyn Sink) -> Result<ScanSummary, ScanEr
     check_root(&req.root)?;
     let mut walker = Walker {
         root: &req.root,
-        prior: req.prior,
+        prior: PriorStream::new(req.prior),
         force: &req.force_rehash,
         ignores: &req.ignores,
         unreadable: Vec::new(),
+        gone: Vec::new(),
+        recorded: 0,
         summary: ScanSummary::default(),
         sink,
     };
     match &req.scope {
         Scope::Full => {
-            walker.walk(&req.root)?;
+            walker.prior.start(vec![PathRange::All]);
+            walker.walk_folder("")?;
+            walker.pass_the_rest()?;
             // A folder that is suddenly empty is far more often an unmounted disk or a
             // half-restored backup than a user deleting everything at once.
-            let recorded = walker.prior.values().filter(|p| !p.deleted).count();
-            if walker.summary.seen == 0 && recorded > 0 {
+            if walker.summary.seen == 0 && walker.recorded > 0 {
                 return Err(ScanError::LooksEmpty {
                     root: req.root.clone(),
-                    recorded,
+                    recorded: walker.recorded,
                 });
             }
         }
         Scope::Under(paths) => {
+            // Each minimal root is its own merge: its ranges are disjoint from the others'.
             for path in minimal_roots(paths) {
+                walker.prior.start(PathRange::at_and_under(&path));
                 walker.scan_under(&path)?;
+                walker.pass_the_rest()?;
             }
         }
     }
@@ -174,13 +264,124 @@ fn minimal_roots(paths: &[String]) -> Vec<String> {
     out
 }
 
+/// The prior state of the ranges being walked, a page at a time, in path order.
+struct PriorStream {
+    cursor: Box<dyn PriorCursor>,
+    /// Ranges still to read; the front one is being read.
+    ranges: VecDeque<PathRange>,
+    /// Last path read from the front range: the next page starts after it.
+    after: Option<String>,
+    /// The front range has nothing beyond `page`.
+    front_done: bool,
+    page: VecDeque<PriorItem>,
+}
+
+impl PriorStream {
+    fn new(cursor: Box<dyn PriorCursor>) -> Self {
+        PriorStream {
+            cursor,
+            ranges: VecDeque::new(),
+            after: None,
+            front_done: false,
+            page: VecDeque::new(),
+        }
+    }
+
+    /// Streams these ranges next (the previous ones must have been read to their end).
+    fn start(&mut self, ranges: Vec<PathRange>) {
+        self.ranges = ranges.into();
+        self.after = None;
+        self.front_done = false;
+        self.page.clear();
+    }
+
+    /// The next prior item in path order, reading a page when needed.
+    fn peek(&mut self) -> Result<Option<&PriorItem>, PriorError> {
+        while self.page.is_empty() {
+            let Some(range) = self.ranges.front() else {
+                return Ok(None);
+            };
+            if self.front_done {
+                self.ranges.pop_front();
+                self.after = None;
+                self.front_done = false;
+                continue;
+            }
+            let batch = self
+                .cursor
+                .next_batch(range, self.after.as_deref(), PRIOR_PAGE)?;
+            self.front_done = batch.len() < PRIOR_PAGE;
+            // The merge takes every item it passes for gone: an item out of order or out of
+            // range would turn into a false deletion, so a cursor that breaks the order stops
+            // the scan instead.
+            let mut last = self.after.as_deref();
+            for item in &batch {
+                let in_order = last.is_none_or(|a| item.path.as_str() > a);
+                if !in_order || !range.contains(&item.path) {
+                    return Err(PriorError {
+                        reason: format!(
+                            "item {:?} came out of path order (after {last:?}, in {range:?})",
+                            item.path
+                        ),
+                    });
+                }
+                last = Some(item.path.as_str());
+            }
+            if let Some(item) = batch.last() {
+                self.after = Some(item.path.clone());
+            }
+            self.page.extend(batch);
+        }
+        Ok(self.page.front())
+    }
+
+    fn pop(&mut self) -> Option<PriorItem> {
+        self.page.pop_front()
+    }
+}
+
+/// One step of walking a folder: an entry, or the subtree of an entry that is a folder.
+struct Step {
+    /// The entry's name, plus '/' for the step into its subtree: the step's place in the
+    /// store's order among the folder's other steps.
+    key: Vec<u8>,
+    /// The step into the subtree (planned when the listing said "folder").
+    into: bool,
+    /// The listing said the entry is a folder (what ignore patterns are matched as).
+    listed_dir: bool,
+    /// Set when the entry's visit found a folder to walk into.
+    go: bool,
+}
+
+impl Step {
+    fn name(&self) -> &OsStr {
+        let len = self.key.len() - usize::from(self.into);
+        OsStr::from_bytes(&self.key[..len])
+    }
+}
+
+/// A folder being walked: its steps in the store's order and how far the walk got.
+struct Folder {
+    /// The folder's item path plus '/' ("" for the root): what its entries' paths start with.
+    prefix: String,
+    /// The folder on disk.
+    full: PathBuf,
+    steps: Vec<Step>,
+    next: usize,
+}
+
 struct Walker<'a> {
     root: &'a Path,
-    prior: HashMap<String, PriorItem>,
+    prior: PriorStream,
     force: &'a HashSet<String>,
     ignores: &'a crate::ignores::Ignores,
-    /// Folders that could not be listed: their recorded items are not gone, just unseen.
+    /// Items and folders that could not be read: their recorded items are not gone, just
+    /// unseen.
     unreadable: Vec<String>,
+    /// Recorded items the walk passed without seeing, reported deleted at the end.
+    gone: Vec<PriorItem>,
+    /// Live recorded items the walk has passed, seen or not (the "looks empty" guard).
+    recorded: usize,
     summary: ScanSummary,
     sink: &'a mut dyn Sink,
 }
@@ -198,11 +399,68 @@ impl Walker<'_> {
         self.emit(Found::Error { path, message })
     }
 
+    /// The prior state of `item`, if recorded. Everything recorded before it in path order
+    /// was passed without being seen: it is gone.
+    fn take_prior(&mut self, item: &str) -> Result<Option<PriorItem>, ScanError> {
+        loop {
+            let order = match self.prior.peek()? {
+                Some(p) => p.path.as_str().cmp(item),
+                None => return Ok(None),
+            };
+            match order {
+                std::cmp::Ordering::Less => {
+                    if let Some(p) = self.prior.pop() {
+                        self.passed_unseen(p);
+                    }
+                }
+                std::cmp::Ordering::Equal => {
+                    let p = self.prior.pop();
+                    self.recorded += p.as_ref().map_or(0, |p| usize::from(!p.deleted));
+                    return Ok(p);
+                }
+                std::cmp::Ordering::Greater => return Ok(None),
+            }
+        }
+    }
+
+    /// What is left of the streamed ranges was not seen.
+    fn pass_the_rest(&mut self) -> Result<(), ScanError> {
+        while self.prior.peek()?.is_some() {
+            if let Some(p) = self.prior.pop() {
+                self.passed_unseen(p);
+            }
+        }
+        Ok(())
+    }
+
+    /// A recorded item the walk did not see: gone, unless it was already a tombstone, is
+    /// ignored, or sits in or under something that could not be read.
+    fn passed_unseen(&mut self, p: PriorItem) {
+        if p.deleted {
+            return;
+        }
+        self.recorded += 1;
+        // Ignoring an item leaves it alone everywhere; it does not delete it.
+        if self
+            .ignores
+            .is_ignored(&p.path, p.meta.kind == ItemKind::Directory)
+        {
+            return;
+        }
+        if self
+            .unreadable
+            .iter()
+            .any(|u| *u == p.path || is_under(&p.path, u))
+        {
+            return;
+        }
+        self.gone.push(p);
+    }
+
     /// Scans one item path named by the watcher, and its subtree if it is a folder.
     fn scan_under(&mut self, item_path: &str) -> Result<(), ScanError> {
         if item_path.is_empty() {
-            let root = self.root.to_path_buf();
-            return self.walk(&root);
+            return self.walk_folder("");
         }
         if is_internal(item_path) {
             return Ok(());
@@ -216,7 +474,7 @@ impl Walker<'_> {
                 Ok(m) if m.file_type().is_dir() => {}
                 Ok(_) | Err(_) => {
                     // The parent is gone or is no longer a folder: its recorded subtree stays
-                    // in scope and is reported deleted unless seen elsewhere in this scan.
+                    // in scope and is reported deleted.
                     return Ok(());
                 }
             }
@@ -224,7 +482,10 @@ impl Walker<'_> {
         let full = self.root.join(item_path);
         match fs::symlink_metadata(&full) {
             Ok(m) if self.ignores.is_ignored(item_path, m.file_type().is_dir()) => Ok(()),
-            Ok(m) if m.file_type().is_dir() => self.walk(&full),
+            Ok(m) if m.file_type().is_dir() => {
+                self.visit(item_path.to_owned(), &full, &m)?;
+                self.walk_folder(item_path)
+            }
             Ok(m) => self.visit(item_path.to_owned(), &full, &m),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
             Err(e) => {
@@ -237,58 +498,80 @@ impl Walker<'_> {
         }
     }
 
-    /// Walks `dir` (the root or a folder in it), visiting every entry.
-    fn walk(&mut self, dir: &Path) -> Result<(), ScanError> {
-        let min_depth = usize::from(dir == self.root);
-        let mut it = walkdir::WalkDir::new(dir)
-            .follow_links(false)
-            .min_depth(min_depth)
-            .into_iter();
-        while let Some(entry) = it.next() {
-            let entry = match entry {
-                Ok(entry) => entry,
-                Err(e) => {
-                    let path = e
-                        .path()
-                        .map(Path::to_path_buf)
-                        .unwrap_or_else(|| dir.to_path_buf());
-                    let item = self.item_path(&path).unwrap_or_default();
-                    if item.is_empty() {
-                        return Err(ScanError::RootUnreadable {
-                            path,
-                            source: e
-                                .into_io_error()
-                                .unwrap_or_else(|| io::Error::other("loop")),
-                        });
-                    }
-                    self.unreadable.push(item.clone());
-                    let reason = e
-                        .io_error()
-                        .map(ToString::to_string)
-                        .unwrap_or_else(|| e.to_string());
-                    self.error(item, format!("cannot read: {reason}; {}", access_hint()))?;
-                    continue;
-                }
-            };
-            let Some(item) = self.item_path(entry.path()) else {
-                let shown = entry.path().strip_prefix(self.root).unwrap_or(entry.path());
-                self.error(
-                    shown.to_string_lossy().into_owned(),
-                    "name is not valid UTF-8 and cannot be synced; rename it".to_owned(),
-                )?;
-                if entry.file_type().is_dir() {
-                    it.skip_current_dir();
-                }
+    /// Walks everything under the folder at item path `top` ("" for the root) in the store's
+    /// order, visiting every entry. A stack of folders rather than recursion: a deep tree must
+    /// not run the thread out of stack.
+    fn walk_folder(&mut self, top: &str) -> Result<(), ScanError> {
+        let mut stack: Vec<Folder> = Vec::new();
+        let full = self.root.join(top);
+        if let Some(folder) = self.list(top, full)? {
+            stack.push(folder);
+        }
+        while let Some(folder) = stack.last_mut() {
+            let Some(step) = folder.steps.get_mut(folder.next) else {
+                stack.pop();
                 continue;
             };
-            if is_internal(&item) || self.ignores.is_ignored(&item, entry.file_type().is_dir()) {
-                if entry.file_type().is_dir() {
-                    it.skip_current_dir();
+            folder.next += 1;
+            let into = step.into;
+            let listed_dir = step.listed_dir;
+            let go = step.go;
+            // A step is taken once: its key is not needed after this.
+            let step = Step {
+                key: std::mem::take(&mut step.key),
+                into,
+                listed_dir,
+                go,
+            };
+            let name = step.name();
+            if into {
+                if !go {
+                    continue;
+                }
+                // Its visit proved the name UTF-8.
+                let Some(name) = name.to_str() else { continue };
+                let item = format!("{}{name}", folder.prefix);
+                let full = folder.full.join(name);
+                if let Some(sub) = self.list(&item, full)? {
+                    stack.push(sub);
                 }
                 continue;
             }
-            match entry.metadata() {
-                Ok(m) => self.visit(item, entry.path(), &m)?,
+            let Some(name_str) = name.to_str() else {
+                self.error(
+                    format!("{}{}", folder.prefix, name.to_string_lossy()),
+                    "name is not valid UTF-8 and cannot be synced; rename it".to_owned(),
+                )?;
+                continue;
+            };
+            let mut item = String::with_capacity(folder.prefix.len() + name_str.len());
+            item.push_str(&folder.prefix);
+            item.push_str(name_str);
+            if is_internal(&item) || self.ignores.is_ignored(&item, listed_dir) {
+                continue;
+            }
+            let full = folder.full.join(name);
+            match fs::symlink_metadata(&full) {
+                Ok(m) => {
+                    let is_dir = m.file_type().is_dir();
+                    if is_dir && !listed_dir {
+                        // It became a folder after the listing, so there is no step into it
+                        // in this walk: its recorded subtree is unseen, not gone. The
+                        // watcher's event for it brings a scan of it.
+                        self.unreadable.push(item.clone());
+                    }
+                    self.visit(item, &full, &m)?;
+                    if is_dir && listed_dir {
+                        // The step into it comes later in this folder, after the entries
+                        // whose names sort between NAME and NAME + "/".
+                        let mut key = step.key;
+                        key.push(b'/');
+                        let rest = &mut folder.steps[folder.next..];
+                        if let Ok(i) = rest.binary_search_by(|s| s.key.as_slice().cmp(&key)) {
+                            rest[i].go = true;
+                        }
+                    }
+                }
                 Err(e) => {
                     self.unreadable.push(item.clone());
                     self.error(item, format!("cannot read: {e}; {}", access_hint()))?;
@@ -298,16 +581,84 @@ impl Walker<'_> {
         Ok(())
     }
 
-    fn item_path(&self, full: &Path) -> Option<String> {
-        let rel = full.strip_prefix(self.root).ok()?;
-        let s = rel.to_str()?;
-        Some(s.to_owned())
+    /// Lists the folder at item path `item` ("" for the root) and orders its steps; `None`
+    /// when it cannot be listed (reported, and its recorded subtree kept).
+    fn list(&mut self, item: &str, full: PathBuf) -> Result<Option<Folder>, ScanError> {
+        let entries = match fs::read_dir(&full) {
+            Ok(entries) => entries,
+            Err(e) => return self.cannot_list(item, e).map(|()| None),
+        };
+        let mut steps = Vec::new();
+        let mut failed = None;
+        for entry in entries {
+            let entry = match entry {
+                Ok(entry) => entry,
+                Err(e) => {
+                    failed = Some(e);
+                    break;
+                }
+            };
+            // The listing's own type (no stat); if even that fails, the entry's visit stats
+            // it and reports what it finds.
+            let listed_dir = entry.file_type().is_ok_and(|t| t.is_dir());
+            let key = entry.file_name().into_vec();
+            if listed_dir {
+                let mut into = key.clone();
+                into.push(b'/');
+                steps.push(Step {
+                    key: into,
+                    into: true,
+                    listed_dir,
+                    go: false,
+                });
+            }
+            steps.push(Step {
+                key,
+                into: false,
+                listed_dir,
+                go: false,
+            });
+        }
+        // Keys are unique: names are, and only a step into a subtree ends in '/'.
+        steps.sort_unstable_by(|a, b| a.key.cmp(&b.key));
+        if let Some(e) = failed {
+            // Part of the listing is missing: what it held is unseen, not gone. The entries
+            // read so far are still walked.
+            self.cannot_list(item, e)?;
+        }
+        let prefix = if item.is_empty() {
+            String::new()
+        } else {
+            format!("{item}/")
+        };
+        Ok(Some(Folder {
+            prefix,
+            full,
+            steps,
+            next: 0,
+        }))
+    }
+
+    /// A folder that cannot be listed: the root stops the scan; any other is an item error
+    /// and its recorded items are kept.
+    fn cannot_list(&mut self, item: &str, e: io::Error) -> Result<(), ScanError> {
+        if item.is_empty() {
+            return Err(ScanError::RootUnreadable {
+                path: self.root.to_path_buf(),
+                source: e,
+            });
+        }
+        self.unreadable.push(item.to_owned());
+        self.error(
+            item.to_owned(),
+            format!("cannot read: {e}; {}", access_hint()),
+        )
     }
 
     /// Compares one item with its prior state and reports it if it changed.
     fn visit(&mut self, item: String, full: &Path, m: &fs::Metadata) -> Result<(), ScanError> {
         self.summary.seen += 1;
-        let prior = self.prior.remove(&item);
+        let prior = self.take_prior(&item)?;
         let ft = m.file_type();
         let kind = if ft.is_dir() {
             ItemKind::Directory
@@ -415,9 +766,9 @@ impl Walker<'_> {
         prior: Option<PriorItem>,
         why: &str,
     ) -> Result<(), ScanError> {
-        // Put the prior record back so the final sweep does not report it deleted.
-        if let Some(p) = prior {
-            self.prior.insert(item.clone(), p);
+        // The record was taken from the stream, so it is not reported deleted; what was
+        // recorded under it (it may have been a folder) is unseen too.
+        if prior.is_some() {
             self.unreadable.push(item.clone());
         }
         self.error(item, why.to_owned())
@@ -505,26 +856,10 @@ impl Walker<'_> {
         self.unreadable.push(item.to_owned());
     }
 
-    /// Everything recorded in scope that the walk did not see is gone, except what sits in
-    /// or under something that could not be read.
+    /// Reports what the walk passed without seeing, children before parents, so a peer can
+    /// remove folders once they are empty.
     fn report_deletions(&mut self) -> Result<(), ScanError> {
-        let mut gone: Vec<PriorItem> = std::mem::take(&mut self.prior)
-            .into_values()
-            .filter(|p| !p.deleted)
-            // Ignoring an item leaves it alone everywhere; it does not delete it.
-            .filter(|p| {
-                !self
-                    .ignores
-                    .is_ignored(&p.path, p.meta.kind == ItemKind::Directory)
-            })
-            .filter(|p| {
-                !self
-                    .unreadable
-                    .iter()
-                    .any(|u| *u == p.path || is_under(&p.path, u))
-            })
-            .collect();
-        // Children before parents, so a peer can remove folders once they are empty.
+        let mut gone = std::mem::take(&mut self.gone);
         gone.sort_by(|a, b| b.path.cmp(&a.path));
         for prior in gone {
             self.emit(Found::Deleted { prior })?;

@@ -4,7 +4,7 @@
 //! (commands in, a status snapshot out). Scans run on the blocking pool. Must not: own
 //! sockets or block the runtime.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,10 +20,10 @@ use crate::events::{Event, EventBus, EventKind, unix_ms_now};
 use crate::formats::{self, Format};
 use crate::ignores::{IGNORE_FILE, Ignores};
 use crate::index::{ShortId, VersionVector};
-use crate::item::{Content, Difference, PriorItem};
+use crate::item::{Content, Difference, PathRange, PriorItem};
 use crate::layout::{create_marker, marker_path};
-use crate::scanner::{self, Found, ScanError, ScanRequest, Scope, Sink};
-use crate::store::{self, StoreHandle, Totals};
+use crate::scanner::{self, Found, PriorCursor, PriorError, ScanError, ScanRequest, Scope, Sink};
+use crate::store::{self, Reply, StoreHandle, Totals};
 use crate::universal::RemoteItem;
 use crate::watcher::{self, Debouncer, Pending, WatchEvent};
 
@@ -753,16 +753,6 @@ impl SourceTask {
             .await
             .map_err(|e| Stop::Source(SourceError::Crashed(e.to_string())))?
             .map_err(Stop::Source)?;
-        let id = self.cfg.id.clone();
-        let under = match &scope {
-            Scope::Full => None,
-            Scope::Under(paths) => Some(paths.clone()),
-        };
-        let prior = self
-            .store
-            .prior_items(id.clone(), under)
-            .await
-            .map_err(|e| Stop::Source(e.into()))?;
         let mut seen_errors: BTreeMap<String, String> = BTreeMap::new();
         if scope == Scope::Full {
             let root = self.cfg.root.clone();
@@ -789,12 +779,16 @@ impl SourceTask {
             }
         }
         let ignores = self.status.borrow().ignores.as_ref().clone();
-        let prior: HashMap<String, PriorItem> =
-            prior.into_iter().map(|p| (p.path.clone(), p)).collect();
         let req = ScanRequest {
             root: self.cfg.root.clone(),
             scope: scope.clone(),
-            prior,
+            // Streamed page by page as the walk goes, never loaded whole: memory must not grow
+            // with the items that did not change.
+            prior: Box::new(StorePrior {
+                store: self.store.clone(),
+                source_id: self.cfg.id.clone(),
+                ahead: None,
+            }),
             force_rehash: force,
             ignores,
         };
@@ -1009,6 +1003,73 @@ impl SourceTask {
             }
         });
         Ok(())
+    }
+}
+
+/// The store as the scanner's prior-state cursor, for the blocking scan thread. As soon as a
+/// page arrives the next one is asked for, so the store thread reads it while the walk
+/// compares this one.
+///
+/// Reading the store while the scan's own results are committed is safe: a result is only
+/// committed after the walk has passed its path, and every page, this read-ahead included,
+/// is asked for before the walk goes past the page before it, so it never reads a path the
+/// walk has already passed.
+struct StorePrior {
+    store: StoreHandle,
+    source_id: String,
+    /// The page asked for ahead: its range, the path it starts after, its size, the reply.
+    ahead: Option<ReadAhead>,
+}
+
+struct ReadAhead {
+    range: PathRange,
+    after: String,
+    limit: usize,
+    reply: Reply<Vec<PriorItem>>,
+}
+
+impl PriorCursor for StorePrior {
+    fn next_batch(
+        &mut self,
+        range: &PathRange,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<PriorItem>, PriorError> {
+        let reply = match self.ahead.take() {
+            Some(ahead)
+                if ahead.range == *range
+                    && Some(ahead.after.as_str()) == after
+                    && ahead.limit == limit =>
+            {
+                ahead.reply
+            }
+            // A page read ahead that is not wanted is dropped; the store's answer goes nowhere.
+            _ => self.store.prior_batch(
+                self.source_id.clone(),
+                range.clone(),
+                after.map(str::to_owned),
+                limit,
+            ),
+        };
+        let batch = reply.wait().map_err(|e| PriorError {
+            reason: e.to_string(),
+        })?;
+        if batch.len() == limit
+            && let Some(last) = batch.last()
+        {
+            self.ahead = Some(ReadAhead {
+                range: range.clone(),
+                after: last.path.clone(),
+                limit,
+                reply: self.store.prior_batch(
+                    self.source_id.clone(),
+                    range.clone(),
+                    Some(last.path.clone()),
+                    limit,
+                ),
+            });
+        }
+        Ok(batch)
     }
 }
 

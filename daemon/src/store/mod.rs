@@ -53,6 +53,20 @@ pub struct StoreHandle {
     jobs: std_mpsc::SyncSender<Job>,
 }
 
+/// An answer of the store thread that a blocking thread waits for.
+#[must_use = "the answer is only read by waiting for it"]
+pub struct Reply<T>(oneshot::Receiver<Result<T>>);
+
+impl<T> Reply<T> {
+    /// Waits for the answer. Blocks the thread: never call it from async code.
+    ///
+    /// # Errors
+    /// The store's own error, or [`Error::Closed`] when the store shut down first.
+    pub fn wait(self) -> Result<T> {
+        self.0.blocking_recv().map_err(|_| Error::Closed)?
+    }
+}
+
 /// The store thread; joining it after every handle is dropped closes the database cleanly.
 pub struct StoreThread {
     thread: JoinHandle<()>,
@@ -145,6 +159,23 @@ impl StoreHandle {
         rx.await.map_err(|_| Error::Closed)?
     }
 
+    /// Queues `f` for the store thread from a blocking thread; the answer comes through the
+    /// returned [`Reply`].
+    fn send_blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut rusqlite::Connection) -> Result<T> + Send + 'static,
+    ) -> Reply<T> {
+        let (reply, rx) = oneshot::channel();
+        let job: Job = Box::new(move |conn| {
+            // The caller may have gone away; its answer is then not needed.
+            let _ = reply.send(f(conn));
+        });
+        // When the store has shut down the job, and with it the reply's sender, is dropped
+        // here, and waiting on the reply says so.
+        let _ = self.jobs.send(job);
+        Reply(rx)
+    }
+
     /// Records a new source.
     pub async fn add_source(&self, row: SourceRow) -> Result<()> {
         self.call(move |c| queries::add_source(c, &row)).await
@@ -166,7 +197,9 @@ impl StoreHandle {
             .await
     }
 
-    /// Prior state of a source's items: all of them, or those at or under the given paths.
+    /// Prior state of a source's items: all of them, or those at or under the given paths,
+    /// at once. Scans do not use it (they read pages with [`StoreHandle::prior_batch`], so
+    /// their memory does not grow with the source); it is for tests and tools.
     pub async fn prior_items(
         &self,
         source_id: String,
@@ -174,6 +207,24 @@ impl StoreHandle {
     ) -> Result<Vec<crate::item::PriorItem>> {
         self.call(move |c| queries::prior_items(c, &source_id, under.as_deref()))
             .await
+    }
+
+    /// Asks for up to `limit` prior items of `range` whose paths sort after `after`, in path
+    /// order (fewer than `limit` means the range has no more), without waiting for them.
+    ///
+    /// For the blocking scan thread, which reads the prior state a page at a time while it
+    /// walks: sending blocks while the store's queue is full, and so does [`Reply::wait`], so
+    /// never call either from async code.
+    pub fn prior_batch(
+        &self,
+        source_id: String,
+        range: crate::item::PathRange,
+        after: Option<String>,
+        limit: usize,
+    ) -> Reply<Vec<crate::item::PriorItem>> {
+        self.send_blocking(move |c| {
+            queries::prior_batch(c, &source_id, &range, after.as_deref(), limit)
+        })
     }
 
     /// Commits a batch of differences in one transaction; returns the sequence given to each.

@@ -5,7 +5,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use super::{Error, Result};
 use crate::chunker::{self, Hash128};
 use crate::index::VersionVector;
-use crate::item::{Content, Difference, ItemKind, Metadata, PriorItem};
+use crate::item::{Content, Difference, ItemKind, Metadata, PathRange, PriorItem};
 
 /// A source as recorded in the database.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -274,6 +274,76 @@ pub(super) fn prior_items(
                 {
                     raws.push(raw.map_err(&err)?);
                 }
+            }
+        }
+    }
+    raws.into_iter()
+        .map(|raw| decode_item(source_id, raw))
+        .collect()
+}
+
+/// Up to `limit` items of `range` whose paths sort after `after`, in path order: one page of a
+/// keyset pagination, so a scan holds a page of the prior state at a time, never all of it.
+/// Each page is one range lookup on the primary key `(source_id, path)`, however deep into
+/// the source it starts.
+pub(super) fn prior_batch(
+    c: &mut Connection,
+    source_id: &str,
+    range: &PathRange,
+    after: Option<&str>,
+    limit: usize,
+) -> Result<Vec<PriorItem>> {
+    let err = sql("reading prior state");
+    let (low, low_included, high) = match range {
+        PathRange::Item(p) => {
+            // One item: nothing sorts after it within the range.
+            if after.is_some_and(|a| a >= p.as_str()) {
+                return Ok(Vec::new());
+            }
+            return Ok(prior_item(c, source_id, p)?.into_iter().collect());
+        }
+        PathRange::All => match after {
+            Some(a) => (a.to_owned(), false, None),
+            None => (String::new(), true, None),
+        },
+        PathRange::Under(p) => {
+            let (first, end) = (format!("{p}/"), format!("{p}0"));
+            match after {
+                Some(a) if a >= first.as_str() => (a.to_owned(), false, Some(end)),
+                _ => (first, true, Some(end)),
+            }
+        }
+    };
+    let op = if low_included { ">=" } else { ">" };
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let mut raws = Vec::new();
+    match high {
+        None => {
+            let mut stmt = c
+                .prepare_cached(&format!(
+                    "SELECT {ITEM_COLUMNS} FROM items WHERE source_id = ?1 AND path {op} ?2
+                     ORDER BY path LIMIT ?3"
+                ))
+                .map_err(&err)?;
+            for raw in stmt
+                .query_map(params![source_id, low, limit], raw_item)
+                .map_err(&err)?
+            {
+                raws.push(raw.map_err(&err)?);
+            }
+        }
+        Some(high) => {
+            let mut stmt = c
+                .prepare_cached(&format!(
+                    "SELECT {ITEM_COLUMNS} FROM items WHERE source_id = ?1 AND path {op} ?2
+                     AND path < ?3 ORDER BY path LIMIT ?4"
+                ))
+                .map_err(&err)?;
+            for raw in stmt
+                .query_map(params![source_id, low, high, limit], raw_item)
+                .map_err(&err)?
+            {
+                raws.push(raw.map_err(&err)?);
             }
         }
     }

@@ -3,7 +3,7 @@
 use super::*;
 use crate::chunker::{ChunkRef, Hash128};
 use crate::index::{ShortId, VersionVector};
-use crate::item::{Content, Difference, ItemKind, Metadata};
+use crate::item::{Content, Difference, ItemKind, Metadata, PathRange};
 
 fn row(id: &str) -> SourceRow {
     SourceRow {
@@ -264,6 +264,76 @@ async fn the_apply_journal_round_trips_and_the_next_commit_clears_it() {
     assert!(store.intents("docs".into()).await.unwrap().is_empty());
     // Another source's journal is its own.
     assert_eq!(store.intents("other".into()).await.unwrap().len(), 1);
+    drop(store);
+    thread.join();
+}
+
+#[test]
+fn prior_state_pages_in_path_order_within_a_range() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let (store, thread) = open_in_memory().unwrap();
+    let paths = ["a", "a b", "a.txt", "a/b", "a/c/d", "a0", "b", "é"];
+    rt.block_on(async {
+        store.add_source(row("docs")).await.unwrap();
+        store.add_source(row("other")).await.unwrap();
+        // Committed out of order; read back in SQLite's bytewise order.
+        let mut diffs: Vec<Difference> = paths.iter().rev().map(|p| file(p, 1, 1)).collect();
+        diffs.push(file("a/old", 1, 1));
+        store.commit("docs".into(), diffs).await.unwrap();
+        let mut gone = file("a/old", 0, 0);
+        gone.deleted = true;
+        gone.content = Content::Empty;
+        store.commit("docs".into(), vec![gone]).await.unwrap();
+        // Another source's items never show up.
+        store
+            .commit("other".into(), vec![file("a/zz", 1, 1)])
+            .await
+            .unwrap();
+    });
+    // Called from a plain thread, as the scan thread does.
+    let page = |range: PathRange, after: Option<&str>, limit: usize| -> Vec<String> {
+        store
+            .prior_batch("docs".into(), range, after.map(str::to_owned), limit)
+            .wait()
+            .unwrap()
+            .into_iter()
+            .map(|p| p.path)
+            .collect()
+    };
+
+    // Keyset pagination over everything: pages of 3 continue after the last path.
+    let mut all = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let got = page(PathRange::All, after.as_deref(), 3);
+        all.extend(got.iter().cloned());
+        if got.len() < 3 {
+            break;
+        }
+        after = got.last().cloned();
+    }
+    assert_eq!(
+        all,
+        ["a", "a b", "a.txt", "a/b", "a/c/d", "a/old", "a0", "b", "é"],
+        "tombstones included, bytewise order"
+    );
+
+    // A subtree is [p/, p0): not "a b", "a.txt" or "a0".
+    assert_eq!(
+        page(PathRange::Under("a".into()), None, 10),
+        ["a/b", "a/c/d", "a/old"]
+    );
+    assert_eq!(
+        page(PathRange::Under("a".into()), Some("a/b"), 1),
+        ["a/c/d"]
+    );
+    assert!(page(PathRange::Under("b".into()), None, 10).is_empty());
+    assert_eq!(page(PathRange::Item("a".into()), None, 10), ["a"]);
+    assert!(page(PathRange::Item("a".into()), Some("a"), 10).is_empty());
+    assert!(page(PathRange::Item("zz".into()), None, 10).is_empty());
+
     drop(store);
     thread.join();
 }
