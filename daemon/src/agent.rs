@@ -225,7 +225,11 @@ impl AgentHandle {
         };
         let mut out = Vec::new();
         for id in ids {
-            for path in self.store.conflict_copies(id.clone()).await? {
+            let copies = self
+                .store
+                .live_keys_containing(id.clone(), apply::CONFLICT_MARK.to_owned())
+                .await?;
+            for path in copies {
                 if let Some(name) = apply::parse_conflict_name(&path) {
                     out.push((id.clone(), path, name));
                 }

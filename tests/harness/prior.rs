@@ -38,8 +38,8 @@ pub fn read(db: &Path, source: &str) -> BTreeMap<String, Row> {
         .expect("set a busy timeout");
     let mut stmt = conn
         .prepare(
-            "SELECT path, kind, size, mtime_ns, inode, sequence, hash IS NOT NULL, deleted
-             FROM items WHERE source_id = ?1 ORDER BY path",
+            "SELECT key, kind, size, mtime_ns, inode, sequence, hash IS NOT NULL, deleted
+             FROM items WHERE source_id = ?1 ORDER BY key",
         )
         .expect("the items table has the documented columns");
     let rows = stmt

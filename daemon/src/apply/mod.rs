@@ -427,6 +427,9 @@ pub fn remove(root: &Path, item: &ItemPath) -> Result<Removed, ApplyError> {
     Ok(Removed::Yes)
 }
 
+/// What every conflict copy's name holds, between the original name and the stamp.
+pub const CONFLICT_MARK: &str = ".sync-conflict-";
+
 /// Moves a losing local file aside as `NAME.sync-conflict-YYYYMMDD-HHMMSS-DEVICE.EXT`, so a
 /// concurrent remote version can take its place without losing it. Returns the copy's name.
 ///
@@ -499,7 +502,7 @@ fn conflict_names<'a>(
         } else {
             format!("-{n}")
         };
-        format!("{base}.sync-conflict-{stamp}-{device_short}{suffix}{ext}")
+        format!("{base}{CONFLICT_MARK}{stamp}-{device_short}{suffix}{ext}")
     })
 }
 
@@ -581,7 +584,7 @@ pub struct ConflictName {
 /// Reads `NAME.sync-conflict-YYYYMMDD-HHMMSS-DEVICE.EXT` back into its parts.
 pub fn parse_conflict_name(path: &str) -> Option<ConflictName> {
     let (dir, name) = path.rsplit_once('/').map_or(("", path), |(d, n)| (d, n));
-    let (stem, rest) = name.split_once(".sync-conflict-")?;
+    let (stem, rest) = name.split_once(CONFLICT_MARK)?;
     let (when, tail) = rest.split_at_checked(15)?;
     let tail = tail.strip_prefix('-')?;
     let (device, ext) = match tail.split_once('.') {

@@ -68,3 +68,52 @@ pub(super) fn check_protocol(hello: &pb::Hello, device: &DeviceId) -> Result<(),
         env!("CARGO_PKG_VERSION"),
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn cursor(kind: &str, format: &str) -> pb::SourceCursor {
+        pb::SourceCursor {
+            source: "docs".into(),
+            kind: kind.into(),
+            format: format.into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn sources_of_different_kinds_are_refused_naming_both() {
+        let device = DeviceId::from_cert_der(b"test");
+        assert_eq!(
+            kind_mismatch(&cursor("files", "files"), "files", &device),
+            None
+        );
+        let why = kind_mismatch(&cursor("contacts", "vcard-dir"), "files", &device).unwrap();
+        assert!(
+            why.contains("contacts (vcard-dir)") && why.contains("files (files)"),
+            "{why}"
+        );
+        // A peer that names no kind is not taken for files.
+        assert!(kind_mismatch(&cursor("", ""), "files", &device).is_some());
+    }
+
+    #[test]
+    fn another_protocol_version_is_refused_naming_both() {
+        let device = DeviceId::from_cert_der(b"test");
+        let mut hello = pb::Hello {
+            protocol: tandem_proto::PEER_PROTOCOL,
+            ..Default::default()
+        };
+        assert!(check_protocol(&hello, &device).is_ok());
+        hello.protocol = 1;
+        let why = check_protocol(&hello, &device).unwrap_err();
+        assert!(
+            why.contains("protocol 1")
+                && why.contains(&format!("protocol {}", tandem_proto::PEER_PROTOCOL)),
+            "{why}"
+        );
+    }
+}

@@ -13,6 +13,9 @@ pub(super) fn all() -> Migrations<'static> {
         M::up(include_str!(
             "../../../migrations/0006_item_modified_by.sql"
         )),
+        M::up(include_str!(
+            "../../../migrations/0007_item_key_and_record.sql"
+        )),
     ])
 }
 

@@ -311,9 +311,13 @@ impl StoreHandle {
         .await
     }
 
-    /// Item paths of a source that look like conflict copies.
-    pub async fn conflict_copies(&self, source_id: String) -> Result<Vec<String>> {
-        self.call(move |c| queries::conflict_copies(c, &source_id))
+    /// Keys of a source's live items that contain `part` (the caller knows what it means).
+    pub async fn live_keys_containing(
+        &self,
+        source_id: String,
+        part: String,
+    ) -> Result<Vec<String>> {
+        self.call(move |c| queries::live_keys_containing(c, &source_id, &part))
             .await
     }
 

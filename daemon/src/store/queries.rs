@@ -152,7 +152,7 @@ pub(super) fn sources(c: &mut Connection) -> Result<Vec<SourceRow>> {
     Ok(rows)
 }
 
-const ITEM_COLUMNS: &str = "path, kind, size, mtime_ns, inode, mode, version, sequence, hash, symlink_target, deleted, \
+const ITEM_COLUMNS: &str = "key, kind, size, mtime_ns, inode, mode, version, sequence, hash, symlink_target, deleted, \
      modified_by";
 
 type RawItem = (
@@ -232,7 +232,7 @@ pub(super) fn prior_items(
         None => {
             let mut stmt = c
                 .prepare_cached(&format!(
-                    "SELECT {ITEM_COLUMNS} FROM items WHERE source_id = ?1 ORDER BY path"
+                    "SELECT {ITEM_COLUMNS} FROM items WHERE source_id = ?1 ORDER BY key"
                 ))
                 .map_err(&err)?;
             for raw in stmt.query_map([source_id], raw_item).map_err(&err)? {
@@ -250,7 +250,7 @@ pub(super) fn prior_items(
             // whole source for every path.)
             let mut exact = c
                 .prepare_cached(&format!(
-                    "SELECT {ITEM_COLUMNS} FROM items WHERE source_id = ?1 AND path = ?2"
+                    "SELECT {ITEM_COLUMNS} FROM items WHERE source_id = ?1 AND key = ?2"
                 ))
                 .map_err(&err)?;
             for prefix in prefixes {
@@ -263,7 +263,7 @@ pub(super) fn prior_items(
             }
             let mut range = c
                 .prepare_cached(&format!(
-                    "SELECT {ITEM_COLUMNS} FROM items WHERE source_id = ?1 AND path >= ?2 AND path < ?3"
+                    "SELECT {ITEM_COLUMNS} FROM items WHERE source_id = ?1 AND key >= ?2 AND key < ?3"
                 ))
                 .map_err(&err)?;
             for prefix in prefixes {
@@ -284,7 +284,7 @@ pub(super) fn prior_items(
 
 /// Up to `limit` items of `range` whose paths sort after `after`, in path order: one page of a
 /// keyset pagination, so a scan holds a page of the prior state at a time, never all of it.
-/// Each page is one range lookup on the primary key `(source_id, path)`, however deep into
+/// Each page is one range lookup on the primary key `(source_id, key)`, however deep into
 /// the source it starts.
 pub(super) fn prior_batch(
     c: &mut Connection,
@@ -321,8 +321,8 @@ pub(super) fn prior_batch(
         None => {
             let mut stmt = c
                 .prepare_cached(&format!(
-                    "SELECT {ITEM_COLUMNS} FROM items WHERE source_id = ?1 AND path {op} ?2
-                     ORDER BY path LIMIT ?3"
+                    "SELECT {ITEM_COLUMNS} FROM items WHERE source_id = ?1 AND key {op} ?2
+                     ORDER BY key LIMIT ?3"
                 ))
                 .map_err(&err)?;
             for raw in stmt
@@ -335,8 +335,8 @@ pub(super) fn prior_batch(
         Some(high) => {
             let mut stmt = c
                 .prepare_cached(&format!(
-                    "SELECT {ITEM_COLUMNS} FROM items WHERE source_id = ?1 AND path {op} ?2
-                     AND path < ?3 ORDER BY path LIMIT ?4"
+                    "SELECT {ITEM_COLUMNS} FROM items WHERE source_id = ?1 AND key {op} ?2
+                     AND key < ?3 ORDER BY key LIMIT ?4"
                 ))
                 .map_err(&err)?;
             for raw in stmt
@@ -373,11 +373,11 @@ pub(super) fn commit(
     {
         let mut upsert_keep = tx
             .prepare_cached(
-                "INSERT INTO items (source_id, path, kind, size, mtime_ns, inode, mode, version,
+                "INSERT INTO items (source_id, key, kind, size, mtime_ns, inode, mode, version,
                                     sequence, hash, chunks, symlink_target, deleted, origin,
                                     modified_by)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, NULL, NULL, ?10, ?11, ?12, ?13)
-                 ON CONFLICT (source_id, path) DO UPDATE SET
+                 ON CONFLICT (source_id, key) DO UPDATE SET
                     kind = excluded.kind, size = excluded.size, mtime_ns = excluded.mtime_ns,
                     inode = excluded.inode, mode = excluded.mode, version = excluded.version,
                     sequence = excluded.sequence, symlink_target = excluded.symlink_target,
@@ -387,7 +387,7 @@ pub(super) fn commit(
             .map_err(&err)?;
         let mut set_content = tx
             .prepare_cached(
-                "UPDATE items SET hash = ?3, chunks = ?4 WHERE source_id = ?1 AND path = ?2",
+                "UPDATE items SET hash = ?3, chunks = ?4 WHERE source_id = ?1 AND key = ?2",
             )
             .map_err(&err)?;
         let mut drop_locations = tx
@@ -482,7 +482,7 @@ pub(super) fn record_intents(
     {
         let mut insert = tx
             .prepare_cached(
-                "INSERT OR REPLACE INTO apply_intents (source_id, path, kind, size, mtime_ns,
+                "INSERT OR REPLACE INTO apply_intents (source_id, key, kind, size, mtime_ns,
                     mode, version, hash, chunks, symlink_target, deleted, origin, modified_by)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
             )
@@ -536,9 +536,9 @@ pub(super) fn intents(c: &mut Connection, source_id: &str) -> Result<Vec<Differe
     let err = sql("reading the apply journal");
     let mut stmt = c
         .prepare_cached(
-            "SELECT path, kind, size, mtime_ns, mode, version, hash, chunks, symlink_target,
+            "SELECT key, kind, size, mtime_ns, mode, version, hash, chunks, symlink_target,
                     deleted, origin, modified_by
-             FROM apply_intents WHERE source_id = ?1 ORDER BY path",
+             FROM apply_intents WHERE source_id = ?1 ORDER BY key",
         )
         .map_err(&err)?;
     let raws = stmt
@@ -665,7 +665,9 @@ pub(super) fn run_pending_maintenance(c: &mut Connection) -> Result<()> {
     let tx = c.transaction().map_err(&err)?;
     {
         let mut read = tx
-            .prepare("SELECT source_id, path, chunks FROM items WHERE chunks IS NOT NULL AND deleted = 0")
+            .prepare(
+                "SELECT source_id, key, chunks FROM items WHERE chunks IS NOT NULL AND deleted = 0",
+            )
             .map_err(&err)?;
         let mut add = tx
             .prepare(
@@ -847,7 +849,7 @@ pub(super) fn prior_item(
     let err = sql("reading prior state");
     let raw = c
         .prepare_cached(&format!(
-            "SELECT {ITEM_COLUMNS} FROM items WHERE source_id = ?1 AND path = ?2"
+            "SELECT {ITEM_COLUMNS} FROM items WHERE source_id = ?1 AND key = ?2"
         ))
         .map_err(&err)?
         .query_row(params![source_id, path], raw_item)
@@ -856,15 +858,20 @@ pub(super) fn prior_item(
     raw.map(|raw| decode_item(source_id, raw)).transpose()
 }
 
-pub(super) fn conflict_copies(c: &mut Connection, source_id: &str) -> Result<Vec<String>> {
-    let err = sql("listing conflict copies");
+pub(super) fn live_keys_containing(
+    c: &mut Connection,
+    source_id: &str,
+    part: &str,
+) -> Result<Vec<String>> {
+    let err = sql("listing items by name");
+    // instr, not LIKE: the part is the caller's text, with no wildcards to escape.
     let mut stmt = c
         .prepare_cached(
-            "SELECT path FROM items WHERE source_id = ?1 AND deleted = 0
-             AND path LIKE '%.sync-conflict-%' ORDER BY path",
+            "SELECT key FROM items WHERE source_id = ?1 AND deleted = 0
+             AND instr(key, ?2) > 0 ORDER BY key",
         )
         .map_err(&err)?;
-    stmt.query_map([source_id], |r| r.get(0))
+    stmt.query_map(params![source_id, part], |r| r.get(0))
         .map_err(&err)?
         .collect::<rusqlite::Result<Vec<String>>>()
         .map_err(&err)

@@ -120,7 +120,7 @@ fn migrates_from_an_empty_database() {
     let version: i64 = conn
         .pragma_query_value(None, "user_version", |r| r.get(0))
         .unwrap();
-    assert_eq!(version, 6);
+    assert_eq!(version, 7);
     migrations::all().validate().unwrap();
 }
 
@@ -175,12 +175,46 @@ fn migrates_from_the_previous_schema_keeping_prior_state() {
 }
 
 #[test]
+fn items_and_the_journal_are_keyed_and_can_hold_a_record_after_the_upgrade() {
+    let mut conn = rusqlite::Connection::open_in_memory().unwrap();
+    migrations::to_version(&mut conn, 6).unwrap();
+    queries::add_source(&mut conn, &row("s")).unwrap();
+    conn.execute(
+        "INSERT INTO items (source_id, path, kind, size, mtime_ns, inode, mode, version, sequence)
+         VALUES ('s', 'notes.txt', 0, 1, 1, 1, 420, x'', 1)",
+        [],
+    )
+    .unwrap();
+    migrations::to_latest(&mut conn).unwrap();
+    // The path became the key, the prior state is whole, and a record body has its place.
+    let key: String = conn
+        .query_row("SELECT key FROM items WHERE source_id = 's'", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert_eq!(key, "notes.txt");
+    for table in ["items", "apply_intents"] {
+        let columns: Vec<String> = conn
+            .prepare(&format!("SELECT name FROM pragma_table_info('{table}')"))
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<std::result::Result<_, _>>()
+            .unwrap();
+        for want in ["key", "record", "version", "deleted", "modified_by"] {
+            assert!(columns.iter().any(|c| c == want), "{table}: {columns:?}");
+        }
+        assert!(!columns.iter().any(|c| c == "path"), "{table}: {columns:?}");
+    }
+}
+
+#[test]
 fn a_damaged_record_is_an_error_naming_the_item() {
     let mut conn = rusqlite::Connection::open_in_memory().unwrap();
     migrations::to_latest(&mut conn).unwrap();
     queries::add_source(&mut conn, &row("s")).unwrap();
     conn.execute(
-        "INSERT INTO items (source_id, path, kind, size, mtime_ns, inode, mode, version, sequence)
+        "INSERT INTO items (source_id, key, kind, size, mtime_ns, inode, mode, version, sequence)
          VALUES ('s', 'bad', 0, 1, 1, 1, 1, x'0102', 1)",
         [],
     )
