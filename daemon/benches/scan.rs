@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use tandem::chunker;
 use tandem::index::{ShortId, VersionVector};
-use tandem::item::{Difference, PathRange, PriorItem};
+use tandem::item::{Body, Difference, FileChange, Header, PathRange, PriorItem};
 use tandem::scanner::{self, Found, PriorCursor, PriorError, ScanRequest, Scope, Sink};
 use tandem::store::{self, SourceRow, StoreHandle};
 
@@ -220,13 +220,15 @@ fn bench_rescan(dir: &Path, files: usize) -> anyhow::Result<Vec<String>> {
                 let mut version = VersionVector::new();
                 version.bump(ShortId(1));
                 Some(Difference {
-                    path,
-                    meta,
-                    version,
-                    content,
-                    deleted: false,
-                    origin: None,
-                    modified_by: None,
+                    key: path,
+                    header: Header {
+                        version,
+                        sequence: 0,
+                        deleted: false,
+                        origin: None,
+                        modified_by: None,
+                    },
+                    body: Body::File(FileChange { meta, content }),
                 })
             }
             _ => None,

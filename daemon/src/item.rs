@@ -62,30 +62,96 @@ impl Metadata {
     }
 }
 
-/// The prior state of one item: what the agent last recorded for it.
+/// What every item carries, whatever its kind: `peer.proto`'s `Header`, and the header columns
+/// of `items` (migration 0007).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PriorItem {
-    pub path: String,
-    pub meta: Metadata,
+pub struct Header {
     pub version: VersionVector,
+    /// The local sequence this version is recorded under here (a [`Difference`]'s is not used:
+    /// `commit` gives it the next one), or the sender's, for a peer's item.
     pub sequence: u64,
-    pub hash: Option<Hash128>,
+    /// A tombstone, kept so peers learn of the deletion.
     pub deleted: bool,
+    /// The peer this exact version was applied from (not echoed back to it); `None` for
+    /// local changes, and for a peer's item as it arrives (a peer never sends it).
+    pub origin: Option<String>,
     /// Short ID of the device whose change made this version (`None` if recorded before
     /// that was kept).
     pub modified_by: Option<String>,
 }
 
+/// What an item holds beyond its header: a file's part (of the shape each item type keeps)
+/// or a record, encoded (opaque bytes until the first record format).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Body<F> {
+    File(F),
+    Record(Vec<u8>),
+}
+
+impl<F> Body<F> {
+    /// The file part; `None` for a record.
+    pub fn file(&self) -> Option<&F> {
+        match self {
+            Body::File(f) => Some(f),
+            Body::Record(_) => None,
+        }
+    }
+
+    /// The file part, to change in place; `None` for a record.
+    pub fn file_mut(&mut self) -> Option<&mut F> {
+        match self {
+            Body::File(f) => Some(f),
+            Body::Record(_) => None,
+        }
+    }
+
+    /// The encoded record; `None` for a file.
+    pub fn record(&self) -> Option<&[u8]> {
+        match self {
+            Body::File(_) => None,
+            Body::Record(r) => Some(r),
+        }
+    }
+}
+
+/// A file's part of its prior state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PriorFile {
+    pub meta: Metadata,
+    /// Whole-content hash, for a live regular file.
+    pub hash: Option<Hash128>,
+}
+
+/// The prior state of one item: what the agent last recorded for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PriorItem {
+    /// The item's path (files) or UID (records).
+    pub key: String,
+    pub header: Header,
+    pub body: Body<PriorFile>,
+}
+
 impl PriorItem {
+    /// The file part; `None` for a record.
+    pub fn file(&self) -> Option<&PriorFile> {
+        self.body.file()
+    }
+
     /// This version as the conflict rule sees it.
     pub fn contender(&self) -> Contender<'_> {
-        Contender {
-            deleted: self.deleted,
-            is_dir: self.meta.kind == ItemKind::Directory,
-            mtime_ns: self.meta.mtime_ns,
-            modified_by: self.modified_by.as_deref().unwrap_or_default(),
-            version: &self.version,
-        }
+        contender(&self.header, self.file().map(|f| &f.meta))
+    }
+}
+
+/// The conflict rule's view of a header and, for a file, its metadata. A record has no
+/// modification time or folder kind, so the rule falls through to the author and the vector.
+pub fn contender<'a>(header: &'a Header, meta: Option<&Metadata>) -> Contender<'a> {
+    Contender {
+        deleted: header.deleted,
+        is_dir: meta.is_some_and(|m| m.kind == ItemKind::Directory),
+        mtime_ns: meta.map_or(0, |m| m.mtime_ns),
+        modified_by: header.modified_by.as_deref().unwrap_or_default(),
+        version: &header.version,
     }
 }
 
@@ -103,19 +169,27 @@ pub enum Content {
     Empty,
 }
 
+/// A file's part of a difference.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileChange {
+    pub meta: Metadata,
+    pub content: Content,
+}
+
 /// One item's change, ready to be committed with the next local sequence.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Difference {
-    pub path: String,
-    pub meta: Metadata,
-    pub version: VersionVector,
-    pub content: Content,
-    pub deleted: bool,
-    /// The peer this exact version was applied from (not echoed back to it); `None` for
-    /// local changes.
-    pub origin: Option<String>,
-    /// Short ID of the device whose change made this version.
-    pub modified_by: Option<String>,
+    /// The item's path (files) or UID (records).
+    pub key: String,
+    pub header: Header,
+    pub body: Body<FileChange>,
+}
+
+impl Difference {
+    /// The file part; `None` for a record.
+    pub fn file(&self) -> Option<&FileChange> {
+        self.body.file()
+    }
 }
 
 /// A span of item paths in the store's order, which is bytewise (SQLite's BINARY collation on

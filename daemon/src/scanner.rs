@@ -119,7 +119,7 @@ pub struct PriorMap(pub BTreeMap<String, PriorItem>);
 
 impl FromIterator<PriorItem> for PriorMap {
     fn from_iter<I: IntoIterator<Item = PriorItem>>(items: I) -> Self {
-        PriorMap(items.into_iter().map(|p| (p.path.clone(), p)).collect())
+        PriorMap(items.into_iter().map(|p| (p.key.clone(), p)).collect())
     }
 }
 
@@ -148,7 +148,7 @@ impl PriorCursor for PriorMap {
             .range::<str, _>((low, Bound::Unbounded))
             .map(|(_, p)| p)
             // A range is contiguous in path order: the first path outside it ends it.
-            .take_while(|p| range.contains(&p.path))
+            .take_while(|p| range.contains(&p.key))
             .take(limit)
             .cloned()
             .collect())
@@ -316,19 +316,19 @@ impl PriorStream {
             // the scan instead.
             let mut last = self.after.as_deref();
             for item in &batch {
-                let in_order = last.is_none_or(|a| item.path.as_str() > a);
-                if !in_order || !range.contains(&item.path) {
+                let in_order = last.is_none_or(|a| item.key.as_str() > a);
+                if !in_order || !range.contains(&item.key) {
                     return Err(PriorError {
                         reason: format!(
                             "item {:?} came out of path order (after {last:?}, in {range:?})",
-                            item.path
+                            item.key
                         ),
                     });
                 }
-                last = Some(item.path.as_str());
+                last = Some(item.key.as_str());
             }
             if let Some(item) = batch.last() {
-                self.after = Some(item.path.clone());
+                self.after = Some(item.key.clone());
             }
             self.page.extend(batch);
         }
@@ -404,7 +404,7 @@ impl Walker<'_> {
     fn take_prior(&mut self, item: &str) -> Result<Option<PriorItem>, ScanError> {
         loop {
             let order = match self.prior.peek()? {
-                Some(p) => p.path.as_str().cmp(item),
+                Some(p) => p.key.as_str().cmp(item),
                 None => return Ok(None),
             };
             match order {
@@ -415,7 +415,7 @@ impl Walker<'_> {
                 }
                 std::cmp::Ordering::Equal => {
                     let p = self.prior.pop();
-                    self.recorded += p.as_ref().map_or(0, |p| usize::from(!p.deleted));
+                    self.recorded += p.as_ref().map_or(0, |p| usize::from(!p.header.deleted));
                     return Ok(p);
                 }
                 std::cmp::Ordering::Greater => return Ok(None),
@@ -436,21 +436,25 @@ impl Walker<'_> {
     /// A recorded item the walk did not see: gone, unless it was already a tombstone, is
     /// ignored, or sits in or under something that could not be read.
     fn passed_unseen(&mut self, p: PriorItem) {
-        if p.deleted {
+        if p.header.deleted {
             return;
         }
         self.recorded += 1;
+        // A record is no file the walk could have seen: not seeing it deletes nothing.
+        let Some(file) = p.file() else {
+            return;
+        };
         // Ignoring an item leaves it alone everywhere; it does not delete it.
         if self
             .ignores
-            .is_ignored(&p.path, p.meta.kind == ItemKind::Directory)
+            .is_ignored(&p.key, file.meta.kind == ItemKind::Directory)
         {
             return;
         }
         if self
             .unreadable
             .iter()
-            .any(|u| *u == p.path || is_under(&p.path, u))
+            .any(|u| *u == p.key || is_under(&p.key, u))
         {
             return;
         }
@@ -659,6 +663,13 @@ impl Walker<'_> {
     fn visit(&mut self, item: String, full: &Path, m: &fs::Metadata) -> Result<(), ScanError> {
         self.summary.seen += 1;
         let prior = self.take_prior(&item)?;
+        if prior.as_ref().is_some_and(|p| p.file().is_none()) {
+            return self.keep_prior(
+                item,
+                prior,
+                "is recorded as a record, which a files source cannot hold; nothing is synced for it",
+            );
+        }
         let ft = m.file_type();
         let kind = if ft.is_dir() {
             ItemKind::Directory
@@ -702,7 +713,10 @@ impl Walker<'_> {
             mode: m.mode() & 0o7777,
             symlink_target,
         };
-        let live_prior = prior.as_ref().filter(|p| !p.deleted);
+        let live_prior = prior
+            .as_ref()
+            .filter(|p| !p.header.deleted)
+            .and_then(PriorItem::file);
         let forced = self.force.contains(&item);
         if let Some(p) = live_prior {
             let unchanged_content = match kind {
@@ -860,7 +874,7 @@ impl Walker<'_> {
     /// remove folders once they are empty.
     fn report_deletions(&mut self) -> Result<(), ScanError> {
         let mut gone = std::mem::take(&mut self.gone);
-        gone.sort_by(|a, b| b.path.cmp(&a.path));
+        gone.sort_by(|a, b| b.key.cmp(&a.key));
         for prior in gone {
             self.emit(Found::Deleted { prior })?;
         }

@@ -20,7 +20,7 @@ use crate::events::{Event, EventBus, EventKind, unix_ms_now};
 use crate::formats::{self, Format};
 use crate::ignores::{IGNORE_FILE, Ignores};
 use crate::index::{ShortId, VersionVector};
-use crate::item::{Content, Difference, PathRange, PriorItem};
+use crate::item::{Body, Content, Difference, FileChange, Header, PathRange, PriorItem};
 use crate::layout::{create_marker, marker_path};
 use crate::scanner::{self, Found, PriorCursor, PriorError, ScanError, ScanRequest, Scope, Sink};
 use crate::store::{self, Reply, StoreHandle, Totals};
@@ -890,41 +890,52 @@ impl SourceTask {
                     content,
                     prior,
                 } => {
-                    let live = prior.as_ref().filter(|p| !p.deleted);
+                    let live = prior.as_ref().filter(|p| !p.header.deleted);
                     kinds.push(if live.is_some() {
                         EventKind::Modified
                     } else {
                         EventKind::Added
                     });
-                    if let Some(p) = live {
+                    if let Some(p) = live.and_then(PriorItem::file) {
                         delta.remove(&p.meta);
                     }
                     delta.add(&meta);
                     let version = bumped(prior.as_ref(), self.cfg.local);
                     diffs.push(Difference {
-                        path,
-                        meta,
-                        version,
-                        content,
-                        deleted: false,
-                        origin: None,
-                        modified_by: Some(self.cfg.local_short_name.clone()),
+                        key: path,
+                        header: Header {
+                            version,
+                            sequence: 0,
+                            deleted: false,
+                            origin: None,
+                            modified_by: Some(self.cfg.local_short_name.clone()),
+                        },
+                        body: Body::File(FileChange { meta, content }),
                     });
                 }
                 Found::Deleted { prior } => {
+                    // The scanner reports files only; a record is never deleted by a walk.
+                    let Some(file) = prior.file() else {
+                        continue;
+                    };
+                    let mut meta = file.meta.clone();
                     kinds.push(EventKind::Deleted);
-                    delta.remove(&prior.meta);
+                    delta.remove(&meta);
                     let version = bumped(Some(&prior), self.cfg.local);
-                    let mut meta = prior.meta.clone();
                     meta.size = 0;
                     diffs.push(Difference {
-                        path: prior.path,
-                        meta,
-                        version,
-                        content: Content::Empty,
-                        deleted: true,
-                        origin: None,
-                        modified_by: Some(self.cfg.local_short_name.clone()),
+                        key: prior.key,
+                        header: Header {
+                            version,
+                            sequence: 0,
+                            deleted: true,
+                            origin: None,
+                            modified_by: Some(self.cfg.local_short_name.clone()),
+                        },
+                        body: Body::File(FileChange {
+                            meta,
+                            content: Content::Empty,
+                        }),
                     });
                 }
                 Found::Error { path, message } => {
@@ -947,12 +958,12 @@ impl SourceTask {
             self.store.commit(id.clone(), diffs.clone()).await?
         };
         for ((diff, kind), seq) in diffs.iter().zip(kinds).zip(&seqs) {
-            debug!(item = %diff.path, seq, kind = kind.as_str(), "recorded");
+            debug!(item = %diff.key, seq, kind = kind.as_str(), "recorded");
             self.events
-                .emit(Event::now(&id, kind).item(&diff.path).sequence(*seq));
+                .emit(Event::now(&id, kind).item(&diff.key).sequence(*seq));
         }
         let last_seq = seqs.last().copied();
-        let committed: Vec<String> = diffs.into_iter().map(|d| d.path).collect();
+        let committed: Vec<String> = diffs.into_iter().map(|d| d.key).collect();
         self.publish(|s| {
             s.hashed_bytes += batch.hashed_bytes;
             delta.apply(&mut s.totals);
@@ -989,7 +1000,7 @@ impl SourceTask {
             total.merge(&r.delta);
             self.events.emit(
                 Event::now(&id, r.kind)
-                    .item(&r.diff.path)
+                    .item(&r.diff.key)
                     .sequence(*seq)
                     .detail(format!("from {}", r.from)),
             );
@@ -999,7 +1010,7 @@ impl SourceTask {
             total.apply(&mut s.totals);
             s.totals.sequence = s.totals.sequence.max(last);
             for r in &records {
-                s.item_errors.remove(&r.diff.path);
+                s.item_errors.remove(&r.diff.key);
             }
         });
         Ok(())
@@ -1059,12 +1070,12 @@ impl PriorCursor for StorePrior {
         {
             self.ahead = Some(ReadAhead {
                 range: range.clone(),
-                after: last.path.clone(),
+                after: last.key.clone(),
                 limit,
                 reply: self.store.prior_batch(
                     self.source_id.clone(),
                     range.clone(),
-                    Some(last.path.clone()),
+                    Some(last.key.clone()),
                     limit,
                 ),
             });
@@ -1090,7 +1101,7 @@ fn check_marker(root: &std::path::Path) -> Result<(), SourceError> {
 
 /// The prior version with this device's counter bumped; a new item starts from empty.
 fn bumped(prior: Option<&PriorItem>, local: ShortId) -> VersionVector {
-    let mut v = prior.map(|p| p.version.clone()).unwrap_or_default();
+    let mut v = prior.map(|p| p.header.version.clone()).unwrap_or_default();
     v.bump(local);
     v
 }

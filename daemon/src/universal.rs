@@ -9,7 +9,7 @@ use tandem_proto::peer as pb;
 
 use crate::chunker::{ChunkRef, Hash128, MAX_CHUNK_SIZE};
 use crate::index::{self, Contender, Decision, VersionVector};
-use crate::item::{ItemKind, Metadata};
+use crate::item::{self, Body, Header, ItemKind, Metadata};
 use crate::layout::{AGENT_DIR, TEMP_PREFIX};
 
 /// Longest item path accepted, in bytes (Linux PATH_MAX).
@@ -98,31 +98,34 @@ impl fmt::Display for ItemPath {
     }
 }
 
+/// A file's part of a peer's item.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteFile {
+    pub meta: Metadata,
+    /// Whole-content hash, for a live regular file.
+    pub hash: Option<Hash128>,
+    pub chunks: Vec<ChunkRef>,
+}
+
 /// One item's state as a peer announced it, after every check.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RemoteItem {
     pub path: ItemPath,
-    pub meta: Metadata,
-    pub version: VersionVector,
-    pub hash: Option<Hash128>,
-    pub chunks: Vec<ChunkRef>,
-    pub deleted: bool,
-    /// The sender's local sequence for this item.
-    pub sequence: u64,
-    /// Short ID of the device whose change made this version.
-    pub modified_by: Option<String>,
+    /// `sequence` is the sender's local sequence for this item; `origin` is `None` (a peer
+    /// never sends it).
+    pub header: Header,
+    pub body: Body<RemoteFile>,
 }
 
 impl RemoteItem {
+    /// The file part; `None` for a record.
+    pub fn file(&self) -> Option<&RemoteFile> {
+        self.body.file()
+    }
+
     /// This version as the conflict rule sees it.
     pub fn contender(&self) -> Contender<'_> {
-        Contender {
-            deleted: self.deleted,
-            is_dir: self.meta.kind == ItemKind::Directory,
-            mtime_ns: self.meta.mtime_ns,
-            modified_by: self.modified_by.as_deref().unwrap_or_default(),
-            version: &self.version,
-        }
+        item::contender(&self.header, self.file().map(|f| &f.meta))
     }
 
     /// The one decision ([`index::decide`]) on this item against its prior state here.
@@ -176,19 +179,44 @@ pub fn version_from_pb(path: &str, v: Option<&pb::Version>) -> Result<VersionVec
     Ok(version)
 }
 
-/// Encodes an item for a peer.
+/// Encodes an item for a peer. A record goes with its UID as the key and an empty
+/// `RecordBody`: the wire has no place for a record's bytes until the first record format.
 pub fn item_to_pb(item: &RemoteItem) -> pb::Item {
-    let body = pb::FileBody {
-        kind: match item.meta.kind {
+    let key = item.path.as_str().to_owned();
+    let (key, body) = match &item.body {
+        Body::File(file) => (
+            pb::item::Key::Path(key),
+            pb::item::Body::File(file_body_to_pb(file)),
+        ),
+        Body::Record(_) => (
+            pb::item::Key::Uid(key),
+            pb::item::Body::Record(pb::RecordBody {}),
+        ),
+    };
+    pb::Item {
+        key: Some(key),
+        header: Some(pb::Header {
+            version: Some(version_to_pb(&item.header.version)),
+            sequence: item.header.sequence,
+            deleted: item.header.deleted,
+            modified_by: item.header.modified_by.clone().unwrap_or_default(),
+        }),
+        body: Some(body),
+    }
+}
+
+fn file_body_to_pb(file: &RemoteFile) -> pb::FileBody {
+    pb::FileBody {
+        kind: match file.meta.kind {
             ItemKind::File => pb::ItemKind::File,
             ItemKind::Directory => pb::ItemKind::Directory,
             ItemKind::Symlink => pb::ItemKind::Symlink,
         } as i32,
-        size: item.meta.size,
-        mtime_ns: item.meta.mtime_ns,
-        mode: item.meta.mode,
-        hash: item.hash.map(|h| h.0.to_vec()).unwrap_or_default(),
-        chunks: item
+        size: file.meta.size,
+        mtime_ns: file.meta.mtime_ns,
+        mode: file.meta.mode,
+        hash: file.hash.map(|h| h.0.to_vec()).unwrap_or_default(),
+        chunks: file
             .chunks
             .iter()
             .map(|c| pb::ChunkInfo {
@@ -196,17 +224,7 @@ pub fn item_to_pb(item: &RemoteItem) -> pb::Item {
                 len: c.len,
             })
             .collect(),
-        symlink_target: item.meta.symlink_target.clone().unwrap_or_default(),
-    };
-    pb::Item {
-        key: Some(pb::item::Key::Path(item.path.as_str().to_owned())),
-        header: Some(pb::Header {
-            version: Some(version_to_pb(&item.version)),
-            sequence: item.sequence,
-            deleted: item.deleted,
-            modified_by: item.modified_by.clone().unwrap_or_default(),
-        }),
-        body: Some(pb::item::Body::File(body)),
+        symlink_target: file.meta.symlink_target.clone().unwrap_or_default(),
     }
 }
 
@@ -312,20 +330,25 @@ pub fn item_from_pb(item: &pb::Item) -> Result<RemoteItem, Refused> {
     }
     Ok(RemoteItem {
         path,
-        meta: Metadata {
-            kind,
-            size: if header.deleted { 0 } else { body.size },
-            mtime_ns: body.mtime_ns,
-            inode: 0,
-            mode: body.mode,
-            symlink_target,
+        header: Header {
+            version,
+            sequence: header.sequence,
+            deleted: header.deleted,
+            origin: None,
+            modified_by: (!by.is_empty()).then(|| by.clone()),
         },
-        version,
-        hash,
-        chunks,
-        deleted: header.deleted,
-        sequence: header.sequence,
-        modified_by: (!by.is_empty()).then(|| by.clone()),
+        body: Body::File(RemoteFile {
+            meta: Metadata {
+                kind,
+                size: if header.deleted { 0 } else { body.size },
+                mtime_ns: body.mtime_ns,
+                inode: 0,
+                mode: body.mode,
+                symlink_target,
+            },
+            hash,
+            chunks,
+        }),
     })
 }
 
@@ -386,31 +409,36 @@ mod tests {
         version.bump(ShortId(42));
         RemoteItem {
             path: ItemPath::parse("docs/a.txt").unwrap(),
-            meta: Metadata {
-                kind: ItemKind::File,
-                size: 30,
-                mtime_ns: -5,
-                inode: 0,
-                mode: 0o640,
-                symlink_target: None,
+            header: Header {
+                version,
+                sequence: 9,
+                deleted: false,
+                origin: None,
+                modified_by: Some("ABCDEFG".into()),
             },
-            version,
-            hash: Some(Hash128([7; 16])),
-            chunks: vec![
-                ChunkRef {
-                    offset: 0,
-                    len: 10,
-                    hash: Hash128([1; 16]),
+            body: Body::File(RemoteFile {
+                meta: Metadata {
+                    kind: ItemKind::File,
+                    size: 30,
+                    mtime_ns: -5,
+                    inode: 0,
+                    mode: 0o640,
+                    symlink_target: None,
                 },
-                ChunkRef {
-                    offset: 10,
-                    len: 20,
-                    hash: Hash128([2; 16]),
-                },
-            ],
-            deleted: false,
-            sequence: 9,
-            modified_by: Some("ABCDEFG".into()),
+                hash: Some(Hash128([7; 16])),
+                chunks: vec![
+                    ChunkRef {
+                        offset: 0,
+                        len: 10,
+                        hash: Hash128([1; 16]),
+                    },
+                    ChunkRef {
+                        offset: 10,
+                        len: 20,
+                        hash: Hash128([2; 16]),
+                    },
+                ],
+            }),
         }
     }
 
@@ -419,17 +447,30 @@ mod tests {
         let item = file_item();
         assert_eq!(item_from_pb(&item_to_pb(&item)).unwrap(), item);
         let mut link = file_item();
-        link.meta = Metadata {
-            kind: ItemKind::Symlink,
-            size: 0,
-            mtime_ns: 1,
-            inode: 0,
-            mode: 0o777,
-            symlink_target: Some("../elsewhere".into()),
-        };
-        link.hash = None;
-        link.chunks.clear();
+        link.body = Body::File(RemoteFile {
+            meta: Metadata {
+                kind: ItemKind::Symlink,
+                size: 0,
+                mtime_ns: 1,
+                inode: 0,
+                mode: 0o777,
+                symlink_target: Some("../elsewhere".into()),
+            },
+            hash: None,
+            chunks: Vec::new(),
+        });
         assert_eq!(item_from_pb(&item_to_pb(&link)).unwrap(), link);
+    }
+
+    #[test]
+    fn a_record_goes_by_its_uid_and_is_refused_in_an_exchange_of_files() {
+        let mut record = file_item();
+        record.body = Body::Record(b"BEGIN:VCARD".to_vec());
+        let m = item_to_pb(&record);
+        assert_eq!(m.key, Some(pb::item::Key::Uid("docs/a.txt".into())));
+        assert_eq!(m.body, Some(pb::item::Body::Record(pb::RecordBody {})));
+        let err = item_from_pb(&m).unwrap_err().to_string();
+        assert!(err.contains("a record"), "{err}");
     }
 
     #[test]

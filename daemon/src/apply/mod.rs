@@ -44,6 +44,10 @@ pub enum ApplyError {
          space (the item is retried automatically and the other items keep syncing)"
     )]
     NoSpace { path: String, action: &'static str },
+    #[error(
+        "{key}: a record where a files source keeps only files; nothing was written (the other items keep syncing)"
+    )]
+    NotAFile { key: String },
 }
 
 fn io_err<'a>(
@@ -219,13 +223,16 @@ pub fn unchanged_since_scan(
     item: &ItemPath,
     prior: Option<&PriorItem>,
 ) -> Result<bool, ApplyError> {
-    let live = prior.filter(|p| !p.deleted);
+    let live = prior.filter(|p| !p.header.deleted);
     match (disk.symlink_metadata(&root.join(item.as_str())), live) {
         (Err(e), None) if e.kind() == io::ErrorKind::NotFound => Ok(true),
         (Err(e), Some(_)) if e.kind() == io::ErrorKind::NotFound => Ok(false),
         (Err(e), _) => Err(io_err(item, "checking the target")(e)),
         (Ok(_), None) => Ok(false),
         (Ok(m), Some(p)) => {
+            let Some(p) = p.file() else {
+                return Err(ApplyError::NotAFile { key: p.key.clone() });
+            };
             let kind = kind_of(&m);
             Ok(match kind {
                 Some(ItemKind::Directory) => p.meta.kind == ItemKind::Directory,
@@ -676,6 +683,7 @@ pub fn read_range(root: &Path, item: &ItemPath, offset: u64, len: u32) -> io::Re
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use crate::item::{Body, Header, PriorFile};
 
     fn p(s: &str) -> ItemPath {
         ItemPath::parse(s).unwrap()
@@ -725,15 +733,20 @@ mod tests {
         let root = dir.path();
         symlink("some/target", root.join("l")).unwrap();
         let prior = PriorItem {
-            path: "l".into(),
-            meta: stat(root, &p("l")).unwrap(),
-            version: crate::index::VersionVector::new(),
-            sequence: 1,
-            hash: None,
-            deleted: false,
-            modified_by: None,
+            key: "l".into(),
+            header: Header {
+                version: crate::index::VersionVector::new(),
+                sequence: 1,
+                deleted: false,
+                origin: None,
+                modified_by: None,
+            },
+            body: Body::File(PriorFile {
+                meta: stat(root, &p("l")).unwrap(),
+                hash: None,
+            }),
         };
-        assert_eq!(prior.meta.size, 0, "sizes are for files");
+        assert_eq!(prior.file().unwrap().meta.size, 0, "sizes are for files");
         assert!(unchanged_since_scan(&OsDisk, root, &p("l"), Some(&prior)).unwrap());
     }
 
@@ -789,13 +802,15 @@ mod tests {
         );
         let meta = stat(root, &item).unwrap();
         let prior = PriorItem {
-            path: "f".into(),
-            meta,
-            version: crate::index::VersionVector::new(),
-            sequence: 1,
-            hash: None,
-            deleted: false,
-            modified_by: None,
+            key: "f".into(),
+            header: Header {
+                version: crate::index::VersionVector::new(),
+                sequence: 1,
+                deleted: false,
+                origin: None,
+                modified_by: None,
+            },
+            body: Body::File(PriorFile { meta, hash: None }),
         };
         assert!(unchanged_since_scan(&OsDisk, root, &item, Some(&prior)).unwrap());
         fs::write(root.join("f"), b"xy").unwrap();

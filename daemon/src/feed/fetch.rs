@@ -11,7 +11,7 @@ use super::providers::{ChunkChain, ChunkWanted};
 use super::{Feed, Progress};
 use crate::apply::{self, ApplyError};
 use crate::chunker::{ChunkRef, Hash128};
-use crate::item::ItemKind;
+use crate::item::{ItemKind, PriorItem};
 use crate::source::SharedSource;
 use crate::store::StoreHandle;
 use crate::universal::{ItemPath, RemoteItem};
@@ -121,7 +121,11 @@ impl Fetcher {
         // in-order pipeline behind another's, and two receivers that each hold a claim the
         // other's next item waits for would stall for good. Set aside, they are retried when
         // the claim goes, and then find the item applied.
-        let key = (self.src.id.clone(), item.path.to_string(), item.hash);
+        let key = (
+            self.src.id.clone(),
+            item.path.to_string(),
+            item.file().and_then(|f| f.hash),
+        );
         if let Some(done) = self.decide(&item).await {
             return done;
         }
@@ -137,12 +141,16 @@ impl Fetcher {
 
     /// `Some` when the item needs no fetch (skip, or apply without content).
     async fn decide(&self, item: &RemoteItem) -> Option<Prepared> {
+        // A record has no content to fetch; the source task refuses it and says so.
+        let Some(file) = item.file() else {
+            return Some(Prepared::Apply(None, None));
+        };
         let ignored = self
             .src
             .status
             .borrow()
             .ignores
-            .is_ignored(item.path.as_str(), item.meta.kind == ItemKind::Directory);
+            .is_ignored(item.path.as_str(), file.meta.kind == ItemKind::Directory);
         if ignored {
             return Some(Prepared::Skip);
         }
@@ -157,7 +165,7 @@ impl Fetcher {
         if !item.decide(prior.as_ref()).applies() {
             return Some(Prepared::Skip);
         }
-        if item.deleted {
+        if item.header.deleted {
             // Whatever stands in the way, a deletion writes nothing: the source task decides.
             return Some(Prepared::Apply(None, None));
         }
@@ -189,11 +197,13 @@ impl Fetcher {
             // the item has somewhere to go.
             return Some(Prepared::Retry(NotBuilt::Fetch(why)));
         }
-        let needs_content = item.meta.kind == ItemKind::File
-            && !item.deleted
-            && !prior.as_ref().is_some_and(|p| {
-                !p.deleted && p.hash == item.hash && p.meta.kind == ItemKind::File
-            });
+        let needs_content = file.meta.kind == ItemKind::File
+            && !item.header.deleted
+            && !prior
+                .as_ref()
+                .filter(|p| !p.header.deleted)
+                .and_then(PriorItem::file)
+                .is_some_and(|p| p.hash == file.hash && p.meta.kind == ItemKind::File);
         if !needs_content {
             return Some(Prepared::Apply(None, None));
         }
@@ -205,7 +215,13 @@ impl Fetcher {
         // A file of one chunk (most small files) is fetched first and then created, written,
         // flushed and checked in one trip to the blocking pool: each trip is two thread
         // switches, and those dominated syncing many small files.
-        let first = match item.chunks.as_slice() {
+        let Some(body) = item.file() else {
+            return Err(NotBuilt::Fetch(format!(
+                "{}: a record has no content to fetch",
+                item.path
+            )));
+        };
+        let first = match body.chunks.as_slice() {
             [only] => Some((
                 *only,
                 self.chunk(item.path.as_str(), *only)
@@ -216,7 +232,7 @@ impl Fetcher {
         };
         let (disk, root) = (self.src.disk.clone(), self.src.root.clone());
         let path = item.path.clone();
-        let (size, hash) = (item.meta.size, item.hash);
+        let (size, hash) = (body.meta.size, body.hash);
         let one_chunk = first.is_some();
         let made = tokio::task::spawn_blocking(move || -> Result<Made, ApplyError> {
             let (temp, file) = apply::create_temp(&*disk, &root, &path, size)?;
@@ -287,7 +303,12 @@ impl Fetcher {
         temp: &std::path::Path,
     ) -> Result<(), NotBuilt> {
         let mut set = JoinSet::new();
-        let mut chunks = item.chunks.iter().copied();
+        let mut chunks = item
+            .file()
+            .map(|f| f.chunks.as_slice())
+            .unwrap_or_default()
+            .iter()
+            .copied();
         loop {
             while set.len() < CHUNK_WINDOW {
                 let Some(chunk) = chunks.next() else { break };

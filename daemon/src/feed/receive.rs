@@ -172,7 +172,10 @@ impl Receiver {
         // Counted as they are taken out again below: a refused item counts no bytes.
         let needed_bytes: u64 = items
             .iter()
-            .map(|i| i.as_ref().map_or(0, |i| i.meta.size))
+            .map(|i| {
+                i.as_ref()
+                    .map_or(0, |i| i.file().map_or(0, |f| f.meta.size))
+            })
             .sum();
         self.needed.add(items.len() as u64, needed_bytes);
         let mut max_seq = self.seen.max(through);
@@ -190,7 +193,7 @@ impl Receiver {
                         self.needed.done(1, 0);
                     }
                     Some(Ok(item)) => {
-                        max_seq = max_seq.max(item.sequence);
+                        max_seq = max_seq.max(item.header.sequence);
                         let job = tokio::spawn(self.fetcher.clone().prepare(item.clone()));
                         pending.push_back((item, job));
                     }
@@ -212,7 +215,10 @@ impl Receiver {
                 }
             }
             let n = batch.len() as u64;
-            let size: u64 = batch.iter().map(|(i, _)| i.meta.size).sum();
+            let size: u64 = batch
+                .iter()
+                .map(|(i, _)| i.file().map_or(0, |f| f.meta.size))
+                .sum();
             let to_retry = self.finish(batch).await;
             self.retry.extend(to_retry);
             self.needed.done(n, size);
@@ -228,7 +234,7 @@ impl Receiver {
     /// before the first item still waiting for a retry, so neither side calls it in sync and
     /// a restart asks for that item again.
     async fn acknowledge(&mut self, queue_empty: bool) {
-        let held_back = self.retry.iter().map(|r| r.item.sequence).min();
+        let held_back = self.retry.iter().map(|r| r.item.header.sequence).min();
         let applied = match held_back {
             Some(first) => self.seen.min(first.saturating_sub(1)),
             None => self.seen,

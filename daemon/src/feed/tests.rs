@@ -16,10 +16,10 @@ use crate::apply::{Disk, FaultyDisk, Injected, OsDisk, Step};
 use crate::chunker::{Hash128, chunk_bytes};
 use crate::events::EventBus;
 use crate::index::{ShortId, VersionVector};
-use crate::item::{ItemKind, Metadata};
+use crate::item::{Body, Header, ItemKind, Metadata};
 use crate::source::{self, SharedSource, SourceConfig};
 use crate::store::{self, PeerRow, SourceRow};
-use crate::universal::ItemPath;
+use crate::universal::{ItemPath, RemoteFile};
 
 const LOCAL: ShortId = ShortId(1);
 const PEER: ShortId = ShortId(2);
@@ -72,20 +72,25 @@ fn file(path: &str, data: &[u8], v: VersionVector, mtime_ns: i64, seq: u64) -> R
     let hashed = chunk_bytes(data);
     RemoteItem {
         path: ItemPath::parse(path).unwrap(),
-        meta: Metadata {
-            kind: ItemKind::File,
-            size: data.len() as u64,
-            mtime_ns,
-            inode: 0,
-            mode: 0o644,
-            symlink_target: None,
+        header: Header {
+            version: v,
+            sequence: seq,
+            deleted: false,
+            origin: None,
+            modified_by: Some("PEERPEE".into()),
         },
-        version: v,
-        hash: Some(hashed.hash),
-        chunks: hashed.chunks,
-        deleted: false,
-        sequence: seq,
-        modified_by: Some("PEERPEE".into()),
+        body: Body::File(RemoteFile {
+            meta: Metadata {
+                kind: ItemKind::File,
+                size: data.len() as u64,
+                mtime_ns,
+                inode: 0,
+                mode: 0o644,
+                symlink_target: None,
+            },
+            hash: Some(hashed.hash),
+            chunks: hashed.chunks,
+        }),
     }
 }
 
@@ -224,16 +229,20 @@ impl Scene {
 
     /// Sends the items (their content made available by hash) as one update.
     async fn send(&self, items: Vec<(RemoteItem, &[u8])>) {
-        let through = items.iter().map(|(i, _)| i.sequence).max().unwrap_or(0);
+        let through = items
+            .iter()
+            .map(|(i, _)| i.header.sequence)
+            .max()
+            .unwrap_or(0);
         for (item, data) in &items {
             let hashed = chunk_bytes(data);
             let mut chunks = self.chunks.lock().unwrap();
-            for c in &item.chunks {
+            for c in &item.file().unwrap().chunks {
                 let start = usize::try_from(c.offset).unwrap();
                 let end = start + usize::try_from(c.len).unwrap();
                 chunks.insert(c.hash, data[start..end].to_vec());
             }
-            assert_eq!(Some(hashed.hash), item.hash);
+            assert_eq!(Some(hashed.hash), item.file().unwrap().hash);
         }
         let update = Update {
             items: items.into_iter().map(|(i, _)| Ok(i)).collect(),
@@ -360,7 +369,7 @@ async fn differences_from_an_in_memory_feed_are_applied_conflicts_included() {
         .unwrap()
         .unwrap();
     assert_eq!(
-        prior.version.compare(&peer),
+        prior.header.version.compare(&peer),
         crate::index::Ordering::Dominates
     );
     let cursor = s.store.cursor("PEER".into(), SOURCE.into()).await.unwrap();
@@ -438,7 +447,7 @@ async fn a_file_changed_under_the_writer_is_scanned_first_and_never_overwritten(
         .unwrap()
         .unwrap();
     // The peer's version descends from this device's, so without the change it would apply.
-    let newer = local.version.merge(&version(&[(PEER, 1)]));
+    let newer = local.header.version.merge(&version(&[(PEER, 1)]));
     // Someone appends to the file just as the writer looks at it.
     disk.plan(
         Step::Look,

@@ -10,7 +10,8 @@ use tracing::warn;
 
 use super::connection::Outbound;
 use super::{Ctx, SharedSource, board_update};
-use crate::universal::{self, ItemPath, RemoteItem};
+use crate::item;
+use crate::universal::{self, ItemPath, RemoteFile, RemoteItem};
 
 /// Index updates are cut well below the frame limit.
 const UPDATE_BUDGET: usize = 4 << 20;
@@ -93,25 +94,33 @@ impl Sender {
             let mut size = 0usize;
             let mut last = self.from;
             for entry in items {
-                let (prior, chunks, origin) = (entry.item, entry.chunks, entry.origin);
-                if origin.as_deref() == Some(self.device.as_str()) {
+                let (prior, chunks) = (entry.item, entry.chunks);
+                if prior.header.origin.as_deref() == Some(self.device.as_str()) {
                     // The peer sent us exactly this version: echoing it back is wasted bytes.
-                    last = prior.sequence;
+                    last = prior.header.sequence;
                     continue;
                 }
-                let Ok(path) = ItemPath::parse(&prior.path) else {
-                    last = prior.sequence;
+                let Ok(path) = ItemPath::parse(&prior.key) else {
+                    last = prior.header.sequence;
                     continue;
                 };
+                // An exchange of files carries files only (the receiver refuses a record).
+                let Some(file) = prior.file() else {
+                    last = prior.header.sequence;
+                    continue;
+                };
+                let body = item::Body::File(RemoteFile {
+                    meta: file.meta.clone(),
+                    hash: file.hash,
+                    chunks,
+                });
                 let item = RemoteItem {
                     path,
-                    meta: prior.meta.clone(),
-                    version: prior.version.clone(),
-                    hash: prior.hash,
-                    chunks,
-                    deleted: prior.deleted,
-                    sequence: prior.sequence,
-                    modified_by: prior.modified_by.clone(),
+                    header: item::Header {
+                        origin: None,
+                        ..prior.header.clone()
+                    },
+                    body,
                 };
                 let msg = universal::item_to_pb(&item);
                 let len = msg.encoded_len();
@@ -119,7 +128,7 @@ impl Sender {
                     break;
                 }
                 size += len;
-                last = prior.sequence;
+                last = prior.header.sequence;
                 batch.push(msg);
             }
             let n = batch.len() as u64;

@@ -7,6 +7,7 @@ use std::path::Path;
 
 use super::*;
 use crate::index::{ShortId, VersionVector};
+use crate::item::{Body, Header, PriorFile};
 use crate::layout::{AGENT_DIR, TEMP_PREFIX};
 
 #[derive(Default)]
@@ -68,24 +69,26 @@ fn check(root: &Path, scope: Scope, prior: &mut HashMap<String, PriorItem>) -> (
                 version.bump(ShortId(1));
                 let hash = match content {
                     Content::Replace { hash, .. } => Some(hash),
-                    _ => prior.get(&path).and_then(|p| p.hash),
+                    _ => prior.get(&path).and_then(|p| p.file()?.hash),
                 };
                 prior.insert(
                     path.clone(),
                     PriorItem {
-                        path,
-                        meta,
-                        version,
-                        sequence: 1,
-                        hash,
-                        deleted: false,
-                        modified_by: None,
+                        key: path,
+                        header: Header {
+                            version,
+                            sequence: 1,
+                            deleted: false,
+                            origin: None,
+                            modified_by: None,
+                        },
+                        body: Body::File(PriorFile { meta, hash }),
                     },
                 );
             }
             Found::Deleted { prior: p } => {
-                lines.push(format!("deleted {}", p.path));
-                prior.remove(&p.path);
+                lines.push(format!("deleted {}", p.key));
+                prior.remove(&p.key);
             }
             Found::Error { path, message } => lines.push(format!("error {path}: {message}")),
         }
@@ -120,7 +123,7 @@ fn first_scan_reports_everything_and_second_reports_nothing() {
     );
     assert_eq!(hashed, 5);
     assert_eq!(
-        prior["link"].meta.symlink_target.as_deref(),
+        prior["link"].file().unwrap().meta.symlink_target.as_deref(),
         Some("a/b/file.txt")
     );
 
@@ -192,7 +195,7 @@ fn deletions_come_children_first() {
         .found
         .iter()
         .map(|f| match f {
-            Found::Deleted { prior } => prior.path.clone(),
+            Found::Deleted { prior } => prior.key.clone(),
             other => panic!("unexpected {other:?}"),
         })
         .collect();
@@ -386,7 +389,7 @@ fn in_order(found: &[Found]) -> Vec<String> {
         .iter()
         .map(|f| match f {
             Found::Changed { path, .. } => format!("changed {path}"),
-            Found::Deleted { prior } => format!("deleted {}", prior.path),
+            Found::Deleted { prior } => format!("deleted {}", prior.key),
             Found::Error { path, .. } => format!("error {path}"),
         })
         .collect()
@@ -677,7 +680,7 @@ fn a_cursor_out_of_order_stops_the_scan_instead_of_deleting() {
     let mut prior = HashMap::new();
     check(root, Scope::Full, &mut prior);
     let mut items: Vec<PriorItem> = prior.values().cloned().collect();
-    items.sort_by(|x, y| y.path.cmp(&x.path));
+    items.sort_by(|x, y| y.key.cmp(&x.key));
     let mut sink = Collect::default();
     let err = scan(
         request(root, Scope::Full, Box::new(Shuffled(items))),

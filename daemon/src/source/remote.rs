@@ -20,10 +20,10 @@ use crate::apply::{self, ApplyError, Disk};
 use crate::events::{Event, EventKind};
 use crate::formats::{Loser, Write, WriteJob, Written};
 use crate::index::{Decision, VersionVector};
-use crate::item::{Content, Difference, ItemKind, PriorItem};
+use crate::item::{Body, Content, Difference, FileChange, Header, ItemKind, Metadata, PriorItem};
 use crate::scanner::Scope;
 use crate::source::{ApplyFailure, ApplyOutcome, RemoteApply};
-use crate::universal::{ItemPath, RemoteItem};
+use crate::universal::{ItemPath, RemoteFile};
 
 /// A remote difference that passed every check and waits to be written with its stage.
 struct Staged {
@@ -41,35 +41,57 @@ struct Staged {
 
 impl Staged {
     /// What the journal records before the write: the difference as it will be committed,
-    /// with the metadata the write is meant to leave on disk.
+    /// with the metadata the write is meant to leave on disk. (A record is journaled as it
+    /// came; a files source's writer refuses it.)
     fn intent(&self) -> Difference {
         let item = &self.req.item;
-        let mut meta = if item.deleted {
+        let body = match &item.body {
+            Body::File(file) => {
+                let meta = self.intended_meta(file);
+                Body::File(FileChange {
+                    content: content_of(item.header.deleted, file, meta.kind),
+                    meta,
+                })
+            }
+            Body::Record(record) => Body::Record(record.clone()),
+        };
+        Difference {
+            key: item.path.to_string(),
+            header: Header {
+                version: self.version.clone(),
+                sequence: 0,
+                deleted: item.header.deleted,
+                origin: self.origin(),
+                modified_by: self.modified_by(),
+            },
+            body,
+        }
+    }
+
+    /// The metadata writing `file` is meant to leave on disk (a deletion keeps what was
+    /// recorded, with no size).
+    fn intended_meta(&self, file: &RemoteFile) -> Metadata {
+        let deleted = self.req.item.header.deleted;
+        let mut meta = if deleted {
             self.prior
                 .as_ref()
-                .map_or_else(|| item.meta.clone(), |p| p.meta.clone())
+                .and_then(PriorItem::file)
+                .map_or_else(|| file.meta.clone(), |p| p.meta.clone())
         } else {
-            item.meta.clone()
+            file.meta.clone()
         };
         meta.inode = 0;
-        if item.deleted {
+        if deleted {
             meta.size = 0;
         }
-        Difference {
-            path: item.path.to_string(),
-            meta,
-            version: self.version.clone(),
-            content: content_of(item, item.meta.kind),
-            deleted: item.deleted,
-            origin: self.origin(),
-            modified_by: self.modified_by(),
-        }
+        meta
     }
 
     /// The winning version's author; a peer too old to say is taken to be the author.
     fn modified_by(&self) -> Option<String> {
         let item = &self.req.item;
-        item.modified_by
+        item.header
+            .modified_by
             .clone()
             .or_else(|| Some(self.req.from.clone()))
     }
@@ -80,12 +102,12 @@ impl Staged {
     }
 }
 
-/// The content a difference records for an item of `kind` on disk.
-fn content_of(item: &RemoteItem, kind: ItemKind) -> Content {
-    match (kind, item.hash) {
-        (ItemKind::File, Some(hash)) if !item.deleted => Content::Replace {
+/// The content a difference records for a peer's file, of `kind` on disk.
+fn content_of(deleted: bool, file: &RemoteFile, kind: ItemKind) -> Content {
+    match (kind, file.hash) {
+        (ItemKind::File, Some(hash)) if !deleted => Content::Replace {
             hash,
-            chunks: item.chunks.clone(),
+            chunks: file.chunks.clone(),
         },
         _ => Content::Empty,
     }
@@ -154,8 +176,8 @@ impl SourceTask {
         ordered.sort_by_key(|(i, r)| {
             let depth = r.item.path.as_str().matches('/').count();
             (
-                !r.item.deleted,
-                std::cmp::Reverse(if r.item.deleted { depth } else { 0 }),
+                !r.item.header.deleted,
+                std::cmp::Reverse(if r.item.header.deleted { depth } else { 0 }),
                 *i,
             )
         });
@@ -322,11 +344,23 @@ impl SourceTask {
         if let Some(error) = self.status.borrow().error.clone() {
             return Check::Done(ApplyOutcome::Failed(ApplyFailure::SourceStopped(error)));
         }
+        // A files source holds files only: a record (or a record recorded here) is refused,
+        // and nothing of it is written.
+        let not_a_file = || {
+            Check::Done(ApplyOutcome::Failed(ApplyFailure::Write(Arc::new(
+                ApplyError::NotAFile {
+                    key: item.path.to_string(),
+                },
+            ))))
+        };
+        let Some(file) = item.file() else {
+            return not_a_file();
+        };
         let ignored = self
             .status
             .borrow()
             .ignores
-            .is_ignored(item.path.as_str(), item.meta.kind == ItemKind::Directory);
+            .is_ignored(item.path.as_str(), file.meta.kind == ItemKind::Directory);
         if ignored {
             return Check::Done(ApplyOutcome::Skipped);
         }
@@ -334,11 +368,16 @@ impl SourceTask {
             Ok(p) => p,
             Err(e) => return Check::Done(ApplyOutcome::Failed(ApplyFailure::Lookup(e))),
         };
+        if prior.as_ref().is_some_and(|p| p.file().is_none()) {
+            return not_a_file();
+        }
         match disk {
             Ok(OnDisk::AsRecorded) => {}
             Ok(OnDisk::ChangedHere) => return Check::ScanFirst,
             // Nothing of the source is there to delete.
-            Ok(OnDisk::Blocked) if item.deleted => return Check::Done(ApplyOutcome::Skipped),
+            Ok(OnDisk::Blocked) if item.header.deleted => {
+                return Check::Done(ApplyOutcome::Skipped);
+            }
             Ok(OnDisk::Blocked) => {
                 let refused = ApplyError::BadParent {
                     path: item.path.to_string(),
@@ -356,13 +395,19 @@ impl SourceTask {
                 return Check::Done(ApplyOutcome::Skipped);
             }
         };
-        let same_content = prior.as_ref().is_some_and(|p| {
-            !p.deleted
-                && p.meta.kind == ItemKind::File
-                && p.hash == item.hash
-                && item.meta.kind == ItemKind::File
-        });
-        if item.meta.kind == ItemKind::File && !item.deleted && req.temp.is_none() && !same_content
+        let same_content = prior
+            .as_ref()
+            .filter(|p| !p.header.deleted)
+            .and_then(PriorItem::file)
+            .is_some_and(|p| {
+                p.meta.kind == ItemKind::File
+                    && p.hash == file.hash
+                    && file.meta.kind == ItemKind::File
+            });
+        if file.meta.kind == ItemKind::File
+            && !item.header.deleted
+            && req.temp.is_none()
+            && !same_content
         {
             // The content was found here when the item was prepared, but what is here now is
             // something else (changed meanwhile, or replaced by a link that only metadata
@@ -372,8 +417,8 @@ impl SourceTask {
             }));
         }
         let version = match (&prior, conflict) {
-            (Some(p), true) => item.version.merge(&p.version),
-            _ => item.version.clone(),
+            (Some(p), true) => item.header.version.merge(&p.header.version),
+            _ => item.header.version.clone(),
         };
         Check::Stage {
             prior,
@@ -461,11 +506,16 @@ impl SourceTask {
                     // Named after the losing version itself (its author and time), so every
                     // device that keeps the same loser gives it the same name.
                     by: p
+                        .header
                         .modified_by
                         .clone()
                         .unwrap_or_else(|| self.cfg.local_short_name.clone()),
-                    unix_secs: u64::try_from(p.meta.mtime_ns.div_euclid(1_000_000_000))
-                        .unwrap_or(0),
+                    unix_secs: u64::try_from(
+                        p.file()
+                            .map_or(0, |f| f.meta.mtime_ns)
+                            .div_euclid(1_000_000_000),
+                    )
+                    .unwrap_or(0),
                 }),
             })
             .collect();
@@ -513,27 +563,38 @@ impl SourceTask {
     fn queue_record(&mut self, s: &Staged, written: Written) -> ApplyOutcome {
         let item = &s.req.item;
         let path = item.path.to_string();
+        let Some(file) = item.file() else {
+            // Refused by the writer already; nothing of a record is recorded here.
+            return ApplyOutcome::Failed(ApplyFailure::Write(Arc::new(ApplyError::NotAFile {
+                key: path,
+            })));
+        };
         if let Some(copy) = &written.conflict_copy {
             info!(item = %path, copy = %copy, peer = %s.req.from, "conflict: kept the local version as a copy");
         }
         let meta = match written.meta {
             // A folder the peer deleted still holds things it has not seen; they sync and
             // bring it back there.
-            Some(_) if item.deleted => return ApplyOutcome::Skipped,
+            Some(_) if item.header.deleted => return ApplyOutcome::Skipped,
             Some(meta) => meta,
-            None => s.intent().meta,
+            None => s.intended_meta(file),
         };
         let diff = Difference {
-            path,
-            content: content_of(item, meta.kind),
-            meta: meta.clone(),
-            version: s.version.clone(),
-            deleted: item.deleted,
-            origin: s.origin(),
-            modified_by: s.modified_by(),
+            key: path,
+            header: Header {
+                version: s.version.clone(),
+                sequence: 0,
+                deleted: item.header.deleted,
+                origin: s.origin(),
+                modified_by: s.modified_by(),
+            },
+            body: Body::File(FileChange {
+                meta: meta.clone(),
+                content: content_of(item.header.deleted, file, meta.kind),
+            }),
         };
-        let live_prior = s.prior.as_ref().filter(|p| !p.deleted);
-        let kind = if item.deleted {
+        let live_prior = s.prior.as_ref().filter(|p| !p.header.deleted);
+        let kind = if item.header.deleted {
             EventKind::Deleted
         } else if live_prior.is_some() {
             EventKind::Modified
@@ -541,10 +602,10 @@ impl SourceTask {
             EventKind::Added
         };
         let mut delta = TotalsDelta::default();
-        if let Some(p) = live_prior {
+        if let Some(p) = live_prior.and_then(PriorItem::file) {
             delta.remove(&p.meta);
         }
-        if !item.deleted {
+        if !item.header.deleted {
             delta.add(&meta);
         }
         self.applied_records.push(AppliedRecord {
@@ -638,16 +699,18 @@ impl SourceTask {
 /// The journaled difference, with the metadata now on disk, when the write it announced
 /// reached the disk whole; `None` when it did not (or the item changed since).
 fn landed(root: &Path, mut intent: Difference) -> Option<Difference> {
-    let path = crate::universal::ItemPath::parse(&intent.path).ok()?;
+    let path = crate::universal::ItemPath::parse(&intent.key).ok()?;
+    // A files source never writes a record, so none can have landed.
+    let want = intent.file()?;
     let full = root.join(path.as_str());
-    if intent.deleted {
+    if intent.header.deleted {
         return match std::fs::symlink_metadata(&full) {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Some(intent),
             _ => None,
         };
     }
     let on_disk = apply::stat(root, &path).ok()?;
-    let want = &intent.meta;
+    let (want, content) = (&want.meta, &want.content);
     let same = on_disk.kind == want.kind
         && match want.kind {
             // Mode and mtime are set before the rename, so a file that made it has both.
@@ -655,7 +718,7 @@ fn landed(root: &Path, mut intent: Difference) -> Option<Difference> {
                 on_disk.size == want.size
                     && on_disk.mtime_ns == want.mtime_ns
                     && on_disk.mode == want.mode
-                    && match &intent.content {
+                    && match content {
                         Content::Replace { hash, .. } => apply::verify(&full, &path, *hash).is_ok(),
                         Content::Keep | Content::Empty => on_disk.size == 0,
                     }
@@ -663,10 +726,13 @@ fn landed(root: &Path, mut intent: Difference) -> Option<Difference> {
             ItemKind::Directory => on_disk.mode == want.mode,
             ItemKind::Symlink => on_disk.symlink_target == want.symlink_target,
         };
-    same.then(|| {
-        intent.meta = on_disk;
-        intent
-    })
+    if !same {
+        return None;
+    }
+    if let Some(file) = intent.body.file_mut() {
+        file.meta = on_disk;
+    }
+    Some(intent)
 }
 
 #[cfg(test)]
@@ -683,23 +749,28 @@ mod tests {
         let mut version = VersionVector::new();
         version.bump(ShortId(3));
         Difference {
-            path: path.into(),
-            meta: Metadata {
-                kind: ItemKind::File,
-                size: data.len() as u64,
-                mtime_ns,
-                inode: 0,
-                mode,
-                symlink_target: None,
+            key: path.into(),
+            header: Header {
+                version,
+                sequence: 0,
+                deleted: false,
+                origin: Some("PEER".into()),
+                modified_by: Some("PEER".into()),
             },
-            version,
-            content: Content::Replace {
-                hash: hashed.hash,
-                chunks: hashed.chunks,
-            },
-            deleted: false,
-            origin: Some("PEER".into()),
-            modified_by: Some("PEER".into()),
+            body: Body::File(FileChange {
+                meta: Metadata {
+                    kind: ItemKind::File,
+                    size: data.len() as u64,
+                    mtime_ns,
+                    inode: 0,
+                    mode,
+                    symlink_target: None,
+                },
+                content: Content::Replace {
+                    hash: hashed.hash,
+                    chunks: hashed.chunks,
+                },
+            }),
         }
     }
 
@@ -720,8 +791,12 @@ mod tests {
         let mtime = 1_700_000_000_000_000_000;
         write_file(dir.path(), "a", b"peer content", mtime, 0o640);
         let found = landed(dir.path(), file_intent("a", b"peer content", mtime, 0o640)).unwrap();
-        assert_eq!(found.meta.size, 12);
-        assert_ne!(found.meta.inode, 0, "recorded with what is on disk");
+        assert_eq!(found.file().unwrap().meta.size, 12);
+        assert_ne!(
+            found.file().unwrap().meta.inode,
+            0,
+            "recorded with what is on disk"
+        );
     }
 
     #[test]
@@ -742,8 +817,8 @@ mod tests {
     fn a_deletion_has_landed_when_the_item_is_gone() {
         let dir = tempfile::tempdir().unwrap();
         let mut gone = file_intent("a", b"", 1, 0o644);
-        gone.deleted = true;
-        gone.content = Content::Empty;
+        gone.header.deleted = true;
+        gone.body.file_mut().unwrap().content = Content::Empty;
         assert!(landed(dir.path(), gone.clone()).is_some());
         std::fs::write(dir.path().join("a"), b"still here").unwrap();
         assert!(landed(dir.path(), gone).is_none());
@@ -753,7 +828,7 @@ mod tests {
     fn paths_from_the_journal_are_checked_too() {
         let dir = tempfile::tempdir().unwrap();
         let mut escape = file_intent("../x", b"", 1, 0o644);
-        escape.deleted = true;
+        escape.header.deleted = true;
         assert!(landed(dir.path(), escape).is_none());
     }
 }

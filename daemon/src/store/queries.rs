@@ -5,7 +5,10 @@ use rusqlite::{Connection, OptionalExtension, params};
 use super::{Error, Result};
 use crate::chunker::{self, Hash128};
 use crate::index::VersionVector;
-use crate::item::{Content, Difference, ItemKind, Metadata, PathRange, PriorItem};
+use crate::item::{
+    Body, Content, Difference, FileChange, Header, ItemKind, Metadata, PathRange, PriorFile,
+    PriorItem,
+};
 
 /// A source as recorded in the database.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -153,7 +156,7 @@ pub(super) fn sources(c: &mut Connection) -> Result<Vec<SourceRow>> {
 }
 
 const ITEM_COLUMNS: &str = "key, kind, size, mtime_ns, inode, mode, version, sequence, hash, symlink_target, deleted, \
-     modified_by";
+     modified_by, origin, record";
 
 type RawItem = (
     String,
@@ -168,6 +171,8 @@ type RawItem = (
     Option<String>,
     bool,
     Option<String>,
+    Option<String>,
+    Option<Vec<u8>>,
 );
 
 fn raw_item(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawItem> {
@@ -184,41 +189,108 @@ fn raw_item(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawItem> {
         r.get(9)?,
         r.get(10)?,
         r.get(11)?,
+        r.get(12)?,
+        r.get(13)?,
     ))
 }
 
 fn decode_item(source_id: &str, raw: RawItem) -> Result<PriorItem> {
-    let (path, kind, size, mtime_ns, inode, mode, version, sequence, hash, target, deleted, by) =
-        raw;
+    let (
+        key,
+        kind,
+        size,
+        mtime_ns,
+        inode,
+        mode,
+        version,
+        sequence,
+        hash,
+        target,
+        deleted,
+        by,
+        origin,
+        record,
+    ) = raw;
     let corrupt = |reason: String| Error::Corrupt {
         source_id: source_id.to_owned(),
-        path: path.clone(),
+        path: key.clone(),
         reason,
     };
-    let kind = ItemKind::from_code(kind).ok_or_else(|| corrupt(format!("unknown kind {kind}")))?;
     let version = VersionVector::decode(&version).map_err(|e| corrupt(e.to_string()))?;
-    let hash = match hash {
-        Some(bytes) => Some(
-            Hash128::from_slice(&bytes).ok_or_else(|| corrupt("hash is not 16 bytes".into()))?,
-        ),
-        None => None,
+    // A record is the row whose `record` is set; its file columns hold only placeholders.
+    let body = match record {
+        Some(record) => Body::Record(record),
+        None => {
+            let kind =
+                ItemKind::from_code(kind).ok_or_else(|| corrupt(format!("unknown kind {kind}")))?;
+            let hash = match hash {
+                Some(bytes) => Some(
+                    Hash128::from_slice(&bytes)
+                        .ok_or_else(|| corrupt("hash is not 16 bytes".into()))?,
+                ),
+                None => None,
+            };
+            Body::File(PriorFile {
+                meta: Metadata {
+                    kind,
+                    size: to_u64(size),
+                    mtime_ns,
+                    inode: to_u64(inode),
+                    mode: u32::try_from(mode).unwrap_or(0),
+                    symlink_target: target,
+                },
+                hash,
+            })
+        }
     };
     Ok(PriorItem {
-        meta: Metadata {
-            kind,
-            size: to_u64(size),
-            mtime_ns,
-            inode: to_u64(inode),
-            mode: u32::try_from(mode).unwrap_or(0),
-            symlink_target: target,
+        key,
+        header: Header {
+            version,
+            sequence: to_u64(sequence),
+            deleted,
+            origin,
+            modified_by: by,
         },
-        path,
-        version,
-        sequence: to_u64(sequence),
-        hash,
-        deleted,
-        modified_by: by,
+        body,
     })
+}
+
+/// The file columns of an item or journal row: a record's are placeholders (they are NOT
+/// NULL since 0001), and `record` set is what marks the row as a record.
+struct FileColumns<'a> {
+    kind: i64,
+    size: i64,
+    mtime_ns: i64,
+    inode: i64,
+    mode: i64,
+    symlink_target: Option<&'a str>,
+    record: Option<&'a [u8]>,
+}
+
+impl<'a> FileColumns<'a> {
+    fn of(body: &'a Body<FileChange>) -> FileColumns<'a> {
+        match body {
+            Body::File(f) => FileColumns {
+                kind: f.meta.kind.code(),
+                size: to_i64(f.meta.size),
+                mtime_ns: f.meta.mtime_ns,
+                inode: to_i64(f.meta.inode),
+                mode: i64::from(f.meta.mode),
+                symlink_target: f.meta.symlink_target.as_deref(),
+                record: None,
+            },
+            Body::Record(r) => FileColumns {
+                kind: ItemKind::File.code(),
+                size: 0,
+                mtime_ns: 0,
+                inode: 0,
+                mode: 0,
+                symlink_target: None,
+                record: Some(r),
+            },
+        }
+    }
 }
 
 pub(super) fn prior_items(
@@ -375,14 +447,14 @@ pub(super) fn commit(
             .prepare_cached(
                 "INSERT INTO items (source_id, key, kind, size, mtime_ns, inode, mode, version,
                                     sequence, hash, chunks, symlink_target, deleted, origin,
-                                    modified_by)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, NULL, NULL, ?10, ?11, ?12, ?13)
+                                    modified_by, record)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, NULL, NULL, ?10, ?11, ?12, ?13, ?14)
                  ON CONFLICT (source_id, key) DO UPDATE SET
                     kind = excluded.kind, size = excluded.size, mtime_ns = excluded.mtime_ns,
                     inode = excluded.inode, mode = excluded.mode, version = excluded.version,
                     sequence = excluded.sequence, symlink_target = excluded.symlink_target,
                     deleted = excluded.deleted, origin = excluded.origin,
-                    modified_by = excluded.modified_by",
+                    modified_by = excluded.modified_by, record = excluded.record",
             )
             .map_err(&err)?;
         let mut set_content = tx
@@ -402,51 +474,55 @@ pub(super) fn commit(
         for d in diffs {
             seq += 1;
             seqs.push(seq);
+            let cols = FileColumns::of(&d.body);
             upsert_keep
                 .execute(params![
                     source_id,
-                    d.path,
-                    d.meta.kind.code(),
-                    to_i64(d.meta.size),
-                    d.meta.mtime_ns,
-                    to_i64(d.meta.inode),
-                    i64::from(d.meta.mode),
-                    d.version.encode(),
+                    d.key,
+                    cols.kind,
+                    cols.size,
+                    cols.mtime_ns,
+                    cols.inode,
+                    cols.mode,
+                    d.header.version.encode(),
                     to_i64(seq),
-                    d.meta.symlink_target,
-                    d.deleted,
-                    d.origin,
-                    d.modified_by,
+                    cols.symlink_target,
+                    d.header.deleted,
+                    d.header.origin,
+                    d.header.modified_by,
+                    cols.record,
                 ])
                 .map_err(&err)?;
-            match &d.content {
+            // A record has no content of a file's kind: none is kept, and no chunk lives in it.
+            let content = d.file().map_or(&Content::Empty, |f| &f.content);
+            match content {
                 Content::Keep => {}
                 Content::Empty => {
                     set_content
-                        .execute(params![source_id, d.path, None::<Vec<u8>>, None::<Vec<u8>>])
+                        .execute(params![source_id, d.key, None::<Vec<u8>>, None::<Vec<u8>>])
                         .map_err(&err)?;
                     drop_locations
-                        .execute(params![source_id, d.path])
+                        .execute(params![source_id, d.key])
                         .map_err(&err)?;
                 }
                 Content::Replace { hash, chunks } => {
                     set_content
                         .execute(params![
                             source_id,
-                            d.path,
+                            d.key,
                             hash.0.as_slice(),
                             chunker::encode_chunk_list(chunks)
                         ])
                         .map_err(&err)?;
                     drop_locations
-                        .execute(params![source_id, d.path])
+                        .execute(params![source_id, d.key])
                         .map_err(&err)?;
                     for ch in chunks {
                         add_location
                             .execute(params![
                                 ch.hash.0.as_slice(),
                                 source_id,
-                                d.path,
+                                d.key,
                                 to_i64(ch.offset),
                                 i64::from(ch.len)
                             ])
@@ -483,33 +559,36 @@ pub(super) fn record_intents(
         let mut insert = tx
             .prepare_cached(
                 "INSERT OR REPLACE INTO apply_intents (source_id, key, kind, size, mtime_ns,
-                    mode, version, hash, chunks, symlink_target, deleted, origin, modified_by)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+                    mode, version, hash, chunks, symlink_target, deleted, origin, modified_by,
+                    record)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
             )
             .map_err(&err)?;
         for d in intents {
-            let (hash, chunks) = match &d.content {
-                Content::Replace { hash, chunks } => (
+            let (hash, chunks) = match d.file().map(|f| &f.content) {
+                Some(Content::Replace { hash, chunks }) => (
                     Some(hash.0.to_vec()),
                     Some(chunker::encode_chunk_list(chunks)),
                 ),
-                Content::Keep | Content::Empty => (None, None),
+                Some(Content::Keep | Content::Empty) | None => (None, None),
             };
+            let cols = FileColumns::of(&d.body);
             insert
                 .execute(params![
                     source_id,
-                    d.path,
-                    d.meta.kind.code(),
-                    to_i64(d.meta.size),
-                    d.meta.mtime_ns,
-                    i64::from(d.meta.mode),
-                    d.version.encode(),
+                    d.key,
+                    cols.kind,
+                    cols.size,
+                    cols.mtime_ns,
+                    cols.mode,
+                    d.header.version.encode(),
                     hash,
                     chunks,
-                    d.meta.symlink_target,
-                    d.deleted,
-                    d.origin,
-                    d.modified_by,
+                    cols.symlink_target,
+                    d.header.deleted,
+                    d.header.origin,
+                    d.header.modified_by,
+                    cols.record,
                 ])
                 .map_err(&err)?;
         }
@@ -530,6 +609,7 @@ type RawIntent = (
     bool,
     Option<String>,
     Option<String>,
+    Option<Vec<u8>>,
 );
 
 pub(super) fn intents(c: &mut Connection, source_id: &str) -> Result<Vec<Difference>> {
@@ -537,7 +617,7 @@ pub(super) fn intents(c: &mut Connection, source_id: &str) -> Result<Vec<Differe
     let mut stmt = c
         .prepare_cached(
             "SELECT key, kind, size, mtime_ns, mode, version, hash, chunks, symlink_target,
-                    deleted, origin, modified_by
+                    deleted, origin, modified_by, record
              FROM apply_intents WHERE source_id = ?1 ORDER BY key",
         )
         .map_err(&err)?;
@@ -556,6 +636,7 @@ pub(super) fn intents(c: &mut Connection, source_id: &str) -> Result<Vec<Differe
                 r.get(9)?,
                 r.get(10)?,
                 r.get(11)?,
+                r.get(12)?,
             ))
         })
         .map_err(&err)?
@@ -567,38 +648,65 @@ pub(super) fn intents(c: &mut Connection, source_id: &str) -> Result<Vec<Differe
 }
 
 fn decode_intent(source_id: &str, raw: RawIntent) -> Result<Difference> {
-    let (path, kind, size, mtime_ns, mode, version, hash, chunks, target, deleted, origin, by) =
-        raw;
-    let corrupt = |reason: String| Error::Corrupt {
-        source_id: source_id.to_owned(),
-        path: path.clone(),
-        reason,
-    };
-    let kind = ItemKind::from_code(kind).ok_or_else(|| corrupt(format!("unknown kind {kind}")))?;
-    let version = VersionVector::decode(&version).map_err(|e| corrupt(e.to_string()))?;
-    let content = match (hash, chunks) {
-        (Some(hash), Some(chunks)) => Content::Replace {
-            hash: Hash128::from_slice(&hash)
-                .ok_or_else(|| corrupt("hash is not 16 bytes".into()))?,
-            chunks: chunker::decode_chunk_list(&chunks).map_err(|e| corrupt(e.to_string()))?,
-        },
-        _ => Content::Empty,
-    };
-    Ok(Difference {
-        meta: Metadata {
-            kind,
-            size: to_u64(size),
-            mtime_ns,
-            inode: 0,
-            mode: u32::try_from(mode).unwrap_or(0),
-            symlink_target: target,
-        },
-        path,
+    let (
+        key,
+        kind,
+        size,
+        mtime_ns,
+        mode,
         version,
-        content,
+        hash,
+        chunks,
+        target,
         deleted,
         origin,
-        modified_by: by,
+        by,
+        record,
+    ) = raw;
+    let corrupt = |reason: String| Error::Corrupt {
+        source_id: source_id.to_owned(),
+        path: key.clone(),
+        reason,
+    };
+    let version = VersionVector::decode(&version).map_err(|e| corrupt(e.to_string()))?;
+    let body = match record {
+        Some(record) => Body::Record(record),
+        None => {
+            let kind =
+                ItemKind::from_code(kind).ok_or_else(|| corrupt(format!("unknown kind {kind}")))?;
+            let content = match (hash, chunks) {
+                (Some(hash), Some(chunks)) => Content::Replace {
+                    hash: Hash128::from_slice(&hash)
+                        .ok_or_else(|| corrupt("hash is not 16 bytes".into()))?,
+                    chunks: chunker::decode_chunk_list(&chunks)
+                        .map_err(|e| corrupt(e.to_string()))?,
+                },
+                _ => Content::Empty,
+            };
+            Body::File(FileChange {
+                meta: Metadata {
+                    kind,
+                    size: to_u64(size),
+                    mtime_ns,
+                    inode: 0,
+                    mode: u32::try_from(mode).unwrap_or(0),
+                    symlink_target: target,
+                },
+                content,
+            })
+        }
+    };
+    Ok(Difference {
+        key,
+        header: Header {
+            version,
+            // Not recorded in the journal: `commit` gives the next local sequence.
+            sequence: 0,
+            deleted,
+            origin,
+            modified_by: by,
+        },
+        body,
     })
 }
 
@@ -754,8 +862,6 @@ pub(super) fn peers(c: &mut Connection) -> Result<Vec<PeerRow>> {
 pub struct IndexEntry {
     pub item: PriorItem,
     pub chunks: Vec<chunker::ChunkRef>,
-    /// The peer this exact version was applied from, if any.
-    pub origin: Option<String>,
 }
 
 /// A place on this device where a chunk's bytes were found at the last scan.
@@ -778,7 +884,7 @@ pub(super) fn items_since(
     let err = sql("reading the index");
     let mut stmt = c
         .prepare_cached(&format!(
-            "SELECT {ITEM_COLUMNS}, chunks, origin FROM items WHERE source_id = ?1 AND sequence > ?2
+            "SELECT {ITEM_COLUMNS}, chunks FROM items WHERE source_id = ?1 AND sequence > ?2
              ORDER BY sequence LIMIT ?3"
         ))
         .map_err(&err)?;
@@ -789,33 +895,23 @@ pub(super) fn items_since(
                 to_i64(after),
                 i64::try_from(limit).unwrap_or(i64::MAX)
             ],
-            |r| {
-                Ok((
-                    raw_item(r)?,
-                    r.get::<_, Option<Vec<u8>>>(12)?,
-                    r.get::<_, Option<String>>(13)?,
-                ))
-            },
+            |r| Ok((raw_item(r)?, r.get::<_, Option<Vec<u8>>>(14)?)),
         )
         .map_err(&err)?
         .collect::<rusqlite::Result<Vec<_>>>()
         .map_err(&err)?;
     let mut out = Vec::with_capacity(rows.len());
-    for (raw, chunks, origin) in rows {
+    for (raw, chunks) in rows {
         let item = decode_item(source_id, raw)?;
         let chunks = match chunks {
             Some(blob) => chunker::decode_chunk_list(&blob).map_err(|e| Error::Corrupt {
                 source_id: source_id.to_owned(),
-                path: item.path.clone(),
+                path: item.key.clone(),
                 reason: e.to_string(),
             })?,
             None => Vec::new(),
         };
-        out.push(IndexEntry {
-            item,
-            chunks,
-            origin,
-        });
+        out.push(IndexEntry { item, chunks });
     }
     Ok(out)
 }

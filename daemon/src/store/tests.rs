@@ -3,7 +3,7 @@
 use super::*;
 use crate::chunker::{ChunkRef, Hash128};
 use crate::index::{ShortId, VersionVector};
-use crate::item::{Content, Difference, ItemKind, Metadata, PathRange};
+use crate::item::{Body, Content, Difference, FileChange, Header, ItemKind, Metadata, PathRange};
 
 fn row(id: &str) -> SourceRow {
     SourceRow {
@@ -21,27 +21,32 @@ fn file(path: &str, size: u64, hash: u8) -> Difference {
     let mut version = VersionVector::new();
     version.bump(ShortId(7));
     Difference {
-        path: path.into(),
-        meta: Metadata {
-            kind: ItemKind::File,
-            size,
-            mtime_ns: 5,
-            inode: 9,
-            mode: 0o644,
-            symlink_target: None,
+        key: path.into(),
+        header: Header {
+            version,
+            sequence: 0,
+            deleted: false,
+            origin: None,
+            modified_by: Some("SEVEN77".into()),
         },
-        version,
-        content: Content::Replace {
-            hash: Hash128([hash; 16]),
-            chunks: vec![ChunkRef {
-                offset: 0,
-                len: u32::try_from(size).unwrap(),
+        body: Body::File(FileChange {
+            meta: Metadata {
+                kind: ItemKind::File,
+                size,
+                mtime_ns: 5,
+                inode: 9,
+                mode: 0o644,
+                symlink_target: None,
+            },
+            content: Content::Replace {
                 hash: Hash128([hash; 16]),
-            }],
-        },
-        deleted: false,
-        origin: None,
-        modified_by: Some("SEVEN77".into()),
+                chunks: vec![ChunkRef {
+                    offset: 0,
+                    len: u32::try_from(size).unwrap(),
+                    hash: Hash128([hash; 16]),
+                }],
+            },
+        }),
     }
 }
 
@@ -58,23 +63,27 @@ async fn differences_round_trip_through_prior_state() {
         .unwrap();
     assert_eq!(seqs, [1, 2]);
     let mut gone = file("a", 0, 0);
-    gone.deleted = true;
-    gone.content = Content::Empty;
+    gone.header.deleted = true;
+    gone.body.file_mut().unwrap().content = Content::Empty;
     let seqs = store.commit("docs".into(), vec![gone]).await.unwrap();
     assert_eq!(seqs, [3]);
 
     let all = store.prior_items("docs".into(), None).await.unwrap();
     assert_eq!(all.len(), 2);
-    assert!(all[0].deleted && all[0].hash.is_none() && all[0].sequence == 3);
-    assert_eq!(all[1].hash, Some(Hash128([2; 16])));
-    assert_eq!(all[1].version.counter(ShortId(7)), 1);
+    assert!(
+        all[0].header.deleted
+            && all[0].file().unwrap().hash.is_none()
+            && all[0].header.sequence == 3
+    );
+    assert_eq!(all[1].file().unwrap().hash, Some(Hash128([2; 16])));
+    assert_eq!(all[1].header.version.counter(ShortId(7)), 1);
 
     let under = store
         .prior_items("docs".into(), Some(vec!["b".into()]))
         .await
         .unwrap();
     assert_eq!(
-        under.iter().map(|p| p.path.as_str()).collect::<Vec<_>>(),
+        under.iter().map(|p| p.key.as_str()).collect::<Vec<_>>(),
         ["b/c"]
     );
 
@@ -158,7 +167,7 @@ fn migrates_from_the_previous_schema_keeping_prior_state() {
     queries::run_pending_maintenance(&mut conn).unwrap();
     let items = queries::prior_items(&mut conn, "s", None).unwrap();
     assert_eq!(items.len(), 1);
-    assert_eq!(items[0].meta.size, 15);
+    assert_eq!(items[0].file().unwrap().meta.size, 15);
     let located: i64 = conn
         .query_row(
             "SELECT COUNT(*) FROM chunk_locations WHERE source_id = 's'",
@@ -277,12 +286,12 @@ async fn the_apply_journal_round_trips_and_the_next_commit_clears_it() {
     store.add_source(row("docs")).await.unwrap();
     store.add_source(row("other")).await.unwrap();
     let mut placed = file("a/b", 3, 1);
-    placed.meta.inode = 0;
-    placed.origin = Some("PEER".into());
+    placed.body.file_mut().unwrap().meta.inode = 0;
+    placed.header.origin = Some("PEER".into());
     let mut gone = file("c", 0, 0);
-    gone.meta.inode = 0;
-    gone.deleted = true;
-    gone.content = Content::Empty;
+    gone.body.file_mut().unwrap().meta.inode = 0;
+    gone.header.deleted = true;
+    gone.body.file_mut().unwrap().content = Content::Empty;
     store
         .record_intents("docs".into(), vec![placed.clone(), gone.clone()])
         .await
@@ -317,8 +326,8 @@ fn prior_state_pages_in_path_order_within_a_range() {
         diffs.push(file("a/old", 1, 1));
         store.commit("docs".into(), diffs).await.unwrap();
         let mut gone = file("a/old", 0, 0);
-        gone.deleted = true;
-        gone.content = Content::Empty;
+        gone.header.deleted = true;
+        gone.body.file_mut().unwrap().content = Content::Empty;
         store.commit("docs".into(), vec![gone]).await.unwrap();
         // Another source's items never show up.
         store
@@ -333,7 +342,7 @@ fn prior_state_pages_in_path_order_within_a_range() {
             .wait()
             .unwrap()
             .into_iter()
-            .map(|p| p.path)
+            .map(|p| p.key)
             .collect()
     };
 
@@ -368,6 +377,70 @@ fn prior_state_pages_in_path_order_within_a_range() {
     assert!(page(PathRange::Item("a".into()), Some("a"), 10).is_empty());
     assert!(page(PathRange::Item("zz".into()), None, 10).is_empty());
 
+    drop(store);
+    thread.join();
+}
+
+#[tokio::test]
+async fn a_record_body_round_trips_and_a_file_may_replace_it() {
+    let (store, thread) = open_in_memory().unwrap();
+    store.add_source(row("cards")).await.unwrap();
+    let mut version = VersionVector::new();
+    version.bump(ShortId(7));
+    let record = Difference {
+        key: "ana@example".into(),
+        header: Header {
+            version,
+            sequence: 0,
+            deleted: false,
+            origin: Some("PEER".into()),
+            modified_by: Some("SEVEN77".into()),
+        },
+        body: Body::Record(b"BEGIN:VCARD\r\nFN:Ana\r\nEND:VCARD\r\n".to_vec()),
+    };
+    let seqs = store
+        .commit("cards".into(), vec![record.clone()])
+        .await
+        .unwrap();
+    let got = store
+        .prior_item("cards".into(), "ana@example".into())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(got.key, record.key);
+    assert_eq!(
+        got.header,
+        Header {
+            sequence: seqs[0],
+            ..record.header.clone()
+        }
+    );
+    assert_eq!(got.body.record(), record.body.record());
+    assert!(got.file().is_none(), "a record has no file part");
+    let sent = store.items_since("cards".into(), 0, 10).await.unwrap();
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0].item, got);
+    assert!(sent[0].chunks.is_empty());
+
+    // The journal keeps a record whole too.
+    store
+        .record_intents("cards".into(), vec![record.clone()])
+        .await
+        .unwrap();
+    assert_eq!(store.intents("cards".into()).await.unwrap(), [record]);
+
+    // A file at the same key leaves no record behind.
+    store
+        .commit("cards".into(), vec![file("ana@example", 3, 1)])
+        .await
+        .unwrap();
+    let got = store
+        .prior_item("cards".into(), "ana@example".into())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(got.body.record().is_none());
+    assert_eq!(got.file().unwrap().meta.size, 3);
     drop(store);
     thread.join();
 }

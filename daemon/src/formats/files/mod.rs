@@ -84,6 +84,11 @@ impl WriteJob {
     /// Writes the item: conflict copy, versions folder, then the rename into place.
     fn run(self, disk: &dyn Disk, root: &Path) -> Result<Write, ApplyError> {
         let item = &self.item;
+        let Some(file) = item.file() else {
+            return Err(ApplyError::NotAFile {
+                key: item.path.to_string(),
+            });
+        };
         // Checked again right before writing: the batch was checked as a whole, and a user
         // may have written since. (A write in the instant between this and the rename still
         // goes to the old file, which the versions folder keeps.)
@@ -97,7 +102,7 @@ impl WriteJob {
         }
         let mut conflict_copy = None;
         if self.conflict
-            && !item.deleted
+            && !item.header.deleted
             && !self.same_content
             && let Some(loser) = &self.loser
         {
@@ -109,7 +114,7 @@ impl WriteJob {
             action: "keeping the old version",
             source: std::io::Error::other(e.to_string()),
         };
-        if item.deleted {
+        if item.header.deleted {
             // A file deleted by a peer goes to the versions folder, not away.
             crate::versions::keep(root, item.path.as_str(), true).map_err(keep_err)?;
             let meta = match apply::remove(root, &item.path)? {
@@ -123,8 +128,8 @@ impl WriteJob {
             }));
         }
         apply::ensure_parents(root, &item.path)?;
-        if item.meta.kind != ItemKind::Directory && self.temp.is_some()
-            || item.meta.kind == ItemKind::Symlink
+        if file.meta.kind != ItemKind::Directory && self.temp.is_some()
+            || file.meta.kind == ItemKind::Symlink
         {
             // A folder here still holding things the peer has not seen (its deletions of
             // what it did see came first in the batch) gives way, but whole: it moves aside.
@@ -141,7 +146,7 @@ impl WriteJob {
                 conflict_copy = Some(moved);
             }
         }
-        let meta = match item.meta.kind {
+        let meta = match file.meta.kind {
             ItemKind::File => match &self.temp {
                 Some(temp) => {
                     // The version being replaced is kept first.
@@ -151,28 +156,28 @@ impl WriteJob {
                         root,
                         &item.path,
                         temp,
-                        item.meta.mode,
-                        item.meta.mtime_ns,
+                        file.meta.mode,
+                        file.meta.mtime_ns,
                     )?
                 }
-                None => apply::set_file_meta(root, &item.path, item.meta.mode, item.meta.mtime_ns)?,
+                None => apply::set_file_meta(root, &item.path, file.meta.mode, file.meta.mtime_ns)?,
             },
             ItemKind::Directory => {
                 // A file a folder replaces is kept like any replaced file.
                 crate::versions::keep(root, item.path.as_str(), true).map_err(keep_err)?;
-                apply::make_dir(root, &item.path, item.meta.mode)?
+                apply::make_dir(root, &item.path, file.meta.mode)?
             }
             ItemKind::Symlink => {
                 crate::versions::keep(root, item.path.as_str(), false).map_err(keep_err)?;
                 apply::make_symlink(
                     root,
                     &item.path,
-                    item.meta.symlink_target.as_deref().unwrap_or_default(),
+                    file.meta.symlink_target.as_deref().unwrap_or_default(),
                 )?
             }
         };
-        let disturbed = item.meta.kind == ItemKind::File
-            && (meta.size != item.meta.size || meta.mtime_ns != item.meta.mtime_ns);
+        let disturbed = file.meta.kind == ItemKind::File
+            && (meta.size != file.meta.size || meta.mtime_ns != file.meta.mtime_ns);
         Ok(Write::Done(Written {
             meta: Some(meta),
             conflict_copy,
