@@ -470,3 +470,51 @@ async fn a_file_changed_under_the_writer_is_scanned_first_and_never_overwritten(
     );
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_sent_to_a_files_source_is_refused_by_name_and_nothing_is_written() {
+    let s = Scene::new(Arc::new(OsDisk), &[]).await;
+    let t = 1_700_000_000_000_000_000;
+    let v = |n| version(&[(PEER, n)]);
+    // A file, then a record under a UID-like key, in one update.
+    s.send(vec![(file("first.txt", b"a file", v(1), t, 1), b"a file")])
+        .await;
+    let record = RemoteItem {
+        path: ItemPath::parse("ana@example.org").unwrap(),
+        header: Header {
+            version: v(2),
+            sequence: 2,
+            deleted: false,
+            origin: None,
+            modified_by: Some("PEERPEE".into()),
+        },
+        body: Body::Record(b"BEGIN:VCARD".to_vec()),
+    };
+    let update = Update {
+        items: vec![Ok(record)],
+        through: 2,
+        caught_up: true,
+    };
+    s.updates.as_ref().unwrap().send(update).await.unwrap();
+    s.applied_through(1).await;
+    let error = loop {
+        let errors = s.feed.errors.lock().unwrap().clone();
+        if let Some(e) = errors.into_iter().find(|e| e.contains("ana@example.org")) {
+            break e;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(error.contains("a record"), "{error}");
+    assert_eq!(
+        s.read("first.txt"),
+        b"a file",
+        "the file beside it still lands"
+    );
+    assert!(
+        !s.root.join("ana@example.org").exists(),
+        "nothing was written"
+    );
+    // Held back, not acknowledged: the sender is not told it was applied.
+    assert!(s.feed.acked.lock().unwrap().iter().all(|(a, _)| *a < 2));
+    s.stop().await;
+}
