@@ -66,14 +66,29 @@ pub enum Why {
 impl Why {
     /// True when the device has not been reached at all (as opposed to still syncing).
     pub fn unreached(&self) -> bool {
-        matches!(
-            self,
-            Why::NotAPeer
-                | Why::NeverConnected { .. }
-                | Why::Unreachable { .. }
-                | Why::Incompatible(_)
-                | Why::Refused(_)
-        )
+        self.unreached_reason().is_some()
+    }
+
+    /// Why the device counts as not reached, in words; `None` when it was reached.
+    pub fn unreached_reason(&self) -> Option<String> {
+        Some(match self {
+            Why::NotAPeer => "it was never added as a peer; add it with `tandemctl peer add \
+                              DEVICE [HOST:PORT]`"
+                .to_owned(),
+            Why::NeverConnected {
+                address: Some(address),
+            } => format!(
+                "never connected (dialling {address}); check that its agent runs and that it \
+                 added this device"
+            ),
+            Why::NeverConnected { address: None } => "never connected, and it has no address \
+                here, so it must dial in; give its address with `tandemctl peer add DEVICE \
+                HOST:PORT`"
+                .to_owned(),
+            Why::Unreachable { error } => error.clone(),
+            Why::Incompatible(error) | Why::Refused(error) => format!("refused: {error}"),
+            _ => return None,
+        })
     }
 }
 
@@ -87,26 +102,18 @@ impl fmt::Display for Pending {
             Why::Stopped(error) => write!(f, "stopped: {error}"),
             Why::FirstScan => write!(f, "first scan not finished"),
             Why::Scanning => write!(f, "changes waiting to be scanned"),
-            Why::NotAPeer => write!(
-                f,
-                "not reached: it was never added as a peer; add it with `tandemctl peer add \
-                 DEVICE [HOST:PORT]`"
-            ),
-            Why::NeverConnected {
-                address: Some(address),
-            } => write!(
-                f,
-                "not reached: never connected (dialling {address}); check that its agent runs \
-                 and that it added this device"
-            ),
-            Why::NeverConnected { address: None } => write!(
-                f,
-                "not reached: never connected, and it has no address here, so it must dial in; \
-                 give its address with `tandemctl peer add DEVICE HOST:PORT`"
-            ),
-            Why::Unreachable { error } => write!(f, "not reached: {error}"),
-            Why::Incompatible(error) => write!(f, "not reached: refused: {error}"),
+            // A source refused for its kind was reached; the others were not.
             Why::Refused(why) => write!(f, "refused: {why}"),
+            why @ (Why::NotAPeer
+            | Why::NeverConnected { .. }
+            | Why::Unreachable { .. }
+            | Why::Incompatible(_)) => {
+                write!(
+                    f,
+                    "not reached: {}",
+                    why.unreached_reason().unwrap_or_default()
+                )
+            }
             Why::NotShared => write!(
                 f,
                 "connected, but it has not shared this source with this device yet; add it \

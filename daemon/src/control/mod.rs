@@ -182,19 +182,16 @@ fn ack(verb: &str, n: usize) -> Response<pb::Ack> {
 /// The reply to `wait`: in sync, or each thing still pending, and the devices not reached.
 fn wait_reply(pending: &[sync_state::Pending]) -> pb::WaitReply {
     let mut unreached: Vec<pb::Unreached> = Vec::new();
-    for p in pending.iter().filter(|p| p.why.unreached()) {
-        let Some(device) = &p.device else { continue };
-        if unreached.iter().any(|u| u.device_id == *device) {
+    for p in pending {
+        let (Some(device), Some(reason)) = (&p.device, p.why.unreached_reason()) else {
             continue;
+        };
+        if !unreached.iter().any(|u| u.device_id == *device) {
+            unreached.push(pb::Unreached {
+                device_id: device.clone(),
+                reason,
+            });
         }
-        let mut line = p.to_string();
-        if let Some(at) = line.find("not reached: ") {
-            line = line[at + "not reached: ".len()..].to_owned();
-        }
-        unreached.push(pb::Unreached {
-            device_id: device.clone(),
-            reason: line,
-        });
     }
     pb::WaitReply {
         in_sync: pending.is_empty(),

@@ -49,6 +49,7 @@ impl Feed for MemoryFeed {
     fn progress(&self, progress: Progress) {
         if let Progress::Error(e) = progress {
             self.errors.lock().unwrap().push(e);
+            self.changed.notify_waiters();
         }
     }
 
@@ -280,6 +281,23 @@ impl Scene {
         );
     }
 
+    /// Waits for the first error the feed was told of that names `item`.
+    async fn error_naming(&self, item: &str) -> String {
+        let named = async {
+            loop {
+                let notified = self.feed.changed.notified();
+                let errors = self.feed.errors.lock().unwrap().clone();
+                if let Some(e) = errors.into_iter().find(|e| e.contains(item)) {
+                    return e;
+                }
+                notified.await;
+            }
+        };
+        tokio::time::timeout(LIMIT, named)
+            .await
+            .unwrap_or_else(|_| panic!("no error naming {item} within {LIMIT:?}"))
+    }
+
     fn read(&self, path: &str) -> Vec<u8> {
         std::fs::read(self.root.join(path)).unwrap()
     }
@@ -397,13 +415,7 @@ async fn one_item_fails_then_arrives(step: Step, name: &str, injected: Injected,
     .await;
     // The others arrive even though one failed.
     s.applied_through(1).await;
-    let error = loop {
-        let errors = s.feed.errors.lock().unwrap().clone();
-        if let Some(e) = errors.into_iter().find(|e| e.contains("big/data.bin")) {
-            break e;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let error = s.error_naming("big/data.bin").await;
     assert!(error.contains(want), "{error}");
     assert_eq!(disk.pending(), 0, "the fault happened");
     // The retry brings it (every 5 s), and nothing partial was ever left behind.
@@ -497,13 +509,7 @@ async fn a_record_sent_to_a_files_source_is_refused_by_name_and_nothing_is_writt
     };
     s.updates.as_ref().unwrap().send(update).await.unwrap();
     s.applied_through(1).await;
-    let error = loop {
-        let errors = s.feed.errors.lock().unwrap().clone();
-        if let Some(e) = errors.into_iter().find(|e| e.contains("ana@example.org")) {
-            break e;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let error = s.error_naming("ana@example.org").await;
     assert!(error.contains("a record"), "{error}");
     assert_eq!(
         s.read("first.txt"),

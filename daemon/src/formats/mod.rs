@@ -106,6 +106,17 @@ pub fn by_name(name: &str) -> Result<&'static dyn Format, UnknownFormat> {
         })
 }
 
+/// Every kind of data the registered formats keep, each once, in registry order.
+pub fn kinds() -> Vec<Kind> {
+    let mut kinds: Vec<Kind> = Vec::new();
+    for kind in REGISTRY.iter().map(|f| f.kind()) {
+        if !kinds.contains(&kind) {
+            kinds.push(kind);
+        }
+    }
+    kinds
+}
+
 /// The names of every registered format, in registry order.
 pub fn names() -> Vec<&'static str> {
     REGISTRY.iter().map(|f| f.name()).collect()
@@ -126,6 +137,12 @@ mod tests {
         assert!(message.contains("files"), "{message}");
         for name in names() {
             assert_eq!(by_name(name).map(|f| f.name()), Ok(name));
+        }
+        let kinds = kinds();
+        assert!(kinds.contains(&Kind::Files));
+        for name in names() {
+            let kind = by_name(name).map(|f| f.kind()).unwrap_or(Kind::Files);
+            assert_eq!(kinds.iter().filter(|k| **k == kind).count(), 1, "{kinds:?}");
         }
     }
 

@@ -7,9 +7,6 @@ use tandem_proto::peer as pb;
 use crate::formats::{self, Kind};
 use crate::identity::DeviceId;
 
-/// Optional features this build offers in its hello: the kinds of data it can keep.
-const CAPABILITIES: &[&str] = &["kind:files"];
-
 /// The kind of data a source kept in `format` holds; `None` for a format this build lacks.
 pub(super) fn kind_of(format: &str) -> Option<Kind> {
     formats::by_name(format).ok().map(|f| f.kind())
@@ -44,9 +41,13 @@ pub(super) fn kind_mismatch(
     ))
 }
 
-/// The capabilities this build offers, for its hello.
+/// The capabilities this build offers, for its hello: a `kind:K` for every kind of data its
+/// registered formats keep (adding a format adds its kind here by itself).
 pub(super) fn capabilities() -> Vec<String> {
-    CAPABILITIES.iter().map(|c| (*c).to_owned()).collect()
+    formats::kinds()
+        .into_iter()
+        .map(|k| format!("kind:{k}"))
+        .collect()
 }
 
 /// Refuses a hello in another protocol version, naming both versions.
