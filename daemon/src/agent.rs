@@ -351,6 +351,7 @@ pub async fn start(home: &Home, listen: Option<SocketAddr>) -> Result<Running, E
     }
     info!(device = %identity.device_id, home = %home.root().display(), "starting tandemd");
     let (store, store_thread) = store::open(&home.database())?;
+    let disk = disk_from_env()?;
 
     let info = Arc::new(AgentInfo {
         device_id: identity.device_id,
@@ -391,6 +392,7 @@ pub async fn start(home: &Home, listen: Option<SocketAddr>) -> Result<Running, E
         events: handle.events.clone(),
         cancel: sources_cancel.clone(),
         peers,
+        disk,
     };
     task.start_recorded().await?;
     let agent = tokio::spawn(task.run());
@@ -415,6 +417,28 @@ struct AgentTask {
     events: EventBus,
     cancel: CancellationToken,
     peers: PeerHandle,
+    /// Where sources write what peers send.
+    disk: Arc<dyn apply::Disk>,
+}
+
+/// Environment variable that makes the agent write through a [`apply::FaultyDisk`] with this
+/// plan: for black-box crash and fault tests only (see `FaultyDisk::from_plan`).
+pub const TEST_DISK_FAULTS: &str = "TANDEM_TEST_DISK_FAULTS";
+
+/// The real disk, unless a test asked for planned faults.
+fn disk_from_env() -> Result<Arc<dyn apply::Disk>, Error> {
+    match std::env::var(TEST_DISK_FAULTS) {
+        Ok(plan) if !plan.is_empty() => {
+            let disk = apply::FaultyDisk::from_plan(&plan).map_err(|e| {
+                Error::Invalid(format!(
+                    "{TEST_DISK_FAULTS}: {e}; it is for tests only, unset it to run normally"
+                ))
+            })?;
+            warn!(plan = %plan, "writing through a test disk with planned faults");
+            Ok(Arc::new(disk))
+        }
+        _ => Ok(Arc::new(apply::OsDisk)),
+    }
 }
 
 impl AgentTask {
@@ -439,7 +463,7 @@ impl AgentTask {
             debounce_max: self.config.debounce_max,
             rescan_interval: self.config.rescan_interval,
             versions_keep: self.config.versions_keep,
-            disk: Arc::new(apply::OsDisk),
+            disk: self.disk.clone(),
         };
         let handle = source::spawn(
             cfg,

@@ -4,6 +4,7 @@
 //! Must not: do I/O, or let a raw prost type or an unchecked path past it.
 
 use std::fmt;
+use std::sync::Arc;
 
 use tandem_proto::peer as pb;
 
@@ -105,6 +106,8 @@ pub struct RemoteFile {
     /// Whole-content hash, for a live regular file.
     pub hash: Option<Hash128>,
     pub chunks: Vec<ChunkRef>,
+    /// The whole content, sent with the entry (small files only), checked against `hash`.
+    pub inline: Option<Arc<[u8]>>,
 }
 
 /// One item's state as a peer announced it, after every check.
@@ -225,6 +228,11 @@ fn file_body_to_pb(file: &RemoteFile) -> pb::FileBody {
             })
             .collect(),
         symlink_target: file.meta.symlink_target.clone().unwrap_or_default(),
+        inline: file
+            .inline
+            .as_deref()
+            .map(<[u8]>::to_vec)
+            .unwrap_or_default(),
     }
 }
 
@@ -274,6 +282,7 @@ pub fn item_from_pb(item: &pb::Item) -> Result<RemoteItem, Refused> {
     }
     let mut hash = None;
     let mut chunks = Vec::new();
+    let mut inline = None;
     let symlink_target = match kind {
         ItemKind::Symlink if !header.deleted => {
             let t = &body.symlink_target;
@@ -318,7 +327,21 @@ pub fn item_from_pb(item: &pb::Item) -> Result<RemoteItem, Refused> {
                 body.size
             )));
         }
-    } else if !body.chunks.is_empty() || (body.size != 0 && kind != ItemKind::File) {
+        if !body.inline.is_empty() {
+            // Checked here, so nothing past this point ever holds content that is not what
+            // the entry says.
+            let fits = u64::try_from(body.inline.len()).is_ok_and(|n| n == body.size);
+            if !fits || hash != Some(Hash128::of(&body.inline)) {
+                return Err(bad(
+                    "its inline content does not match its size and hash".into()
+                ));
+            }
+            inline = Some(Arc::from(body.inline.as_slice()));
+        }
+    } else if !body.chunks.is_empty()
+        || !body.inline.is_empty()
+        || (body.size != 0 && kind != ItemKind::File)
+    {
         return Err(bad("only a live file may carry content".into()));
     }
     // It becomes part of a file name (conflict copies), so only a short plain word will do.
@@ -348,6 +371,7 @@ pub fn item_from_pb(item: &pb::Item) -> Result<RemoteItem, Refused> {
             },
             hash,
             chunks,
+            inline,
         }),
     })
 }
@@ -438,7 +462,58 @@ mod tests {
                         hash: Hash128([2; 16]),
                     },
                 ],
+                inline: None,
             }),
+        }
+    }
+
+    /// A small file sent with its content.
+    fn inline_item(content: &[u8]) -> RemoteItem {
+        let mut item = file_item();
+        let Body::File(file) = &mut item.body else {
+            unreachable!("a file item")
+        };
+        file.meta.size = content.len() as u64;
+        file.hash = Some(Hash128::of(content));
+        file.chunks = vec![ChunkRef {
+            offset: 0,
+            len: u32::try_from(content.len()).unwrap(),
+            hash: Hash128::of(content),
+        }];
+        file.inline = Some(Arc::from(content));
+        item
+    }
+
+    #[test]
+    fn inline_content_round_trips_and_must_match_the_entry() {
+        let item = inline_item(b"small file content");
+        assert_eq!(item_from_pb(&item_to_pb(&item)).unwrap(), item);
+        let good = item_to_pb(&item);
+        type Mutation = Box<dyn Fn(&mut pb::FileBody, &mut pb::Header)>;
+        let cases: Vec<(&str, Mutation)> = vec![
+            ("inline content", Box::new(|b, _| b.inline[0] ^= 1)),
+            ("inline content", Box::new(|b, _| b.inline.push(0))),
+            (
+                "only a live file",
+                Box::new(|b, h| {
+                    h.deleted = true;
+                    b.chunks.clear();
+                    b.size = 0;
+                }),
+            ),
+        ];
+        for (want, mutate) in cases {
+            let mut m = good.clone();
+            let (Some(pb::item::Body::File(body)), Some(header)) = (&mut m.body, &mut m.header)
+            else {
+                panic!("a file item has a file body and a header");
+            };
+            mutate(body, header);
+            let err = item_from_pb(&m).unwrap_err().to_string();
+            assert!(
+                err.contains(want) && err.contains("docs/a.txt"),
+                "{want}: {err}"
+            );
         }
     }
 
@@ -458,6 +533,7 @@ mod tests {
             },
             hash: None,
             chunks: Vec::new(),
+            inline: None,
         });
         assert_eq!(item_from_pb(&item_to_pb(&link)).unwrap(), link);
     }

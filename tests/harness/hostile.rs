@@ -243,7 +243,9 @@ impl HostilePeer {
         self.next_request += 1;
         let id = self.next_request;
         req.request_id = id;
-        self.send(Body::ChunkRequest(req));
+        self.send(Body::ChunkRequests(pb::ChunkRequests {
+            requests: vec![req],
+        }));
         let heard = self.wait_for(limit, |h| {
             h.chunk_answers.contains_key(&id) || h.closed.is_some()
         });
@@ -296,6 +298,7 @@ pub fn file_item(path: &str, data: &[u8], version: pb::Version) -> pb::Item {
             hash: hash(data),
             chunks,
             symlink_target: String::new(),
+            inline: Vec::new(),
         },
     )
 }
@@ -386,27 +389,33 @@ async fn listen(
                 Some(Body::Applied(ack))
             }
             Body::Applied(_) => None,
-            Body::ChunkRequest(req) => {
-                let data = serving
-                    .lock()
-                    .expect("the serving table is never poisoned")
-                    .get(&req.hash)
-                    .cloned();
-                let answer = pb::ChunkData {
-                    request_id: req.request_id,
-                    error: if data.is_none() {
-                        "not here".to_owned()
-                    } else {
-                        String::new()
-                    },
-                    data: data.unwrap_or_default(),
-                };
-                heard.send_modify(|h| h.chunk_requests.push(req));
-                Some(Body::ChunkData(answer))
+            Body::ChunkRequests(batch) => {
+                let table = serving.lock().expect("the serving table is never poisoned");
+                let answers = batch
+                    .requests
+                    .iter()
+                    .map(|req| {
+                        let data = table.get(&req.hash).cloned();
+                        pb::ChunkData {
+                            request_id: req.request_id,
+                            error: if data.is_none() {
+                                "not here".to_owned()
+                            } else {
+                                String::new()
+                            },
+                            data: data.unwrap_or_default(),
+                        }
+                    })
+                    .collect();
+                drop(table);
+                heard.send_modify(|h| h.chunk_requests.extend(batch.requests));
+                Some(Body::ChunkAnswers(pb::ChunkAnswers { answers }))
             }
-            Body::ChunkData(data) => {
+            Body::ChunkAnswers(batch) => {
                 heard.send_modify(|h| {
-                    h.chunk_answers.insert(data.request_id, data);
+                    for data in batch.answers {
+                        h.chunk_answers.insert(data.request_id, data);
+                    }
                 });
                 None
             }

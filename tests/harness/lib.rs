@@ -70,6 +70,8 @@ pub struct Agent {
     launch: Launch,
     child: Option<Child>,
     watches: AtomicUsize,
+    /// Extra environment for the next starts (a test's fault plan, say).
+    env: Vec<(String, String)>,
 }
 
 impl Agent {
@@ -125,9 +127,45 @@ impl Agent {
             launch,
             child: None,
             watches: AtomicUsize::new(0),
+            env: Vec::new(),
         };
         agent.spawn();
         agent
+    }
+
+    /// Starts an agent whose `tandemd` runs with these extra environment variables.
+    pub fn start_with_env(vars: &[(&str, &str)]) -> Agent {
+        let dir = tempfile::Builder::new()
+            .prefix("tandem-test-")
+            .tempdir()
+            .expect("create a temp folder for the agent");
+        let home = dir.path().join("home");
+        let mut agent = Agent {
+            dir,
+            home,
+            launch: Launch::Direct,
+            child: None,
+            watches: AtomicUsize::new(0),
+            env: vars
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+        };
+        agent.spawn();
+        agent
+    }
+
+    /// Drops the extra environment from the next start on.
+    pub fn clear_env(&mut self) {
+        self.env.clear();
+    }
+
+    /// Waits for the agent to exit by itself (a planned crash, say) and reaps it; `None` if it
+    /// is still running after `limit`.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let exit = backoff::retry_with_backoff(limit, || self.try_exit_status())?;
+        self.child = None;
+        Some(exit)
     }
 
     /// The agent's `--home`.
@@ -158,7 +196,8 @@ impl Agent {
             .args(["--listen", "127.0.0.1:0"])
             .env_remove("TANDEM_HOME")
             .env("RUST_LOG", "info,tandem=debug")
-            .env("NO_COLOR", "1");
+            .env("NO_COLOR", "1")
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
         cmd
     }
 

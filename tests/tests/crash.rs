@@ -1,7 +1,8 @@
 //! Story: the receiving agent is killed with SIGKILL at seeded random moments while it syncs a
 //! few hundred files, twenty times over. Every time, no file on it holds partial content and
 //! its database passes SQLite's integrity check; in the end the trees converge and no temp file
-//! remains.
+//! remains. And it dies in the middle of a batch's durability step (while its temp files are
+//! flushed, and while its folders are): nothing it recorded as applied is missing from disk.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
@@ -10,7 +11,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use tandem_tests::tree::{self, PseudoRandom};
-use tandem_tests::{Agent, backoff, num, pair};
+use tandem_tests::{Agent, backoff, num, pair, prior};
 
 const SYNC: Duration = Duration::from_secs(60);
 const FILES: u64 = 300;
@@ -123,4 +124,74 @@ fn sigkill_during_sync_never_leaves_partial_files_or_a_damaged_database() {
         .collect();
     assert!(copies.is_empty(), "spurious conflict copies: {copies:?}");
     assert_database_intact(b.home(), "at the end");
+}
+
+/// Fails if the database records a live file that is not on disk exactly as recorded; gives
+/// back how many it records.
+fn assert_recorded_items_on_disk(home: &Path, root: &Path, when: &str) -> usize {
+    let rows = prior::read(&home.join("tandem.db"), "docs");
+    let mut files = 0;
+    for (path, row) in rows {
+        if row.deleted || row.kind != tree::Kind::File {
+            continue;
+        }
+        let on_disk = fs::symlink_metadata(root.join(&path));
+        let Ok(meta) = on_disk else {
+            panic!("{when}: {path} is recorded as applied but is not on disk");
+        };
+        assert_eq!(
+            i64::try_from(meta.len()).expect("small files"),
+            row.size,
+            "{when}: {path} is recorded with another size than it has on disk"
+        );
+        files += 1;
+    }
+    files
+}
+
+#[test]
+fn a_kill_during_a_batchs_durability_step_leaves_nothing_recorded_that_is_not_on_disk() {
+    // Killed on the spot (as by kill -9) while the batch's temp files are flushed, then while
+    // the folders it renamed into are: the batch's renames may be done, but it was not
+    // recorded, so it must not be found recorded.
+    // A batch holds at most 256 items, so its 300 files and 11 folders (the root's too) take
+    // two batches at least: the 261st file flush, and the 12th folder flush, are in a batch
+    // after the first.
+    for plan in ["sync::abort:1:260", "sync-folder::abort:1:11"] {
+        let a = Agent::start();
+        let mut b = Agent::start_with_env(&[("TANDEM_TEST_DISK_FAULTS", plan)]);
+        let (da, db) = (a.data_dir("docs"), b.data_dir("docs"));
+        let mut seen = BTreeMap::new();
+        for i in 0..FILES {
+            write_version(&da, i, 0, &mut seen);
+        }
+        pair(&a, &b);
+        a.share("docs", &da, &[&b]);
+        b.share("docs", &db, &[&a]);
+        let exit = b
+            .wait_exit(SYNC)
+            .unwrap_or_else(|| panic!("{plan}: B never reached the planned crash"));
+        assert!(!exit.success(), "{plan}: B exited normally: {exit}");
+        let when = format!("after a crash at {plan}");
+        let recorded = assert_recorded_items_on_disk(b.home(), &db, &when);
+        // The crash came after earlier batches were recorded, and before this one was.
+        assert!(
+            recorded > 0 && recorded < FILES as usize,
+            "{when}: {recorded} files recorded"
+        );
+        assert_no_partial_files(&db, &seen, &when);
+        assert_database_intact(b.home(), &when);
+        // Without the fault, B finishes the job from where it stopped.
+        b.clear_env();
+        b.start_again();
+        b.sync_with(&[&a], SYNC);
+        a.sync_with(&[&b], SYNC);
+        tree::assert_same_trees(&da, &db);
+        assert_recorded_items_on_disk(b.home(), &db, "at the end");
+        let copies: Vec<String> = tree::snapshot(&db)
+            .into_keys()
+            .filter(|p| p.contains(".sync-conflict-") || p.contains(".tandem-tmp-"))
+            .collect();
+        assert!(copies.is_empty(), "{plan}: left behind: {copies:?}");
+    }
 }

@@ -459,6 +459,43 @@ fn chunks_that_do_not_match_their_hash_are_refused_and_leave_nothing() {
 }
 
 #[test]
+fn inline_content_that_does_not_match_its_entry_is_refused_and_leaves_nothing() {
+    let s = Scene::new();
+    let before = s.disk();
+    let mut m = s.connect(&["docs"]);
+
+    // The entry is right for the announced content, but the bytes carried with it are not.
+    let wanted = b"the content M announced".to_vec();
+    let mut forged_item = m.file("forged-inline.txt", &wanted);
+    body(&mut forged_item).inline = wanted.iter().rev().copied().collect();
+    s.expect_refused("inline content that does not match its hash", || {
+        m.update("docs", vec![forged_item]);
+    });
+    // A legitimate small file with its content inline lands without any chunk request.
+    let asked_before = m.heard().chunk_requests.len();
+    let content = b"carried with its entry".to_vec();
+    let mut item = file_item("inline.txt", &content, m.version());
+    body(&mut item).inline = content.clone();
+    m.update("docs", vec![item]);
+    s.expect_landed("inline.txt", &content);
+    assert_eq!(
+        m.heard().chunk_requests.len(),
+        asked_before,
+        "A asked for content it already had"
+    );
+    assert!(!s.docs.join("forged-inline.txt").exists());
+    assert_eq!(temps(&s.data), Vec::<String>::new(), "no temp file is left");
+    let mut expected = before;
+    let after = s.disk();
+    let entry = after
+        .get("docs/inline.txt")
+        .expect("docs/inline.txt is there");
+    expected.insert("docs/inline.txt".to_owned(), *entry);
+    assert_eq!(after, expected, "only the verified item was written");
+    s.expect_logged("inline content");
+}
+
+#[test]
 fn chunk_requests_are_served_only_from_inside_shared_sources() {
     let s = Scene::new();
     let mut m = s.connect(&["docs"]);
@@ -506,10 +543,12 @@ fn an_oversized_frame_drops_the_connection_and_the_agent_carries_on() {
     let before = s.disk();
     let m = s.connect(&["docs"]);
 
-    m.send(Body::ChunkData(pb::ChunkData {
-        request_id: 1,
-        data: vec![0u8; MAX_FRAME_BYTES + 1],
-        error: String::new(),
+    m.send(Body::ChunkAnswers(pb::ChunkAnswers {
+        answers: vec![pb::ChunkData {
+            request_id: 1,
+            data: vec![0u8; MAX_FRAME_BYTES + 1],
+            error: String::new(),
+        }],
     }));
     let closed = m.wait_closed(LIMIT);
     assert!(closed.is_some(), "A kept a connection that sent 16 MiB + 1");

@@ -20,6 +20,8 @@ pub trait Disk: Send + Sync + fmt::Debug + 'static {
     fn write_at(&self, file: &fs::File, path: &Path, buf: &[u8], offset: u64) -> io::Result<()>;
     /// Makes `file`'s content durable.
     fn sync(&self, file: &fs::File, path: &Path) -> io::Result<()>;
+    /// Makes the entries of folder `dir` durable (the renames into it, the removals from it).
+    fn sync_folder(&self, dir: &Path) -> io::Result<()>;
     /// Renames `from` over `to`: the step that replaces a target.
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
     /// An item's metadata without following a symlink: what "unchanged since its scan" reads.
@@ -47,6 +49,10 @@ impl Disk for OsDisk {
         file.sync_all()
     }
 
+    fn sync_folder(&self, dir: &Path) -> io::Result<()> {
+        fs::File::open(dir)?.sync_all()
+    }
+
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
         fs::rename(from, to)
     }
@@ -62,6 +68,7 @@ pub enum Step {
     Create,
     Write,
     Sync,
+    SyncFolder,
     Rename,
     Look,
 }
@@ -75,15 +82,19 @@ pub enum Injected {
     Io,
     /// Someone writes these bytes to the file at that moment; the step then runs as usual.
     Change(Vec<u8>),
+    /// The process dies on the spot, as under `kill -9` (for crash tests of a whole agent).
+    Abort,
 }
 
-/// One planned fault: at `step`, on a path ending in `name`, `times` times.
+/// One planned fault: at `step`, on a path ending in `name`, `times` times, once `after`
+/// such operations have gone through.
 #[derive(Debug, Clone)]
 struct Fault {
     step: Step,
     name: String,
     injected: Injected,
     times: u32,
+    after: u32,
 }
 
 /// A disk that fails (or changes a file) at the steps a test plans, and otherwise is the real
@@ -108,6 +119,7 @@ impl FaultyDisk {
             name: name.to_owned(),
             injected,
             times,
+            after: 0,
         });
     }
 
@@ -130,6 +142,10 @@ impl FaultyDisk {
         let fault = planned
             .iter_mut()
             .find(|f| f.step == step && f.times > 0 && text.ends_with(f.name.as_str()))?;
+        if fault.after > 0 {
+            fault.after -= 1;
+            return None;
+        }
         fault.times -= 1;
         Some(fault.injected.clone())
     }
@@ -148,7 +164,55 @@ impl FaultyDisk {
                 let mut f = fs::OpenOptions::new().append(true).open(path)?;
                 f.write_all(&bytes)
             }
+            Some(Injected::Abort) => std::process::abort(),
         }
+    }
+
+    /// A disk with the faults named in `plan`: `STEP:NAME:FAULT[:TIMES[:AFTER]]` separated by
+    /// `;`, where STEP is create, write, sync, sync-folder, rename or look, FAULT is nospace,
+    /// io or abort, and AFTER matching operations go through first. Black-box tests start an agent with it (`TANDEM_TEST_DISK_FAULTS`) to crash
+    /// it at an exact step.
+    ///
+    /// # Errors
+    /// The part of the plan that cannot be read.
+    pub fn from_plan(plan: &str) -> Result<FaultyDisk, String> {
+        let disk = FaultyDisk::new();
+        for part in plan.split(';').filter(|p| !p.trim().is_empty()) {
+            let fields: Vec<&str> = part.trim().split(':').collect();
+            let (step, name, fault, times, after) = match fields.as_slice() {
+                [s, n, f] => (*s, *n, *f, "1", "0"),
+                [s, n, f, t] => (*s, *n, *f, *t, "0"),
+                [s, n, f, t, a] => (*s, *n, *f, *t, *a),
+                _ => return Err(format!("{part:?} is not STEP:NAME:FAULT[:TIMES[:AFTER]]")),
+            };
+            let step = match step {
+                "create" => Step::Create,
+                "write" => Step::Write,
+                "sync" => Step::Sync,
+                "sync-folder" => Step::SyncFolder,
+                "rename" => Step::Rename,
+                "look" => Step::Look,
+                other => return Err(format!("{other:?} is not a step")),
+            };
+            let injected = match fault {
+                "nospace" => Injected::NoSpace,
+                "io" => Injected::Io,
+                "abort" => Injected::Abort,
+                other => return Err(format!("{other:?} is not a fault")),
+            };
+            let number = |text: &str| {
+                text.parse::<u32>()
+                    .map_err(|_| format!("{text:?} in {part:?} is not a number"))
+            };
+            disk.lock().push(Fault {
+                step,
+                name: name.to_owned(),
+                injected,
+                times: number(times)?,
+                after: number(after)?,
+            });
+        }
+        Ok(disk)
     }
 }
 
@@ -171,6 +235,11 @@ impl Disk for FaultyDisk {
         OsDisk.sync(file, path)
     }
 
+    fn sync_folder(&self, dir: &Path) -> io::Result<()> {
+        self.inject(Step::SyncFolder, dir)?;
+        OsDisk.sync_folder(dir)
+    }
+
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
         self.inject(Step::Rename, to)?;
         OsDisk.rename(from, to)
@@ -187,6 +256,30 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
+
+    #[test]
+    fn a_plan_from_text_lets_operations_through_first_and_refuses_what_it_cannot_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+        let disk = FaultyDisk::from_plan("rename:/b:io:1:2; look:/zz:nospace").unwrap();
+        assert_eq!(disk.pending(), 2);
+        for _ in 0..2 {
+            fs::write(&a, b"x").unwrap();
+            disk.rename(&a, &b).unwrap();
+        }
+        fs::write(&a, b"x").unwrap();
+        assert_eq!(disk.rename(&a, &b).unwrap_err().raw_os_error(), Some(5));
+        disk.rename(&a, &b).unwrap();
+        for bad in [
+            "rename:/b",
+            "jump:/b:io",
+            "rename:/b:melt",
+            "rename:/b:io:x",
+        ] {
+            let err = FaultyDisk::from_plan(bad).unwrap_err();
+            assert!(!err.is_empty(), "{bad}");
+        }
+    }
 
     #[test]
     fn planned_faults_happen_as_often_as_planned_and_only_where_named() {

@@ -1,6 +1,8 @@
 //! Writes a peer's difference into a source folder without ever losing local data: content is
 //! built in a temp file beside the target and verified, the target must still be what the last
-//! scan saw, and only then is it replaced by rename, with file and folder fsynced.
+//! scan saw, and only then is it replaced by rename. Durability is paid per batch: every temp
+//! file of a batch is fsynced (several at once) before the first rename, and every folder the
+//! batch changed is fsynced once after the last.
 //!
 //! Must not: decide which version wins (that is `index`), or follow a symlink anywhere.
 
@@ -105,23 +107,6 @@ pub fn write_temp(
 ) -> Result<(), ApplyError> {
     disk.write_at(file, temp, data, offset)
         .map_err(io_err(item, "writing the temp file"))
-}
-
-/// Makes a filled temp file durable, then checks its whole hash (when one is given; a
-/// one-chunk file's was checked with its chunk).
-pub fn finish_temp(
-    disk: &dyn Disk,
-    file: &fs::File,
-    temp: &Path,
-    item: &ItemPath,
-    hash: Option<Hash128>,
-) -> Result<(), ApplyError> {
-    disk.sync(file, temp)
-        .map_err(io_err(item, "flushing the temp file"))?;
-    match hash {
-        Some(h) => verify(temp, item, h),
-        None => Ok(()),
-    }
 }
 
 /// Removes a temp file the build gave up on; one already gone is fine.
@@ -308,26 +293,74 @@ fn system_time(ns: i64) -> SystemTime {
     }
 }
 
-/// Gives a verified temp file its mode and mtime, renames it over the target, and fsyncs.
+/// Temp files flushed at once: fsyncs issued together let the file system commit them in
+/// one go, which is most of what durability costs on a disk.
+const PARALLEL_SYNCS: usize = 8;
+
+/// One verified temp file of a batch, ready to be given its metadata and made durable.
+#[derive(Debug)]
+pub struct TempToReady<'a> {
+    pub item: &'a ItemPath,
+    pub temp: &'a Path,
+    pub mode: u32,
+    pub mtime_ns: i64,
+}
+
+/// Gives every temp file of a batch its mode and mtime and makes it durable, several at once,
+/// before any of them is renamed into place. One result per temp, in order: a failure is that
+/// item's alone.
+pub fn ready_temps(disk: &dyn Disk, temps: &[TempToReady<'_>]) -> Vec<Result<(), ApplyError>> {
+    if temps.len() <= 1 {
+        return temps.iter().map(|t| ready_temp(disk, t)).collect();
+    }
+    let per_thread = temps.len().div_ceil(PARALLEL_SYNCS);
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = temps
+            .chunks(per_thread)
+            .map(|part| {
+                scope.spawn(move || part.iter().map(|t| ready_temp(disk, t)).collect::<Vec<_>>())
+            })
+            .collect();
+        workers
+            .into_iter()
+            .zip(temps.chunks(per_thread))
+            .flat_map(|(worker, part)| {
+                worker.join().unwrap_or_else(|_| {
+                    part.iter()
+                        .map(|t| {
+                            Err(io_err(t.item, "flushing the temp file")(io::Error::other(
+                                "the flushing thread failed",
+                            )))
+                        })
+                        .collect()
+                })
+            })
+            .collect()
+    })
+}
+
+fn ready_temp(disk: &dyn Disk, t: &TempToReady<'_>) -> Result<(), ApplyError> {
+    let f = fs::OpenOptions::new()
+        .write(true)
+        .open(t.temp)
+        .map_err(io_err(t.item, "opening the temp file"))?;
+    f.set_permissions(fs::Permissions::from_mode(t.mode))
+        .map_err(io_err(t.item, "setting permissions"))?;
+    f.set_times(fs::FileTimes::new().set_modified(system_time(t.mtime_ns)))
+        .map_err(io_err(t.item, "setting the modification time"))?;
+    disk.sync(&f, t.temp)
+        .map_err(io_err(t.item, "flushing the temp file"))
+}
+
+/// Renames a temp file made ready by [`ready_temps`] over the target. Its folder is made
+/// durable with the batch's (`folders`).
 pub fn place_file(
     disk: &dyn Disk,
     root: &Path,
     item: &ItemPath,
     temp: &Path,
-    mode: u32,
-    mtime_ns: i64,
+    folders: &mut Folders,
 ) -> Result<Metadata, ApplyError> {
-    let f = fs::OpenOptions::new()
-        .write(true)
-        .open(temp)
-        .map_err(io_err(item, "opening the temp file"))?;
-    f.set_permissions(fs::Permissions::from_mode(mode))
-        .map_err(io_err(item, "setting permissions"))?;
-    f.set_times(fs::FileTimes::new().set_modified(system_time(mtime_ns)))
-        .map_err(io_err(item, "setting the modification time"))?;
-    // The content was flushed when it was built; a lost mtime after a crash only costs a
-    // rehash, so no second fsync here.
-    drop(f);
     let target = root.join(item.as_str());
     if fs::symlink_metadata(&target).is_ok_and(|m| m.file_type().is_dir()) {
         // A folder is being replaced by a file: only an empty one goes.
@@ -335,8 +368,36 @@ pub fn place_file(
     }
     disk.rename(temp, &target)
         .map_err(io_err(item, "renaming the temp file into place"))?;
-    sync_parent(root, item)?;
+    folders.note(root, item);
     stat(root, item)
+}
+
+/// The folders whose entries a batch changed. Each is flushed once when the batch is written,
+/// not once per entry; until then nothing in it is called applied.
+#[derive(Debug, Default)]
+pub struct Folders {
+    dirs: std::collections::BTreeSet<PathBuf>,
+}
+
+impl Folders {
+    /// Notes that an entry of `item`'s folder changed.
+    pub fn note(&mut self, root: &Path, item: &ItemPath) {
+        self.dirs.insert(Folders::of(root, item));
+    }
+
+    /// The folder `note` files `item` under.
+    pub fn of(root: &Path, item: &ItemPath) -> PathBuf {
+        let target = root.join(item.as_str());
+        target.parent().unwrap_or(root).to_path_buf()
+    }
+
+    /// Flushes every noted folder; gives back those that failed, with why.
+    pub fn flush(self, disk: &dyn Disk) -> Vec<(PathBuf, io::Error)> {
+        self.dirs
+            .into_iter()
+            .filter_map(|dir| disk.sync_folder(&dir).err().map(|e| (dir, e)))
+            .collect()
+    }
 }
 
 /// Sets mode and mtime of a file whose content is already right.
@@ -358,7 +419,12 @@ pub fn set_file_meta(
 }
 
 /// Creates (or keeps) a folder with the given permissions.
-pub fn make_dir(root: &Path, item: &ItemPath, mode: u32) -> Result<Metadata, ApplyError> {
+pub fn make_dir(
+    root: &Path,
+    item: &ItemPath,
+    mode: u32,
+    folders: &mut Folders,
+) -> Result<Metadata, ApplyError> {
     let target = root.join(item.as_str());
     match fs::symlink_metadata(&target) {
         Ok(m) if m.file_type().is_dir() => {}
@@ -378,7 +444,7 @@ pub fn make_dir(root: &Path, item: &ItemPath, mode: u32) -> Result<Metadata, App
     }
     fs::set_permissions(&target, fs::Permissions::from_mode(mode | 0o700))
         .map_err(io_err(item, "setting permissions"))?;
-    sync_parent(root, item)?;
+    folders.note(root, item);
     stat(root, item)
 }
 
@@ -387,6 +453,7 @@ pub fn make_symlink(
     root: &Path,
     item: &ItemPath,
     target_text: &str,
+    folders: &mut Folders,
 ) -> Result<Metadata, ApplyError> {
     let temp = temp_path(root, item);
     symlink(target_text, &temp).map_err(io_err(item, "creating the link"))?;
@@ -398,7 +465,7 @@ pub fn make_symlink(
         let _ = fs::remove_file(&temp);
         return Err(io_err(item, "renaming the link into place")(e));
     }
-    sync_parent(root, item)?;
+    folders.note(root, item);
     stat(root, item)
 }
 
@@ -412,7 +479,7 @@ pub enum Removed {
 }
 
 /// Removes a file, link or empty folder.
-pub fn remove(root: &Path, item: &ItemPath) -> Result<Removed, ApplyError> {
+pub fn remove(root: &Path, item: &ItemPath, folders: &mut Folders) -> Result<Removed, ApplyError> {
     let target = root.join(item.as_str());
     let m = match fs::symlink_metadata(&target) {
         Ok(m) => m,
@@ -430,7 +497,7 @@ pub fn remove(root: &Path, item: &ItemPath) -> Result<Removed, ApplyError> {
     } else {
         fs::remove_file(&target).map_err(io_err(item, "removing the file"))?;
     }
-    sync_parent(root, item)?;
+    folders.note(root, item);
     Ok(Removed::Yes)
 }
 
@@ -529,6 +596,7 @@ pub fn move_folder_aside(
     item: &ItemPath,
     device_short: &str,
     unix_secs: u64,
+    folders: &mut Folders,
 ) -> Result<Option<String>, ApplyError> {
     let target = root.join(item.as_str());
     let err = |source| ApplyError::Io {
@@ -552,7 +620,7 @@ pub fn move_folder_aside(
             continue;
         }
         fs::rename(&target, &full).map_err(err)?;
-        sync_parent(root, item)?;
+        folders.note(root, item);
         // A fetch may have been building a temp file in the folder for an item under it; that
         // item's path now ends at a file, so nothing will ever finish or remove the temp there.
         remove_stale_temps(&full);
@@ -613,14 +681,6 @@ pub fn parse_conflict_name(path: &str) -> Option<ConflictName> {
         when: when.to_owned(),
         device: device.to_owned(),
     })
-}
-
-fn sync_parent(root: &Path, item: &ItemPath) -> Result<(), ApplyError> {
-    let target = root.join(item.as_str());
-    let dir = target.parent().unwrap_or(root);
-    fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io_err(item, "flushing the folder"))
 }
 
 /// Removes temp files a crash left behind anywhere in the source.
@@ -702,15 +762,16 @@ mod tests {
             verify(&temp, &item, Hash128::of(b"other")),
             Err(ApplyError::HashMismatch { .. })
         ));
-        let meta = place_file(
-            &OsDisk,
-            root,
-            &item,
-            &temp,
-            0o640,
-            1_600_000_000_123_456_789,
-        )
-        .unwrap();
+        let ready = TempToReady {
+            item: &item,
+            temp: &temp,
+            mode: 0o640,
+            mtime_ns: 1_600_000_000_123_456_789,
+        };
+        assert!(ready_temps(&OsDisk, &[ready]).iter().all(Result::is_ok));
+        let mut folders = Folders::default();
+        let meta = place_file(&OsDisk, root, &item, &temp, &mut folders).unwrap();
+        assert!(folders.flush(&OsDisk).is_empty());
         assert_eq!(fs::read(root.join("a/b/c.txt")).unwrap(), b"hello");
         assert_eq!(meta.mode, 0o640);
         assert_eq!(meta.mtime_ns, 1_600_000_000_123_456_789);
@@ -825,11 +886,20 @@ mod tests {
         fs::write(root.join("d").join(format!("{TEMP_PREFIX}x")), b"partial").unwrap();
         fs::write(root.join("d/keep"), b"mine").unwrap();
         assert_eq!(remove_stale_temps(root), 1);
-        assert_eq!(remove(root, &p("d")).unwrap(), Removed::KeptNotEmpty);
-        assert_eq!(remove(root, &p("d/keep")).unwrap(), Removed::Yes);
-        assert_eq!(remove(root, &p("d")).unwrap(), Removed::Yes);
         assert_eq!(
-            remove(root, &p("d")).unwrap(),
+            remove(root, &p("d"), &mut Folders::default()).unwrap(),
+            Removed::KeptNotEmpty
+        );
+        assert_eq!(
+            remove(root, &p("d/keep"), &mut Folders::default()).unwrap(),
+            Removed::Yes
+        );
+        assert_eq!(
+            remove(root, &p("d"), &mut Folders::default()).unwrap(),
+            Removed::Yes
+        );
+        assert_eq!(
+            remove(root, &p("d"), &mut Folders::default()).unwrap(),
             Removed::Yes,
             "already gone is fine"
         );
@@ -867,7 +937,14 @@ mod tests {
         let root = dir.path();
         fs::create_dir(root.join("empty")).unwrap();
         assert_eq!(
-            move_folder_aside(root, &p("empty"), "ABCDEFG", 1_700_000_000).unwrap(),
+            move_folder_aside(
+                root,
+                &p("empty"),
+                "ABCDEFG",
+                1_700_000_000,
+                &mut Folders::default()
+            )
+            .unwrap(),
             None
         );
         assert!(
@@ -877,9 +954,15 @@ mod tests {
         fs::create_dir(root.join("full")).unwrap();
         fs::write(root.join("full/kept.txt"), b"unseen").unwrap();
         fs::write(root.join("full").join(format!("{TEMP_PREFIX}1")), b"half").unwrap();
-        let moved = move_folder_aside(root, &p("full"), "ABCDEFG", 1_700_000_000)
-            .unwrap()
-            .unwrap();
+        let moved = move_folder_aside(
+            root,
+            &p("full"),
+            "ABCDEFG",
+            1_700_000_000,
+            &mut Folders::default(),
+        )
+        .unwrap()
+        .unwrap();
         assert_eq!(moved, "full.sync-conflict-20231114-221320-ABCDEFG");
         assert_eq!(
             fs::read(root.join(&moved).join("kept.txt")).unwrap(),

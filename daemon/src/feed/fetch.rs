@@ -9,7 +9,7 @@ use tokio::task::JoinSet;
 
 use super::providers::{ChunkChain, ChunkWanted};
 use super::{Feed, Progress};
-use crate::apply::{self, ApplyError};
+use crate::apply::{self, ApplyError, Disk};
 use crate::chunker::{ChunkRef, Hash128};
 use crate::item::{ItemKind, PriorItem};
 use crate::source::SharedSource;
@@ -114,33 +114,106 @@ pub(super) struct Fetcher {
 }
 
 impl Fetcher {
-    /// Decides whether the item is needed and builds its content if so.
-    pub(super) async fn prepare(self, item: RemoteItem) -> Prepared {
-        // When several peers announce the same content for the same item, only one fetch runs.
-        // The others are set aside, not awaited here: waiting would stall this receiver's
-        // in-order pipeline behind another's, and two receivers that each hold a claim the
-        // other's next item waits for would stall for good. Set aside, they are retried when
-        // the claim goes, and then find the item applied.
-        let key = (
-            self.src.id.clone(),
-            item.path.to_string(),
-            item.file().and_then(|f| f.hash),
-        );
-        if let Some(done) = self.decide(&item).await {
-            return done;
-        }
-        // Held until the item is applied, so the set-aside fetches then skip it.
-        let Some(claim) = self.claims.claim(key.clone()) else {
-            return Prepared::Busy(key);
+    /// Prepares a run of items of one update, in the sender's order: one look at the prior
+    /// state for all of them, the small files built from their inline content in one trip to
+    /// the blocking pool, the others fetched by chunks, several at once.
+    pub(super) async fn prepare_all(
+        self,
+        items: Vec<RemoteItem>,
+    ) -> (Vec<RemoteItem>, Vec<Prepared>) {
+        let paths = items.iter().map(|i| i.path.to_string()).collect();
+        let priors = match self.store.prior_items_at(self.src.id.clone(), paths).await {
+            Ok(priors) => priors,
+            // Nothing is skipped for it: the source task decides again with the state then.
+            Err(_) => vec![None; items.len()],
         };
-        match self.build(&item).await {
-            Ok(temp) => Prepared::Apply(Some(temp), Some(claim)),
-            Err(why) => Prepared::Retry(why),
+        let mut prepared: Vec<Option<Prepared>> = Vec::with_capacity(items.len());
+        let mut wanted: Vec<Wanted> = Vec::new();
+        for (i, (item, prior)) in items.iter().zip(priors).enumerate() {
+            match self.decide(item, prior.as_ref()) {
+                Some(done) => prepared.push(Some(done)),
+                None => {
+                    // When several peers announce the same content for the same item, only
+                    // one fetch runs. The others are set aside, not awaited here: waiting
+                    // would stall this receiver's in-order pipeline behind another's, and two
+                    // receivers that each hold a claim the other's next item waits for would
+                    // stall for good. Set aside, they are retried when the claim goes, and
+                    // then find the item applied.
+                    let key = (
+                        self.src.id.clone(),
+                        item.path.to_string(),
+                        item.file().and_then(|f| f.hash),
+                    );
+                    // Held until the item is applied, so the set-aside fetches then skip it.
+                    match self.claims.claim(key.clone()) {
+                        None => prepared.push(Some(Prepared::Busy(key))),
+                        Some(claim) => {
+                            prepared.push(None);
+                            wanted.push(Wanted { at: i, claim });
+                        }
+                    }
+                }
+            }
         }
+        if !wanted.is_empty() {
+            let started = self.start_builds(&items, &wanted).await;
+            let mut fetches = JoinSet::new();
+            let mut fetching = Vec::new();
+            for (want, start) in wanted.into_iter().zip(started) {
+                let item = &items[want.at];
+                match start {
+                    Started::Built(temp) => {
+                        prepared[want.at] = Some(Prepared::Apply(Some(temp), Some(want.claim)));
+                    }
+                    Started::NotBuilt(why) => prepared[want.at] = Some(Prepared::Retry(why)),
+                    Started::Fetch => {
+                        let (fetcher, item) = (self.clone(), item.clone());
+                        let at = want.at;
+                        fetches.spawn(async move { (at, fetcher.build(&item).await) });
+                        fetching.push(want);
+                        while fetches.len() >= BUILDS_AT_ONCE {
+                            if let Some(Ok((at, built))) = fetches.join_next().await {
+                                self.land(&mut prepared, &mut fetching, at, built);
+                            }
+                        }
+                    }
+                }
+            }
+            while let Some(joined) = fetches.join_next().await {
+                if let Ok((at, built)) = joined {
+                    self.land(&mut prepared, &mut fetching, at, built);
+                }
+            }
+        }
+        let prepared = prepared
+            .into_iter()
+            .map(|p| {
+                p.unwrap_or_else(|| Prepared::Retry(NotBuilt::Fetch("preparing failed".into())))
+            })
+            .collect();
+        (items, prepared)
+    }
+
+    /// Puts a fetched item's outcome in its place, with its claim.
+    fn land(
+        &self,
+        prepared: &mut [Option<Prepared>],
+        fetching: &mut Vec<Wanted>,
+        at: usize,
+        built: Result<BuiltTemp, NotBuilt>,
+    ) {
+        let Some(pos) = fetching.iter().position(|w| w.at == at) else {
+            return;
+        };
+        let want = fetching.swap_remove(pos);
+        prepared[at] = Some(match built {
+            Ok(temp) => Prepared::Apply(Some(temp), Some(want.claim)),
+            Err(why) => Prepared::Retry(why),
+        });
     }
 
     /// `Some` when the item needs no fetch (skip, or apply without content).
-    async fn decide(&self, item: &RemoteItem) -> Option<Prepared> {
+    fn decide(&self, item: &RemoteItem, prior: Option<&PriorItem>) -> Option<Prepared> {
         // A record has no content to fetch; the source task refuses it and says so.
         let Some(file) = item.file() else {
             return Some(Prepared::Apply(None, None));
@@ -154,53 +227,17 @@ impl Fetcher {
         if ignored {
             return Some(Prepared::Skip);
         }
-        let prior = self
-            .store
-            .prior_item(self.src.id.clone(), item.path.to_string())
-            .await
-            .ok()
-            .flatten();
         // When this device's version wins (or is the same or newer), the peer's is never
         // fetched; the source task decides again at apply time, with the state then.
-        if !item.decide(prior.as_ref()).applies() {
+        if !item.decide(prior).applies() {
             return Some(Prepared::Skip);
         }
         if item.header.deleted {
             // Whatever stands in the way, a deletion writes nothing: the source task decides.
             return Some(Prepared::Apply(None, None));
         }
-        let (root, path) = (self.src.root.clone(), item.path.clone());
-        // Only after the version check, so an outdated item never waits on its path.
-        // A failed check lets the item through to the source task, which checks again
-        // before it touches anything.
-        let blocked = tokio::task::spawn_blocking(move || {
-            apply::blocked_parent(&root, &path).map(|parent| {
-                let link = std::fs::symlink_metadata(root.join(&parent))
-                    .is_ok_and(|m| m.file_type().is_symlink());
-                (parent, link)
-            })
-        })
-        .await
-        .unwrap_or(None);
-        if let Some((parent, link)) = blocked {
-            let why = format!(
-                "path {:?} goes through {parent:?}, which is not a folder here",
-                item.path.as_str()
-            );
-            if link {
-                // Like `..`, a path through a symlink (which the peer may have made itself)
-                // would reach out of the source.
-                self.feed.refused(&why);
-            }
-            // Nothing is fetched now, but the item is not dropped either: a file here where
-            // the peer has a folder is a conflict in flight, which the folder wins, and then
-            // the item has somewhere to go.
-            return Some(Prepared::Retry(NotBuilt::Fetch(why)));
-        }
         let needs_content = file.meta.kind == ItemKind::File
-            && !item.header.deleted
             && !prior
-                .as_ref()
                 .filter(|p| !p.header.deleted)
                 .and_then(PriorItem::file)
                 .is_some_and(|p| p.hash == file.hash && p.meta.kind == ItemKind::File);
@@ -210,11 +247,86 @@ impl Fetcher {
         None
     }
 
-    /// Builds the item's content in a temp file beside its target and verifies it.
+    /// For every item that needs content, in one trip to the blocking pool: checks that its
+    /// path leads somewhere (only after the version check, so an outdated item never waits
+    /// on its path), and builds it at once when its content came inline.
+    async fn start_builds(&self, items: &[RemoteItem], wanted: &[Wanted]) -> Vec<Started> {
+        let jobs: Vec<BuildJob> = wanted
+            .iter()
+            .map(|w| {
+                let item = &items[w.at];
+                let file = item.file();
+                (
+                    item.path.clone(),
+                    file.map_or(0, |f| f.meta.size),
+                    file.and_then(|f| f.inline.clone()),
+                )
+            })
+            .collect();
+        let (disk, root) = (self.src.disk.clone(), self.src.root.clone());
+        let n = jobs.len();
+        let started = tokio::task::spawn_blocking(move || {
+            jobs.into_iter()
+                .map(|(path, size, inline)| {
+                    if let Some((parent, link)) =
+                        apply::blocked_parent(&root, &path).map(|parent| {
+                            let link = std::fs::symlink_metadata(root.join(&parent))
+                                .is_ok_and(|m| m.file_type().is_symlink());
+                            (parent, link)
+                        })
+                    {
+                        return Early::Blocked { parent, link };
+                    }
+                    let Some(data) = inline else {
+                        return Early::Fetch;
+                    };
+                    // Checked against the entry's hash when it arrived.
+                    match build_from(&*disk, &root, &path, size, &data, 0, None) {
+                        Ok(made) => Early::Built(made.temp),
+                        Err(e) => Early::Failed(e),
+                    }
+                })
+                .collect::<Vec<_>>()
+        })
+        .await;
+        let Ok(started) = started else {
+            let why = || Started::NotBuilt(NotBuilt::Fetch("building temp files failed".into()));
+            return (0..n).map(|_| why()).collect();
+        };
+        started
+            .into_iter()
+            .zip(wanted)
+            .map(|(early, w)| {
+                let item = &items[w.at];
+                match early {
+                    Early::Built(temp) => Started::Built(temp),
+                    Early::Fetch => Started::Fetch,
+                    Early::Failed(e) => Started::NotBuilt(self.write_failed(item, e)),
+                    Early::Blocked { parent, link } => {
+                        let why = format!(
+                            "path {:?} goes through {parent:?}, which is not a folder here",
+                            item.path.as_str()
+                        );
+                        if link {
+                            // Like `..`, a path through a symlink (which the peer may have made
+                            // itself) would reach out of the source.
+                            self.feed.refused(&why);
+                        }
+                        // Nothing is fetched now, but the item is not dropped either: a file
+                        // here where the peer has a folder is a conflict in flight, which the
+                        // folder wins, and then the item has somewhere to go.
+                        Started::NotBuilt(NotBuilt::Fetch(why))
+                    }
+                }
+            })
+            .collect()
+    }
+
+    /// Builds the item's content in a temp file beside its target from its chunks, and
+    /// verifies it. The temp is made durable with its batch, when it is applied.
     async fn build(&self, item: &RemoteItem) -> Result<BuiltTemp, NotBuilt> {
-        // A file of one chunk (most small files) is fetched first and then created, written,
-        // flushed and checked in one trip to the blocking pool: each trip is two thread
-        // switches, and those dominated syncing many small files.
+        // A file of one chunk is fetched first and then created, written and checked in one
+        // trip to the blocking pool: each trip is two thread switches.
         let Some(body) = item.file() else {
             return Err(NotBuilt::Fetch(format!(
                 "{}: a record has no content to fetch",
@@ -235,35 +347,34 @@ impl Fetcher {
         let (size, hash) = (body.meta.size, body.hash);
         let one_chunk = first.is_some();
         let made = tokio::task::spawn_blocking(move || -> Result<Made, ApplyError> {
-            let (temp, file) = apply::create_temp(&*disk, &root, &path, size)?;
-            // Removed again however this ends short of a verified file.
-            let temp = BuiltTemp { path: temp };
-            if let Some((chunk, data)) = first {
-                apply::write_temp(&*disk, &file, &temp.path, &path, &data, chunk.offset)?;
+            match first {
                 // A one-chunk file's hash is its chunk's hash, checked on arrival.
-                let whole_checked = hash == Some(chunk.hash);
-                let check = hash.filter(|_| !whole_checked);
-                apply::finish_temp(&*disk, &file, &temp.path, &path, check)?;
+                Some((chunk, data)) => {
+                    let check = hash.filter(|h| *h != chunk.hash);
+                    build_from(&*disk, &root, &path, size, &data, chunk.offset, check)
+                }
+                None => {
+                    let (temp, file) = apply::create_temp(&*disk, &root, &path, size)?;
+                    Ok(Made {
+                        temp: BuiltTemp { path: temp },
+                        file,
+                    })
+                }
             }
-            Ok(Made { temp, file })
         })
         .await
         .map_err(|e| NotBuilt::Fetch(format!("building the temp file failed: {e}")))?
         .map_err(|e| self.write_failed(item, e))?;
         if !one_chunk {
             let file = Arc::new(made.file);
-            self.fill(item, file.clone(), &made.temp.path).await?;
-            let (disk, temp, path) = (
-                self.src.disk.clone(),
-                made.temp.path.clone(),
-                item.path.clone(),
-            );
-            tokio::task::spawn_blocking(move || {
-                apply::finish_temp(&*disk, &file, &temp, &path, hash)
-            })
-            .await
-            .map_err(|e| NotBuilt::Fetch(format!("checking the temp file failed: {e}")))?
-            .map_err(|e| self.write_failed(item, e))?;
+            self.fill(item, file, &made.temp.path).await?;
+            if let Some(hash) = hash {
+                let (temp, path) = (made.temp.path.clone(), item.path.clone());
+                tokio::task::spawn_blocking(move || apply::verify(&temp, &path, hash))
+                    .await
+                    .map_err(|e| NotBuilt::Fetch(format!("checking the temp file failed: {e}")))?
+                    .map_err(|e| self.write_failed(item, e))?;
+            }
         }
         Ok(made.temp)
     }
@@ -342,6 +453,54 @@ impl Fetcher {
 struct Made {
     temp: BuiltTemp,
     file: std::fs::File,
+}
+
+/// Files built from content already at hand, in one go, and fetches under way per update.
+const BUILDS_AT_ONCE: usize = 64;
+
+/// An item of a run that needs content, and its claim on that content.
+struct Wanted {
+    at: usize,
+    claim: Claim,
+}
+
+/// An item's path, size and inline content, for the blocking pool.
+type BuildJob = (ItemPath, u64, Option<Arc<[u8]>>);
+
+/// What the blocking pool found for an item that needs content.
+enum Early {
+    Built(BuiltTemp),
+    Fetch,
+    Failed(ApplyError),
+    Blocked { parent: String, link: bool },
+}
+
+/// How building an item's content began.
+enum Started {
+    Built(BuiltTemp),
+    NotBuilt(NotBuilt),
+    Fetch,
+}
+
+/// Creates an item's temp file and writes `data` at `offset`, checking the whole file against
+/// `check` when given. Blocking; the temp goes again if anything fails.
+fn build_from(
+    disk: &dyn Disk,
+    root: &std::path::Path,
+    path: &ItemPath,
+    size: u64,
+    data: &[u8],
+    offset: u64,
+    check: Option<Hash128>,
+) -> Result<Made, ApplyError> {
+    let (temp, file) = apply::create_temp(disk, root, path, size)?;
+    // Removed again however this ends short of a verified file.
+    let temp = BuiltTemp { path: temp };
+    apply::write_temp(disk, &file, &temp.path, path, data, offset)?;
+    if let Some(h) = check {
+        apply::verify(&temp.path, path, h)?;
+    }
+    Ok(Made { temp, file })
 }
 
 /// Why an item's content could not be built now; it is tried again later.

@@ -14,10 +14,10 @@ use crate::source::{ApplyFailure, ApplyOutcome, RemoteApply, SharedSource};
 use crate::store::StoreHandle;
 use crate::universal::RemoteItem;
 
-/// Items prepared (fetched) ahead of the one being applied.
-const PIPELINE: usize = 64;
-/// Most remote items applied in one source-task transaction.
+/// Most remote items applied in one source-task transaction (a run).
 const APPLY_BATCH: usize = 256;
+/// Most content bytes fetched for one run.
+const RUN_BYTES: u64 = 64 << 20;
 /// Failed items are tried again this often.
 const RETRY_EVERY: Duration = Duration::from_secs(5);
 
@@ -179,47 +179,60 @@ impl Receiver {
             .sum();
         self.needed.add(items.len() as u64, needed_bytes);
         let mut max_seq = self.seen.max(through);
-        // Content is fetched for several items at once (small files are mostly round trips),
-        // and applied strictly in the peer's order.
-        let mut pending: VecDeque<(RemoteItem, tokio::task::JoinHandle<Prepared>)> =
-            VecDeque::new();
-        let mut items = items.into_iter();
-        loop {
-            while pending.len() < PIPELINE {
-                match items.next() {
-                    None => break,
-                    Some(Err(refused)) => {
-                        self.fetcher.feed.refused(&refused.to_string());
-                        self.needed.done(1, 0);
+        let mut runs: VecDeque<Vec<RemoteItem>> = VecDeque::new();
+        let mut run_bytes = 0u64;
+        for item in items {
+            match item {
+                Err(refused) => {
+                    self.fetcher.feed.refused(&refused.to_string());
+                    self.needed.done(1, 0);
+                }
+                Ok(item) => {
+                    max_seq = max_seq.max(item.header.sequence);
+                    // Content that must be fetched bounds a run too, so a run of big files
+                    // does not hold hundreds of temp files at once.
+                    let fetched = item
+                        .file()
+                        .filter(|f| f.inline.is_none())
+                        .map_or(0, |f| f.meta.size);
+                    let full = runs.back().is_none_or(|r| {
+                        r.len() >= APPLY_BATCH || run_bytes + fetched > RUN_BYTES && !r.is_empty()
+                    });
+                    if full {
+                        runs.push_back(Vec::new());
+                        run_bytes = 0;
                     }
-                    Some(Ok(item)) => {
-                        max_seq = max_seq.max(item.header.sequence);
-                        let job = tokio::spawn(self.fetcher.clone().prepare(item.clone()));
-                        pending.push_back((item, job));
+                    run_bytes += fetched;
+                    if let Some(run) = runs.back_mut() {
+                        run.push(item);
                     }
                 }
             }
-            // Everything already fetched goes to the source task as one batch (one
-            // transaction), waiting only for the oldest.
-            let Some((item, job)) = pending.pop_front() else {
-                break;
-            };
-            let failed = |e: tokio::task::JoinError| {
-                Prepared::Retry(NotBuilt::Fetch(format!("preparing failed: {e}")))
-            };
-            let mut batch = vec![(item, job.await.unwrap_or_else(failed))];
-            while batch.len() < APPLY_BATCH && pending.front().is_some_and(|(_, j)| j.is_finished())
-            {
-                if let Some((item, job)) = pending.pop_front() {
-                    batch.push((item, job.await.unwrap_or_else(failed)));
+        }
+        // Each run is prepared (one look at the prior state, content built or fetched) while
+        // the one before it is applied, and applied as one batch, in the sender's order.
+        let spawn = |run: Vec<RemoteItem>, fetcher: &Fetcher| {
+            // Kept here too (items are cheap to clone; inline content is shared), so a task
+            // that fails loses no item: each is tried again.
+            (run.clone(), tokio::spawn(fetcher.clone().prepare_all(run)))
+        };
+        let mut next = runs.pop_front().map(|run| spawn(run, &self.fetcher));
+        while let Some((kept, job)) = next.take() {
+            let (run, prepared) = match job.await {
+                Ok(done) => done,
+                Err(e) => {
+                    let why = || Prepared::Retry(NotBuilt::Fetch(format!("preparing failed: {e}")));
+                    let prepared = kept.iter().map(|_| why()).collect();
+                    (kept, prepared)
                 }
-            }
-            let n = batch.len() as u64;
-            let size: u64 = batch
+            };
+            next = runs.pop_front().map(|run| spawn(run, &self.fetcher));
+            let n = run.len() as u64;
+            let size: u64 = run
                 .iter()
-                .map(|(i, _)| i.file().map_or(0, |f| f.meta.size))
+                .map(|i| i.file().map_or(0, |f| f.meta.size))
                 .sum();
-            let to_retry = self.finish(batch).await;
+            let to_retry = self.finish(run.into_iter().zip(prepared).collect()).await;
             self.retry.extend(to_retry);
             self.needed.done(n, size);
             self.fetcher.feed.progress(Progress::Done(n));
@@ -258,8 +271,10 @@ impl Receiver {
 
     /// Applies one item; gives it back if it should be tried again later.
     async fn process(&mut self, item: RemoteItem) -> Option<Retry> {
-        let prepared = self.fetcher.clone().prepare(item.clone()).await;
-        self.finish(vec![(item, prepared)]).await.pop()
+        let (items, prepared) = self.fetcher.clone().prepare_all(vec![item]).await;
+        self.finish(items.into_iter().zip(prepared).collect())
+            .await
+            .pop()
     }
 
     /// The local step of prepared items: hand them to the source task as one batch. Gives

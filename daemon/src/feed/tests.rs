@@ -91,8 +91,18 @@ fn file(path: &str, data: &[u8], v: VersionVector, mtime_ns: i64, seq: u64) -> R
             },
             hash: Some(hashed.hash),
             chunks: hashed.chunks,
+            inline: None,
         }),
     }
+}
+
+/// A small file as a peer announces it, its content inline.
+fn inline_file(path: &str, data: &[u8], v: VersionVector, mtime_ns: i64, seq: u64) -> RemoteItem {
+    let mut item = file(path, data, v, mtime_ns, seq);
+    if let Body::File(f) = &mut item.body {
+        f.inline = Some(Arc::from(data));
+    }
+    item
 }
 
 fn write_at(root: &Path, path: &str, data: &[u8], mtime_ns: i64) {
@@ -247,6 +257,17 @@ impl Scene {
         }
         let update = Update {
             items: items.into_iter().map(|(i, _)| Ok(i)).collect(),
+            through,
+            caught_up: true,
+        };
+        self.updates.as_ref().unwrap().send(update).await.unwrap();
+    }
+
+    /// Sends the items as one update, with no content available but what they carry.
+    async fn send_bare(&self, items: Vec<RemoteItem>) {
+        let through = items.iter().map(|i| i.header.sequence).max().unwrap_or(0);
+        let update = Update {
+            items: items.into_iter().map(Ok).collect(),
             through,
             caught_up: true,
         };
@@ -445,6 +466,62 @@ async fn no_space_while_renaming_fails_one_item_and_it_arrives_on_retry() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_io_error_while_renaming_fails_one_item_and_it_arrives_on_retry() {
     one_item_fails_then_arrives(Step::Rename, "big/data.bin", Injected::Io, "Input/output").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_io_error_while_making_a_batch_durable_fails_one_item_and_it_arrives_on_retry() {
+    one_item_fails_then_arrives(Step::Sync, "/big", Injected::Io, "flushing the temp file").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_io_error_while_flushing_a_folder_fails_its_items_and_they_arrive_on_retry() {
+    one_item_fails_then_arrives(
+        Step::SyncFolder,
+        "/big",
+        Injected::Io,
+        "flushing its folder",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn small_files_arrive_with_their_content_and_need_no_chunk_request() {
+    let disk = Arc::new(FaultyDisk::new());
+    let s = Scene::new(disk.clone(), &[]).await;
+    std::fs::create_dir(s.root.join("d")).unwrap();
+    s.source.commander().rescan().await;
+    let t = 1_700_000_000_000_000_000;
+    let v = |n| version(&[(PEER, n)]);
+    // No chunk is available anywhere: only the inline content can bring these.
+    disk.plan(Step::Create, "/d", Injected::NoSpace, 1);
+    let items: Vec<RemoteItem> = (1..=300)
+        .map(|i| {
+            let path = if i == 150 {
+                "d/full.txt".to_owned()
+            } else {
+                format!("f{i:03}.txt")
+            };
+            inline_file(&path, format!("content {i}").as_bytes(), v(1), t, i)
+        })
+        .collect();
+    s.send_bare(items).await;
+    // The one that met a full disk is named and set aside; the others land meanwhile.
+    let error = s.error_naming("d/full.txt").await;
+    assert!(error.contains("no space left"), "{error}");
+    s.applied_through(300).await;
+    for i in [1, 149, 151, 300] {
+        assert_eq!(
+            s.read(&format!("f{i:03}.txt")),
+            format!("content {i}").as_bytes()
+        );
+    }
+    assert_eq!(
+        s.read("d/full.txt"),
+        b"content 150",
+        "it arrived on its retry"
+    );
+    assert!(s.names_with(crate::layout::TEMP_PREFIX).is_empty());
+    s.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

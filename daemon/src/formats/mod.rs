@@ -16,6 +16,9 @@ use crate::scanner::{ScanError, ScanRequest, ScanSummary, Sink};
 
 pub use files::{Loser, Write, WriteJob, Written};
 
+/// How one item of a batch was written.
+pub type WriteResult = Result<Write, ApplyError>;
+
 /// What kind of data a source holds. Devices may keep one source in different formats of the
 /// same kind (contacts as a folder of vCards here, as a CSV there), never of different kinds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -73,13 +76,14 @@ pub trait Format: Send + Sync + fmt::Debug + 'static {
     /// # Errors
     /// Only when the source as a whole cannot be read (missing, unreadable, suddenly empty).
     fn read(&self, req: ScanRequest, sink: &mut dyn Sink) -> Result<ScanSummary, ScanError>;
-    /// Writes one checked and journaled item into the source at `root` through `disk`,
-    /// atomically: the
-    /// target is replaced only if it is still what the prior state recorded. Blocking.
+    /// Writes a batch of checked and journaled items into the source at `root` through
+    /// `disk`, in order, each atomically: a target is replaced only if it is still what the
+    /// prior state recorded. Blocking. One result per job; every item reported written is
+    /// durable when this returns (durability is paid once per batch, not per item).
     ///
-    /// # Errors
-    /// When the item cannot be written; nothing of it is left half-written.
-    fn write(&self, disk: &dyn Disk, root: &Path, job: WriteJob) -> Result<Write, ApplyError>;
+    /// A job's error is that item's alone: it names the item, and nothing of it is left
+    /// half-written.
+    fn write(&self, disk: &dyn Disk, root: &Path, jobs: Vec<WriteJob>) -> Vec<WriteResult>;
 }
 
 /// Every format this build can read and write. Adding a format adds one line here.

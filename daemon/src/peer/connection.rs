@@ -20,8 +20,12 @@ use crate::universal;
 
 /// Largest frame accepted or sent; anything bigger is refused before it is allocated.
 pub const MAX_FRAME_BYTES: usize = 16 << 20;
-/// Chunk requests served at once for one peer.
+/// Frames of chunk requests served at once for one peer.
 const SERVE_CONCURRENCY: usize = 16;
+/// Most chunk requests sent, or served, in one frame.
+const REQUESTS_PER_FRAME: usize = 64;
+/// Chunk answers are cut into frames of about this many bytes, well below the frame limit.
+const ANSWER_BUDGET: usize = 4 << 20;
 
 /// Why an exchange ended, as `status` shows it in the peer's `last_error`.
 #[derive(Debug, thiserror::Error)]
@@ -158,12 +162,16 @@ pub async fn run(
                 Err(e) => break Disconnect::Lost(with_root_cause(&e)),
             },
             fetch = fetch_rx.recv() => if let Some(fetch) = fetch {
-                conn.next_request += 1;
-                let id = conn.next_request;
-                conn.pending.insert(id, fetch.reply);
-                let mut req = fetch.req;
-                req.request_id = id;
-                if !conn.out.send(Body::ChunkRequest(req)).await {
+                // Whatever else is waiting goes in the same frame.
+                let mut requests = vec![conn.pending_request(fetch)];
+                while requests.len() < REQUESTS_PER_FRAME {
+                    match fetch_rx.try_recv() {
+                        Ok(fetch) => requests.push(conn.pending_request(fetch)),
+                        Err(_) => break,
+                    }
+                }
+                let frame = Body::ChunkRequests(pb::ChunkRequests { requests });
+                if !conn.out.send(frame).await {
                     break Disconnect::SendFailed;
                 }
             },
@@ -305,15 +313,17 @@ impl Conn {
                     s.peer_applied = s.peer_applied.max(a.sequence)
                 });
             }
-            Some(Body::ChunkRequest(req)) => self.serve_chunk(req),
-            Some(Body::ChunkData(data)) => {
-                if let Some(reply) = self.pending.remove(&data.request_id) {
-                    let result = if data.error.is_empty() {
-                        Ok(data.data)
-                    } else {
-                        Err(data.error)
-                    };
-                    let _ = reply.send(result);
+            Some(Body::ChunkRequests(batch)) => self.serve_chunks(batch.requests),
+            Some(Body::ChunkAnswers(batch)) => {
+                for data in batch.answers {
+                    if let Some(reply) = self.pending.remove(&data.request_id) {
+                        let result = if data.error.is_empty() {
+                            Ok(data.data)
+                        } else {
+                            Err(data.error)
+                        };
+                        let _ = reply.send(result);
+                    }
                 }
             }
             None => refuse(&self.ctx, &self.device_text, "an empty frame"),
@@ -449,42 +459,91 @@ impl Conn {
         }
     }
 
-    fn serve_chunk(&mut self, req: pb::ChunkRequest) {
+    /// Numbers a chunk request and remembers where its answer goes.
+    fn pending_request(&mut self, fetch: Fetch) -> pb::ChunkRequest {
+        self.next_request += 1;
+        let id = self.next_request;
+        self.pending.insert(id, fetch.reply);
+        let mut req = fetch.req;
+        req.request_id = id;
+        req
+    }
+
+    /// Answers a frame of chunk requests, in frames of at most [`ANSWER_BUDGET`] bytes.
+    fn serve_chunks(&mut self, mut requests: Vec<pb::ChunkRequest>) {
         let (ctx, out, device) = (self.ctx.clone(), self.out.clone(), self.device_text.clone());
-        let src = self.shared.get(&req.source).cloned();
+        if requests.len() > REQUESTS_PER_FRAME {
+            refuse(
+                &ctx,
+                &device,
+                &format!(
+                    "{} chunk requests in one frame (at most {REQUESTS_PER_FRAME})",
+                    requests.len()
+                ),
+            );
+            requests.truncate(REQUESTS_PER_FRAME);
+        }
+        let mut by_source: BTreeMap<String, Vec<pb::ChunkRequest>> = BTreeMap::new();
+        for req in requests {
+            by_source.entry(req.source.clone()).or_default().push(req);
+        }
+        let shared: Vec<(Option<SharedSource>, Vec<pb::ChunkRequest>)> = by_source
+            .into_iter()
+            .map(|(source, reqs)| (self.shared.get(&source).cloned(), reqs))
+            .collect();
         let serving = self.serving.clone();
         self.ctx.tasks.spawn(async move {
             let Ok(_permit) = serving.acquire_owned().await else {
                 return;
             };
-            let id = req.request_id;
-            let answer = match src {
-                None => {
-                    refuse(
-                        &ctx,
-                        &device,
-                        &format!(
-                            "a chunk request for source {:?}, which is not shared with it",
-                            req.source
-                        ),
-                    );
-                    Err("source not shared".to_owned())
+            let mut answers = Vec::new();
+            for (src, reqs) in shared {
+                let results = match &src {
+                    None => {
+                        refuse(
+                            &ctx,
+                            &device,
+                            &format!(
+                                "a chunk request for source {:?}, which is not shared with it",
+                                reqs[0].source
+                            ),
+                        );
+                        vec![Err("source not shared".to_owned()); reqs.len()]
+                    }
+                    Some(src) => super::serve::read_chunks(&ctx, src, &reqs).await,
+                };
+                answers.extend(reqs.iter().zip(results).map(|(req, result)| match result {
+                    Ok(data) => pb::ChunkData {
+                        request_id: req.request_id,
+                        data,
+                        error: String::new(),
+                    },
+                    Err(error) => pb::ChunkData {
+                        request_id: req.request_id,
+                        data: Vec::new(),
+                        error,
+                    },
+                }));
+            }
+            let mut frame = Vec::new();
+            let mut size = 0;
+            for answer in answers {
+                let len = answer.data.len() + answer.error.len() + 16;
+                if !frame.is_empty() && size + len > ANSWER_BUDGET {
+                    let answers = std::mem::take(&mut frame);
+                    if !out
+                        .send(Body::ChunkAnswers(pb::ChunkAnswers { answers }))
+                        .await
+                    {
+                        return;
+                    }
+                    size = 0;
                 }
-                Some(src) => super::serve::read_chunk(&ctx, &src, &req).await,
-            };
-            let data = match answer {
-                Ok(data) => pb::ChunkData {
-                    request_id: id,
-                    data,
-                    error: String::new(),
-                },
-                Err(error) => pb::ChunkData {
-                    request_id: id,
-                    data: Vec::new(),
-                    error,
-                },
-            };
-            out.send(Body::ChunkData(data)).await;
+                size += len;
+                frame.push(answer);
+            }
+            out.send(Body::ChunkAnswers(pb::ChunkAnswers { answers: frame }))
+                .await;
         });
     }
 }

@@ -2,6 +2,8 @@
 //! what came from that peer is not echoed back to it.
 
 use std::collections::VecDeque;
+use std::path::Path;
+use std::sync::Arc;
 
 use prost::Message;
 use tandem_proto::peer::{self as pb, frame::Body};
@@ -10,13 +12,19 @@ use tracing::warn;
 
 use super::connection::Outbound;
 use super::{Ctx, SharedSource, board_update};
-use crate::item;
+use crate::apply;
+use crate::chunker::Hash128;
+use crate::item::{self, ItemKind};
 use crate::universal::{self, ItemPath, RemoteFile, RemoteItem};
 
 /// Index updates are cut well below the frame limit.
 const UPDATE_BUDGET: usize = 4 << 20;
 /// Unacknowledged index updates in flight per source (flow control).
 pub(super) const INDEX_WINDOW: usize = 8;
+
+/// Files up to this size travel with their entry: for a small file the request round trip
+/// would cost far more than its bytes.
+pub(super) const INLINE_MAX: u64 = 64 * 1024;
 
 /// Streams this device's index of one source to the peer, from its cursor on, then live.
 pub(super) struct Sender {
@@ -109,28 +117,31 @@ impl Sender {
                     last = prior.header.sequence;
                     continue;
                 };
-                let body = item::Body::File(RemoteFile {
-                    meta: file.meta.clone(),
-                    hash: file.hash,
-                    chunks,
-                });
                 let item = RemoteItem {
                     path,
                     header: item::Header {
                         origin: None,
                         ..prior.header.clone()
                     },
-                    body,
+                    body: item::Body::File(RemoteFile {
+                        meta: file.meta.clone(),
+                        hash: file.hash,
+                        chunks,
+                        inline: None,
+                    }),
                 };
-                let msg = universal::item_to_pb(&item);
-                let len = msg.encoded_len();
+                // Counted with its content, which a small file will most likely carry.
+                let len = universal::item_to_pb(&item).encoded_len()
+                    + usize::try_from(inline_len(&item).unwrap_or(0)).unwrap_or(0);
                 if !batch.is_empty() && size + len > UPDATE_BUDGET {
                     break;
                 }
                 size += len;
                 last = prior.header.sequence;
-                batch.push(msg);
+                batch.push(item);
             }
+            let batch = with_inline_content(&self.src.root, batch).await;
+            let batch: Vec<pb::Item> = batch.iter().map(universal::item_to_pb).collect();
             let n = batch.len() as u64;
             let update = pb::IndexUpdate {
                 source: self.src.id.clone(),
@@ -150,4 +161,47 @@ impl Sender {
             });
         }
     }
+}
+
+/// The content size of an item that may travel inline: a live regular file no larger than
+/// [`INLINE_MAX`].
+fn inline_len(item: &RemoteItem) -> Option<u64> {
+    let file = item.file()?;
+    let small = file.meta.kind == ItemKind::File && file.meta.size <= INLINE_MAX;
+    (small && !item.header.deleted && file.hash.is_some()).then_some(file.meta.size)
+}
+
+/// Reads the content of the update's small files in one trip to the blocking pool. A file that
+/// no longer holds what its entry says (changed since its scan, which will announce it anew)
+/// goes without: the receiver asks for its chunks and retries until the new entry comes.
+async fn with_inline_content(root: &Path, mut batch: Vec<RemoteItem>) -> Vec<RemoteItem> {
+    let wanted: Vec<(usize, ItemPath, u32, Option<Hash128>)> = batch
+        .iter()
+        .enumerate()
+        .filter_map(|(i, item)| {
+            let len = u32::try_from(inline_len(item)?).ok().filter(|n| *n > 0)?;
+            Some((i, item.path.clone(), len, item.file()?.hash))
+        })
+        .collect();
+    if wanted.is_empty() {
+        return batch;
+    }
+    let root = root.to_path_buf();
+    let read = tokio::task::spawn_blocking(move || {
+        wanted
+            .into_iter()
+            .filter_map(|(i, path, len, hash)| {
+                let data = apply::read_range(&root, &path, 0, len).ok()?;
+                (Some(Hash128::of(&data)) == hash).then(|| (i, Arc::from(data)))
+            })
+            .collect::<Vec<(usize, Arc<[u8]>)>>()
+    })
+    .await;
+    // A failed read loses only the inline content, which the receiver then asks for.
+    for (i, data) in read.unwrap_or_default() {
+        if let Some(item::Body::File(file)) = batch.get_mut(i).map(|item| &mut item.body) {
+            file.inline = Some(data);
+        }
+    }
+    batch
 }

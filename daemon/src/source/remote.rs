@@ -520,12 +520,7 @@ impl SourceTask {
             })
             .collect();
         let format = self.format;
-        let written = tokio::task::spawn_blocking(move || {
-            jobs.into_iter()
-                .map(|job| format.write(&*disk, &root, job))
-                .collect::<Vec<_>>()
-        })
-        .await;
+        let written = tokio::task::spawn_blocking(move || format.write(&*disk, &root, jobs)).await;
         let written = match written {
             Ok(w) => w,
             Err(e) => {

@@ -1,12 +1,13 @@
 //! The `files` format: any files in a folder. Reading is the scanner's walk (stat, compare
 //! with the prior state, hash what changed); writing puts a peer's verified item in place
-//! through `apply` (conflict copy, versions folder, rename, fsync).
+//! through `apply` (conflict copy, versions folder, rename), a batch at a time so that the
+//! fsyncs of a batch are paid together.
 //!
 //! Must not: decide which version wins, touch SQL, or follow a symlink.
 
 use std::path::{Path, PathBuf};
 
-use super::{Format, Kind, Layout};
+use super::{Format, Kind, Layout, WriteResult};
 use crate::apply::{self, ApplyError, Disk, Removed};
 use crate::item::{ItemKind, Metadata, PriorItem};
 use crate::scanner::{self, ScanError, ScanRequest, ScanSummary, Sink};
@@ -33,8 +34,8 @@ impl Format for Files {
         scanner::scan(req, sink)
     }
 
-    fn write(&self, disk: &dyn Disk, root: &Path, job: WriteJob) -> Result<Write, ApplyError> {
-        job.run(disk, root)
+    fn write(&self, disk: &dyn Disk, root: &Path, jobs: Vec<WriteJob>) -> Vec<WriteResult> {
+        write_batch(disk, root, jobs)
     }
 }
 
@@ -80,9 +81,72 @@ pub struct Written {
     pub disturbed: bool,
 }
 
+/// Writes a batch in three steps, so it pays for durability once: every new file's temp is
+/// given its metadata and fsynced (several at once); then each item is written in order
+/// (checks, conflict copy, versions folder, rename); then every folder the batch changed is
+/// fsynced once. An item whose folder could not be flushed fails with it.
+fn write_batch(disk: &dyn Disk, root: &Path, jobs: Vec<WriteJob>) -> Vec<WriteResult> {
+    let ready: Vec<Option<Result<(), ApplyError>>> = {
+        let temps: Vec<(usize, apply::TempToReady<'_>)> = jobs
+            .iter()
+            .enumerate()
+            .filter_map(|(i, job)| {
+                let file = job.item.file()?;
+                let temp = job.temp.as_deref()?;
+                (file.meta.kind == ItemKind::File && !job.item.header.deleted).then_some((
+                    i,
+                    apply::TempToReady {
+                        item: &job.item.path,
+                        temp,
+                        mode: file.meta.mode,
+                        mtime_ns: file.meta.mtime_ns,
+                    },
+                ))
+            })
+            .collect();
+        let (at, temps): (Vec<usize>, Vec<apply::TempToReady<'_>>) = temps.into_iter().unzip();
+        let mut ready: Vec<Option<Result<(), ApplyError>>> = jobs.iter().map(|_| None).collect();
+        for (i, result) in at.into_iter().zip(apply::ready_temps(disk, &temps)) {
+            ready[i] = Some(result);
+        }
+        ready
+    };
+    let mut folders = apply::Folders::default();
+    let mut results: Vec<(Option<(PathBuf, String)>, WriteResult)> = jobs
+        .into_iter()
+        .zip(ready)
+        .map(|(job, ready)| match ready {
+            Some(Err(e)) => (None, Err(e)),
+            _ => {
+                let folder = apply::Folders::of(root, &job.item.path);
+                let item = job.item.path.to_string();
+                (Some((folder, item)), job.run(disk, root, &mut folders))
+            }
+        })
+        .collect();
+    let failed = folders.flush(disk);
+    for (written, result) in &mut results {
+        let Some((folder, item)) = written else {
+            continue;
+        };
+        let Some((_, why)) = failed.iter().find(|(dir, _)| dir == folder) else {
+            continue;
+        };
+        if let Ok(Write::Done(_)) = result {
+            *result = Err(ApplyError::Io {
+                path: std::mem::take(item),
+                action: "flushing its folder",
+                source: std::io::Error::new(why.kind(), why.to_string()),
+            });
+        }
+    }
+    results.into_iter().map(|(_, r)| r).collect()
+}
+
 impl WriteJob {
-    /// Writes the item: conflict copy, versions folder, then the rename into place.
-    fn run(self, disk: &dyn Disk, root: &Path) -> Result<Write, ApplyError> {
+    /// Writes the item: conflict copy, versions folder, then the rename into place. Its
+    /// folder is made durable by the caller, with the batch's.
+    fn run(self, disk: &dyn Disk, root: &Path, folders: &mut apply::Folders) -> WriteResult {
         let item = &self.item;
         let Some(file) = item.file() else {
             return Err(ApplyError::NotAFile {
@@ -117,7 +181,7 @@ impl WriteJob {
         if item.header.deleted {
             // A file deleted by a peer goes to the versions folder, not away.
             crate::versions::keep(root, item.path.as_str(), true).map_err(keep_err)?;
-            let meta = match apply::remove(root, &item.path)? {
+            let meta = match apply::remove(root, &item.path, folders)? {
                 Removed::Yes => None,
                 Removed::KeptNotEmpty => Some(apply::stat(root, &item.path)?),
             };
@@ -142,7 +206,7 @@ impl WriteJob {
             } else {
                 by
             };
-            if let Some(moved) = apply::move_folder_aside(root, &item.path, &by, secs)? {
+            if let Some(moved) = apply::move_folder_aside(root, &item.path, &by, secs, folders)? {
                 conflict_copy = Some(moved);
             }
         }
@@ -151,21 +215,14 @@ impl WriteJob {
                 Some(temp) => {
                     // The version being replaced is kept first.
                     crate::versions::keep(root, item.path.as_str(), false).map_err(keep_err)?;
-                    apply::place_file(
-                        disk,
-                        root,
-                        &item.path,
-                        temp,
-                        file.meta.mode,
-                        file.meta.mtime_ns,
-                    )?
+                    apply::place_file(disk, root, &item.path, temp, folders)?
                 }
                 None => apply::set_file_meta(root, &item.path, file.meta.mode, file.meta.mtime_ns)?,
             },
             ItemKind::Directory => {
                 // A file a folder replaces is kept like any replaced file.
                 crate::versions::keep(root, item.path.as_str(), true).map_err(keep_err)?;
-                apply::make_dir(root, &item.path, file.meta.mode)?
+                apply::make_dir(root, &item.path, file.meta.mode, folders)?
             }
             ItemKind::Symlink => {
                 crate::versions::keep(root, item.path.as_str(), false).map_err(keep_err)?;
@@ -173,6 +230,7 @@ impl WriteJob {
                     root,
                     &item.path,
                     file.meta.symlink_target.as_deref().unwrap_or_default(),
+                    folders,
                 )?
             }
         };
