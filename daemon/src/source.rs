@@ -27,7 +27,10 @@ use crate::store::{self, Reply, StoreHandle, Totals};
 use crate::universal::RemoteItem;
 use crate::watcher::{self, Debouncer, Pending, WatchEvent};
 
+mod own_writes;
 mod remote;
+
+use own_writes::OwnWrites;
 
 /// Differences committed per SQLite transaction during a scan.
 const COMMIT_BATCH: usize = 1000;
@@ -369,6 +372,7 @@ pub fn spawn(
         deferred: Vec::new(),
         applied_records: Vec::new(),
         disturbed: HashSet::new(),
+        own_writes: OwnWrites::default(),
     };
     let join = tokio::spawn(task.run().instrument(span));
     SourceHandle {
@@ -403,6 +407,8 @@ struct SourceTask {
     applied_records: Vec<AppliedRecord>,
     /// Items written for a peer that someone changed right after; rehashed after the batch.
     disturbed: HashSet<String>,
+    /// What this task wrote for peers, so the events of those writes cost no scan.
+    own_writes: OwnWrites,
 }
 
 /// Receives from an optional channel; without one, waits forever.
@@ -666,10 +672,40 @@ impl SourceTask {
         } else {
             match pending {
                 Pending::Full => Scope::Full,
-                Pending::Paths(paths) => Scope::Under(paths),
+                Pending::Paths(paths) => {
+                    let paths = self.drop_own_writes(paths).await;
+                    if paths.is_empty() {
+                        return;
+                    }
+                    Scope::Under(paths)
+                }
             }
         };
         self.scan(scope, HashSet::new()).await;
+    }
+
+    /// The event paths still to scan once those that only echo this task's own writes are
+    /// dropped (one trip to the blocking pool).
+    async fn drop_own_writes(&mut self, paths: Vec<String>) -> Vec<String> {
+        if self.own_writes.is_empty() {
+            return paths;
+        }
+        let mut own = std::mem::take(&mut self.own_writes);
+        let root = self.cfg.root.clone();
+        let kept = paths.clone();
+        match tokio::task::spawn_blocking(move || {
+            let scan = own.worth_scanning(&root, paths);
+            (own, scan)
+        })
+        .await
+        {
+            Ok((own, scan)) => {
+                self.own_writes = own;
+                scan
+            }
+            // Scanning everything is always safe.
+            Err(_) => kept,
+        }
     }
 
     /// Publishes a change to the status snapshot and wakes anyone waiting on it.

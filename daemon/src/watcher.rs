@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use notify::event::EventKindMask;
 use notify::{RecursiveMode, Watcher as _};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -45,7 +46,7 @@ pub fn watch(root: &Path, tx: mpsc::Sender<WatchEvent>) -> Result<Watcher, notif
     let overflow = Arc::new(AtomicBool::new(false));
     let flag = overflow.clone();
     let base = root.to_path_buf();
-    let mut inner = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+    let handler = move |res: notify::Result<notify::Event>| {
         let msg = match res {
             Ok(event) if event.need_rescan() => WatchEvent::Rescan {
                 reason: "the OS dropped file events (queue overflow)".into(),
@@ -72,7 +73,15 @@ pub fn watch(root: &Path, tx: mpsc::Sender<WatchEvent>) -> Result<Watcher, notif
         if tx.try_send(msg).is_err() {
             flag.store(true, Ordering::Relaxed);
         }
-    })?;
+    };
+    // Changes only: no event for opening or reading a file. On Linux the kernel then never
+    // queues one, and every file the agent reads or writes itself would otherwise raise an
+    // open event to carry to this thread and drop.
+    let kinds = EventKindMask::CORE | EventKindMask::ACCESS_CLOSE;
+    let mut inner = notify::RecommendedWatcher::new(
+        handler,
+        notify::Config::default().with_event_kinds(kinds),
+    )?;
     inner.watch(root, RecursiveMode::Recursive)?;
     Ok(Watcher {
         _inner: inner,

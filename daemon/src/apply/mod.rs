@@ -74,14 +74,16 @@ fn io_err<'a>(
 
 /// Creates the temp file an item's content is built in: beside its target when the target's
 /// folder exists, else in the source root (folders are only made by applying their own items;
-/// one made early would look like a local change). The caller removes it if it gives up.
+/// one made early would look like a local change). It is sized up front (`presize`) when its
+/// content will come in pieces. The caller removes it if it gives up.
 pub fn create_temp(
     disk: &dyn Disk,
     root: &Path,
     item: &ItemPath,
-    size: u64,
+    presize: Option<u64>,
+    folders: &mut RealFolders,
 ) -> Result<(PathBuf, fs::File), ApplyError> {
-    let temp = if parents_exist(root, item) {
+    let temp = if folders.parents_exist(root, item) {
         temp_path(root, item)
     } else {
         temp_path_in_root(root)
@@ -89,7 +91,9 @@ pub fn create_temp(
     let file = disk
         .create(&temp)
         .map_err(io_err(item, "creating a temp file"))?;
-    if let Err(e) = file.set_len(size) {
+    if let Some(size) = presize
+        && let Err(e) = file.set_len(size)
+    {
         remove_temp(&temp);
         return Err(io_err(item, "sizing the temp file")(e));
     }
@@ -133,71 +137,125 @@ pub fn temp_path_in_root(root: &Path) -> PathBuf {
     root.join(format!("{TEMP_PREFIX}{:016x}", h.finish()))
 }
 
-/// The first folder above the item that exists but is not a real folder (a symlink, or a
-/// file), as an item path. What lies behind it is not part of the source: the scanner never
-/// looks there, so nothing may be read, checked, replaced or deleted there for a peer.
-/// `None` when every existing folder above the item is real (missing ones are fine: they
-/// would be made as real folders).
-pub fn blocked_parent(root: &Path, item: &ItemPath) -> Option<String> {
-    let path = item.as_str();
-    let mut dir = root.to_path_buf();
-    for (at, part) in path
-        .match_indices('/')
-        .map(|(at, _)| at)
-        .zip(path.split('/'))
-    {
-        dir.push(part);
-        match fs::symlink_metadata(&dir) {
-            Ok(m) if m.file_type().is_dir() => {}
-            Ok(_) => return Some(path[..at].to_owned()),
-            // Nothing below a missing (or unreadable) folder exists to be touched; writing
-            // there makes real folders first (or fails).
-            Err(_) => return None,
+/// Folders found to be real folders (not symlinks or files) during one batch: items of a batch
+/// mostly share their folders, and each would otherwise look at every folder above it again.
+/// Only "real" is remembered, for the length of one trip to the blocking pool.
+#[derive(Debug, Default)]
+pub struct RealFolders {
+    known: std::collections::HashSet<PathBuf>,
+}
+
+/// What is at a folder's place.
+enum FolderLook {
+    Real,
+    NotAFolder,
+    Missing(io::Error),
+}
+
+impl RealFolders {
+    fn look(&mut self, dir: &Path) -> FolderLook {
+        if self.known.contains(dir) {
+            return FolderLook::Real;
+        }
+        match fs::symlink_metadata(dir) {
+            Ok(m) if m.file_type().is_dir() => {
+                self.known.insert(dir.to_path_buf());
+                FolderLook::Real
+            }
+            Ok(_) => FolderLook::NotAFolder,
+            Err(e) => FolderLook::Missing(e),
         }
     }
-    None
-}
 
-/// True when every folder above the item exists and is a real folder.
-pub fn parents_exist(root: &Path, item: &ItemPath) -> bool {
-    let parts: Vec<&str> = item.as_str().split('/').collect();
-    let mut dir = root.to_path_buf();
-    parts[..parts.len().saturating_sub(1)].iter().all(|part| {
-        dir.push(part);
-        fs::symlink_metadata(&dir).is_ok_and(|m| m.file_type().is_dir())
-    })
-}
-
-/// Makes sure every folder above the item exists and is a real folder (never a symlink), so
-/// nothing is written outside the source.
-pub fn ensure_parents(root: &Path, item: &ItemPath) -> Result<(), ApplyError> {
-    let parts: Vec<&str> = item.as_str().split('/').collect();
-    let mut dir = root.to_path_buf();
-    for part in &parts[..parts.len().saturating_sub(1)] {
-        dir.push(part);
-        match fs::symlink_metadata(&dir) {
-            Ok(m) if m.file_type().is_dir() => {}
-            Ok(_) => {
-                return Err(ApplyError::BadParent {
-                    path: item.to_string(),
-                });
+    /// The first folder above the item that exists but is not a real folder (a symlink, or
+    /// a file), as an item path. What lies behind it is not part of the source: the scanner
+    /// never looks there, so nothing may be read, checked, replaced or deleted there for a
+    /// peer. `None` when every existing folder above the item is real (missing ones are
+    /// fine: they would be made as real folders).
+    pub fn blocked_parent(&mut self, root: &Path, item: &ItemPath) -> Option<String> {
+        let path = item.as_str();
+        let mut dir = root.to_path_buf();
+        for (at, part) in path
+            .match_indices('/')
+            .map(|(at, _)| at)
+            .zip(path.split('/'))
+        {
+            dir.push(part);
+            match self.look(&dir) {
+                FolderLook::Real => {}
+                FolderLook::NotAFolder => return Some(path[..at].to_owned()),
+                // Nothing below a missing (or unreadable) folder exists to be touched;
+                // writing there makes real folders first (or fails).
+                FolderLook::Missing(_) => return None,
             }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => match fs::create_dir(&dir) {
-                Ok(()) => {}
-                // Another item in flight made it first; fine if it is a real folder.
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                    if !fs::symlink_metadata(&dir).is_ok_and(|m| m.file_type().is_dir()) {
+        }
+        None
+    }
+
+    /// True when every folder above the item exists and is a real folder.
+    pub fn parents_exist(&mut self, root: &Path, item: &ItemPath) -> bool {
+        let parts: Vec<&str> = item.as_str().split('/').collect();
+        let mut dir = root.to_path_buf();
+        parts[..parts.len().saturating_sub(1)].iter().all(|part| {
+            dir.push(part);
+            matches!(self.look(&dir), FolderLook::Real)
+        })
+    }
+
+    /// Makes sure every folder above the item exists and is a real folder (never a
+    /// symlink), so nothing is written outside the source.
+    pub fn ensure_parents(&mut self, root: &Path, item: &ItemPath) -> Result<(), ApplyError> {
+        let parts: Vec<&str> = item.as_str().split('/').collect();
+        let mut dir = root.to_path_buf();
+        for part in &parts[..parts.len().saturating_sub(1)] {
+            dir.push(part);
+            match self.look(&dir) {
+                FolderLook::Real => {}
+                FolderLook::NotAFolder => {
+                    return Err(ApplyError::BadParent {
+                        path: item.to_string(),
+                    });
+                }
+                FolderLook::Missing(e) if e.kind() == io::ErrorKind::NotFound => {
+                    match fs::create_dir(&dir) {
+                        Ok(()) => {}
+                        // Another item in flight made it first; fine if it is a real folder.
+                        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                        Err(e) => return Err(io_err(item, "creating a parent folder")(e)),
+                    }
+                    if !matches!(self.look(&dir), FolderLook::Real) {
                         return Err(ApplyError::BadParent {
                             path: item.to_string(),
                         });
                     }
                 }
-                Err(e) => return Err(io_err(item, "creating a parent folder")(e)),
-            },
-            Err(e) => return Err(io_err(item, "checking a parent folder")(e)),
+                FolderLook::Missing(e) => {
+                    return Err(io_err(item, "checking a parent folder")(e));
+                }
+            }
         }
+        Ok(())
     }
-    Ok(())
+}
+
+/// [`RealFolders::blocked_parent`] on its own.
+pub fn blocked_parent(root: &Path, item: &ItemPath) -> Option<String> {
+    RealFolders::default().blocked_parent(root, item)
+}
+
+/// [`RealFolders::ensure_parents`] on its own.
+pub fn ensure_parents(root: &Path, item: &ItemPath) -> Result<(), ApplyError> {
+    RealFolders::default().ensure_parents(root, item)
+}
+
+/// What lies at an item's path, as one look saw it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    Absent,
+    File,
+    Folder,
+    /// A symlink, or something that is not a file or folder.
+    Other,
 }
 
 /// True when the item on disk is what the prior state says (or absent where the prior state
@@ -208,18 +266,35 @@ pub fn unchanged_since_scan(
     item: &ItemPath,
     prior: Option<&PriorItem>,
 ) -> Result<bool, ApplyError> {
+    look_unchanged(disk, root, item, prior).map(|(unchanged, _)| unchanged)
+}
+
+/// [`unchanged_since_scan`], and what that one look found there.
+pub fn look_unchanged(
+    disk: &dyn Disk,
+    root: &Path,
+    item: &ItemPath,
+    prior: Option<&PriorItem>,
+) -> Result<(bool, Target), ApplyError> {
     let live = prior.filter(|p| !p.header.deleted);
     match (disk.symlink_metadata(&root.join(item.as_str())), live) {
-        (Err(e), None) if e.kind() == io::ErrorKind::NotFound => Ok(true),
-        (Err(e), Some(_)) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        (Err(e), None) if e.kind() == io::ErrorKind::NotFound => Ok((true, Target::Absent)),
+        (Err(e), Some(_)) if e.kind() == io::ErrorKind::NotFound => Ok((false, Target::Absent)),
         (Err(e), _) => Err(io_err(item, "checking the target")(e)),
-        (Ok(_), None) => Ok(false),
-        (Ok(m), Some(p)) => {
+        (Ok(m), live) => {
+            let kind = kind_of(&m);
+            let target = match kind {
+                Some(ItemKind::File) => Target::File,
+                Some(ItemKind::Directory) => Target::Folder,
+                _ => Target::Other,
+            };
+            let Some(p) = live else {
+                return Ok((false, target));
+            };
             let Some(p) = p.file() else {
                 return Err(ApplyError::NotAFile { key: p.key.clone() });
             };
-            let kind = kind_of(&m);
-            Ok(match kind {
+            let unchanged = match kind {
                 Some(ItemKind::Directory) => p.meta.kind == ItemKind::Directory,
                 Some(k) => {
                     // Sizes are recorded for files only (a symlink's is its target's length).
@@ -229,7 +304,8 @@ pub fn unchanged_since_scan(
                         && m.ino() == p.meta.inode
                 }
                 None => false,
-            })
+            };
+            Ok((unchanged, target))
         }
     }
 }
@@ -359,10 +435,11 @@ pub fn place_file(
     root: &Path,
     item: &ItemPath,
     temp: &Path,
+    was: Target,
     folders: &mut Folders,
 ) -> Result<Metadata, ApplyError> {
     let target = root.join(item.as_str());
-    if fs::symlink_metadata(&target).is_ok_and(|m| m.file_type().is_dir()) {
+    if was == Target::Folder {
         // A folder is being replaced by a file: only an empty one goes.
         fs::remove_dir(&target).map_err(io_err(item, "removing the folder the file replaces"))?;
     }
@@ -770,7 +847,7 @@ mod tests {
         };
         assert!(ready_temps(&OsDisk, &[ready]).iter().all(Result::is_ok));
         let mut folders = Folders::default();
-        let meta = place_file(&OsDisk, root, &item, &temp, &mut folders).unwrap();
+        let meta = place_file(&OsDisk, root, &item, &temp, Target::Absent, &mut folders).unwrap();
         assert!(folders.flush(&OsDisk).is_empty());
         assert_eq!(fs::read(root.join("a/b/c.txt")).unwrap(), b"hello");
         assert_eq!(meta.mode, 0o640);

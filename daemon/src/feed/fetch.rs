@@ -255,33 +255,30 @@ impl Fetcher {
             .iter()
             .map(|w| {
                 let item = &items[w.at];
-                let file = item.file();
                 (
                     item.path.clone(),
-                    file.map_or(0, |f| f.meta.size),
-                    file.and_then(|f| f.inline.clone()),
+                    item.file().and_then(|f| f.inline.clone()),
                 )
             })
             .collect();
         let (disk, root) = (self.src.disk.clone(), self.src.root.clone());
         let n = jobs.len();
         let started = tokio::task::spawn_blocking(move || {
+            let mut real = apply::RealFolders::default();
             jobs.into_iter()
-                .map(|(path, size, inline)| {
-                    if let Some((parent, link)) =
-                        apply::blocked_parent(&root, &path).map(|parent| {
-                            let link = std::fs::symlink_metadata(root.join(&parent))
-                                .is_ok_and(|m| m.file_type().is_symlink());
-                            (parent, link)
-                        })
-                    {
+                .map(|(path, inline)| {
+                    if let Some((parent, link)) = real.blocked_parent(&root, &path).map(|parent| {
+                        let link = std::fs::symlink_metadata(root.join(&parent))
+                            .is_ok_and(|m| m.file_type().is_symlink());
+                        (parent, link)
+                    }) {
                         return Early::Blocked { parent, link };
                     }
                     let Some(data) = inline else {
                         return Early::Fetch;
                     };
                     // Checked against the entry's hash when it arrived.
-                    match build_from(&*disk, &root, &path, size, &data, 0, None) {
+                    match build_from(&*disk, &root, &path, &mut real, &data, None) {
                         Ok(made) => Early::Built(made.temp),
                         Err(e) => Early::Failed(e),
                     }
@@ -351,10 +348,12 @@ impl Fetcher {
                 // A one-chunk file's hash is its chunk's hash, checked on arrival.
                 Some((chunk, data)) => {
                     let check = hash.filter(|h| *h != chunk.hash);
-                    build_from(&*disk, &root, &path, size, &data, chunk.offset, check)
+                    let real = &mut apply::RealFolders::default();
+                    build_from(&*disk, &root, &path, real, &data, check)
                 }
                 None => {
-                    let (temp, file) = apply::create_temp(&*disk, &root, &path, size)?;
+                    let real = &mut apply::RealFolders::default();
+                    let (temp, file) = apply::create_temp(&*disk, &root, &path, Some(size), real)?;
                     Ok(Made {
                         temp: BuiltTemp { path: temp },
                         file,
@@ -464,8 +463,8 @@ struct Wanted {
     claim: Claim,
 }
 
-/// An item's path, size and inline content, for the blocking pool.
-type BuildJob = (ItemPath, u64, Option<Arc<[u8]>>);
+/// An item's path and inline content, for the blocking pool.
+type BuildJob = (ItemPath, Option<Arc<[u8]>>);
 
 /// What the blocking pool found for an item that needs content.
 enum Early {
@@ -482,21 +481,20 @@ enum Started {
     Fetch,
 }
 
-/// Creates an item's temp file and writes `data` at `offset`, checking the whole file against
+/// Creates an item's temp file and writes all its content, `data`, checking it against
 /// `check` when given. Blocking; the temp goes again if anything fails.
 fn build_from(
     disk: &dyn Disk,
     root: &std::path::Path,
     path: &ItemPath,
-    size: u64,
+    real: &mut apply::RealFolders,
     data: &[u8],
-    offset: u64,
     check: Option<Hash128>,
 ) -> Result<Made, ApplyError> {
-    let (temp, file) = apply::create_temp(disk, root, path, size)?;
+    let (temp, file) = apply::create_temp(disk, root, path, None, real)?;
     // Removed again however this ends short of a verified file.
     let temp = BuiltTemp { path: temp };
-    apply::write_temp(disk, &file, &temp.path, path, data, offset)?;
+    apply::write_temp(disk, &file, &temp.path, path, data, 0)?;
     if let Some(h) = check {
         apply::verify(&temp.path, path, h)?;
     }

@@ -137,8 +137,9 @@ fn look_at_disk(
     path: &ItemPath,
     prior: Option<&PriorItem>,
     scanned: bool,
+    real: &mut apply::RealFolders,
 ) -> DiskLook {
-    if apply::blocked_parent(root, path).is_some() {
+    if real.blocked_parent(root, path).is_some() {
         return Ok(OnDisk::Blocked);
     }
     if scanned || apply::unchanged_since_scan(disk, root, path, prior).map_err(|e| e.to_string())? {
@@ -294,8 +295,11 @@ impl SourceTask {
             .map(|((_, r), p)| (r.item.path.clone(), p.clone()))
             .collect();
         let disks = tokio::task::spawn_blocking(move || {
+            let mut real = apply::RealFolders::default();
             jobs.iter()
-                .map(|(path, prior)| look_at_disk(&*disk, &root, path, prior.as_ref(), false))
+                .map(|(path, prior)| {
+                    look_at_disk(&*disk, &root, path, prior.as_ref(), false, &mut real)
+                })
                 .collect::<Vec<_>>()
         })
         .await;
@@ -323,7 +327,8 @@ impl SourceTask {
                 let (root, item_path, p) = (self.cfg.root.clone(), item.path.clone(), p.clone());
                 let disk = self.cfg.disk.clone();
                 tokio::task::spawn_blocking(move || {
-                    look_at_disk(&*disk, &root, &item_path, p.as_ref(), scanned)
+                    let real = &mut apply::RealFolders::default();
+                    look_at_disk(&*disk, &root, &item_path, p.as_ref(), scanned, real)
                 })
                 .await
                 .unwrap_or_else(|e| Err(format!("apply task failed: {e}")))
@@ -567,6 +572,7 @@ impl SourceTask {
         if let Some(copy) = &written.conflict_copy {
             info!(item = %path, copy = %copy, peer = %s.req.from, "conflict: kept the local version as a copy");
         }
+        self.own_writes.note(&path, written.meta.as_ref());
         let meta = match written.meta {
             // A folder the peer deleted still holds things it has not seen; they sync and
             // bring it back there.

@@ -302,13 +302,8 @@ impl StoreHandle {
         source_id: String,
         paths: Vec<String>,
     ) -> Result<Vec<Option<crate::item::PriorItem>>> {
-        self.call(move |c| {
-            paths
-                .iter()
-                .map(|path| queries::prior_item(c, &source_id, path))
-                .collect()
-        })
-        .await
+        self.call(move |c| queries::prior_items_at(c, &source_id, &paths))
+            .await
     }
 
     /// Keys of a source's live items that contain `part` (the caller knows what it means).

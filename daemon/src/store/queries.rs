@@ -937,11 +937,7 @@ pub(super) fn chunk_sources(c: &mut Connection, hash: &[u8]) -> Result<Vec<Chunk
     .map_err(&err)
 }
 
-pub(super) fn prior_item(
-    c: &mut Connection,
-    source_id: &str,
-    path: &str,
-) -> Result<Option<PriorItem>> {
+pub(super) fn prior_item(c: &Connection, source_id: &str, path: &str) -> Result<Option<PriorItem>> {
     let err = sql("reading prior state");
     let raw = c
         .prepare_cached(&format!(
@@ -952,6 +948,23 @@ pub(super) fn prior_item(
         .optional()
         .map_err(&err)?;
     raw.map(|raw| decode_item(source_id, raw)).transpose()
+}
+
+/// The prior state of several items, in one read transaction: outside one, every query
+/// would take and drop the database's read lock on its own.
+pub(super) fn prior_items_at(
+    c: &mut Connection,
+    source_id: &str,
+    paths: &[String],
+) -> Result<Vec<Option<PriorItem>>> {
+    let err = sql("reading prior state");
+    let tx = c.transaction().map_err(&err)?;
+    let found = paths
+        .iter()
+        .map(|path| prior_item(&tx, source_id, path))
+        .collect::<Result<Vec<_>>>()?;
+    tx.finish().map_err(&err)?;
+    Ok(found)
 }
 
 pub(super) fn live_keys_containing(

@@ -8,7 +8,7 @@
 use std::path::{Path, PathBuf};
 
 use super::{Format, Kind, Layout, WriteResult};
-use crate::apply::{self, ApplyError, Disk, Removed};
+use crate::apply::{self, ApplyError, Disk, Removed, Target};
 use crate::item::{ItemKind, Metadata, PriorItem};
 use crate::scanner::{self, ScanError, ScanRequest, ScanSummary, Sink};
 use crate::universal::RemoteItem;
@@ -112,6 +112,7 @@ fn write_batch(disk: &dyn Disk, root: &Path, jobs: Vec<WriteJob>) -> Vec<WriteRe
         ready
     };
     let mut folders = apply::Folders::default();
+    let mut real = apply::RealFolders::default();
     let mut results: Vec<(Option<(PathBuf, String)>, WriteResult)> = jobs
         .into_iter()
         .zip(ready)
@@ -120,7 +121,10 @@ fn write_batch(disk: &dyn Disk, root: &Path, jobs: Vec<WriteJob>) -> Vec<WriteRe
             _ => {
                 let folder = apply::Folders::of(root, &job.item.path);
                 let item = job.item.path.to_string();
-                (Some((folder, item)), job.run(disk, root, &mut folders))
+                (
+                    Some((folder, item)),
+                    job.run(disk, root, &mut real, &mut folders),
+                )
             }
         })
         .collect();
@@ -146,7 +150,13 @@ fn write_batch(disk: &dyn Disk, root: &Path, jobs: Vec<WriteJob>) -> Vec<WriteRe
 impl WriteJob {
     /// Writes the item: conflict copy, versions folder, then the rename into place. Its
     /// folder is made durable by the caller, with the batch's.
-    fn run(self, disk: &dyn Disk, root: &Path, folders: &mut apply::Folders) -> WriteResult {
+    fn run(
+        self,
+        disk: &dyn Disk,
+        root: &Path,
+        real: &mut apply::RealFolders,
+        folders: &mut apply::Folders,
+    ) -> WriteResult {
         let item = &self.item;
         let Some(file) = item.file() else {
             return Err(ApplyError::NotAFile {
@@ -156,12 +166,15 @@ impl WriteJob {
         // Checked again right before writing: the batch was checked as a whole, and a user
         // may have written since. (A write in the instant between this and the rename still
         // goes to the old file, which the versions folder keeps.)
-        if apply::blocked_parent(root, &item.path).is_some() {
+        if real.blocked_parent(root, &item.path).is_some() {
             return Err(ApplyError::BadParent {
                 path: item.path.to_string(),
             });
         }
-        if !apply::unchanged_since_scan(disk, root, &item.path, self.prior.as_ref())? {
+        // One look at the target serves every step below: most targets of a sync are new.
+        let (unchanged, mut target) =
+            apply::look_unchanged(disk, root, &item.path, self.prior.as_ref())?;
+        if !unchanged {
             return Ok(Write::ChangedMeanwhile);
         }
         let mut conflict_copy = None;
@@ -172,7 +185,11 @@ impl WriteJob {
         {
             conflict_copy =
                 apply::keep_conflict_copy(root, &item.path, &loser.by, loser.unix_secs)?;
+            if conflict_copy.is_some() {
+                target = Target::Absent;
+            }
         }
+        let keeps = target == Target::File;
         let keep_err = |e: crate::versions::VersionsError| ApplyError::Io {
             path: item.path.to_string(),
             action: "keeping the old version",
@@ -180,7 +197,9 @@ impl WriteJob {
         };
         if item.header.deleted {
             // A file deleted by a peer goes to the versions folder, not away.
-            crate::versions::keep(root, item.path.as_str(), true).map_err(keep_err)?;
+            if keeps {
+                crate::versions::keep(root, item.path.as_str(), true).map_err(keep_err)?;
+            }
             let meta = match apply::remove(root, &item.path, folders)? {
                 Removed::Yes => None,
                 Removed::KeptNotEmpty => Some(apply::stat(root, &item.path)?),
@@ -191,9 +210,10 @@ impl WriteJob {
                 disturbed: false,
             }));
         }
-        apply::ensure_parents(root, &item.path)?;
-        if file.meta.kind != ItemKind::Directory && self.temp.is_some()
-            || file.meta.kind == ItemKind::Symlink
+        real.ensure_parents(root, &item.path)?;
+        if (file.meta.kind != ItemKind::Directory && self.temp.is_some()
+            || file.meta.kind == ItemKind::Symlink)
+            && target == Target::Folder
         {
             // A folder here still holding things the peer has not seen (its deletions of
             // what it did see came first in the batch) gives way, but whole: it moves aside.
@@ -208,24 +228,31 @@ impl WriteJob {
             };
             if let Some(moved) = apply::move_folder_aside(root, &item.path, &by, secs, folders)? {
                 conflict_copy = Some(moved);
+                target = Target::Absent;
             }
         }
         let meta = match file.meta.kind {
             ItemKind::File => match &self.temp {
                 Some(temp) => {
                     // The version being replaced is kept first.
-                    crate::versions::keep(root, item.path.as_str(), false).map_err(keep_err)?;
-                    apply::place_file(disk, root, &item.path, temp, folders)?
+                    if keeps {
+                        crate::versions::keep(root, item.path.as_str(), false).map_err(keep_err)?;
+                    }
+                    apply::place_file(disk, root, &item.path, temp, target, folders)?
                 }
                 None => apply::set_file_meta(root, &item.path, file.meta.mode, file.meta.mtime_ns)?,
             },
             ItemKind::Directory => {
                 // A file a folder replaces is kept like any replaced file.
-                crate::versions::keep(root, item.path.as_str(), true).map_err(keep_err)?;
+                if keeps {
+                    crate::versions::keep(root, item.path.as_str(), true).map_err(keep_err)?;
+                }
                 apply::make_dir(root, &item.path, file.meta.mode, folders)?
             }
             ItemKind::Symlink => {
-                crate::versions::keep(root, item.path.as_str(), false).map_err(keep_err)?;
+                if keeps {
+                    crate::versions::keep(root, item.path.as_str(), false).map_err(keep_err)?;
+                }
                 apply::make_symlink(
                     root,
                     &item.path,
