@@ -146,11 +146,28 @@ fn cut_chunks(
 /// # Errors
 ///
 /// Any error from `reader` except `Interrupted`, which is retried.
-pub fn hash_reader<R: Read>(mut reader: R, progress: &mut dyn FnMut(u64)) -> io::Result<Hashed> {
+pub fn hash_reader<R: Read>(reader: R, progress: &mut dyn FnMut(u64)) -> io::Result<Hashed> {
+    hash_reader_sized(reader, BLOCK_SIZE as u64, progress)
+}
+
+/// [`hash_reader`] for content of about `expected` bytes: the buffer starts that small (a
+/// small file needs no 4 MiB buffer, whose zeroing alone would cost more than hashing the
+/// file) and grows to full size if more comes.
+///
+/// # Errors
+///
+/// Any error from `reader` except `Interrupted`, which is retried.
+pub fn hash_reader_sized<R: Read>(
+    mut reader: R,
+    expected: u64,
+    progress: &mut dyn FnMut(u64),
+) -> io::Result<Hashed> {
     let cutter = Cutter::new();
     let mut whole = Xxh3Default::new();
     let mut chunks = Vec::new();
-    let mut buf = vec![0u8; BLOCK_SIZE];
+    // One byte more than expected, so the end is seen without growing.
+    let first = usize::try_from(expected).map_or(BLOCK_SIZE, |n| n.saturating_add(1));
+    let mut buf = vec![0u8; first.clamp(1, BLOCK_SIZE)];
     // buf[..filled] holds bytes read but not yet cut; they start at content offset `base`.
     let mut filled = 0usize;
     let mut base = 0u64;
@@ -158,16 +175,23 @@ pub fn hash_reader<R: Read>(mut reader: R, progress: &mut dyn FnMut(u64)) -> io:
 
     while !at_end {
         let start = filled;
-        while filled < buf.len() {
-            match reader.read(&mut buf[filled..]) {
-                Ok(0) => {
-                    at_end = true;
-                    break;
+        loop {
+            while filled < buf.len() {
+                match reader.read(&mut buf[filled..]) {
+                    Ok(0) => {
+                        at_end = true;
+                        break;
+                    }
+                    Ok(n) => filled += n,
+                    Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+                    Err(err) => return Err(err),
                 }
-                Ok(n) => filled += n,
-                Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
-                Err(err) => return Err(err),
             }
+            // Cutting needs a full block unless the end is in it.
+            if at_end || buf.len() == BLOCK_SIZE {
+                break;
+            }
+            buf.resize(BLOCK_SIZE, 0);
         }
         let fresh = &buf[start..filled];
         if !fresh.is_empty() {
@@ -534,6 +558,22 @@ mod tests {
             let data = noise(len, seed);
             let reader = Dribble { data: &data, max, next: 0 };
             prop_assert_eq!(hash_reader(reader, &mut |_| {}).unwrap(), chunk_bytes(&data));
+        }
+
+        #[test]
+        fn a_wrong_size_hint_does_not_move_boundaries(
+            len in 0usize..1_200_000,
+            seed: u64,
+            expected in 0u64..1_300_000,
+            max in 1usize..300_000,
+        ) {
+            // A file that grew or shrank since its stat: the buffer grows, the cut stays.
+            let data = noise(len, seed);
+            let reader = Dribble { data: &data, max, next: 0 };
+            prop_assert_eq!(
+                hash_reader_sized(reader, expected, &mut |_| {}).unwrap(),
+                chunk_bytes(&data)
+            );
         }
 
         #[test]

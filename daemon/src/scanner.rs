@@ -816,7 +816,7 @@ impl Walker<'_> {
             let mut hashed_now = 0u64;
             let hashed = {
                 let sink = &mut *self.sink;
-                chunker::hash_reader(&file, &mut |n| {
+                chunker::hash_reader_sized(&file, opened.len(), &mut |n| {
                     hashed_now += n;
                     sink.hashed(n);
                 })

@@ -18,7 +18,7 @@ pub mod disk;
 
 pub use disk::{Disk, FaultyDisk, Injected, OsDisk, Step};
 
-use crate::chunker::{Hash128, hash_reader};
+use crate::chunker::{Hash128, hash_reader_sized};
 use crate::item::{ItemKind, Metadata, PriorItem};
 use crate::layout::TEMP_PREFIX;
 use crate::scanner::mtime_ns;
@@ -350,7 +350,9 @@ pub fn stat(root: &Path, item: &ItemPath) -> Result<Metadata, ApplyError> {
 /// Hashes a built temp file and compares it with the announced hash.
 pub fn verify(temp: &Path, item: &ItemPath, expected: Hash128) -> Result<(), ApplyError> {
     let f = fs::File::open(temp).map_err(io_err(item, "reading the temp file"))?;
-    let hashed = hash_reader(f, &mut |_| {}).map_err(io_err(item, "reading the temp file"))?;
+    let size = f.metadata().map_or(u64::MAX, |m| m.len());
+    let hashed =
+        hash_reader_sized(f, size, &mut |_| {}).map_err(io_err(item, "reading the temp file"))?;
     if hashed.hash == expected {
         Ok(())
     } else {
@@ -717,8 +719,8 @@ fn same_entry(a: &Path, b: &Path) -> io::Result<bool> {
     if !ma.file_type().is_file() || !mb.file_type().is_file() || ma.len() != mb.len() {
         return Ok(false);
     }
-    let ha = hash_reader(fs::File::open(a)?, &mut |_| {})?;
-    let hb = hash_reader(fs::File::open(b)?, &mut |_| {})?;
+    let ha = hash_reader_sized(fs::File::open(a)?, ma.len(), &mut |_| {})?;
+    let hb = hash_reader_sized(fs::File::open(b)?, mb.len(), &mut |_| {})?;
     Ok(ha.hash == hb.hash)
 }
 
