@@ -532,6 +532,7 @@ impl AgentTask {
                             commander: h.commander(),
                             status: h.subscribe(),
                             disk: h.disk(),
+                            gone: h.gone(),
                         }
                     })
                     .collect();

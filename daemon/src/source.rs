@@ -27,9 +27,11 @@ use crate::store::{self, Reply, StoreHandle, Totals};
 use crate::universal::RemoteItem;
 use crate::watcher::{self, Debouncer, Pending, WatchEvent};
 
+mod gone;
 mod own_writes;
 mod remote;
 
+pub use gone::RecentlyGone;
 use own_writes::OwnWrites;
 
 /// Differences committed per SQLite transaction during a scan.
@@ -196,6 +198,8 @@ pub struct SharedSource {
     pub status: watch::Receiver<SourceStatus>,
     /// Where content built for it is written.
     pub disk: Arc<dyn Disk>,
+    /// Content its scans found gone lately (moved, most likely).
+    pub gone: Arc<RecentlyGone>,
 }
 
 /// Cloneable sender of commands to one source task.
@@ -258,6 +262,7 @@ impl SourceCommander {
 pub struct SourceHandle {
     tx: mpsc::Sender<Msg>,
     disk: Arc<dyn Disk>,
+    gone: Arc<RecentlyGone>,
     status: watch::Receiver<SourceStatus>,
     cancel: CancellationToken,
     join: JoinHandle<()>,
@@ -277,6 +282,11 @@ impl SourceHandle {
     /// Where writes into this source go.
     pub fn disk(&self) -> Arc<dyn Disk> {
         self.disk.clone()
+    }
+
+    /// Content the source's scans found gone lately.
+    pub fn gone(&self) -> Arc<RecentlyGone> {
+        self.gone.clone()
     }
 
     /// A cloneable sender of commands to this source.
@@ -346,6 +356,7 @@ pub fn spawn(
             return SourceHandle {
                 tx,
                 disk: cfg.disk.clone(),
+                gone: Arc::default(),
                 status: status_rx,
                 cancel,
                 join,
@@ -353,7 +364,9 @@ pub fn spawn(
         }
     };
     let disk = cfg.disk.clone();
+    let gone = Arc::new(RecentlyGone::default());
     let task = SourceTask {
+        gone: gone.clone(),
         format,
         debouncer: Debouncer::new(cfg.debounce, cfg.debounce_max),
         cfg,
@@ -378,6 +391,7 @@ pub fn spawn(
     SourceHandle {
         tx,
         disk,
+        gone,
         status: status_rx,
         cancel,
         join,
@@ -409,6 +423,8 @@ struct SourceTask {
     disturbed: HashSet<String>,
     /// What this task wrote for peers, so the events of those writes cost no scan.
     own_writes: OwnWrites,
+    /// Content its scans found gone, for the senders.
+    gone: Arc<RecentlyGone>,
 }
 
 /// Receives from an optional channel; without one, waits forever.
@@ -954,6 +970,9 @@ impl SourceTask {
                     let Some(file) = prior.file() else {
                         continue;
                     };
+                    if let Some(hash) = file.hash {
+                        self.gone.note(hash);
+                    }
                     let mut meta = file.meta.clone();
                     kinds.push(EventKind::Deleted);
                     delta.remove(&meta);

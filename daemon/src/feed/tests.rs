@@ -218,6 +218,7 @@ impl Scene {
                 commander: source.commander(),
                 status: source.subscribe(),
                 disk,
+                gone: source.gone(),
             },
             feed.clone(),
             ChunkChain::new(vec![Arc::new(SharedChunks(chunks.clone()))]),

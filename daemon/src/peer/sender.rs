@@ -2,7 +2,6 @@
 //! what came from that peer is not echoed back to it.
 
 use std::collections::VecDeque;
-use std::path::Path;
 use std::sync::Arc;
 
 use prost::Message;
@@ -18,7 +17,7 @@ use crate::item::{self, ItemKind};
 use crate::universal::{self, ItemPath, RemoteFile, RemoteItem};
 
 /// Index updates are cut well below the frame limit.
-const UPDATE_BUDGET: usize = 4 << 20;
+const UPDATE_BUDGET: usize = 1 << 20;
 /// Unacknowledged index updates in flight per source (flow control).
 pub(super) const INDEX_WINDOW: usize = 8;
 
@@ -140,7 +139,7 @@ impl Sender {
                 last = prior.header.sequence;
                 batch.push(item);
             }
-            let batch = with_inline_content(&self.src.root, batch).await;
+            let batch = with_inline_content(&self.ctx, &self.src, batch).await;
             let batch: Vec<pb::Item> = batch.iter().map(universal::item_to_pb).collect();
             let n = batch.len() as u64;
             let update = pb::IndexUpdate {
@@ -174,8 +173,12 @@ fn inline_len(item: &RemoteItem) -> Option<u64> {
 /// Reads the content of the update's small files in one trip to the blocking pool. A file that
 /// no longer holds what its entry says (changed since its scan, which will announce it anew)
 /// goes without: the receiver asks for its chunks and retries until the new entry comes.
-async fn with_inline_content(root: &Path, mut batch: Vec<RemoteItem>) -> Vec<RemoteItem> {
-    let wanted: Vec<(usize, ItemPath, u32, Option<Hash128>)> = batch
+async fn with_inline_content(
+    ctx: &Ctx,
+    src: &SharedSource,
+    mut batch: Vec<RemoteItem>,
+) -> Vec<RemoteItem> {
+    let mut wanted: Vec<(usize, ItemPath, u32, Option<Hash128>)> = batch
         .iter()
         .enumerate()
         .filter_map(|(i, item)| {
@@ -186,7 +189,26 @@ async fn with_inline_content(root: &Path, mut batch: Vec<RemoteItem>) -> Vec<Rem
     if wanted.is_empty() {
         return batch;
     }
-    let root = root.to_path_buf();
+    // Content this device holds under another name too (a moved or copied file) is most
+    // likely on the peer already: it goes by chunk, for the peer to copy locally.
+    let asked: Vec<(String, Vec<[u8; 16]>)> = wanted
+        .iter()
+        .map(|(i, path, _, _)| {
+            let hashes = batch[*i]
+                .file()
+                .map(|f| f.chunks.iter().map(|c| c.hash.0).collect())
+                .unwrap_or_default();
+            (path.to_string(), hashes)
+        })
+        .collect();
+    if let Ok(held) = ctx.store.held_elsewhere(src.id.clone(), asked).await {
+        let mut held = held.into_iter();
+        wanted.retain(|_| !held.next().unwrap_or(false));
+    }
+    // Content found gone in the same scan (a folder renamed, say) is held by the peer under
+    // the old name until the deletion reaches it.
+    wanted.retain(|(_, _, _, hash)| !hash.is_some_and(|h| src.gone.contains(&h)));
+    let root = src.root.clone();
     let read = tokio::task::spawn_blocking(move || {
         wanted
             .into_iter()

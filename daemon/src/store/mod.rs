@@ -286,6 +286,17 @@ impl StoreHandle {
         self.call(move |c| queries::chunk_sources(c, &hash.0)).await
     }
 
+    /// For each item (key and chunk hashes): whether another item of the source holds every
+    /// one of its chunks, so a peer in sync most likely has its content already.
+    pub async fn held_elsewhere(
+        &self,
+        source_id: String,
+        items: Vec<(String, Vec<[u8; 16]>)>,
+    ) -> Result<Vec<bool>> {
+        self.call(move |c| queries::held_elsewhere(c, &source_id, &items))
+            .await
+    }
+
     /// The prior state of exactly one item.
     pub async fn prior_item(
         &self,

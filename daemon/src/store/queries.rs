@@ -937,6 +937,41 @@ pub(super) fn chunk_sources(c: &mut Connection, hash: &[u8]) -> Result<Vec<Chunk
     .map_err(&err)
 }
 
+/// For each item (its key and chunk hashes): whether every one of its chunks is also held by
+/// another item of the same source. One read transaction for the lot.
+pub(super) fn held_elsewhere(
+    c: &mut Connection,
+    source_id: &str,
+    items: &[(String, Vec<[u8; 16]>)],
+) -> Result<Vec<bool>> {
+    let err = sql("looking up chunks");
+    let tx = c.transaction().map_err(&err)?;
+    let mut found = Vec::with_capacity(items.len());
+    {
+        let mut stmt = tx
+            .prepare_cached(
+                "SELECT 1 FROM chunk_locations
+                 WHERE hash = ?1 AND source_id = ?2 AND path != ?3 LIMIT 1",
+            )
+            .map_err(&err)?;
+        for (key, hashes) in items {
+            let mut all = !hashes.is_empty();
+            for hash in hashes {
+                if !stmt
+                    .exists(params![hash.as_slice(), source_id, key])
+                    .map_err(&err)?
+                {
+                    all = false;
+                    break;
+                }
+            }
+            found.push(all);
+        }
+    }
+    tx.finish().map_err(&err)?;
+    Ok(found)
+}
+
 pub(super) fn prior_item(c: &Connection, source_id: &str, path: &str) -> Result<Option<PriorItem>> {
     let err = sql("reading prior state");
     let raw = c
