@@ -240,12 +240,15 @@ class Agent:
             phase.left(f"agent {self.name} to answer on its control socket")
             time.sleep(0.1)
 
-    def wait(self, phase, limit):
-        """Runs `tandemctl wait` for at most limit seconds (and never past the phase's deadline);
-        returns the finished process, whose exit code is 0 (in sync) or 4 (not yet)."""
+    def wait(self, phase, limit, connected=False):
+        """Runs `tandemctl wait` (with --connected if asked) for at most limit seconds (and never
+        past the phase's deadline); returns the finished process, whose exit code is 0 (in sync)
+        or 4 (not yet)."""
         seconds = min(limit, phase.left(f"agent {self.name} to be in sync"))
+        flags = ["--connected"] if connected else []
         # tandemctl enforces its own --timeout; the margin only catches a hung tandemctl.
-        result = self.ctl(phase, "wait", "--timeout", f"{seconds:.1f}", timeout=seconds + 30)
+        result = self.ctl(phase, "wait", *flags, "--timeout", f"{seconds:.1f}",
+                          timeout=seconds + 30)
         if result.returncode not in (0, 4):
             raise BenchError(
                 f"tandemctl wait ({self.name}) exited {result.returncode}: {result.stderr.strip()}")
@@ -254,9 +257,9 @@ class Agent:
     def in_sync(self, phase, limit):
         return self.wait(phase, limit).returncode == 0
 
-    def wait_in_sync(self, phase):
+    def wait_in_sync(self, phase, connected=False):
         """Waits until `tandemctl wait` exits 0; fails with what is still pending at the deadline."""
-        result = self.wait(phase, phase.timeout)
+        result = self.wait(phase, phase.timeout, connected)
         if result.returncode != 0:
             pending = (result.stdout + result.stderr).strip()
             raise BenchError(
@@ -340,38 +343,53 @@ def idle(phase, agent):
 # --------------------------------------------------------------------------------------------
 
 
-def ensure_rsync():
-    """The rsync binary, installed with apt-get when missing and running as root; else None."""
-    if shutil.which("rsync"):
-        return shutil.which("rsync")
+def ensure_tool(binary, package):
+    """The path of binary; when it is missing and this runs as root, Debian's package is
+    installed with apt-get first. Raises BenchError naming the package when that cannot be done."""
+    if shutil.which(binary):
+        return shutil.which(binary)
     if os.geteuid() != 0:
-        log("rsync is missing and this is not root; skipping the rsync reference")
-        return None
-    log("installing rsync with apt-get")
-    for command in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "rsync"]):
+        raise BenchError(f"{binary} is missing and this is not root: install the Debian package "
+                         f"{package} (apt-get install {package})")
+    log(f"installing {package} with apt-get")
+    for command in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", package]):
         result = subprocess.run(command, capture_output=True, text=True,
                                 env=dict(os.environ, DEBIAN_FRONTEND="noninteractive"))
         if result.returncode != 0:
-            log(f"{' '.join(command)} failed; skipping the rsync reference: {result.stderr[-300:]}")
-            return None
-    return shutil.which("rsync")
+            raise BenchError(f"{' '.join(command)} failed, so {binary} (Debian package "
+                             f"{package}) is missing: {result.stderr[-300:]}")
+    if not shutil.which(binary):
+        raise BenchError(f"the Debian package {package} installed no {binary}")
+    return shutil.which(binary)
 
 
-def rsync_reference(phase, src, dst):
-    """Wall time of `rsync -a SRC/ DST/` into a fresh folder; None when rsync is unavailable."""
+def ensure_rsync():
+    """The rsync binary, installed with apt-get when missing and running as root; else None."""
+    try:
+        return ensure_tool("rsync", "rsync")
+    except BenchError as err:
+        log(f"{err}; skipping the rsync reference")
+        return None
+
+
+def rsync_reference(phase, src, dst, remove=True, exclude=()):
+    """Wall time of `rsync -a SRC/ DST/` into a fresh folder, removed afterwards unless remove is
+    False, leaving out the top-level names in exclude; None when rsync is unavailable."""
     rsync = ensure_rsync()
     if rsync is None:
         return None
     start = time.monotonic()
     try:
-        result = subprocess.run([rsync, "-a", f"{src}/", f"{dst}/"], capture_output=True,
-                                text=True, timeout=phase.left("rsync"))
+        result = subprocess.run([rsync, "-a", *(f"--exclude=/{name}" for name in exclude),
+                                 f"{src}/", f"{dst}/"], capture_output=True, text=True,
+                                timeout=phase.left("rsync"))
     except subprocess.TimeoutExpired:
         raise BenchError(f"rsync did not finish within {phase.timeout:g} s") from None
     wall = time.monotonic() - start
     if result.returncode != 0:
         raise BenchError(f"rsync exited {result.returncode}: {result.stderr[-500:]}")
-    shutil.rmtree(dst)  # tmpfs holds it in memory, and the agents need that room next
+    if remove:
+        shutil.rmtree(dst)  # tmpfs holds it in memory, and the agents need that room next
     return {"wall_s": round(wall, 2)}
 
 
@@ -383,6 +401,20 @@ def tree_shortfall(dst, n, seed):
         return f"B has {found:,} of {n:,} files"
     mismatch = sample_mismatch(dst, n, seed)
     return mismatch and f"B has every file, but {mismatch}"
+
+
+def wait_synced(phase, a, b, shortfall):
+    """Returns once `tandemctl wait` exits 0 on B and on A and shortfall() (what B's tree still
+    lacks, as a message) says None."""
+    # `wait` can exit 0 before the peers have connected, so the tree itself is the last word.
+    missing = "not looked at yet"
+    while True:
+        if b.in_sync(phase, 10) and a.in_sync(phase, 10):
+            missing = shortfall()
+            if missing is None:
+                return
+        phase.left(f"B's tree to hold every file (last look: {missing})")
+        time.sleep(POLL_S)
 
 
 def initial_sync(phase, a, b, src, dst, n, seed):
@@ -400,15 +432,7 @@ def initial_sync(phase, a, b, src, dst, n, seed):
     start = time.monotonic()
     a.ctl_ok(phase, "source", "add", "s2", src, "--peer", b.info["device_id"])
     b.ctl_ok(phase, "source", "add", "s2", dst, "--peer", a.info["device_id"])
-    # `wait` can exit 0 before the peers have connected, so the tree itself is the last word.
-    shortfall = "not looked at yet"
-    while True:
-        if b.in_sync(phase, 10) and a.in_sync(phase, 10):
-            shortfall = tree_shortfall(dst, n, seed)
-            if shortfall is None:
-                break
-        phase.left(f"B's tree to hold every file (last look: {shortfall})")
-        time.sleep(POLL_S)
+    wait_synced(phase, a, b, lambda: tree_shortfall(dst, n, seed))
     result = {"wall_s": round(time.monotonic() - start, 2)}
     for agent in (a, b):
         result[agent.name] = readings(agent, cpu[agent.name], n)
@@ -423,12 +447,13 @@ def initial_sync(phase, a, b, src, dst, n, seed):
 def table(results):
     phases, sync, rsync = results["phases"], results["phases"]["initial sync"], results["rsync"]
     rows = []
-    for name, target in (("first scan", ""), ("restart + rescan", "≤ 13 (tmpfs, 1M files)"),
-                         ("unchanged rescan", "≤ 7.4 (warm, tmpfs, 1M files)")):
-        rows.append((name, "wall s", phases[name]["wall_s"], target))
-        rows.append((name, "peak RSS MiB", phases[name]["peak_rss_mib"], RSS_TARGET))
-    settled = "" if phases["idle"]["settled"] else f" (still moving after {IDLE_LIMIT_S:g} s)"
-    rows.append(("idle", "RSS MiB", f"{phases['idle']['rss_mib']}{settled}", RSS_TARGET))
+    if "idle" in phases:  # not with --only-sync
+        for name, target in (("first scan", ""), ("restart + rescan", "≤ 13 (tmpfs, 1M files)"),
+                             ("unchanged rescan", "≤ 7.4 (warm, tmpfs, 1M files)")):
+            rows.append((name, "wall s", phases[name]["wall_s"], target))
+            rows.append((name, "peak RSS MiB", phases[name]["peak_rss_mib"], RSS_TARGET))
+        settled = "" if phases["idle"]["settled"] else f" (still moving after {IDLE_LIMIT_S:g} s)"
+        rows.append(("idle", "RSS MiB", f"{phases['idle']['rss_mib']}{settled}", RSS_TARGET))
     rows.append(("initial sync", "wall s", sync["wall_s"], ""))
     for agent in ("A", "B"):
         rows.append(("initial sync", f"CPU s {agent}", sync[agent]["cpu_s"], ""))
@@ -441,11 +466,12 @@ def table(results):
         rows.append(("initial sync", "rsync -a wall s", rsync["wall_s"], ""))
         rows.append(("initial sync", "Tandem / rsync", f"{sync['wall_s'] / rsync['wall_s']:.2f}",
                      "≤ 2"))
-    config = results["config"]
+    config, generation = results["config"], results["generation_s"]
+    scan = (f"{config['files']:,} files (generated in {generation['scan_tree']} s), "
+            if "scan_tree" in generation else "")
     lines = [
-        f"Tandem scale benchmark: {config['files']:,} files (generated in "
-        f"{results['generation_s']['scan_tree']} s), initial sync of {config['sync_files']:,} "
-        f"files ({results['generation_s']['sync_tree']} s); tandemd {config['version']} from "
+        f"Tandem scale benchmark: {scan}initial sync of {config['sync_files']:,} "
+        f"files ({generation['sync_tree']} s); tandemd {config['version']} from "
         f"{config['bin_dir']}; trees in {config['workdir']}",
         "",
         "| phase | metric | value | target |",
@@ -481,6 +507,9 @@ def parse_args():
     parser.add_argument("--seed", type=int, default=1, help="seed of the file contents")
     parser.add_argument("--json", type=Path, help="also write the raw numbers to this file")
     parser.add_argument("--keep", action="store_true", help="keep the temp folder")
+    parser.add_argument("--only-sync", action="store_true",
+                        help="run only the rsync reference and the initial sync (no first scan, "
+                             "restart, unchanged rescan or idle; --files is then unused)")
     args = parser.parse_args()
     for binary in ("tandemd", "tandemctl"):
         if not os.access(args.bin_dir / binary, os.X_OK):
@@ -493,24 +522,27 @@ def parse_args():
 def run(args, base, agents):
     """Every phase in order; returns the results. Agents it starts are appended to agents."""
     scan_tree, sync_src = base / "scan-tree", base / "sync-a"
-    log(f"generating {args.files:,} files in {scan_tree}")
-    generation = {"scan_tree": round(make_tree(scan_tree, args.files, args.seed), 2)}
+    generation, phases, solo = {}, {}, None
+    if not args.only_sync:
+        log(f"generating {args.files:,} files in {scan_tree}")
+        generation["scan_tree"] = round(make_tree(scan_tree, args.files, args.seed), 2)
     log(f"generating {args.sync_files:,} files in {sync_src}")
     # A different seed: the two trees should not share content.
     generation["sync_tree"] = round(make_tree(sync_src, args.sync_files, args.seed + 1), 2)
 
-    solo = Agent("S", args.bin_dir, base / "home-s")
-    agents.append(solo)
-    phases = {
-        "first scan": run_phase("first scan", args.timeout, first_scan, solo, scan_tree,
-                                args.files),
-        "restart + rescan": run_phase("restart + rescan", args.timeout, restart_rescan, solo,
-                                      args.files),
-        "unchanged rescan": run_phase("unchanged rescan", args.timeout, unchanged_rescan, solo,
-                                      args.files),
-        "idle": run_phase("idle", args.timeout, idle, solo),
-    }
-    solo.stop()
+    if not args.only_sync:
+        solo = Agent("S", args.bin_dir, base / "home-s")
+        agents.append(solo)
+        phases = {
+            "first scan": run_phase("first scan", args.timeout, first_scan, solo, scan_tree,
+                                    args.files),
+            "restart + rescan": run_phase("restart + rescan", args.timeout, restart_rescan, solo,
+                                          args.files),
+            "unchanged rescan": run_phase("unchanged rescan", args.timeout, unchanged_rescan,
+                                          solo, args.files),
+            "idle": run_phase("idle", args.timeout, idle, solo),
+        }
+        solo.stop()
 
     # rsync first: once A has the source, the agent's own folder sits inside the tree.
     rsync = run_phase("rsync reference", args.timeout, rsync_reference, sync_src,
@@ -519,9 +551,11 @@ def run(args, base, agents):
     agents += [a, b]
     phases["initial sync"] = run_phase("initial sync", args.timeout, initial_sync, a, b, sync_src,
                                        base / "sync-b", args.sync_files, args.seed + 1)
-    config = {"files": args.files, "sync_files": args.sync_files, "seed": args.seed,
-              "bin_dir": str(args.bin_dir), "workdir": str(args.workdir),
-              "version": solo.info.get("version", "?"), "timeout_s": args.timeout}
+    # With --only-sync there is no solo agent; A runs the same binary.
+    version = (solo or a).info.get("version", "?")
+    config = {"files": None if args.only_sync else args.files, "sync_files": args.sync_files,
+              "seed": args.seed, "bin_dir": str(args.bin_dir), "workdir": str(args.workdir),
+              "version": version, "timeout_s": args.timeout, "only_sync": args.only_sync}
     return {"config": config, "generation_s": generation, "phases": phases, "rsync": rsync}
 
 
