@@ -418,12 +418,17 @@ pub fn ready_temps(disk: &dyn Disk, temps: &[TempToReady<'_>]) -> Vec<Result<(),
 }
 
 fn ready_temp(disk: &dyn Disk, t: &TempToReady<'_>) -> Result<(), ApplyError> {
-    let f = fs::OpenOptions::new()
-        .write(true)
-        .open(t.temp)
+    // Read-only is enough to set an owned file's metadata and flush it, and closing it then
+    // raises no close-after-write event for the watcher to carry.
+    let f = fs::File::open(t.temp).map_err(io_err(t.item, "opening the temp file"))?;
+    let made = f
+        .metadata()
         .map_err(io_err(t.item, "opening the temp file"))?;
-    f.set_permissions(fs::Permissions::from_mode(t.mode))
-        .map_err(io_err(t.item, "setting permissions"))?;
+    // Created with the wanted mode, the umask willing: then there is nothing to change.
+    if made.mode() & 0o7777 != t.mode {
+        f.set_permissions(fs::Permissions::from_mode(t.mode))
+            .map_err(io_err(t.item, "setting permissions"))?;
+    }
     f.set_times(fs::FileTimes::new().set_modified(system_time(t.mtime_ns)))
         .map_err(io_err(t.item, "setting the modification time"))?;
     disk.sync(&f, t.temp)
@@ -804,15 +809,28 @@ fn open_regular(path: &Path, options: &fs::OpenOptions) -> io::Result<fs::File> 
 /// Reads `len` bytes at `offset` of an item's file, for a chunk a peer asked for or one
 /// reused locally: only a regular file inside the source, never through a symlink.
 pub fn read_range(root: &Path, item: &ItemPath, offset: u64, len: u32) -> io::Result<Vec<u8>> {
+    read_range_in(root, item, offset, len, &mut RealFolders::default())
+}
+
+/// [`read_range`] for one of many reads in a row, remembering the real folders it passed.
+pub fn read_range_in(
+    root: &Path,
+    item: &ItemPath,
+    offset: u64,
+    len: u32,
+    folders: &mut RealFolders,
+) -> io::Result<Vec<u8>> {
     use std::io::{Seek, SeekFrom};
-    if let Some(parent) = blocked_parent(root, item) {
+    if let Some(parent) = folders.blocked_parent(root, item) {
         return Err(io::Error::new(
             io::ErrorKind::NotFound,
             format!("{parent} is not a folder of the source"),
         ));
     }
     let mut f = open_regular(&root.join(item.as_str()), fs::OpenOptions::new().read(true))?;
-    f.seek(SeekFrom::Start(offset))?;
+    if offset > 0 {
+        f.seek(SeekFrom::Start(offset))?;
+    }
     let mut buf = vec![0u8; usize::try_from(len).unwrap_or(0)];
     f.read_exact(&mut buf)?;
     Ok(buf)

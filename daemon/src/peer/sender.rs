@@ -210,10 +210,11 @@ async fn with_inline_content(
     wanted.retain(|(_, _, _, hash)| !hash.is_some_and(|h| src.gone.contains(&h)));
     let root = src.root.clone();
     let read = tokio::task::spawn_blocking(move || {
+        let mut folders = apply::RealFolders::default();
         wanted
             .into_iter()
             .filter_map(|(i, path, len, hash)| {
-                let data = apply::read_range(&root, &path, 0, len).ok()?;
+                let data = apply::read_range_in(&root, &path, 0, len, &mut folders).ok()?;
                 (Some(Hash128::of(&data)) == hash).then(|| (i, Arc::from(data)))
             })
             .collect::<Vec<(usize, Arc<[u8]>)>>()

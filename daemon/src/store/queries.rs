@@ -448,18 +448,15 @@ pub(super) fn commit(
                 "INSERT INTO items (source_id, key, kind, size, mtime_ns, inode, mode, version,
                                     sequence, hash, chunks, symlink_target, deleted, origin,
                                     modified_by, record)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, NULL, NULL, ?10, ?11, ?12, ?13, ?14)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?15, ?16, ?10, ?11, ?12, ?13, ?14)
                  ON CONFLICT (source_id, key) DO UPDATE SET
                     kind = excluded.kind, size = excluded.size, mtime_ns = excluded.mtime_ns,
                     inode = excluded.inode, mode = excluded.mode, version = excluded.version,
                     sequence = excluded.sequence, symlink_target = excluded.symlink_target,
                     deleted = excluded.deleted, origin = excluded.origin,
-                    modified_by = excluded.modified_by, record = excluded.record",
-            )
-            .map_err(&err)?;
-        let mut set_content = tx
-            .prepare_cached(
-                "UPDATE items SET hash = ?3, chunks = ?4 WHERE source_id = ?1 AND key = ?2",
+                    modified_by = excluded.modified_by, record = excluded.record,
+                    hash = CASE WHEN ?17 THEN items.hash ELSE excluded.hash END,
+                    chunks = CASE WHEN ?17 THEN items.chunks ELSE excluded.chunks END",
             )
             .map_err(&err)?;
         let mut drop_locations = tx
@@ -475,6 +472,16 @@ pub(super) fn commit(
             seq += 1;
             seqs.push(seq);
             let cols = FileColumns::of(&d.body);
+            // A record has no content of a file's kind: none is kept, and no chunk lives in it.
+            let content = d.file().map_or(&Content::Empty, |f| &f.content);
+            // Hash and chunk list go in with the row (one statement per item, not two).
+            let (hash, chunks) = match content {
+                Content::Replace { hash, chunks } => (
+                    Some(hash.0.to_vec()),
+                    Some(chunker::encode_chunk_list(chunks)),
+                ),
+                Content::Keep | Content::Empty => (None, None),
+            };
             upsert_keep
                 .execute(params![
                     source_id,
@@ -491,43 +498,27 @@ pub(super) fn commit(
                     d.header.origin,
                     d.header.modified_by,
                     cols.record,
+                    hash,
+                    chunks,
+                    matches!(content, Content::Keep),
                 ])
                 .map_err(&err)?;
-            // A record has no content of a file's kind: none is kept, and no chunk lives in it.
-            let content = d.file().map_or(&Content::Empty, |f| &f.content);
-            match content {
-                Content::Keep => {}
-                Content::Empty => {
-                    set_content
-                        .execute(params![source_id, d.key, None::<Vec<u8>>, None::<Vec<u8>>])
-                        .map_err(&err)?;
-                    drop_locations
-                        .execute(params![source_id, d.key])
-                        .map_err(&err)?;
-                }
-                Content::Replace { hash, chunks } => {
-                    set_content
+            if let Content::Empty | Content::Replace { .. } = content {
+                drop_locations
+                    .execute(params![source_id, d.key])
+                    .map_err(&err)?;
+            }
+            if let Content::Replace { chunks, .. } = content {
+                for ch in chunks {
+                    add_location
                         .execute(params![
+                            ch.hash.0.as_slice(),
                             source_id,
                             d.key,
-                            hash.0.as_slice(),
-                            chunker::encode_chunk_list(chunks)
+                            to_i64(ch.offset),
+                            i64::from(ch.len)
                         ])
                         .map_err(&err)?;
-                    drop_locations
-                        .execute(params![source_id, d.key])
-                        .map_err(&err)?;
-                    for ch in chunks {
-                        add_location
-                            .execute(params![
-                                ch.hash.0.as_slice(),
-                                source_id,
-                                d.key,
-                                to_i64(ch.offset),
-                                i64::from(ch.len)
-                            ])
-                            .map_err(&err)?;
-                    }
                 }
             }
         }
