@@ -177,7 +177,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             listen: SocketAddr::from(([0, 0, 0, 0], 22000)),
-            debounce: Duration::from_millis(100),
+            debounce: Duration::from_millis(50),
             debounce_max: Duration::from_millis(500),
             rescan_interval: Duration::from_secs(3600),
             versions_keep: Some(Duration::from_secs(30 * 86_400)),
@@ -203,7 +203,7 @@ const DEFAULT_CONFIG: &str = "\
 # listen = \"0.0.0.0:22000\"
 
 # Milliseconds to let a burst of file events settle before scanning.
-# debounce_ms = 100
+# debounce_ms = 50
 
 # Longest, in milliseconds, a change waits while events keep coming.
 # debounce_max_ms = 500

@@ -110,6 +110,10 @@ pub trait PriorCursor: Send {
         after: Option<&str>,
         limit: usize,
     ) -> Result<Vec<PriorItem>, PriorError>;
+
+    /// The ranges about to be read, in order: a cursor may fetch their first pages together
+    /// (a burst of events names many small scopes, each otherwise a trip of its own).
+    fn will_read(&mut self, _ranges: &[PathRange]) {}
 }
 
 /// Prior state held in memory, by item path: for tests, benchmarks and tools that have no
@@ -289,6 +293,7 @@ impl PriorStream {
 
     /// Streams these ranges next (the previous ones must have been read to their end).
     fn start(&mut self, ranges: Vec<PathRange>) {
+        self.cursor.will_read(&ranges);
         self.ranges = ranges.into();
         self.after = None;
         self.front_done = false;

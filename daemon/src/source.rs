@@ -4,7 +4,7 @@
 //! (commands in, a status snapshot out). Scans run on the blocking pool. Must not: own
 //! sockets or block the runtime.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -840,6 +840,8 @@ impl SourceTask {
                 store: self.store.clone(),
                 source_id: self.cfg.id.clone(),
                 ahead: None,
+                upcoming: VecDeque::new(),
+                firsts: VecDeque::new(),
             }),
             force_rehash: force,
             ignores,
@@ -1085,6 +1087,46 @@ struct StorePrior {
     source_id: String,
     /// The page asked for ahead: its range, the path it starts after, its size, the reply.
     ahead: Option<ReadAhead>,
+    /// Ranges the scan said it will read, whose first pages are not fetched yet.
+    upcoming: VecDeque<PathRange>,
+    /// First pages fetched together, in the order the ranges will be read.
+    firsts: VecDeque<(PathRange, Vec<PriorItem>)>,
+}
+
+/// Ranges whose first pages are fetched in one trip, and the size of those pages: a page
+/// that comes back full is asked for again at full size.
+const FIRSTS_PER_TRIP: usize = 128;
+const FIRST_PAGE: usize = 32;
+
+impl StorePrior {
+    /// A first page fetched together with others, if `range` is complete in it.
+    fn prefetched(&mut self, range: &PathRange) -> Result<Option<Vec<PriorItem>>, PriorError> {
+        if self.firsts.is_empty() {
+            while self.upcoming.front().is_some_and(|r| r != range) {
+                self.upcoming.pop_front();
+            }
+            if self.upcoming.is_empty() {
+                return Ok(None);
+            }
+            let n = self.upcoming.len().min(FIRSTS_PER_TRIP);
+            let ranges: Vec<PathRange> = self.upcoming.drain(..n).collect();
+            let pages = self
+                .store
+                .first_pages(self.source_id.clone(), ranges.clone(), FIRST_PAGE)
+                .wait()
+                .map_err(|e| PriorError {
+                    reason: e.to_string(),
+                })?;
+            self.firsts = ranges.into_iter().zip(pages).collect();
+        }
+        while self.firsts.front().is_some_and(|(r, _)| r != range) {
+            self.firsts.pop_front();
+        }
+        Ok(match self.firsts.pop_front() {
+            Some((_, page)) if page.len() < FIRST_PAGE => Some(page),
+            _ => None,
+        })
+    }
 }
 
 struct ReadAhead {
@@ -1095,12 +1137,28 @@ struct ReadAhead {
 }
 
 impl PriorCursor for StorePrior {
+    fn will_read(&mut self, ranges: &[PathRange]) {
+        // Worth it only for many scopes; a full scan reads one range page by page.
+        self.firsts.clear();
+        self.upcoming = if ranges.len() > 2 {
+            ranges.iter().cloned().collect()
+        } else {
+            VecDeque::new()
+        };
+    }
+
     fn next_batch(
         &mut self,
         range: &PathRange,
         after: Option<&str>,
         limit: usize,
     ) -> Result<Vec<PriorItem>, PriorError> {
+        if after.is_none()
+            && limit >= FIRST_PAGE
+            && let Some(page) = self.prefetched(range)?
+        {
+            return Ok(page);
+        }
         let reply = match self.ahead.take() {
             Some(ahead)
                 if ahead.range == *range

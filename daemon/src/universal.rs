@@ -467,6 +467,25 @@ mod tests {
         }
     }
 
+    type Mutation = Box<dyn Fn(&mut pb::FileBody, &mut pb::Header)>;
+
+    /// Each mutation of `good` is refused, naming the item and what the case expects.
+    fn each_is_refused(good: &pb::Item, cases: Vec<(&str, Mutation)>) {
+        for (want, mutate) in cases {
+            let mut m = good.clone();
+            let (Some(pb::item::Body::File(body)), Some(header)) = (&mut m.body, &mut m.header)
+            else {
+                panic!("a file item has a file body and a header");
+            };
+            mutate(body, header);
+            let err = item_from_pb(&m).unwrap_err().to_string();
+            assert!(
+                err.contains(want) && err.contains("docs/a.txt"),
+                "{want}: {err}"
+            );
+        }
+    }
+
     /// A small file sent with its content.
     fn inline_item(content: &[u8]) -> RemoteItem {
         let mut item = file_item();
@@ -489,7 +508,6 @@ mod tests {
         let item = inline_item(b"small file content");
         assert_eq!(item_from_pb(&item_to_pb(&item)).unwrap(), item);
         let good = item_to_pb(&item);
-        type Mutation = Box<dyn Fn(&mut pb::FileBody, &mut pb::Header)>;
         let cases: Vec<(&str, Mutation)> = vec![
             ("inline content", Box::new(|b, _| b.inline[0] ^= 1)),
             ("inline content", Box::new(|b, _| b.inline.push(0))),
@@ -502,19 +520,7 @@ mod tests {
                 }),
             ),
         ];
-        for (want, mutate) in cases {
-            let mut m = good.clone();
-            let (Some(pb::item::Body::File(body)), Some(header)) = (&mut m.body, &mut m.header)
-            else {
-                panic!("a file item has a file body and a header");
-            };
-            mutate(body, header);
-            let err = item_from_pb(&m).unwrap_err().to_string();
-            assert!(
-                err.contains(want) && err.contains("docs/a.txt"),
-                "{want}: {err}"
-            );
-        }
+        each_is_refused(&good, cases);
     }
 
     #[test]
@@ -575,7 +581,6 @@ mod tests {
     #[test]
     fn inconsistent_items_are_refused() {
         let good = item_to_pb(&file_item());
-        type Mutation = Box<dyn Fn(&mut pb::FileBody, &mut pb::Header)>;
         let cases: Vec<(&str, Mutation)> = vec![
             ("size", Box::new(|b, _| b.size += 1)),
             ("16 bytes", Box::new(|b, _| b.hash.truncate(3))),
@@ -602,19 +607,7 @@ mod tests {
             ("short ID", Box::new(|_, h| h.modified_by = "../x".into())),
             ("short ID", Box::new(|_, h| h.modified_by = "A".repeat(17))),
         ];
-        for (want, mutate) in cases {
-            let mut m = good.clone();
-            let (Some(pb::item::Body::File(body)), Some(header)) = (&mut m.body, &mut m.header)
-            else {
-                panic!("a file item has a file body and a header");
-            };
-            mutate(body, header);
-            let err = item_from_pb(&m).unwrap_err().to_string();
-            assert!(
-                err.contains(want) && err.contains("docs/a.txt"),
-                "{want}: {err}"
-            );
-        }
+        each_is_refused(&good, cases);
     }
 
     #[test]

@@ -116,6 +116,10 @@ impl Agent {
     }
 
     fn launch(launch: Launch) -> Agent {
+        Agent::launch_with(launch, Vec::new())
+    }
+
+    fn launch_with(launch: Launch, env: Vec<(String, String)>) -> Agent {
         let dir = tempfile::Builder::new()
             .prefix("tandem-test-")
             .tempdir()
@@ -127,7 +131,7 @@ impl Agent {
             launch,
             child: None,
             watches: AtomicUsize::new(0),
-            env: Vec::new(),
+            env,
         };
         agent.spawn();
         agent
@@ -135,24 +139,11 @@ impl Agent {
 
     /// Starts an agent whose `tandemd` runs with these extra environment variables.
     pub fn start_with_env(vars: &[(&str, &str)]) -> Agent {
-        let dir = tempfile::Builder::new()
-            .prefix("tandem-test-")
-            .tempdir()
-            .expect("create a temp folder for the agent");
-        let home = dir.path().join("home");
-        let mut agent = Agent {
-            dir,
-            home,
-            launch: Launch::Direct,
-            child: None,
-            watches: AtomicUsize::new(0),
-            env: vars
-                .iter()
-                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-                .collect(),
-        };
-        agent.spawn();
-        agent
+        let env = vars
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        Agent::launch_with(Launch::Direct, env)
     }
 
     /// Drops the extra environment from the next start on.

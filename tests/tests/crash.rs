@@ -7,7 +7,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::hash::{DefaultHasher, Hash, Hasher};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use tandem_tests::tree::{self, PseudoRandom};
@@ -82,18 +82,24 @@ fn assert_database_intact(home: &Path, when: &str) {
     assert_eq!(check, "ok", "{when}: SQLite integrity check");
 }
 
-#[test]
-fn sigkill_during_sync_never_leaves_partial_files_or_a_damaged_database() {
-    let a = Agent::start();
-    let mut b = Agent::start();
+/// Writes the first version of every file on A and shares "docs" between A and B; gives back
+/// both folders and the versions written.
+fn share_versions(a: &Agent, b: &Agent) -> (PathBuf, PathBuf, BTreeMap<String, BTreeSet<u64>>) {
     let (da, db) = (a.data_dir("docs"), b.data_dir("docs"));
     let mut seen = BTreeMap::new();
     for i in 0..FILES {
         write_version(&da, i, 0, &mut seen);
     }
-    pair(&a, &b);
-    a.share("docs", &da, &[&b]);
-    b.share("docs", &db, &[&a]);
+    pair(a, b);
+    a.share("docs", &da, &[b]);
+    b.share("docs", &db, &[a]);
+    (da, db, seen)
+}
+
+#[test]
+fn sigkill_during_sync_never_leaves_partial_files_or_a_damaged_database() {
+    let (a, mut b) = (Agent::start(), Agent::start());
+    let (da, db, mut seen) = share_versions(&a, &b);
     let mut rng = PseudoRandom::new(42);
     for round in 1..=ROUNDS {
         // Let B get a seeded share of the way, then pull the plug.
@@ -160,14 +166,7 @@ fn a_kill_during_a_batchs_durability_step_leaves_nothing_recorded_that_is_not_on
     for plan in ["sync::abort:1:260", "sync-folder::abort:1:11"] {
         let a = Agent::start();
         let mut b = Agent::start_with_env(&[("TANDEM_TEST_DISK_FAULTS", plan)]);
-        let (da, db) = (a.data_dir("docs"), b.data_dir("docs"));
-        let mut seen = BTreeMap::new();
-        for i in 0..FILES {
-            write_version(&da, i, 0, &mut seen);
-        }
-        pair(&a, &b);
-        a.share("docs", &da, &[&b]);
-        b.share("docs", &db, &[&a]);
+        let (da, db, seen) = share_versions(&a, &b);
         let exit = b
             .wait_exit(SYNC)
             .unwrap_or_else(|| panic!("{plan}: B never reached the planned crash"));

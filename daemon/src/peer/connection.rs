@@ -25,7 +25,7 @@ const SERVE_CONCURRENCY: usize = 2;
 /// Most chunk requests sent, or served, in one frame.
 const REQUESTS_PER_FRAME: usize = 16;
 /// Chunk answers are cut into frames of about this many bytes, well below the frame limit.
-const ANSWER_BUDGET: usize = 4 << 20;
+const ANSWER_BUDGET: usize = 1 << 20;
 
 /// Why an exchange ended, as `status` shows it in the peer's `last_error`.
 #[derive(Debug, thiserror::Error)]

@@ -227,6 +227,17 @@ impl StoreHandle {
         })
     }
 
+    /// The first page of each of several ranges in one trip, for a scan of many small scopes
+    /// (the paths of a burst of file events). Blocking, like [`StoreHandle::prior_batch`].
+    pub fn first_pages(
+        &self,
+        source_id: String,
+        ranges: Vec<crate::item::PathRange>,
+        limit: usize,
+    ) -> Reply<Vec<Vec<crate::item::PriorItem>>> {
+        self.send_blocking(move |c| queries::first_pages(c, &source_id, &ranges, limit))
+    }
+
     /// Commits a batch of differences in one transaction; returns the sequence given to each.
     pub async fn commit(
         &self,

@@ -358,8 +358,25 @@ pub(super) fn prior_items(
 /// keyset pagination, so a scan holds a page of the prior state at a time, never all of it.
 /// Each page is one range lookup on the primary key `(source_id, key)`, however deep into
 /// the source it starts.
-pub(super) fn prior_batch(
+/// The first page (up to `limit` items) of each range, in one read transaction.
+pub(super) fn first_pages(
     c: &mut Connection,
+    source_id: &str,
+    ranges: &[PathRange],
+    limit: usize,
+) -> Result<Vec<Vec<PriorItem>>> {
+    let err = sql("reading prior state");
+    let tx = c.transaction().map_err(&err)?;
+    let pages = ranges
+        .iter()
+        .map(|range| prior_batch(&tx, source_id, range, None, limit))
+        .collect::<Result<Vec<_>>>()?;
+    tx.finish().map_err(&err)?;
+    Ok(pages)
+}
+
+pub(super) fn prior_batch(
+    c: &Connection,
     source_id: &str,
     range: &PathRange,
     after: Option<&str>,
