@@ -475,11 +475,17 @@ impl Folders {
         target.parent().unwrap_or(root).to_path_buf()
     }
 
-    /// Flushes every noted folder; gives back those that failed, with why.
+    /// Flushes every noted folder; gives back those that failed, with why. A folder that is
+    /// gone (the batch removed it after emptying it) has nothing left to flush: its removal
+    /// is an entry of its parent, which is noted too.
     pub fn flush(self, disk: &dyn Disk) -> Vec<(PathBuf, io::Error)> {
         self.dirs
             .into_iter()
-            .filter_map(|dir| disk.sync_folder(&dir).err().map(|e| (dir, e)))
+            .filter_map(|dir| match disk.sync_folder(&dir) {
+                Ok(()) => None,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+                Err(e) => Some((dir, e)),
+            })
             .collect()
     }
 }
@@ -873,6 +879,23 @@ mod tests {
         assert_eq!(meta.mode, 0o640);
         assert_eq!(meta.mtime_ns, 1_600_000_000_123_456_789);
         assert_eq!(remove_stale_temps(root), 0);
+    }
+
+    #[test]
+    fn a_folder_emptied_and_removed_in_the_batch_needs_no_flush() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        fs::create_dir_all(root.join("d/e")).unwrap();
+        fs::write(root.join("d/e/f"), b"x").unwrap();
+        let mut folders = Folders::default();
+        assert_eq!(
+            remove(root, &p("d/e/f"), &mut folders).unwrap(),
+            Removed::Yes
+        );
+        assert_eq!(remove(root, &p("d/e"), &mut folders).unwrap(), Removed::Yes);
+        assert_eq!(remove(root, &p("d"), &mut folders).unwrap(), Removed::Yes);
+        let failed = folders.flush(&OsDisk);
+        assert!(failed.is_empty(), "{failed:?}");
     }
 
     #[test]

@@ -107,6 +107,7 @@ fn inline_file(path: &str, data: &[u8], v: VersionVector, mtime_ns: i64, seq: u6
 
 fn write_at(root: &Path, path: &str, data: &[u8], mtime_ns: i64) {
     let full = root.join(path);
+    std::fs::create_dir_all(full.parent().unwrap()).unwrap();
     std::fs::write(&full, data).unwrap();
     let when = std::time::UNIX_EPOCH + Duration::from_nanos(u64::try_from(mtime_ns).unwrap());
     std::fs::File::options()
@@ -600,5 +601,46 @@ async fn a_record_sent_to_a_files_source_is_refused_by_name_and_nothing_is_writt
     );
     // Held back, not acknowledged: the sender is not told it was applied.
     assert!(s.feed.acked.lock().unwrap().iter().all(|(a, _)| *a < 2));
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_folder_tree_goes_in_one_batch_with_no_retry() {
+    let t = 1_700_000_000_000_000_000;
+    let local: Vec<(&str, &[u8], i64)> = ["d/e/f1", "d/e/f2", "d/g"]
+        .iter()
+        .map(|n| (*n, n.as_bytes(), t))
+        .collect();
+    let s = Scene::new(Arc::new(OsDisk), &local).await;
+    // The peer saw every item and deleted the whole tree: deepest first, as a scan reports.
+    let mut deletions = Vec::new();
+    for (seq, key) in (1..).zip(["d/e/f2", "d/e/f1", "d/g", "d/e", "d"]) {
+        let local = s
+            .store
+            .prior_item(SOURCE.into(), key.into())
+            .await
+            .unwrap()
+            .unwrap();
+        let mut item = file(
+            key,
+            b"",
+            local.header.version.merge(&version(&[(PEER, 1)])),
+            t,
+            seq,
+        );
+        item.header.deleted = true;
+        if let Body::File(f) = &mut item.body {
+            f.meta.kind = local.file().unwrap().meta.kind;
+            f.meta.size = 0;
+            f.hash = None;
+            f.chunks.clear();
+        }
+        deletions.push(item);
+    }
+    s.send_bare(deletions).await;
+    s.applied_through(5).await;
+    assert!(!s.root.join("d").exists(), "the tree is gone");
+    let errors = s.feed.errors.lock().unwrap().clone();
+    assert!(errors.is_empty(), "nothing was set aside: {errors:?}");
     s.stop().await;
 }
