@@ -23,7 +23,7 @@ pub const MAX_FRAME_BYTES: usize = 16 << 20;
 /// Frames of chunk requests served at once for one peer.
 const SERVE_CONCURRENCY: usize = 2;
 /// Most chunk requests sent, or served, in one frame.
-const REQUESTS_PER_FRAME: usize = 16;
+const REQUESTS_PER_FRAME: usize = 8;
 /// Chunk answers are cut into frames of about this many bytes, well below the frame limit.
 const ANSWER_BUDGET: usize = 1 << 20;
 
