@@ -121,12 +121,22 @@ impl Fetcher {
         self,
         items: Vec<RemoteItem>,
     ) -> (Vec<RemoteItem>, Vec<Prepared>) {
-        let paths = items.iter().map(|i| i.path.to_string()).collect();
-        let priors = match self.store.prior_items_at(self.src.id.clone(), paths).await {
-            Ok(priors) => priors,
-            // Nothing is skipped for it: the source task decides again with the state then.
-            Err(_) => vec![None; items.len()],
-        };
+        // An item whose content came with it costs nothing to fetch: it is not looked up
+        // here (the source task decides on it, with the state at apply time, as on every
+        // item), and in the rare case it is not wanted its temp file goes again.
+        let looked: Vec<usize> = (0..items.len())
+            .filter(|&i| items[i].file().is_none_or(|f| f.inline.is_none()))
+            .collect();
+        let paths = looked.iter().map(|&i| items[i].path.to_string()).collect();
+        let mut priors: Vec<Option<PriorItem>> = vec![None; items.len()];
+        if !looked.is_empty()
+            && let Ok(found) = self.store.prior_items_at(self.src.id.clone(), paths).await
+        {
+            // On an error nothing is skipped: the source task decides again.
+            for (i, prior) in looked.into_iter().zip(found) {
+                priors[i] = prior;
+            }
+        }
         let mut prepared: Vec<Option<Prepared>> = Vec::with_capacity(items.len());
         let mut wanted: Vec<Wanted> = Vec::new();
         for (i, (item, prior)) in items.iter().zip(priors).enumerate() {

@@ -644,3 +644,34 @@ async fn a_deleted_folder_tree_goes_in_one_batch_with_no_retry() {
     assert!(errors.is_empty(), "nothing was set aside: {errors:?}");
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_metadata_change_sent_with_its_content_keeps_no_version_and_leaves_no_temp() {
+    let t = 1_700_000_000_000_000_000;
+    let s = Scene::new(Arc::new(OsDisk), &[("m.txt", b"same content", t)]).await;
+    let local = s
+        .store
+        .prior_item(SOURCE.into(), "m.txt".into())
+        .await
+        .unwrap()
+        .unwrap();
+    // Touched on the peer: a newer version, the same bytes, which came inline anyway.
+    let newer = local.header.version.merge(&version(&[(PEER, 1)]));
+    s.send_bare(vec![inline_file("m.txt", b"same content", newer, t + 5, 1)])
+        .await;
+    s.applied_through(1).await;
+    let mtime = std::fs::metadata(s.root.join("m.txt"))
+        .unwrap()
+        .modified()
+        .unwrap();
+    let want = std::time::UNIX_EPOCH + Duration::from_nanos(u64::try_from(t + 5).unwrap());
+    assert_eq!(mtime, want, "the new mtime is set");
+    assert_eq!(s.read("m.txt"), b"same content");
+    let kept = crate::versions::list(&s.root, None);
+    assert!(
+        kept.is_empty(),
+        "no version kept of unchanged content: {kept:?}"
+    );
+    assert!(s.names_with(crate::layout::TEMP_PREFIX).is_empty());
+    s.stop().await;
+}

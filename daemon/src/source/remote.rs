@@ -499,11 +499,18 @@ impl SourceTask {
         }
         let root = self.cfg.root.clone();
         let disk = self.cfg.disk.clone();
+        // Content built for an item whose recorded content is the same already (its content
+        // came inline, unasked): only its metadata is written, and the temp goes.
+        let unneeded: Vec<std::path::PathBuf> = staged
+            .iter()
+            .filter(|s| s.same_content)
+            .filter_map(|s| s.req.temp.clone())
+            .collect();
         let jobs: Vec<WriteJob> = staged
             .iter()
             .map(|s| WriteJob {
                 item: s.req.item.clone(),
-                temp: s.req.temp.clone(),
+                temp: s.req.temp.clone().filter(|_| !s.same_content),
                 conflict: s.conflict,
                 same_content: s.same_content,
                 prior: s.prior.clone(),
@@ -525,7 +532,11 @@ impl SourceTask {
             })
             .collect();
         let format = self.format;
-        let written = tokio::task::spawn_blocking(move || format.write(&*disk, &root, jobs)).await;
+        let written = tokio::task::spawn_blocking(move || {
+            unneeded.iter().for_each(|t| apply::remove_temp(t));
+            format.write(&*disk, &root, jobs)
+        })
+        .await;
         let written = match written {
             Ok(w) => w,
             Err(e) => {
