@@ -27,6 +27,8 @@ pub const MAX_LINK_BYTES: usize = 4096;
 pub const MAX_VERSION_COUNTERS: usize = 1_000;
 /// Longest short device ID an item may name as its modifier.
 pub const MAX_DEVICE_SHORT: usize = 16;
+/// Largest content a peer may send inline with an item (senders inline far less).
+pub const MAX_INLINE_BYTES: usize = 1 << 20;
 
 /// Why something from a peer was refused. Nothing of a refused item is written.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -296,6 +298,12 @@ pub fn item_from_pb(item: &pb::Item) -> Result<RemoteItem, Refused> {
         _ => None,
     };
     if kind == ItemKind::File && !header.deleted {
+        if body.inline.len() > MAX_INLINE_BYTES {
+            return Err(bad(format!(
+                "{} bytes of inline content is more than the limit",
+                body.inline.len()
+            )));
+        }
         hash = Some(
             Hash128::from_slice(&body.hash)
                 .ok_or_else(|| bad("content hash is not 16 bytes".into()))?,
@@ -511,6 +519,13 @@ mod tests {
         let cases: Vec<(&str, Mutation)> = vec![
             ("inline content", Box::new(|b, _| b.inline[0] ^= 1)),
             ("inline content", Box::new(|b, _| b.inline.push(0))),
+            (
+                "more than the limit",
+                Box::new(|b, _| {
+                    b.inline = vec![0; MAX_INLINE_BYTES + 1];
+                    b.size = b.inline.len() as u64;
+                }),
+            ),
             (
                 "only a live file",
                 Box::new(|b, h| {

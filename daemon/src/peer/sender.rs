@@ -24,6 +24,7 @@ pub(super) const INDEX_WINDOW: usize = 4;
 /// Files up to this size travel with their entry: for a small file the request round trip
 /// would cost far more than its bytes.
 pub(super) const INLINE_MAX: u64 = 64 * 1024;
+const _: () = assert!(INLINE_MAX as usize <= universal::MAX_INLINE_BYTES);
 
 /// Streams this device's index of one source to the peer, from its cursor on, then live.
 pub(super) struct Sender {
