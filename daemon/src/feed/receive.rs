@@ -18,6 +18,8 @@ use crate::universal::RemoteItem;
 const APPLY_BATCH: usize = 256;
 /// Most content bytes fetched for one run.
 const RUN_BYTES: u64 = 64 << 20;
+/// Most updates already received that are applied together.
+const MERGED_UPDATES: usize = 8;
 /// Failed items are tried again this often.
 const RETRY_EVERY: Duration = Duration::from_secs(5);
 
@@ -142,7 +144,15 @@ impl Receiver {
                 }
             };
             let Some(update) = update else { return };
-            self.on_update(update, updates.is_empty()).await;
+            // Whatever else has arrived is taken along, so preparing runs on across updates.
+            let mut arrived = vec![update];
+            while arrived.len() < MERGED_UPDATES {
+                match updates.try_recv() {
+                    Ok(more) => arrived.push(more),
+                    Err(_) => break,
+                }
+            }
+            self.on_updates(arrived, updates.is_empty()).await;
         }
     }
 
@@ -154,63 +164,78 @@ impl Receiver {
         self.acknowledge(queue_empty).await;
     }
 
-    async fn on_update(&mut self, update: Update, queue_empty: bool) {
-        let Update {
-            items,
-            through,
-            caught_up,
-        } = update;
-        // A newer version of an item waiting for a retry replaces it: the old one may never
-        // be applicable (its content gone, its folder replaced), and the new one decides.
-        if !self.retry.is_empty() {
-            let newer: BTreeSet<&str> = items
-                .iter()
-                .filter_map(|i| i.as_ref().ok().map(|i| i.path.as_str()))
-                .collect();
-            self.retry.retain(|r| !newer.contains(r.item.path.as_str()));
-        }
-        // Counted as they are taken out again below: a refused item counts no bytes.
-        let needed_bytes: u64 = items
-            .iter()
-            .map(|i| {
-                i.as_ref()
-                    .map_or(0, |i| i.file().map_or(0, |f| f.meta.size))
-            })
-            .sum();
-        self.needed.add(items.len() as u64, needed_bytes);
-        let mut max_seq = self.seen.max(through);
+    /// Applies the updates that arrived together, as one stream of runs: the first run of an
+    /// update is prepared while the last of the one before is applied. Each update is
+    /// acknowledged as soon as its last item is dealt with, so the sender keeps sending.
+    async fn on_updates(&mut self, updates: Vec<Update>, queue_empty: bool) {
         let mut runs: VecDeque<Vec<RemoteItem>> = VecDeque::new();
         let mut run_bytes = 0u64;
-        for item in items {
-            match item {
-                Err(refused) => {
-                    self.fetcher.feed.refused(&refused.to_string());
-                    self.needed.done(1, 0);
-                }
-                Ok(item) => {
-                    max_seq = max_seq.max(item.header.sequence);
-                    // Content that must be fetched bounds a run too, so a run of big files
-                    // does not hold hundreds of temp files at once.
-                    let fetched = item
-                        .file()
-                        .filter(|f| f.inline.is_none())
-                        .map_or(0, |f| f.meta.size);
-                    let full = runs.back().is_none_or(|r| {
-                        r.len() >= APPLY_BATCH || run_bytes + fetched > RUN_BYTES && !r.is_empty()
-                    });
-                    if full {
-                        runs.push_back(Vec::new());
-                        run_bytes = 0;
+        // Per update: how many items (of all the updates) are dealt with once it is, the
+        // highest sequence it covers, and whether its sender said it was caught up.
+        let mut ends: VecDeque<(u64, u64, bool)> = VecDeque::new();
+        let mut queued = 0u64;
+        for update in updates {
+            let Update {
+                items,
+                through,
+                caught_up,
+            } = update;
+            // A newer version of an item waiting for a retry replaces it: the old one may
+            // never be applicable (its content gone, its folder replaced), and the new one
+            // decides.
+            if !self.retry.is_empty() {
+                let newer: BTreeSet<&str> = items
+                    .iter()
+                    .filter_map(|i| i.as_ref().ok().map(|i| i.path.as_str()))
+                    .collect();
+                self.retry.retain(|r| !newer.contains(r.item.path.as_str()));
+            }
+            // Counted as they are taken out again below: a refused item counts no bytes.
+            let needed_bytes: u64 = items
+                .iter()
+                .map(|i| {
+                    i.as_ref()
+                        .map_or(0, |i| i.file().map_or(0, |f| f.meta.size))
+                })
+                .sum();
+            self.needed.add(items.len() as u64, needed_bytes);
+            let mut max_seq = through;
+            for item in items {
+                match item {
+                    Err(refused) => {
+                        self.fetcher.feed.refused(&refused.to_string());
+                        self.needed.done(1, 0);
                     }
-                    run_bytes += fetched;
-                    if let Some(run) = runs.back_mut() {
-                        run.push(item);
+                    Ok(item) => {
+                        max_seq = max_seq.max(item.header.sequence);
+                        // Content that must be fetched bounds a run too, so a run of big
+                        // files does not hold hundreds of temp files at once.
+                        let fetched = item
+                            .file()
+                            .filter(|f| f.inline.is_none())
+                            .map_or(0, |f| f.meta.size);
+                        let full = runs.back().is_none_or(|r| {
+                            r.len() >= APPLY_BATCH
+                                || run_bytes + fetched > RUN_BYTES && !r.is_empty()
+                        });
+                        if full {
+                            runs.push_back(Vec::new());
+                            run_bytes = 0;
+                        }
+                        run_bytes += fetched;
+                        if let Some(run) = runs.back_mut() {
+                            run.push(item);
+                        }
+                        queued += 1;
                     }
                 }
             }
+            ends.push_back((queued, max_seq, caught_up));
         }
-        // Each run is prepared (one look at the prior state, content built or fetched) while
-        // the one before it is applied, and applied as one batch, in the sender's order.
+        let mut dealt = 0u64;
+        self.acknowledge_done(&mut ends, dealt, queue_empty).await;
+        // Each run is prepared (content built or fetched) while the one before it is
+        // applied, and applied as one batch, in the sender's order.
         let spawn = |run: Vec<RemoteItem>, fetcher: &Fetcher| {
             // Kept here too (items are cheap to clone; inline content is shared), so a task
             // that fails loses no item: each is tried again.
@@ -236,11 +261,33 @@ impl Receiver {
             self.retry.extend(to_retry);
             self.needed.done(n, size);
             self.fetcher.feed.progress(Progress::Done(n));
+            dealt += n;
+            self.acknowledge_done(&mut ends, dealt, queue_empty).await;
         }
-        self.seen = self.seen.max(max_seq);
-        // The sender's word that it has sent everything it had numbered, scanned and settled.
-        self.fetcher.feed.progress(Progress::CaughtUp(caught_up));
-        self.acknowledge(queue_empty).await;
+    }
+
+    /// Acknowledges every update whose items are all dealt with (`dealt` of those queued).
+    async fn acknowledge_done(
+        &mut self,
+        ends: &mut VecDeque<(u64, u64, bool)>,
+        dealt: u64,
+        queue_empty: bool,
+    ) {
+        let mut done = None;
+        while let Some(&(end, max_seq, caught_up)) = ends.front() {
+            if end > dealt {
+                break;
+            }
+            ends.pop_front();
+            self.seen = self.seen.max(max_seq);
+            done = Some(caught_up);
+        }
+        if let Some(caught_up) = done {
+            // The sender's word that it has sent everything it had numbered, scanned and
+            // settled.
+            self.fetcher.feed.progress(Progress::CaughtUp(caught_up));
+            self.acknowledge(queue_empty && ends.is_empty()).await;
+        }
     }
 
     /// Moves the cursor and tells the peer how far its index is applied here: up to just
