@@ -102,6 +102,11 @@ pub async fn run(
     let device_text = device.to_string();
     ctx.board.send_modify(|b| {
         let p = b.peers.entry(device_text.clone()).or_default();
+        // Connection numbers grow: when both sides dialled at once, the connection that
+        // replaced this one may have got here first, and the board is its.
+        if conn_id < p.conn {
+            return;
+        }
         p.connected = true;
         p.ever_connected = true;
         p.conn = conn_id;
@@ -132,6 +137,9 @@ pub async fn run(
         peer_hello: None,
     };
     ctx.fetchers.send_modify(|f| {
+        if f.get(&device_text).is_some_and(|e| e.conn > conn_id) {
+            return;
+        }
         f.insert(
             device_text.clone(),
             super::PeerFetch {
