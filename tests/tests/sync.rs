@@ -816,9 +816,10 @@ fn an_edit_beats_a_concurrent_deletion_and_the_file_comes_back() {
     // Apart: each side deletes one file the other edits. The deletions happen last in time,
     // so it is not the later change that wins but the edit.
     b.kill();
+    // Watched before the edit, so the edit's event cannot come before the watch starts.
+    let mut watch = a.watch("docs");
     tree::write(&db.join("deleted on A.txt"), "edited on B");
     tree::write(&da.join("deleted on B.txt"), "edited on A");
-    let mut watch = a.watch("docs");
     watch.expect("modified", "deleted on B.txt", EVENT_DEADLINE);
     fs::remove_file(da.join("deleted on A.txt")).expect("delete on A");
     watch.expect("deleted", "deleted on A.txt", EVENT_DEADLINE);
