@@ -11,6 +11,8 @@ use std::path::{Path, PathBuf};
 pub const AGENT_DIR: &str = ".tandem";
 /// Prefix of the agent's temp files in a source; never synced.
 pub const TEMP_PREFIX: &str = ".tandem-tmp-";
+/// Folder under [`AGENT_DIR`] where received content is built; the watcher leaves it out.
+pub const TEMP_DIR: &str = "tmp";
 /// Folder under [`AGENT_DIR`] that keeps replaced and deleted files.
 pub const VERSIONS_DIR: &str = "versions";
 
@@ -47,6 +49,11 @@ pub fn is_temp_name(name: &str) -> bool {
 /// The marker folder a source root holds.
 pub fn marker_path(root: &Path) -> PathBuf {
     root.join(AGENT_DIR)
+}
+
+/// The temp folder of a source root, where received content is built before its rename.
+pub fn temp_dir(root: &Path) -> PathBuf {
+    root.join(AGENT_DIR).join(TEMP_DIR)
 }
 
 /// The versions folder of a source root.

@@ -503,11 +503,20 @@ impl SourceTask {
         self.prune_versions().await;
         // Temp files a crash left behind never hold anything the prior state relies on.
         let root = self.cfg.root.clone();
-        if let Ok(removed) =
-            tokio::task::spawn_blocking(move || apply::remove_stale_temps(&root)).await
-            && removed > 0
-        {
-            info!(removed, "removed temp files left by an earlier run");
+        let reset = tokio::task::spawn_blocking(move || {
+            let removed = apply::remove_stale_temps(&root);
+            (removed, apply::ensure_temp_dir(&root))
+        })
+        .await;
+        match reset {
+            Ok((removed, Ok(()))) if removed > 0 => {
+                info!(removed, "removed temp files left by an earlier run");
+            }
+            Ok((_, Err(e))) => {
+                // Temp files then go beside their targets, which works, only with more events.
+                warn!(error = %e, "cannot make the source's temp folder");
+            }
+            _ => {}
         }
         // Before the first scan, which would take an interrupted apply for a local change.
         self.recover_intents().await;

@@ -156,7 +156,7 @@ pub fn restore(root: &Path, item: &str, at: Option<&str>) -> Result<Version, Ver
         fs::create_dir_all(dir).map_err(err("creating its folder"))?;
     }
     keep(root, item, false)?;
-    let temp = crate::apply::temp_path_in_root(root);
+    let temp = crate::apply::temp_beside(&target);
     fs::copy(&chosen.file, &temp).map_err(err("copying the version back"))?;
     if let Err(e) = fs::rename(&temp, &target) {
         let _ = fs::remove_file(&temp);

@@ -14,7 +14,7 @@ use notify::{RecursiveMode, Watcher as _};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use crate::layout::is_internal;
+use crate::layout::{is_internal, marker_path};
 
 /// What the watcher tells the source task.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -83,6 +83,13 @@ pub fn watch(root: &Path, tx: mpsc::Sender<WatchEvent>) -> Result<Watcher, notif
         notify::Config::default().with_event_kinds(kinds),
     )?;
     inner.watch(root, RecursiveMode::Recursive)?;
+    // The agent's own folder holds the temp files received content is built in: each would
+    // raise several events (create, write, close, attributes, move) only to be dropped. A
+    // backend that cannot leave out part of a recursive watch (FSEvents) still works: those
+    // events are dropped as internal paths below.
+    if let Err(e) = inner.unwatch(&marker_path(root)) {
+        tracing::debug!(error = %e, "the agent's folder stays watched");
+    }
     Ok(Watcher {
         _inner: inner,
         overflow,

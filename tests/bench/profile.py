@@ -544,10 +544,26 @@ def prepare(phase, a, b, src):
         time.sleep(0.1)
 
 
-def profiled_sync(phase, a, b, src, dst, sizes, seed, profilers):
-    """B adds the source with an empty folder; time until `wait` exits 0 on both and B's tree
-    matches, with the profilers watching both agents for exactly that window."""
-    dst.mkdir()
+def prepare_live(phase, a, b, a_root, b_root):
+    """Both agents up, connected and sharing the source, both folders empty and settled."""
+    for agent in (a, b):
+        agent.start()
+        agent.wait_ready(phase)
+    for agent, other in ((a, b), (b, a)):
+        agent.ctl_ok(phase, "peer", "add", other.info["device_id"], other.info["listen"])
+    for agent, other, root in ((a, b, a_root), (b, a, b_root)):
+        root.mkdir()
+        agent.ctl_ok(phase, "source", "add", SOURCE, root, "--peer", other.info["device_id"])
+    while not (peer_connected(phase, a, b) and peer_connected(phase, b, a)):
+        phase.left("A and B to be connected")
+        time.sleep(0.1)
+    for agent in (a, b):
+        agent.wait_in_sync(phase, connected=True)
+
+
+def profiled_sync(phase, a, b, src, dst, sizes, seed, profilers, start_sync):
+    """start_sync() starts the sync; time until `wait` exits 0 on both and B's tree matches,
+    with the profilers watching both agents for exactly that window."""
     os.sync()  # writeback of the generated tree and of A's scan stays out of the window
     for profiler in profilers:
         profiler.start(phase)
@@ -555,7 +571,7 @@ def profiled_sync(phase, a, b, src, dst, sizes, seed, profilers):
         scale.reset_peak_rss(agent.pid)
     cpu = {agent.name: scale.cpu_seconds(agent.pid) for agent in (a, b)}
     start = time.monotonic()
-    b.ctl_ok(phase, "source", "add", SOURCE, dst, "--peer", a.info["device_id"])
+    start_sync(phase)
     scale.wait_synced(phase, a, b, lambda: tree_shortfall(src, dst, sizes, seed))
     result = {"wall_s": round(time.monotonic() - start, 3)}
     for agent in (a, b):
@@ -566,12 +582,28 @@ def profiled_sync(phase, a, b, src, dst, sizes, seed, profilers):
 
 
 def run(args, base, data_dir, agents, profilers):
-    src, dst = base / "a", base / "b"
-    log(f"generating {args.files:,} files in {src}")
-    seconds, sizes = make_tree(src, args.files, args.seed)
     a, b = Agent("A", args.bin_dir, base / "home-a"), Agent("B", args.bin_dir, base / "home-b")
     agents += [a, b]
-    run_phase("A's scan, outside the profile", args.timeout, prepare, a, b, src)
+    if args.shape == "initial":
+        src, dst = base / "a", base / "b"
+        log(f"generating {args.files:,} files in {src}")
+        seconds, sizes = make_tree(src, args.files, args.seed)
+        run_phase("A's scan, outside the profile", args.timeout, prepare, a, b, src)
+
+        def start_sync(phase):
+            dst.mkdir()
+            b.ctl_ok(phase, "source", "add", SOURCE, dst, "--peer", a.info["device_id"])
+    else:
+        # The shared bench's W1: the tree is moved into A's watched folder in one rename.
+        incoming = base / "incoming"
+        src, dst = base / "a" / "tree", base / "b" / "tree"
+        log(f"generating {args.files:,} files in {incoming}")
+        seconds, sizes = make_tree(incoming, args.files, args.seed)
+        run_phase("both sources settled, outside the profile", args.timeout, prepare_live, a, b,
+                  base / "a", base / "b")
+
+        def start_sync(_phase):
+            incoming.rename(src)
     pids = {agent.name: agent.pid for agent in (a, b)}
     if args.mode == "perf" and args.perf_scope == "system":
         profilers.append(Perf("AB", pids, data_dir, args))
@@ -580,7 +612,7 @@ def run(args, base, data_dir, agents, profilers):
     elif args.mode == "strace":
         profilers += [Strace(side, {side: pid}, data_dir) for side, pid in pids.items()]
     sync = run_phase("sync", args.timeout, profiled_sync, a, b, src, dst, sizes, args.seed,
-                     profilers)
+                     profilers, start_sync)
     for agent in agents:
         agent.stop()  # rsync and the analysis below run on a quiet machine
     # After the sync, and nothing deleted before it: ext4 without a journal skips inodes freed
@@ -598,7 +630,7 @@ def run(args, base, data_dir, agents, profilers):
     for profiler in profilers:
         log(f"reading the {profiler.tool} profile ({profiler.name})")
         profiles.update(profiler.analyse())
-    config = {"files": args.files, "bytes": sum(sizes), "seed": args.seed,
+    config = {"shape": args.shape, "files": args.files, "bytes": sum(sizes), "seed": args.seed,
               "bin_dir": str(args.bin_dir), "workdir": str(args.workdir),
               "fs": fs_type(args.workdir), "mode": args.mode, "freq": args.freq,
               "call_graph": args.call_graph, "perf_scope": args.perf_scope,
@@ -716,6 +748,11 @@ def parse_args():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--files", type=int, default=10_000,
                         help="files in the synced tree (default 10,000)")
+    parser.add_argument("--shape", choices=("initial", "live"), default="initial",
+                        help="initial: A has scanned the tree, B adds the source with an empty "
+                             "folder; live: both share the source, then the tree is moved into "
+                             "A's folder in one rename, so A's scan is in the window (the shared "
+                             "bench's W1) (default initial)")
     parser.add_argument("--mode", choices=("perf", "strace", "none"), default="perf",
                         help="perf: CPU samples in buckets; strace: syscall counts; none: only "
                              "wall and CPU times (default perf)")

@@ -70,6 +70,26 @@ pub fn overwrite_in_place(path: &Path, contents: &[u8]) {
 
 /// The agent's marker folder in every source root.
 pub const AGENT_DIR: &str = ".tandem";
+/// Prefix of the agent's temp files, anywhere in a source.
+pub const TEMP_PREFIX: &str = ".tandem-tmp-";
+
+/// The agent's temp files in a source: in the tree, and in its temp folder `.tandem/tmp`
+/// (where received content is built). Paths as in [`snapshot`], or `.tandem/tmp/NAME`.
+pub fn temps(root: &Path) -> Vec<String> {
+    let is_temp = |p: &str| {
+        p.rsplit('/')
+            .next()
+            .is_some_and(|n| n.starts_with(TEMP_PREFIX))
+    };
+    let mut found: Vec<String> = snapshot(root).into_keys().filter(|p| is_temp(p)).collect();
+    if let Ok(entries) = fs::read_dir(root.join(AGENT_DIR).join("tmp")) {
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            found.push(format!("{AGENT_DIR}/tmp/{name}"));
+        }
+    }
+    found
+}
 
 /// Every item under `root` (not `root` itself, nor the agent's own folder), by item path
 /// ('/'-separated, relative).

@@ -98,10 +98,7 @@ fn a_full_disk_fails_one_item_clearly_and_it_arrives_once_there_is_space() {
         );
     }
     assert!(!db.join("big.bin").exists());
-    let leftovers: Vec<String> = tree::snapshot(&db)
-        .into_keys()
-        .filter(|p| p.contains(".tandem-tmp-"))
-        .collect();
+    let leftovers = tree::temps(&db);
     assert!(
         leftovers.is_empty(),
         "temp files left on the full disk: {leftovers:?}"

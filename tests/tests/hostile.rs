@@ -181,16 +181,9 @@ impl Scene {
     }
 }
 
-/// Temp files of the agent anywhere under `root`.
+/// Temp files of the agent anywhere under `root`, its temp folder included.
 fn temps(root: &Path) -> Vec<String> {
-    tree::snapshot(root)
-        .into_keys()
-        .filter(|p| {
-            p.rsplit('/')
-                .next()
-                .is_some_and(|n| n.starts_with(".tandem-tmp-"))
-        })
-        .collect()
+    tree::temps(root)
 }
 
 fn dir_item(path: &str, version: pb::Version) -> pb::Item {

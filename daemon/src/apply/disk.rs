@@ -14,12 +14,12 @@ use std::sync::Mutex;
 
 /// The operations of applying an item that tests inject faults into.
 pub trait Disk: Send + Sync + fmt::Debug + 'static {
-    /// Creates a new temp file, failing if it exists.
-    fn create(&self, path: &Path) -> io::Result<fs::File>;
-    /// Writes all of `buf` at `offset` of `file` (the temp file at `path`).
-    fn write_at(&self, file: &fs::File, path: &Path, buf: &[u8], offset: u64) -> io::Result<()>;
-    /// Makes `file`'s content durable.
-    fn sync(&self, file: &fs::File, path: &Path) -> io::Result<()>;
+    /// Creates a new temp file at `temp`, failing if it exists, for the item at `target`.
+    fn create(&self, temp: &Path, target: &Path) -> io::Result<fs::File>;
+    /// Writes all of `buf` at `offset` of `file` (a temp file for the item at `target`).
+    fn write_at(&self, file: &fs::File, target: &Path, buf: &[u8], offset: u64) -> io::Result<()>;
+    /// Makes `file`'s content durable (a temp file for the item at `target`).
+    fn sync(&self, file: &fs::File, target: &Path) -> io::Result<()>;
     /// Makes the entries of folder `dir` durable (the renames into it, the removals from it).
     fn sync_folder(&self, dir: &Path) -> io::Result<()>;
     /// Renames `from` over `to`: the step that replaces a target.
@@ -33,12 +33,12 @@ pub trait Disk: Send + Sync + fmt::Debug + 'static {
 pub struct OsDisk;
 
 impl Disk for OsDisk {
-    fn create(&self, path: &Path) -> io::Result<fs::File> {
+    fn create(&self, temp: &Path, _: &Path) -> io::Result<fs::File> {
         fs::OpenOptions::new()
             .read(true)
             .write(true)
             .create_new(true)
-            .open(path)
+            .open(temp)
     }
 
     fn write_at(&self, file: &fs::File, _: &Path, buf: &[u8], offset: u64) -> io::Result<()> {
@@ -86,8 +86,9 @@ pub enum Injected {
     Abort,
 }
 
-/// One planned fault: at `step`, on a path ending in `name`, `times` times, once `after`
-/// such operations have gone through.
+/// One planned fault: at `step`, on a path ending in `name` (for the steps on a temp file: its
+/// target's path, or the folder of it), `times` times, once `after` such operations have gone
+/// through.
 #[derive(Debug, Clone)]
 struct Fault {
     step: Step,
@@ -111,8 +112,8 @@ impl FaultyDisk {
     }
 
     /// Plans `injected` at `step` for the next `times` operations on a path ending in `name`
-    /// (the temp file of an item is named by its target's folder, so for `Create`, `Write` and
-    /// `Sync` give the folder part or an empty name).
+    /// (for `Create`, `Write` and `Sync`, on a temp file whose target's path, or folder, ends
+    /// in `name`; an empty name matches every path).
     pub fn plan(&self, step: Step, name: &str, injected: Injected, times: u32) {
         self.lock().push(Fault {
             step,
@@ -135,13 +136,20 @@ impl FaultyDisk {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Takes the fault planned for this step and path, if any.
+    /// Takes the fault planned for this step and path (or, for a temp file's step, its
+    /// target's folder), if any.
     fn take(&self, step: Step, path: &Path) -> Option<Injected> {
         let text = path.to_string_lossy();
+        let folder = matches!(step, Step::Create | Step::Write | Step::Sync)
+            .then(|| path.parent().map(Path::to_string_lossy))
+            .flatten();
         let mut planned = self.lock();
-        let fault = planned
-            .iter_mut()
-            .find(|f| f.step == step && f.times > 0 && text.ends_with(f.name.as_str()))?;
+        let fault = planned.iter_mut().find(|f| {
+            let name = f.name.as_str();
+            f.step == step
+                && f.times > 0
+                && (text.ends_with(name) || folder.as_ref().is_some_and(|d| d.ends_with(name)))
+        })?;
         if fault.after > 0 {
             fault.after -= 1;
             return None;
@@ -217,22 +225,19 @@ impl FaultyDisk {
 }
 
 impl Disk for FaultyDisk {
-    fn create(&self, path: &Path) -> io::Result<fs::File> {
-        let parent = path.parent().unwrap_or(path);
-        self.inject(Step::Create, parent)?;
-        OsDisk.create(path)
+    fn create(&self, temp: &Path, target: &Path) -> io::Result<fs::File> {
+        self.inject(Step::Create, target)?;
+        OsDisk.create(temp, target)
     }
 
-    fn write_at(&self, file: &fs::File, path: &Path, buf: &[u8], offset: u64) -> io::Result<()> {
-        let parent = path.parent().unwrap_or(path);
-        self.inject(Step::Write, parent)?;
-        OsDisk.write_at(file, path, buf, offset)
+    fn write_at(&self, file: &fs::File, target: &Path, buf: &[u8], offset: u64) -> io::Result<()> {
+        self.inject(Step::Write, target)?;
+        OsDisk.write_at(file, target, buf, offset)
     }
 
-    fn sync(&self, file: &fs::File, path: &Path) -> io::Result<()> {
-        let parent = path.parent().unwrap_or(path);
-        self.inject(Step::Sync, parent)?;
-        OsDisk.sync(file, path)
+    fn sync(&self, file: &fs::File, target: &Path) -> io::Result<()> {
+        self.inject(Step::Sync, target)?;
+        OsDisk.sync(file, target)
     }
 
     fn sync_folder(&self, dir: &Path) -> io::Result<()> {
@@ -302,7 +307,9 @@ mod tests {
         disk.rename(&a, &b).unwrap();
         assert_eq!(disk.pending(), 0);
         disk.plan(Step::Create, "", Injected::NoSpace, 1);
-        let full = disk.create(&dir.path().join("t")).unwrap_err();
+        let full = disk
+            .create(&dir.path().join("t"), &dir.path().join("d/x"))
+            .unwrap_err();
         assert_eq!(full.kind(), io::ErrorKind::StorageFull);
     }
 }

@@ -1,5 +1,6 @@
 //! Writes a peer's difference into a source folder without ever losing local data: content is
-//! built in a temp file beside the target and verified, the target must still be what the last
+//! built in a temp file (in the source's unwatched temp folder, or beside the target when that
+//! is on another file system) and verified, the target must still be what the last
 //! scan saw, and only then is it replaced by rename. Durability is paid per batch: every temp
 //! file of a batch is fsynced (several at once) before the first rename, and every folder the
 //! batch changed is fsynced once after the last.
@@ -20,7 +21,7 @@ pub use disk::{Disk, FaultyDisk, Injected, OsDisk, Step};
 
 use crate::chunker::{Hash128, hash_reader_sized};
 use crate::item::{ItemKind, Metadata, PriorItem};
-use crate::layout::TEMP_PREFIX;
+use crate::layout::{TEMP_PREFIX, temp_dir};
 use crate::scanner::mtime_ns;
 use crate::universal::ItemPath;
 
@@ -72,10 +73,12 @@ fn io_err<'a>(
     }
 }
 
-/// Creates the temp file an item's content is built in: beside its target when the target's
-/// folder exists, else in the source root (folders are only made by applying their own items;
-/// one made early would look like a local change). It is sized up front (`presize`) when its
-/// content will come in pieces. The caller removes it if it gives up.
+/// Creates the temp file an item's content is built in: in the source's temp folder
+/// (`.tandem/tmp`, which the watcher leaves out, so building it raises no file events) when
+/// that is on the same file system as the target's folder, else in the nearest existing folder
+/// above the target (folders are only made by applying their own items; one made early would
+/// look like a local change). It is sized up front (`presize`) when its content will come in
+/// pieces. The caller removes it if it gives up.
 pub fn create_temp(
     disk: &dyn Disk,
     root: &Path,
@@ -83,13 +86,9 @@ pub fn create_temp(
     presize: Option<u64>,
     folders: &mut RealFolders,
 ) -> Result<(PathBuf, fs::File), ApplyError> {
-    let temp = if folders.parents_exist(root, item) {
-        temp_path(root, item)
-    } else {
-        temp_path_in_root(root)
-    };
+    let temp = folders.temp_home(root, item).join(temp_name());
     let file = disk
-        .create(&temp)
+        .create(&temp, &root.join(item.as_str()))
         .map_err(io_err(item, "creating a temp file"))?;
     if let Some(size) = presize
         && let Err(e) = file.set_len(size)
@@ -100,16 +99,16 @@ pub fn create_temp(
     Ok((temp, file))
 }
 
-/// Writes one verified chunk into an item's temp file.
+/// Writes one verified chunk into the temp file of the item at `item` in `root`.
 pub fn write_temp(
     disk: &dyn Disk,
     file: &fs::File,
-    temp: &Path,
+    root: &Path,
     item: &ItemPath,
     data: &[u8],
     offset: u64,
 ) -> Result<(), ApplyError> {
-    disk.write_at(file, temp, data, offset)
+    disk.write_at(file, &root.join(item.as_str()), data, offset)
         .map_err(io_err(item, "writing the temp file"))
 }
 
@@ -119,51 +118,103 @@ pub fn remove_temp(temp: &Path) {
     let _ = fs::remove_file(temp);
 }
 
-/// A fresh, unguessable temp file name in the same folder as the target.
-pub fn temp_path(root: &Path, item: &ItemPath) -> PathBuf {
-    let target = root.join(item.as_str());
-    let dir = target
-        .parent()
-        .map_or_else(|| root.to_path_buf(), Path::to_path_buf);
+/// A fresh, unguessable temp file name.
+fn temp_name() -> String {
     let mut h = RandomState::new().build_hasher();
     h.write_u64(u64::from(std::process::id()));
-    dir.join(format!("{TEMP_PREFIX}{:016x}", h.finish()))
+    format!("{TEMP_PREFIX}{:016x}", h.finish())
 }
 
-/// A temp file name directly in the source root, for items whose folder does not exist yet.
-pub fn temp_path_in_root(root: &Path) -> PathBuf {
-    let mut h = RandomState::new().build_hasher();
-    h.write_u64(u64::from(std::process::id()));
-    root.join(format!("{TEMP_PREFIX}{:016x}", h.finish()))
+/// A fresh temp file path in the same folder as the target.
+pub fn temp_path(root: &Path, item: &ItemPath) -> PathBuf {
+    temp_beside(&root.join(item.as_str()))
+}
+
+/// A fresh temp file path in the folder of `target` (an absolute path).
+pub fn temp_beside(target: &Path) -> PathBuf {
+    target.parent().unwrap_or(target).join(temp_name())
+}
+
+/// Makes the source's temp folder (owner-only) if it is missing. What a crash left in it goes
+/// with the other stale temps (`remove_stale_temps`).
+pub fn ensure_temp_dir(root: &Path) -> io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    match fs::DirBuilder::new().mode(0o700).create(temp_dir(root)) {
+        Err(e) if e.kind() != io::ErrorKind::AlreadyExists => Err(e),
+        _ => Ok(()),
+    }
 }
 
 /// Folders found to be real folders (not symlinks or files) during one batch: items of a batch
 /// mostly share their folders, and each would otherwise look at every folder above it again.
 /// Only "real" is remembered, for the length of one trip to the blocking pool.
+/// The file system each real folder is on is kept too, for where temp files can go.
 #[derive(Debug, Default)]
 pub struct RealFolders {
-    known: std::collections::HashSet<PathBuf>,
+    known: std::collections::HashMap<PathBuf, u64>,
+    /// The source's temp folder and its file system, looked at once per trip; `None` inside
+    /// when it is missing or not a real folder.
+    temp_dir: Option<Option<(PathBuf, u64)>>,
+    root_dev: Option<Option<u64>>,
 }
 
 /// What is at a folder's place.
 enum FolderLook {
-    Real,
+    /// A real folder, on this file system (`st_dev`).
+    Real(u64),
     NotAFolder,
     Missing(io::Error),
 }
 
 impl RealFolders {
     fn look(&mut self, dir: &Path) -> FolderLook {
-        if self.known.contains(dir) {
-            return FolderLook::Real;
+        if let Some(dev) = self.known.get(dir) {
+            return FolderLook::Real(*dev);
         }
         match fs::symlink_metadata(dir) {
             Ok(m) if m.file_type().is_dir() => {
-                self.known.insert(dir.to_path_buf());
-                FolderLook::Real
+                self.known.insert(dir.to_path_buf(), m.dev());
+                FolderLook::Real(m.dev())
             }
             Ok(_) => FolderLook::NotAFolder,
             Err(e) => FolderLook::Missing(e),
+        }
+    }
+
+    /// Where an item's temp file goes: the source's temp folder when it is on the file system
+    /// the target's nearest existing folder is on (so the final rename cannot fail with
+    /// EXDEV), else that nearest folder itself.
+    fn temp_home(&mut self, root: &Path, item: &ItemPath) -> PathBuf {
+        let parts: Vec<&str> = item.as_str().split('/').collect();
+        let mut nearest = root.to_path_buf();
+        // The root may itself be a symlink to the folder the user chose.
+        let mut dev = *self
+            .root_dev
+            .get_or_insert_with(|| fs::metadata(root).ok().map(|m| m.dev()));
+        let mut dir = root.to_path_buf();
+        for part in &parts[..parts.len().saturating_sub(1)] {
+            dir.push(part);
+            match self.look(&dir) {
+                FolderLook::Real(d) => {
+                    nearest.clone_from(&dir);
+                    dev = Some(d);
+                }
+                _ => break,
+            }
+        }
+        let temp_dir = self
+            .temp_dir
+            .get_or_insert_with(|| {
+                let path = temp_dir(root);
+                match fs::symlink_metadata(&path) {
+                    Ok(m) if m.file_type().is_dir() => Some((path, m.dev())),
+                    _ => None,
+                }
+            })
+            .as_ref();
+        match (temp_dir, dev) {
+            (Some((path, temp_dev)), Some(dev)) if *temp_dev == dev => path.clone(),
+            _ => nearest,
         }
     }
 
@@ -182,7 +233,7 @@ impl RealFolders {
         {
             dir.push(part);
             match self.look(&dir) {
-                FolderLook::Real => {}
+                FolderLook::Real(_) => {}
                 FolderLook::NotAFolder => return Some(path[..at].to_owned()),
                 // Nothing below a missing (or unreadable) folder exists to be touched;
                 // writing there makes real folders first (or fails).
@@ -198,7 +249,7 @@ impl RealFolders {
         let mut dir = root.to_path_buf();
         parts[..parts.len().saturating_sub(1)].iter().all(|part| {
             dir.push(part);
-            matches!(self.look(&dir), FolderLook::Real)
+            matches!(self.look(&dir), FolderLook::Real(_))
         })
     }
 
@@ -210,7 +261,7 @@ impl RealFolders {
         for part in &parts[..parts.len().saturating_sub(1)] {
             dir.push(part);
             match self.look(&dir) {
-                FolderLook::Real => {}
+                FolderLook::Real(_) => {}
                 FolderLook::NotAFolder => {
                     return Err(ApplyError::BadParent {
                         path: item.to_string(),
@@ -223,7 +274,7 @@ impl RealFolders {
                         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
                         Err(e) => return Err(io_err(item, "creating a parent folder")(e)),
                     }
-                    if !matches!(self.look(&dir), FolderLook::Real) {
+                    if !matches!(self.look(&dir), FolderLook::Real(_)) {
                         return Err(ApplyError::BadParent {
                             path: item.to_string(),
                         });
@@ -379,6 +430,8 @@ const PARALLEL_SYNCS: usize = 8;
 #[derive(Debug)]
 pub struct TempToReady<'a> {
     pub item: &'a ItemPath,
+    /// Where the item goes (faults are planned by it).
+    pub target: PathBuf,
     pub temp: &'a Path,
     pub mode: u32,
     pub mtime_ns: i64,
@@ -431,7 +484,7 @@ fn ready_temp(disk: &dyn Disk, t: &TempToReady<'_>) -> Result<(), ApplyError> {
     }
     f.set_times(fs::FileTimes::new().set_modified(system_time(t.mtime_ns)))
         .map_err(io_err(t.item, "setting the modification time"))?;
-    disk.sync(&f, t.temp)
+    disk.sync(&f, &t.target)
         .map_err(io_err(t.item, "flushing the temp file"))
 }
 
@@ -867,6 +920,7 @@ mod tests {
         ));
         let ready = TempToReady {
             item: &item,
+            target: root.join(item.as_str()),
             temp: &temp,
             mode: 0o640,
             mtime_ns: 1_600_000_000_123_456_789,
@@ -879,6 +933,40 @@ mod tests {
         assert_eq!(meta.mode, 0o640);
         assert_eq!(meta.mtime_ns, 1_600_000_000_123_456_789);
         assert_eq!(remove_stale_temps(root), 0);
+    }
+
+    #[test]
+    fn temps_are_built_in_the_temp_folder_when_it_is_there_else_in_the_nearest_folder() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        fs::create_dir(root.join("d")).unwrap();
+        let in_folder = |item: &str| {
+            let mut real = RealFolders::default();
+            let (temp, _) = create_temp(&OsDisk, root, &p(item), None, &mut real).unwrap();
+            let folder = temp.parent().unwrap().to_path_buf();
+            fs::remove_file(&temp).unwrap();
+            folder
+        };
+        // No temp folder (a source made before it existed, or a marker removed under us).
+        assert_eq!(in_folder("d/x.txt"), root.join("d"));
+        assert_eq!(in_folder("new/deeper/x.txt"), root);
+        assert_eq!(in_folder("d/new/x.txt"), root.join("d"));
+        fs::create_dir(root.join(crate::layout::AGENT_DIR)).unwrap();
+        ensure_temp_dir(root).unwrap();
+        ensure_temp_dir(root).unwrap();
+        for item in ["x.txt", "d/x.txt", "new/deeper/x.txt"] {
+            assert_eq!(in_folder(item), temp_dir(root), "{item}");
+        }
+        // Built there, renamed into place across folders, and nothing is left behind.
+        let item = p("d/y.txt");
+        let mut real = RealFolders::default();
+        let (temp, file) = create_temp(&OsDisk, root, &item, None, &mut real).unwrap();
+        write_temp(&OsDisk, &file, root, &item, b"moved in", 0).unwrap();
+        let mut folders = Folders::default();
+        place_file(&OsDisk, root, &item, &temp, Target::Absent, &mut folders).unwrap();
+        assert!(folders.flush(&OsDisk).is_empty());
+        assert_eq!(fs::read(root.join("d/y.txt")).unwrap(), b"moved in");
+        assert_eq!(fs::read_dir(temp_dir(root)).unwrap().count(), 0);
     }
 
     #[test]

@@ -376,7 +376,7 @@ impl Fetcher {
         .map_err(|e| self.write_failed(item, e))?;
         if !one_chunk {
             let file = Arc::new(made.file);
-            self.fill(item, file, &made.temp.path).await?;
+            self.fill(item, file).await?;
             if let Some(hash) = hash {
                 let (temp, path) = (made.temp.path.clone(), item.path.clone());
                 tokio::task::spawn_blocking(move || apply::verify(&temp, &path, hash))
@@ -416,12 +416,7 @@ impl Fetcher {
     }
 
     /// Fetches every chunk of a many-chunk item into its temp file, several at once.
-    async fn fill(
-        &self,
-        item: &RemoteItem,
-        file: Arc<std::fs::File>,
-        temp: &std::path::Path,
-    ) -> Result<(), NotBuilt> {
+    async fn fill(&self, item: &RemoteItem, file: Arc<std::fs::File>) -> Result<(), NotBuilt> {
         let mut set = JoinSet::new();
         let mut chunks = item
             .file()
@@ -433,7 +428,7 @@ impl Fetcher {
             while set.len() < CHUNK_WINDOW {
                 let Some(chunk) = chunks.next() else { break };
                 let (fetcher, path, file) = (self.clone(), item.path.clone(), file.clone());
-                let temp = temp.to_path_buf();
+                let root = self.src.root.clone();
                 set.spawn(async move {
                     let data = fetcher
                         .chunk(path.as_str(), chunk)
@@ -441,7 +436,7 @@ impl Fetcher {
                         .map_err(NotBuilt::Fetch)?;
                     let disk = fetcher.src.disk.clone();
                     tokio::task::spawn_blocking(move || {
-                        apply::write_temp(&*disk, &file, &temp, &path, &data, chunk.offset)
+                        apply::write_temp(&*disk, &file, &root, &path, &data, chunk.offset)
                     })
                     .await
                     .map_err(|e| NotBuilt::Fetch(format!("writing the temp file failed: {e}")))?
@@ -504,7 +499,7 @@ fn build_from(
     let (temp, file) = apply::create_temp(disk, root, path, None, real)?;
     // Removed again however this ends short of a verified file.
     let temp = BuiltTemp { path: temp };
-    apply::write_temp(disk, &file, &temp.path, path, data, 0)?;
+    apply::write_temp(disk, &file, root, path, data, 0)?;
     if let Some(h) = check {
         apply::verify(&temp.path, path, h)?;
     }

@@ -325,10 +325,11 @@ impl Scene {
         std::fs::read(self.root.join(path)).unwrap()
     }
 
-    /// Files of the source whose names contain `part`, the agent's own folder left out.
+    /// Files of the source whose names contain `part`: in the source and in its temp folder
+    /// (the rest of the agent's own folder left out).
     fn names_with(&self, part: &str) -> Vec<String> {
         let mut out = Vec::new();
-        let mut stack = vec![self.root.clone()];
+        let mut stack = vec![self.root.clone(), crate::layout::temp_dir(&self.root)];
         while let Some(dir) = stack.pop() {
             for entry in std::fs::read_dir(&dir).unwrap() {
                 let entry = entry.unwrap();
@@ -424,7 +425,6 @@ async fn one_item_fails_then_arrives(step: Step, name: &str, injected: Injected,
     let disk = Arc::new(FaultyDisk::new());
     let s = Scene::new(disk.clone(), &[]).await;
     std::fs::create_dir(s.root.join("big")).unwrap();
-    // The folder already exists here, so the temp file is made beside its target.
     s.source.commander().rescan().await;
     disk.plan(step, name, injected, 1);
     let t = 1_700_000_000_000_000_000;

@@ -97,6 +97,7 @@ fn write_batch(disk: &dyn Disk, root: &Path, jobs: Vec<WriteJob>) -> Vec<WriteRe
                     i,
                     apply::TempToReady {
                         item: &job.item.path,
+                        target: root.join(job.item.path.as_str()),
                         temp,
                         mode: file.meta.mode,
                         mtime_ns: file.meta.mtime_ns,
