@@ -106,6 +106,9 @@ pub struct SourceStatus {
     pub pending: bool,
     /// This device's `.tandemignore` patterns, as of the last full scan.
     pub ignores: Arc<Ignores>,
+    /// What an earlier run left is dealt with (stale temp files removed, interrupted applies
+    /// recovered): content may be built for the source from now on.
+    pub started: bool,
 }
 
 impl SourceStatus {
@@ -200,6 +203,15 @@ pub struct SharedSource {
     pub disk: Arc<dyn Disk>,
     /// Content its scans found gone lately (moved, most likely).
     pub gone: Arc<RecentlyGone>,
+}
+
+impl SharedSource {
+    /// Returns once the source task has dealt with what an earlier run left, so a temp file
+    /// built now cannot be taken for a stale one and removed; at once if the task is gone.
+    pub async fn started(&self) {
+        let mut status = self.status.clone();
+        let _ = status.wait_for(|s| s.started).await;
+    }
 }
 
 /// Cloneable sender of commands to one source task.
@@ -331,6 +343,7 @@ pub fn spawn(
         peers: cfg.peers.clone(),
         pending: !cfg.paused,
         ignores: Arc::new(Ignores::default()),
+        started: false,
     };
     let format = formats::by_name(&cfg.format);
     let (status_tx, status_rx) = watch::channel(status);
@@ -520,6 +533,7 @@ impl SourceTask {
         }
         // Before the first scan, which would take an interrupted apply for a local change.
         self.recover_intents().await;
+        self.publish(|s| s.started = true);
         if !self.cfg.paused {
             self.start_watching();
             self.debouncer.push_full(Instant::now());

@@ -262,6 +262,7 @@ mod tests {
             peers: peers.iter().map(|p| (*p).to_owned()).collect(),
             pending: false,
             ignores: Arc::default(),
+            started: true,
         }
     }
 

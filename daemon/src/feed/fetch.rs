@@ -121,6 +121,9 @@ impl Fetcher {
         self,
         items: Vec<RemoteItem>,
     ) -> (Vec<RemoteItem>, Vec<Prepared>) {
+        // Temp files are only built once the source has removed the stale ones of an earlier
+        // run, which would otherwise include these.
+        self.src.started().await;
         // An item whose content came with it costs nothing to fetch: it is not looked up
         // here (the source task decides on it, with the state at apply time, as on every
         // item), and in the rare case it is not wanted its temp file goes again.
