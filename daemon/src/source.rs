@@ -716,6 +716,7 @@ impl SourceTask {
                     if paths.is_empty() {
                         return;
                     }
+                    debug!(paths = paths.len(), first = %paths[0], "scanning what events named");
                     Scope::Under(paths)
                 }
             }

@@ -18,7 +18,7 @@ use crate::universal::RemoteItem;
 const APPLY_BATCH: usize = 256;
 /// Most content bytes fetched for one run.
 const RUN_BYTES: u64 = 64 << 20;
-/// Most updates already received that are applied together.
+/// Most updates taken from the channel at a time (the sender's window bounds them anyway).
 const MERGED_UPDATES: usize = 8;
 /// Failed items are tried again this often.
 const RETRY_EVERY: Duration = Duration::from_secs(5);
@@ -33,6 +33,28 @@ pub struct Receiver {
     retry: Vec<Retry>,
     /// This receiver's share of the feed's `needed` counts.
     needed: Needed,
+}
+
+/// A run being prepared: its items, and the task preparing them.
+type Preparing = (
+    Vec<RemoteItem>,
+    tokio::task::JoinHandle<(Vec<RemoteItem>, Vec<Prepared>)>,
+);
+
+/// Items received and not yet handed to the source task, in runs, and where each update
+/// ends among them. Counts are over the receiver's life.
+#[derive(Default)]
+struct Queue {
+    runs: VecDeque<Vec<RemoteItem>>,
+    /// Content to fetch for the last run.
+    run_bytes: u64,
+    /// Per update: how many items are dealt with once it is, the highest sequence it
+    /// covers, and whether its sender said it was caught up.
+    ends: VecDeque<(u64, u64, bool)>,
+    /// Items queued so far.
+    queued: u64,
+    /// Items dealt with so far (applied, skipped, or set aside for a retry).
+    dealt: u64,
 }
 
 /// An item set aside to be tried again.
@@ -116,43 +138,97 @@ impl Receiver {
     }
 
     /// Applies the updates as they come, and retries what failed, until the channel closes.
+    ///
+    /// One pipeline across updates: the next run is prepared (content built or fetched)
+    /// while the one before it is applied, and updates that arrive meanwhile are queued
+    /// behind it, so the source task does not wait for a run to be prepared after each
+    /// update the sender's window lets through.
     pub async fn run(mut self, mut updates: mpsc::Receiver<Update>) {
         let mut building = self.fetcher.claims.subscribe();
+        let mut queue = Queue::default();
+        let mut next: Option<Preparing> = None;
         loop {
-            let update = if self.retry.is_empty() {
-                updates.recv().await
-            } else {
-                let waits_for_fetch = self.retry.iter().any(|r| r.busy.is_some());
-                tokio::select! {
-                    u = updates.recv() => u,
-                    () = tokio::time::sleep(RETRY_EVERY) => {
-                        self.retry_failed(updates.is_empty()).await;
-                        continue;
-                    }
-                    Ok(()) = building.changed(), if waits_for_fetch => {
-                        let released = {
-                            let set = building.borrow_and_update();
-                            self.retry
-                                .iter()
-                                .any(|r| r.busy.as_ref().is_some_and(|k| !set.contains(k)))
-                        };
-                        if released {
+            if next.is_none() && queue.runs.is_empty() {
+                let update = if self.retry.is_empty() {
+                    updates.recv().await
+                } else {
+                    let waits_for_fetch = self.retry.iter().any(|r| r.busy.is_some());
+                    tokio::select! {
+                        u = updates.recv() => u,
+                        () = tokio::time::sleep(RETRY_EVERY) => {
                             self.retry_failed(updates.is_empty()).await;
+                            continue;
                         }
-                        continue;
+                        Ok(()) = building.changed(), if waits_for_fetch => {
+                            let released = {
+                                let set = building.borrow_and_update();
+                                self.retry
+                                    .iter()
+                                    .any(|r| r.busy.as_ref().is_some_and(|k| !set.contains(k)))
+                            };
+                            if released {
+                                self.retry_failed(updates.is_empty()).await;
+                            }
+                            continue;
+                        }
                     }
+                };
+                let Some(update) = update else { return };
+                self.enqueue(&mut queue, update);
+            }
+            self.take_arrived(&mut queue, &mut updates);
+            // An update with nothing to apply (all refused, or only the word that the
+            // sender is caught up) is dealt with as soon as those before it are.
+            self.acknowledge_done(&mut queue, updates.is_empty()).await;
+            if next.is_none() {
+                next = queue.runs.pop_front().map(|run| self.prepare(run));
+            }
+            let Some((kept, job)) = next.take() else {
+                continue;
+            };
+            let (run, prepared) = match job.await {
+                Ok(done) => done,
+                Err(e) => {
+                    let why = || Prepared::Retry(NotBuilt::Fetch(format!("preparing failed: {e}")));
+                    let prepared = kept.iter().map(|_| why()).collect();
+                    (kept, prepared)
                 }
             };
-            let Some(update) = update else { return };
-            // Whatever else has arrived is taken along, so preparing runs on across updates.
-            let mut arrived = vec![update];
-            while arrived.len() < MERGED_UPDATES {
-                match updates.try_recv() {
-                    Ok(more) => arrived.push(more),
-                    Err(_) => break,
-                }
+            // What arrived while this run was prepared is queued now, so its first run is
+            // prepared while this one is applied.
+            self.take_arrived(&mut queue, &mut updates);
+            next = queue.runs.pop_front().map(|run| self.prepare(run));
+            let n = run.len() as u64;
+            let size: u64 = run
+                .iter()
+                .map(|i| i.file().map_or(0, |f| f.meta.size))
+                .sum();
+            let to_retry = self.finish(run.into_iter().zip(prepared).collect()).await;
+            self.retry.extend(to_retry);
+            self.needed.done(n, size);
+            self.fetcher.feed.progress(Progress::Done(n));
+            queue.dealt += n;
+            self.acknowledge_done(&mut queue, updates.is_empty()).await;
+        }
+    }
+
+    /// Starts preparing a run in its own task. The run is kept here too (items are cheap to
+    /// clone; inline content is shared), so a task that fails loses no item: each is tried
+    /// again.
+    fn prepare(&self, run: Vec<RemoteItem>) -> Preparing {
+        (
+            run.clone(),
+            tokio::spawn(self.fetcher.clone().prepare_all(run)),
+        )
+    }
+
+    /// Queues the updates that have arrived (a bounded number at a time).
+    fn take_arrived(&mut self, queue: &mut Queue, updates: &mut mpsc::Receiver<Update>) {
+        for _ in 0..MERGED_UPDATES {
+            match updates.try_recv() {
+                Ok(update) => self.enqueue(queue, update),
+                Err(_) => break,
             }
-            self.on_updates(arrived, updates.is_empty()).await;
         }
     }
 
@@ -164,121 +240,74 @@ impl Receiver {
         self.acknowledge(queue_empty).await;
     }
 
-    /// Applies the updates that arrived together, as one stream of runs: the first run of an
-    /// update is prepared while the last of the one before is applied. Each update is
-    /// acknowledged as soon as its last item is dealt with, so the sender keeps sending.
-    async fn on_updates(&mut self, updates: Vec<Update>, queue_empty: bool) {
-        let mut runs: VecDeque<Vec<RemoteItem>> = VecDeque::new();
-        let mut run_bytes = 0u64;
-        // Per update: how many items (of all the updates) are dealt with once it is, the
-        // highest sequence it covers, and whether its sender said it was caught up.
-        let mut ends: VecDeque<(u64, u64, bool)> = VecDeque::new();
-        let mut queued = 0u64;
-        for update in updates {
-            let Update {
-                items,
-                through,
-                caught_up,
-            } = update;
-            // A newer version of an item waiting for a retry replaces it: the old one may
-            // never be applicable (its content gone, its folder replaced), and the new one
-            // decides.
-            if !self.retry.is_empty() {
-                let newer: BTreeSet<&str> = items
-                    .iter()
-                    .filter_map(|i| i.as_ref().ok().map(|i| i.path.as_str()))
-                    .collect();
-                self.retry.retain(|r| !newer.contains(r.item.path.as_str()));
-            }
-            // Counted as they are taken out again below: a refused item counts no bytes.
-            let needed_bytes: u64 = items
+    /// Splits an update's items into runs behind those already queued (a run ends at
+    /// [`APPLY_BATCH`] items or [`RUN_BYTES`] to fetch) and notes where the update ends.
+    fn enqueue(&mut self, queue: &mut Queue, update: Update) {
+        let Update {
+            items,
+            through,
+            caught_up,
+        } = update;
+        // A newer version of an item waiting for a retry replaces it: the old one may never
+        // be applicable (its content gone, its folder replaced), and the new one decides.
+        if !self.retry.is_empty() {
+            let newer: BTreeSet<&str> = items
                 .iter()
-                .map(|i| {
-                    i.as_ref()
-                        .map_or(0, |i| i.file().map_or(0, |f| f.meta.size))
-                })
-                .sum();
-            self.needed.add(items.len() as u64, needed_bytes);
-            let mut max_seq = through;
-            for item in items {
-                match item {
-                    Err(refused) => {
-                        self.fetcher.feed.refused(&refused.to_string());
-                        self.needed.done(1, 0);
+                .filter_map(|i| i.as_ref().ok().map(|i| i.path.as_str()))
+                .collect();
+            self.retry.retain(|r| !newer.contains(r.item.path.as_str()));
+        }
+        // Counted as they are taken out again: a refused item counts no bytes.
+        let needed_bytes: u64 = items
+            .iter()
+            .map(|i| {
+                i.as_ref()
+                    .map_or(0, |i| i.file().map_or(0, |f| f.meta.size))
+            })
+            .sum();
+        self.needed.add(items.len() as u64, needed_bytes);
+        let mut max_seq = through;
+        for item in items {
+            match item {
+                Err(refused) => {
+                    self.fetcher.feed.refused(&refused.to_string());
+                    self.needed.done(1, 0);
+                }
+                Ok(item) => {
+                    max_seq = max_seq.max(item.header.sequence);
+                    // Content that must be fetched bounds a run too, so a run of big files
+                    // does not hold hundreds of temp files at once.
+                    let fetched = item
+                        .file()
+                        .filter(|f| f.inline.is_none())
+                        .map_or(0, |f| f.meta.size);
+                    let full = queue.runs.back().is_none_or(|r| {
+                        r.len() >= APPLY_BATCH
+                            || queue.run_bytes + fetched > RUN_BYTES && !r.is_empty()
+                    });
+                    if full {
+                        queue.runs.push_back(Vec::new());
+                        queue.run_bytes = 0;
                     }
-                    Ok(item) => {
-                        max_seq = max_seq.max(item.header.sequence);
-                        // Content that must be fetched bounds a run too, so a run of big
-                        // files does not hold hundreds of temp files at once.
-                        let fetched = item
-                            .file()
-                            .filter(|f| f.inline.is_none())
-                            .map_or(0, |f| f.meta.size);
-                        let full = runs.back().is_none_or(|r| {
-                            r.len() >= APPLY_BATCH
-                                || run_bytes + fetched > RUN_BYTES && !r.is_empty()
-                        });
-                        if full {
-                            runs.push_back(Vec::new());
-                            run_bytes = 0;
-                        }
-                        run_bytes += fetched;
-                        if let Some(run) = runs.back_mut() {
-                            run.push(item);
-                        }
-                        queued += 1;
+                    queue.run_bytes += fetched;
+                    if let Some(run) = queue.runs.back_mut() {
+                        run.push(item);
                     }
+                    queue.queued += 1;
                 }
             }
-            ends.push_back((queued, max_seq, caught_up));
         }
-        let mut dealt = 0u64;
-        self.acknowledge_done(&mut ends, dealt, queue_empty).await;
-        // Each run is prepared (content built or fetched) while the one before it is
-        // applied, and applied as one batch, in the sender's order.
-        let spawn = |run: Vec<RemoteItem>, fetcher: &Fetcher| {
-            // Kept here too (items are cheap to clone; inline content is shared), so a task
-            // that fails loses no item: each is tried again.
-            (run.clone(), tokio::spawn(fetcher.clone().prepare_all(run)))
-        };
-        let mut next = runs.pop_front().map(|run| spawn(run, &self.fetcher));
-        while let Some((kept, job)) = next.take() {
-            let (run, prepared) = match job.await {
-                Ok(done) => done,
-                Err(e) => {
-                    let why = || Prepared::Retry(NotBuilt::Fetch(format!("preparing failed: {e}")));
-                    let prepared = kept.iter().map(|_| why()).collect();
-                    (kept, prepared)
-                }
-            };
-            next = runs.pop_front().map(|run| spawn(run, &self.fetcher));
-            let n = run.len() as u64;
-            let size: u64 = run
-                .iter()
-                .map(|i| i.file().map_or(0, |f| f.meta.size))
-                .sum();
-            let to_retry = self.finish(run.into_iter().zip(prepared).collect()).await;
-            self.retry.extend(to_retry);
-            self.needed.done(n, size);
-            self.fetcher.feed.progress(Progress::Done(n));
-            dealt += n;
-            self.acknowledge_done(&mut ends, dealt, queue_empty).await;
-        }
+        queue.ends.push_back((queue.queued, max_seq, caught_up));
     }
 
-    /// Acknowledges every update whose items are all dealt with (`dealt` of those queued).
-    async fn acknowledge_done(
-        &mut self,
-        ends: &mut VecDeque<(u64, u64, bool)>,
-        dealt: u64,
-        queue_empty: bool,
-    ) {
+    /// Acknowledges every update whose items are all dealt with.
+    async fn acknowledge_done(&mut self, queue: &mut Queue, channel_empty: bool) {
         let mut done = None;
-        while let Some(&(end, max_seq, caught_up)) = ends.front() {
-            if end > dealt {
+        while let Some(&(end, max_seq, caught_up)) = queue.ends.front() {
+            if end > queue.dealt {
                 break;
             }
-            ends.pop_front();
+            queue.ends.pop_front();
             self.seen = self.seen.max(max_seq);
             done = Some(caught_up);
         }
@@ -286,7 +315,8 @@ impl Receiver {
             // The sender's word that it has sent everything it had numbered, scanned and
             // settled.
             self.fetcher.feed.progress(Progress::CaughtUp(caught_up));
-            self.acknowledge(queue_empty && ends.is_empty()).await;
+            self.acknowledge(channel_empty && queue.ends.is_empty())
+                .await;
         }
     }
 

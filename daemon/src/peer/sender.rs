@@ -14,6 +14,7 @@ use super::{Ctx, SharedSource, board_update};
 use crate::apply;
 use crate::chunker::Hash128;
 use crate::item::{self, ItemKind};
+use crate::store::IndexPage;
 use crate::universal::{self, ItemPath, RemoteFile, RemoteItem};
 
 /// Index updates are cut well below the frame limit.
@@ -55,7 +56,15 @@ impl Sender {
             let items = match self
                 .ctx
                 .store
-                .items_since(self.src.id.clone(), self.from, 1000)
+                .items_since(
+                    self.src.id.clone(),
+                    self.from,
+                    IndexPage {
+                        items: 1000,
+                        bytes: UPDATE_BUDGET,
+                        with_content_up_to: INLINE_MAX,
+                    },
+                )
                 .await
             {
                 Ok(items) => items,

@@ -82,6 +82,11 @@ impl OwnWrites {
             let looks = std::fs::symlink_metadata(&full).ok();
             let same = match (&written.state, &looks) {
                 (None, None) => true,
+                // A folder's mtime moves with every entry put in it (ours too): the same
+                // folder is the same inode, and its entries are checked below.
+                (Some(state), Some(m)) if state.kind == ItemKind::Directory => {
+                    m.file_type().is_dir() && m.ino() == state.inode
+                }
                 (Some(state), Some(m)) => state_of(m).as_ref() == Some(state),
                 _ => false,
             };
@@ -188,5 +193,28 @@ mod tests {
         let mut scan = own.worth_scanning(root, paths.iter().map(|p| (*p).to_owned()).collect());
         scan.sort();
         assert_eq!(scan, ["back.txt", "edited.txt", "new/theirs.txt", "other"]);
+    }
+
+    #[test]
+    fn a_folder_we_made_and_filled_is_not_scanned_unless_someone_else_put_something_in_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        std::fs::create_dir(root.join("made")).unwrap();
+        let mut own = OwnWrites::default();
+        own.note("made", Some(&meta_of(&root.join("made"))));
+        // Filling it moves the folder's mtime; that alone is no reason to scan it.
+        for name in ["a.txt", "b.txt"] {
+            let path = root.join("made").join(name);
+            std::fs::write(&path, name).unwrap();
+            own.note(&format!("made/{name}"), Some(&meta_of(&path)));
+        }
+        let made = || vec!["made".to_owned()];
+        assert!(own.worth_scanning(root, made()).is_empty());
+        std::fs::write(root.join("made/user.txt"), b"not ours").unwrap();
+        assert_eq!(own.worth_scanning(root, made()), ["made/user.txt"]);
+        // A file in its place is not the folder we made.
+        std::fs::remove_dir_all(root.join("made")).unwrap();
+        std::fs::write(root.join("made"), b"a file now").unwrap();
+        assert_eq!(own.worth_scanning(root, made()), ["made"]);
     }
 }

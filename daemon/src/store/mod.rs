@@ -13,7 +13,7 @@ use std::thread::JoinHandle;
 
 use tokio::sync::oneshot;
 
-pub use queries::{ChunkSource, IndexEntry, PeerRow, SourceRow, Totals};
+pub use queries::{ChunkSource, IndexEntry, IndexPage, PeerRow, SourceRow, Totals};
 
 /// A failure of the store; each names what was being done.
 #[derive(Debug, thiserror::Error)]
@@ -286,9 +286,9 @@ impl StoreHandle {
         &self,
         source_id: String,
         after: u64,
-        limit: usize,
+        page: IndexPage,
     ) -> Result<Vec<IndexEntry>> {
-        self.call(move |c| queries::items_since(c, &source_id, after, limit))
+        self.call(move |c| queries::items_since(c, &source_id, after, &page))
             .await
     }
 

@@ -872,6 +872,30 @@ pub struct IndexEntry {
     pub chunks: Vec<chunker::ChunkRef>,
 }
 
+/// How much of the index one read takes: at most `items` entries, and no more once their
+/// estimated size on the wire reaches `bytes`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IndexPage {
+    pub items: usize,
+    pub bytes: usize,
+    /// Content up to this size is counted in an entry's size (it may travel with it).
+    pub with_content_up_to: u64,
+}
+
+impl IndexPage {
+    /// An entry's estimated size on the wire: its key, header and chunk list, and its content
+    /// when that is small enough to go along.
+    fn estimate(&self, item: &PriorItem, chunks: usize) -> usize {
+        let content = item
+            .file()
+            .filter(|f| !item.header.deleted && f.meta.kind == ItemKind::File)
+            .map(|f| f.meta.size)
+            .filter(|size| *size <= self.with_content_up_to)
+            .map_or(0, |size| usize::try_from(size).unwrap_or(usize::MAX));
+        64 + item.key.len() + chunks * 28 + content
+    }
+}
+
 /// A place on this device where a chunk's bytes were found at the last scan.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChunkSource {
@@ -887,7 +911,7 @@ pub(super) fn items_since(
     c: &mut Connection,
     source_id: &str,
     after: u64,
-    limit: usize,
+    page: &IndexPage,
 ) -> Result<Vec<IndexEntry>> {
     let err = sql("reading the index");
     let mut stmt = c
@@ -896,20 +920,21 @@ pub(super) fn items_since(
              ORDER BY sequence LIMIT ?3"
         ))
         .map_err(&err)?;
+    // Rows are stepped one at a time, so those past the page's bytes are never read.
     let rows = stmt
         .query_map(
             params![
                 source_id,
                 to_i64(after),
-                i64::try_from(limit).unwrap_or(i64::MAX)
+                i64::try_from(page.items).unwrap_or(i64::MAX)
             ],
             |r| Ok((raw_item(r)?, r.get::<_, Option<Vec<u8>>>(14)?)),
         )
-        .map_err(&err)?
-        .collect::<rusqlite::Result<Vec<_>>>()
         .map_err(&err)?;
-    let mut out = Vec::with_capacity(rows.len());
-    for (raw, chunks) in rows {
+    let mut out = Vec::new();
+    let mut bytes = 0usize;
+    for row in rows {
+        let (raw, chunks) = row.map_err(&err)?;
         let item = decode_item(source_id, raw)?;
         let chunks = match chunks {
             Some(blob) => chunker::decode_chunk_list(&blob).map_err(|e| Error::Corrupt {
@@ -919,7 +944,11 @@ pub(super) fn items_since(
             })?,
             None => Vec::new(),
         };
+        bytes += page.estimate(&item, chunks.len());
         out.push(IndexEntry { item, chunks });
+        if bytes >= page.bytes {
+            break;
+        }
     }
     Ok(out)
 }

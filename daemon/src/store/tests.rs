@@ -417,7 +417,18 @@ async fn a_record_body_round_trips_and_a_file_may_replace_it() {
     );
     assert_eq!(got.body.record(), record.body.record());
     assert!(got.file().is_none(), "a record has no file part");
-    let sent = store.items_since("cards".into(), 0, 10).await.unwrap();
+    let sent = store
+        .items_since(
+            "cards".into(),
+            0,
+            super::IndexPage {
+                items: 10,
+                bytes: 1 << 20,
+                with_content_up_to: 0,
+            },
+        )
+        .await
+        .unwrap();
     assert_eq!(sent.len(), 1);
     assert_eq!(sent[0].item, got);
     assert!(sent[0].chunks.is_empty());
@@ -441,6 +452,45 @@ async fn a_record_body_round_trips_and_a_file_may_replace_it() {
         .unwrap();
     assert!(got.body.record().is_none());
     assert_eq!(got.file().unwrap().meta.size, 3);
+    drop(store);
+    thread.join();
+}
+
+#[tokio::test]
+async fn an_index_page_stops_once_its_entries_fill_the_bytes_it_may_take() {
+    let (store, thread) = open_in_memory().unwrap();
+    store.add_source(row("docs")).await.unwrap();
+    // Ten small files (their content counts) and then ten large ones (it does not).
+    let small = (0..10u8).map(|i| file(&format!("s{i}"), 10_000, i));
+    let large = (0..10u8).map(|i| file(&format!("l{i}"), 100_000, 100 + i));
+    store
+        .commit("docs".into(), small.chain(large).collect())
+        .await
+        .unwrap();
+    let page = |bytes| IndexPage {
+        items: 1000,
+        bytes,
+        with_content_up_to: 65_536,
+    };
+    let read = |after, bytes| {
+        let store = store.clone();
+        async move {
+            store
+                .items_since("docs".into(), after, page(bytes))
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|e| e.item.key)
+                .collect::<Vec<_>>()
+        }
+    };
+    // 35 kB holds four small files' content: the fourth reaches it, and the read stops.
+    assert_eq!(read(0, 35_000).await, ["s0", "s1", "s2", "s3"]);
+    // Large files cost only their entries, so all the rest fit.
+    assert_eq!(read(10, 35_000).await.len(), 10);
+    // A page always holds one entry, however small its bytes.
+    assert_eq!(read(0, 1).await, ["s0"]);
+    assert_eq!(read(0, usize::MAX).await.len(), 20);
     drop(store);
     thread.join();
 }
