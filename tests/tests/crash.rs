@@ -157,12 +157,13 @@ fn assert_recorded_items_on_disk(home: &Path, root: &Path, when: &str) -> usize 
 
 #[test]
 fn a_kill_during_a_batchs_durability_step_leaves_nothing_recorded_that_is_not_on_disk() {
-    // Killed on the spot (as by kill -9) while the batch's temp files are flushed, then while
-    // the folders it renamed into are: the batch's renames may be done, but it was not
-    // recorded, so it must not be found recorded.
+    // Killed on the spot (as by kill -9) while temp files are flushed (as they are built,
+    // several at once, while the batch before is applied), then while the folders a batch
+    // renamed into are: the batch's renames may be done, but it was not recorded, so it must
+    // not be found recorded.
     // A batch holds at most 256 items, so its 300 files and 11 folders (the root's too) take
-    // two batches at least: the 261st file flush, and the 12th folder flush, are in a batch
-    // after the first.
+    // two batches at least: the 261st file flush, and the 12th folder flush, come after the
+    // first batch has begun.
     for plan in ["sync::abort:1:260", "sync-folder::abort:1:11"] {
         let a = Agent::start();
         let mut b = Agent::start_with_env(&[("TANDEM_TEST_DISK_FAULTS", plan)]);

@@ -422,73 +422,60 @@ fn system_time(ns: i64) -> SystemTime {
     }
 }
 
-/// Temp files flushed at once: fsyncs issued together let the file system commit them in
-/// one go, which is most of what durability costs on a disk.
-const PARALLEL_SYNCS: usize = 8;
+/// Temp files built and flushed at once: fsyncs issued together let the file system commit
+/// them in one go, which is most of what durability costs on a disk.
+pub const PARALLEL_SYNCS: usize = 8;
 
-/// One verified temp file of a batch, ready to be given its metadata and made durable.
-#[derive(Debug)]
-pub struct TempToReady<'a> {
-    pub item: &'a ItemPath,
-    /// Where the item goes (faults are planned by it).
-    pub target: PathBuf,
-    pub temp: &'a Path,
-    pub mode: u32,
-    pub mtime_ns: i64,
-}
-
-/// Gives every temp file of a batch its mode and mtime and makes it durable, several at once,
-/// before any of them is renamed into place. One result per temp, in order: a failure is that
-/// item's alone.
-pub fn ready_temps(disk: &dyn Disk, temps: &[TempToReady<'_>]) -> Vec<Result<(), ApplyError>> {
-    if temps.len() <= 1 {
-        return temps.iter().map(|t| ready_temp(disk, t)).collect();
+/// Runs `job` on every element of `items`, split over up to [`PARALLEL_SYNCS`] threads (on
+/// this one when there is a single element). Results are in order; an element whose thread
+/// failed gets `failed(element)`.
+pub fn in_parallel<T: Sync, R: Send>(
+    items: &[T],
+    job: impl Fn(&[T]) -> Vec<R> + Sync,
+    failed: impl Fn(&T) -> R,
+) -> Vec<R> {
+    if items.len() <= 1 {
+        return job(items);
     }
-    let per_thread = temps.len().div_ceil(PARALLEL_SYNCS);
+    let per_thread = items.len().div_ceil(PARALLEL_SYNCS);
+    let job = &job;
     std::thread::scope(|scope| {
-        let workers: Vec<_> = temps
+        let workers: Vec<_> = items
             .chunks(per_thread)
-            .map(|part| {
-                scope.spawn(move || part.iter().map(|t| ready_temp(disk, t)).collect::<Vec<_>>())
-            })
+            .map(|part| scope.spawn(move || job(part)))
             .collect();
         workers
             .into_iter()
-            .zip(temps.chunks(per_thread))
+            .zip(items.chunks(per_thread))
             .flat_map(|(worker, part)| {
-                worker.join().unwrap_or_else(|_| {
-                    part.iter()
-                        .map(|t| {
-                            Err(io_err(t.item, "flushing the temp file")(io::Error::other(
-                                "the flushing thread failed",
-                            )))
-                        })
-                        .collect()
-                })
+                worker
+                    .join()
+                    .unwrap_or_else(|_| part.iter().map(&failed).collect())
             })
             .collect()
     })
 }
 
-fn ready_temp(disk: &dyn Disk, t: &TempToReady<'_>) -> Result<(), ApplyError> {
-    // Read-only is enough to set an owned file's metadata and flush it, and closing it then
-    // raises no close-after-write event for the watcher to carry.
-    let f = fs::File::open(t.temp).map_err(io_err(t.item, "opening the temp file"))?;
-    let made = f
-        .metadata()
-        .map_err(io_err(t.item, "opening the temp file"))?;
-    // Created with the wanted mode, the umask willing: then there is nothing to change.
-    if made.mode() & 0o7777 != t.mode {
-        f.set_permissions(fs::Permissions::from_mode(t.mode))
-            .map_err(io_err(t.item, "setting permissions"))?;
-    }
-    f.set_times(fs::FileTimes::new().set_modified(system_time(t.mtime_ns)))
-        .map_err(io_err(t.item, "setting the modification time"))?;
-    disk.sync(&f, &t.target)
-        .map_err(io_err(t.item, "flushing the temp file"))
+/// Gives a built and verified temp file the item's mode and mtime, and makes it durable:
+/// what the source task renames into place is complete, so its batch pays for nothing but
+/// the renames and one flush per folder.
+pub fn finish_temp(
+    disk: &dyn Disk,
+    file: &fs::File,
+    root: &Path,
+    item: &ItemPath,
+    mode: u32,
+    mtime_ns: i64,
+) -> Result<(), ApplyError> {
+    file.set_permissions(fs::Permissions::from_mode(mode))
+        .map_err(io_err(item, "setting permissions"))?;
+    file.set_times(fs::FileTimes::new().set_modified(system_time(mtime_ns)))
+        .map_err(io_err(item, "setting the modification time"))?;
+    disk.sync(file, &root.join(item.as_str()))
+        .map_err(io_err(item, "flushing the temp file"))
 }
 
-/// Renames a temp file made ready by [`ready_temps`] over the target. Its folder is made
+/// Renames a temp file finished by [`finish_temp`] over the target. Its folder is made
 /// durable with the batch's (`folders`).
 pub fn place_file(
     disk: &dyn Disk,
@@ -918,14 +905,16 @@ mod tests {
             verify(&temp, &item, Hash128::of(b"other")),
             Err(ApplyError::HashMismatch { .. })
         ));
-        let ready = TempToReady {
-            item: &item,
-            target: root.join(item.as_str()),
-            temp: &temp,
-            mode: 0o640,
-            mtime_ns: 1_600_000_000_123_456_789,
-        };
-        assert!(ready_temps(&OsDisk, &[ready]).iter().all(Result::is_ok));
+        let file = fs::OpenOptions::new().write(true).open(&temp).unwrap();
+        finish_temp(
+            &OsDisk,
+            &file,
+            root,
+            &item,
+            0o640,
+            1_600_000_000_123_456_789,
+        )
+        .unwrap();
         let mut folders = Folders::default();
         let meta = place_file(&OsDisk, root, &item, &temp, Target::Absent, &mut folders).unwrap();
         assert!(folders.flush(&OsDisk).is_empty());

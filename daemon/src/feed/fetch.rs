@@ -271,32 +271,33 @@ impl Fetcher {
                 (
                     item.path.clone(),
                     item.file().and_then(|f| f.inline.clone()),
+                    Finish::of(item),
                 )
             })
             .collect();
         let (disk, root) = (self.src.disk.clone(), self.src.root.clone());
         let n = jobs.len();
+        // Several threads at once: each small file's fsync is paid here, before the source
+        // task sees the file, and fsyncs issued together are committed together.
         let started = tokio::task::spawn_blocking(move || {
-            let mut real = apply::RealFolders::default();
-            jobs.into_iter()
-                .map(|(path, inline)| {
-                    if let Some((parent, link)) = real.blocked_parent(&root, &path).map(|parent| {
-                        let link = std::fs::symlink_metadata(root.join(&parent))
-                            .is_ok_and(|m| m.file_type().is_symlink());
-                        (parent, link)
-                    }) {
-                        return Early::Blocked { parent, link };
-                    }
-                    let Some(data) = inline else {
-                        return Early::Fetch;
-                    };
-                    // Checked against the entry's hash when it arrived.
-                    match build_from(&*disk, &root, &path, &mut real, &data, None) {
-                        Ok(made) => Early::Built(made.temp),
-                        Err(e) => Early::Failed(e),
-                    }
-                })
-                .collect::<Vec<_>>()
+            apply::in_parallel(
+                &jobs,
+                |part| {
+                    let mut real = apply::RealFolders::default();
+                    part.iter()
+                        .map(|(path, inline, finish)| {
+                            start_build(&*disk, &root, &mut real, path, inline.as_deref(), *finish)
+                        })
+                        .collect()
+                },
+                |(path, _, _)| {
+                    Early::Failed(ApplyError::Io {
+                        path: path.to_string(),
+                        action: "building the temp file",
+                        source: std::io::Error::other("the building thread failed"),
+                    })
+                },
+            )
         })
         .await;
         let Ok(started) = started else {
@@ -332,8 +333,8 @@ impl Fetcher {
             .collect()
     }
 
-    /// Builds the item's content in a temp file beside its target from its chunks, and
-    /// verifies it. The temp is made durable with its batch, when it is applied.
+    /// Builds the item's content in a temp file from its chunks, verifies it, gives it the
+    /// item's metadata and makes it durable.
     async fn build(&self, item: &RemoteItem) -> Result<BuiltTemp, NotBuilt> {
         // A file of one chunk is fetched first and then created, written and checked in one
         // trip to the blocking pool: each trip is two thread switches.
@@ -355,19 +356,18 @@ impl Fetcher {
         let (disk, root) = (self.src.disk.clone(), self.src.root.clone());
         let path = item.path.clone();
         let (size, hash) = (body.meta.size, body.hash);
-        let one_chunk = first.is_some();
+        let finish = Finish::of(item);
         let made = tokio::task::spawn_blocking(move || -> Result<Made, ApplyError> {
+            let real = &mut apply::RealFolders::default();
             match first {
                 // A one-chunk file's hash is its chunk's hash, checked on arrival.
                 Some((chunk, data)) => {
                     let check = hash.filter(|h| *h != chunk.hash);
-                    let real = &mut apply::RealFolders::default();
-                    build_from(&*disk, &root, &path, real, &data, check)
+                    build_from(&*disk, &root, &path, real, &data, check, finish).map(Made::Done)
                 }
                 None => {
-                    let real = &mut apply::RealFolders::default();
                     let (temp, file) = apply::create_temp(&*disk, &root, &path, Some(size), real)?;
-                    Ok(Made {
+                    Ok(Made::Open {
                         temp: BuiltTemp { path: temp },
                         file,
                     })
@@ -377,18 +377,23 @@ impl Fetcher {
         .await
         .map_err(|e| NotBuilt::Fetch(format!("building the temp file failed: {e}")))?
         .map_err(|e| self.write_failed(item, e))?;
-        if !one_chunk {
-            let file = Arc::new(made.file);
-            self.fill(item, file).await?;
+        let (temp, file) = match made {
+            Made::Done(temp) => return Ok(temp),
+            Made::Open { temp, file } => (temp, Arc::new(file)),
+        };
+        self.fill(item, file.clone()).await?;
+        let (disk, root) = (self.src.disk.clone(), self.src.root.clone());
+        let (at, path) = (temp.path.clone(), item.path.clone());
+        tokio::task::spawn_blocking(move || {
             if let Some(hash) = hash {
-                let (temp, path) = (made.temp.path.clone(), item.path.clone());
-                tokio::task::spawn_blocking(move || apply::verify(&temp, &path, hash))
-                    .await
-                    .map_err(|e| NotBuilt::Fetch(format!("checking the temp file failed: {e}")))?
-                    .map_err(|e| self.write_failed(item, e))?;
+                apply::verify(&at, &path, hash)?;
             }
-        }
-        Ok(made.temp)
+            apply::finish_temp(&*disk, &file, &root, &path, finish.mode, finish.mtime_ns)
+        })
+        .await
+        .map_err(|e| NotBuilt::Fetch(format!("checking the temp file failed: {e}")))?
+        .map_err(|e| self.write_failed(item, e))?;
+        Ok(temp)
     }
 
     /// What a failed write or check of an item's temp file means for it.
@@ -456,10 +461,13 @@ impl Fetcher {
     }
 }
 
-/// A temp file made for an item, open for the chunks still to come.
-struct Made {
-    temp: BuiltTemp,
-    file: std::fs::File,
+/// A temp file made for an item: finished, or open for the chunks still to come.
+enum Made {
+    Done(BuiltTemp),
+    Open {
+        temp: BuiltTemp,
+        file: std::fs::File,
+    },
 }
 
 /// Files built from content already at hand, in one go, and fetches under way per update.
@@ -472,7 +480,7 @@ struct Wanted {
 }
 
 /// An item's path and inline content, for the blocking pool.
-type BuildJob = (ItemPath, Option<Arc<[u8]>>);
+type BuildJob = (ItemPath, Option<Arc<[u8]>>, Finish);
 
 /// What the blocking pool found for an item that needs content.
 enum Early {
@@ -489,8 +497,33 @@ enum Started {
     Fetch,
 }
 
+/// The blocking part of starting an item's build: its path must lead somewhere; content that
+/// came inline (checked against the entry's hash when it arrived) is built at once.
+fn start_build(
+    disk: &dyn Disk,
+    root: &std::path::Path,
+    real: &mut apply::RealFolders,
+    path: &ItemPath,
+    inline: Option<&[u8]>,
+    finish: Finish,
+) -> Early {
+    if let Some(parent) = real.blocked_parent(root, path) {
+        let link =
+            std::fs::symlink_metadata(root.join(&parent)).is_ok_and(|m| m.file_type().is_symlink());
+        return Early::Blocked { parent, link };
+    }
+    let Some(data) = inline else {
+        return Early::Fetch;
+    };
+    match build_from(disk, root, path, real, data, None, finish) {
+        Ok(temp) => Early::Built(temp),
+        Err(e) => Early::Failed(e),
+    }
+}
+
 /// Creates an item's temp file and writes all its content, `data`, checking it against
-/// `check` when given. Blocking; the temp goes again if anything fails.
+/// `check` when given, then gives it the item's mode and mtime and makes it durable
+/// (`finish`). Blocking; the temp goes again if anything fails.
 fn build_from(
     disk: &dyn Disk,
     root: &std::path::Path,
@@ -498,7 +531,8 @@ fn build_from(
     real: &mut apply::RealFolders,
     data: &[u8],
     check: Option<Hash128>,
-) -> Result<Made, ApplyError> {
+    finish: Finish,
+) -> Result<BuiltTemp, ApplyError> {
     let (temp, file) = apply::create_temp(disk, root, path, None, real)?;
     // Removed again however this ends short of a verified file.
     let temp = BuiltTemp { path: temp };
@@ -506,7 +540,30 @@ fn build_from(
     if let Some(h) = check {
         apply::verify(&temp.path, path, h)?;
     }
-    Ok(Made { temp, file })
+    apply::finish_temp(disk, &file, root, path, finish.mode, finish.mtime_ns)?;
+    Ok(temp)
+}
+
+/// The metadata a finished temp file gets: the item's.
+#[derive(Debug, Clone, Copy)]
+struct Finish {
+    mode: u32,
+    mtime_ns: i64,
+}
+
+impl Finish {
+    fn of(item: &RemoteItem) -> Finish {
+        item.file().map_or(
+            Finish {
+                mode: 0o644,
+                mtime_ns: 0,
+            },
+            |f| Finish {
+                mode: f.meta.mode,
+                mtime_ns: f.meta.mtime_ns,
+            },
+        )
+    }
 }
 
 /// Why an item's content could not be built now; it is tried again later.

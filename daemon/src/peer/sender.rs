@@ -20,7 +20,7 @@ use crate::universal::{self, ItemPath, RemoteFile, RemoteItem};
 /// Index updates are cut well below the frame limit.
 const UPDATE_BUDGET: usize = 1 << 20;
 /// Unacknowledged index updates in flight per source (flow control).
-pub(super) const INDEX_WINDOW: usize = 4;
+pub(super) const INDEX_WINDOW: usize = 8;
 
 /// Files up to this size travel with their entry: for a small file the request round trip
 /// would cost far more than its bytes.

@@ -43,7 +43,8 @@ impl Format for Files {
 #[derive(Debug)]
 pub struct WriteJob {
     pub item: RemoteItem,
-    /// Verified content beside the target (files with new content only).
+    /// Verified content, with the item's mode and mtime and made durable (files with new
+    /// content only).
     pub temp: Option<PathBuf>,
     /// Concurrent with the local version, and the peer's wins: the local one is kept as a copy.
     pub conflict: bool,
@@ -81,52 +82,22 @@ pub struct Written {
     pub disturbed: bool,
 }
 
-/// Writes a batch in three steps, so it pays for durability once: every new file's temp is
-/// given its metadata and fsynced (several at once); then each item is written in order
-/// (checks, conflict copy, versions folder, rename); then every folder the batch changed is
-/// fsynced once. An item whose folder could not be flushed fails with it.
+/// Writes a batch in two steps, so it pays for durability once: each item is written in order
+/// (checks, conflict copy, versions folder, rename of its temp, which its builder made
+/// durable); then every folder the batch changed is fsynced once. An item whose folder could
+/// not be flushed fails with it.
 fn write_batch(disk: &dyn Disk, root: &Path, jobs: Vec<WriteJob>) -> Vec<WriteResult> {
-    let ready: Vec<Option<Result<(), ApplyError>>> = {
-        let temps: Vec<(usize, apply::TempToReady<'_>)> = jobs
-            .iter()
-            .enumerate()
-            .filter_map(|(i, job)| {
-                let file = job.item.file()?;
-                let temp = job.temp.as_deref()?;
-                (file.meta.kind == ItemKind::File && !job.item.header.deleted).then_some((
-                    i,
-                    apply::TempToReady {
-                        item: &job.item.path,
-                        target: root.join(job.item.path.as_str()),
-                        temp,
-                        mode: file.meta.mode,
-                        mtime_ns: file.meta.mtime_ns,
-                    },
-                ))
-            })
-            .collect();
-        let (at, temps): (Vec<usize>, Vec<apply::TempToReady<'_>>) = temps.into_iter().unzip();
-        let mut ready: Vec<Option<Result<(), ApplyError>>> = jobs.iter().map(|_| None).collect();
-        for (i, result) in at.into_iter().zip(apply::ready_temps(disk, &temps)) {
-            ready[i] = Some(result);
-        }
-        ready
-    };
     let mut folders = apply::Folders::default();
     let mut real = apply::RealFolders::default();
     let mut results: Vec<(Option<(PathBuf, String)>, WriteResult)> = jobs
         .into_iter()
-        .zip(ready)
-        .map(|(job, ready)| match ready {
-            Some(Err(e)) => (None, Err(e)),
-            _ => {
-                let folder = apply::Folders::of(root, &job.item.path);
-                let item = job.item.path.to_string();
-                (
-                    Some((folder, item)),
-                    job.run(disk, root, &mut real, &mut folders),
-                )
-            }
+        .map(|job| {
+            let folder = apply::Folders::of(root, &job.item.path);
+            let item = job.item.path.to_string();
+            (
+                Some((folder, item)),
+                job.run(disk, root, &mut real, &mut folders),
+            )
         })
         .collect();
     let failed = folders.flush(disk);
