@@ -53,7 +53,7 @@ impl Sender {
                 }
                 continue;
             }
-            let items = match self
+            let read = match self
                 .ctx
                 .store
                 .items_since(
@@ -63,17 +63,20 @@ impl Sender {
                         items: 1000,
                         bytes: UPDATE_BUDGET,
                         with_content_up_to: INLINE_MAX,
+                        // The peer sent us exactly those versions: echoing them back is
+                        // wasted bytes (and reading them, wasted work).
+                        except_from: Some(self.device.clone()),
                     },
                 )
                 .await
             {
-                Ok(items) => items,
+                Ok(read) => read,
                 Err(e) => {
                     warn!(error = %e, source = %self.src.id, "cannot read the index to send");
                     return;
                 }
             };
-            if items.is_empty() {
+            if read.entries.is_empty() && read.through <= self.from {
                 // "Caught up" promises the receiver there is nothing more to come: not while
                 // this device is still scanning, which would number more changes.
                 if !self.src.status.borrow().settled() {
@@ -110,13 +113,9 @@ impl Sender {
             let mut batch = Vec::new();
             let mut size = 0usize;
             let mut last = self.from;
-            for entry in items {
+            let mut cut = false;
+            for entry in read.entries {
                 let (prior, chunks) = (entry.item, entry.chunks);
-                if prior.header.origin.as_deref() == Some(self.device.as_str()) {
-                    // The peer sent us exactly this version: echoing it back is wasted bytes.
-                    last = prior.header.sequence;
-                    continue;
-                }
                 let Ok(path) = ItemPath::parse(&prior.key) else {
                     last = prior.header.sequence;
                     continue;
@@ -143,11 +142,16 @@ impl Sender {
                 let len = universal::item_to_pb(&item).encoded_len()
                     + usize::try_from(inline_len(&item).unwrap_or(0)).unwrap_or(0);
                 if !batch.is_empty() && size + len > UPDATE_BUDGET {
+                    cut = true;
                     break;
                 }
                 size += len;
                 last = prior.header.sequence;
                 batch.push(item);
+            }
+            if !cut {
+                // Past what was read, up to where the read reached: the peer's own versions.
+                last = last.max(read.through);
             }
             let batch = with_inline_content(&self.ctx, &self.src, batch).await;
             let batch: Vec<pb::Item> = batch.iter().map(universal::item_to_pb).collect();

@@ -13,7 +13,7 @@ use std::thread::JoinHandle;
 
 use tokio::sync::oneshot;
 
-pub use queries::{ChunkSource, IndexEntry, IndexPage, PeerRow, SourceRow, Totals};
+pub use queries::{ChunkSource, IndexEntry, IndexPage, IndexRead, PeerRow, SourceRow, Totals};
 
 /// A failure of the store; each names what was being done.
 #[derive(Debug, thiserror::Error)]
@@ -287,7 +287,7 @@ impl StoreHandle {
         source_id: String,
         after: u64,
         page: IndexPage,
-    ) -> Result<Vec<IndexEntry>> {
+    ) -> Result<IndexRead> {
         self.call(move |c| queries::items_since(c, &source_id, after, &page))
             .await
     }

@@ -874,12 +874,22 @@ pub struct IndexEntry {
 
 /// How much of the index one read takes: at most `items` entries, and no more once their
 /// estimated size on the wire reaches `bytes`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IndexPage {
     pub items: usize,
     pub bytes: usize,
     /// Content up to this size is counted in an entry's size (it may travel with it).
     pub with_content_up_to: u64,
+    /// Items whose current version came from this device are left out: it has them.
+    pub except_from: Option<String>,
+}
+
+/// One read of a source's index.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IndexRead {
+    pub entries: Vec<IndexEntry>,
+    /// Every sequence up to this one was read or left out on purpose.
+    pub through: u64,
 }
 
 impl IndexPage {
@@ -912,45 +922,69 @@ pub(super) fn items_since(
     source_id: &str,
     after: u64,
     page: &IndexPage,
-) -> Result<Vec<IndexEntry>> {
+) -> Result<IndexRead> {
     let err = sql("reading the index");
-    let mut stmt = c
-        .prepare_cached(&format!(
-            "SELECT {ITEM_COLUMNS}, chunks FROM items WHERE source_id = ?1 AND sequence > ?2
-             ORDER BY sequence LIMIT ?3"
-        ))
-        .map_err(&err)?;
-    // Rows are stepped one at a time, so those past the page's bytes are never read.
-    let rows = stmt
-        .query_map(
-            params![
-                source_id,
-                to_i64(after),
-                i64::try_from(page.items).unwrap_or(i64::MAX)
-            ],
-            |r| Ok((raw_item(r)?, r.get::<_, Option<Vec<u8>>>(14)?)),
+    let tx = c.transaction().map_err(&err)?;
+    let numbered: u64 = tx
+        .query_row(
+            "SELECT sequence FROM sources WHERE id = ?1",
+            [source_id],
+            |r| r.get(0),
         )
-        .map_err(&err)?;
-    let mut out = Vec::new();
-    let mut bytes = 0usize;
-    for row in rows {
-        let (raw, chunks) = row.map_err(&err)?;
-        let item = decode_item(source_id, raw)?;
-        let chunks = match chunks {
-            Some(blob) => chunker::decode_chunk_list(&blob).map_err(|e| Error::Corrupt {
-                source_id: source_id.to_owned(),
-                path: item.key.clone(),
-                reason: e.to_string(),
-            })?,
-            None => Vec::new(),
-        };
-        bytes += page.estimate(&item, chunks.len());
-        out.push(IndexEntry { item, chunks });
-        if bytes >= page.bytes {
-            break;
+        .optional()
+        .map_err(&err)?
+        .map_or(0, to_u64);
+    let mut entries = Vec::new();
+    let mut full = false;
+    {
+        let mut stmt = tx
+            .prepare_cached(&format!(
+                "SELECT {ITEM_COLUMNS}, chunks FROM items
+                 WHERE source_id = ?1 AND sequence > ?2 AND (?4 IS NULL OR origin IS NOT ?4)
+                 ORDER BY sequence LIMIT ?3"
+            ))
+            .map_err(&err)?;
+        // Rows are stepped one at a time, so those past the page's bytes are never read.
+        let rows = stmt
+            .query_map(
+                params![
+                    source_id,
+                    to_i64(after),
+                    i64::try_from(page.items).unwrap_or(i64::MAX),
+                    page.except_from,
+                ],
+                |r| Ok((raw_item(r)?, r.get::<_, Option<Vec<u8>>>(14)?)),
+            )
+            .map_err(&err)?;
+        let mut bytes = 0usize;
+        for row in rows {
+            let (raw, chunks) = row.map_err(&err)?;
+            let item = decode_item(source_id, raw)?;
+            let chunks = match chunks {
+                Some(blob) => chunker::decode_chunk_list(&blob).map_err(|e| Error::Corrupt {
+                    source_id: source_id.to_owned(),
+                    path: item.key.clone(),
+                    reason: e.to_string(),
+                })?,
+                None => Vec::new(),
+            };
+            bytes += page.estimate(&item, chunks.len());
+            entries.push(IndexEntry { item, chunks });
+            if bytes >= page.bytes {
+                full = true;
+                break;
+            }
         }
     }
-    Ok(out)
+    tx.finish().map_err(&err)?;
+    // A page that ended early covers up to its last entry; one that ran out covers every
+    // sequence numbered so far, the items left out included.
+    let through = if full || entries.len() >= page.items {
+        entries.last().map_or(after, |e| e.item.header.sequence)
+    } else {
+        numbered.max(after)
+    };
+    Ok(IndexRead { entries, through })
 }
 
 pub(super) fn chunk_sources(c: &mut Connection, hash: &[u8]) -> Result<Vec<ChunkSource>> {

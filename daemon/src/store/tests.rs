@@ -425,10 +425,12 @@ async fn a_record_body_round_trips_and_a_file_may_replace_it() {
                 items: 10,
                 bytes: 1 << 20,
                 with_content_up_to: 0,
+                except_from: None,
             },
         )
         .await
-        .unwrap();
+        .unwrap()
+        .entries;
     assert_eq!(sent.len(), 1);
     assert_eq!(sent[0].item, got);
     assert!(sent[0].chunks.is_empty());
@@ -471,6 +473,7 @@ async fn an_index_page_stops_once_its_entries_fill_the_bytes_it_may_take() {
         items: 1000,
         bytes,
         with_content_up_to: 65_536,
+        except_from: None,
     };
     let read = |after, bytes| {
         let store = store.clone();
@@ -479,6 +482,7 @@ async fn an_index_page_stops_once_its_entries_fill_the_bytes_it_may_take() {
                 .items_since("docs".into(), after, page(bytes))
                 .await
                 .unwrap()
+                .entries
                 .into_iter()
                 .map(|e| e.item.key)
                 .collect::<Vec<_>>()
@@ -491,6 +495,52 @@ async fn an_index_page_stops_once_its_entries_fill_the_bytes_it_may_take() {
     // A page always holds one entry, however small its bytes.
     assert_eq!(read(0, 1).await, ["s0"]);
     assert_eq!(read(0, usize::MAX).await.len(), 20);
+    drop(store);
+    thread.join();
+}
+
+#[tokio::test]
+async fn a_read_for_a_peer_leaves_out_its_own_versions_and_still_covers_their_sequences() {
+    let (store, thread) = open_in_memory().unwrap();
+    store.add_source(row("docs")).await.unwrap();
+    let from = |path: &str, origin: Option<&str>| {
+        let mut d = file(path, 10, 1);
+        d.header.origin = origin.map(str::to_owned);
+        d
+    };
+    store
+        .commit(
+            "docs".into(),
+            vec![
+                from("local", None),
+                from("theirs", Some("PEER")),
+                from("other", Some("OTHER")),
+                from("theirs-too", Some("PEER")),
+            ],
+        )
+        .await
+        .unwrap();
+    let read = |items, except: Option<&str>| {
+        let store = store.clone();
+        let page = IndexPage {
+            items,
+            bytes: usize::MAX,
+            with_content_up_to: 0,
+            except_from: except.map(str::to_owned),
+        };
+        async move {
+            let read = store.items_since("docs".into(), 0, page).await.unwrap();
+            let keys: Vec<String> = read.entries.into_iter().map(|e| e.item.key).collect();
+            (keys, read.through)
+        }
+    };
+    assert_eq!(
+        read(10, Some("PEER")).await,
+        (vec!["local".into(), "other".into()], 4)
+    );
+    assert_eq!(read(10, None).await.0.len(), 4);
+    // A page that stops at its item limit covers only up to its last entry.
+    assert_eq!(read(1, Some("PEER")).await, (vec!["local".into()], 1));
     drop(store);
     thread.join();
 }
