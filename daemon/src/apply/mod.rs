@@ -156,6 +156,8 @@ pub struct RealFolders {
     /// when it is missing or not a real folder.
     temp_dir: Option<Option<(PathBuf, u64)>>,
     root_dev: Option<Option<u64>>,
+    /// Folders found missing, remembered only by [`RealFolders::for_looking`].
+    missing: Option<std::collections::HashSet<PathBuf>>,
 }
 
 /// What is at a folder's place.
@@ -167,9 +169,24 @@ enum FolderLook {
 }
 
 impl RealFolders {
+    /// For a trip that makes no folders and replaces nothing (looking at what a batch will
+    /// need, building temp files), whose findings are checked again when the batch writes:
+    /// missing folders are remembered too, since every item of a folder the batch has yet to
+    /// make would otherwise look for it again. Never for writing: there a folder missing a
+    /// moment ago may be there now, made by the batch or by someone else.
+    pub fn for_looking() -> RealFolders {
+        RealFolders {
+            missing: Some(std::collections::HashSet::new()),
+            ..RealFolders::default()
+        }
+    }
+
     fn look(&mut self, dir: &Path) -> FolderLook {
         if let Some(dev) = self.known.get(dir) {
             return FolderLook::Real(*dev);
+        }
+        if self.missing.as_ref().is_some_and(|m| m.contains(dir)) {
+            return FolderLook::Missing(io::ErrorKind::NotFound.into());
         }
         match fs::symlink_metadata(dir) {
             Ok(m) if m.file_type().is_dir() => {
@@ -177,7 +194,14 @@ impl RealFolders {
                 FolderLook::Real(m.dev())
             }
             Ok(_) => FolderLook::NotAFolder,
-            Err(e) => FolderLook::Missing(e),
+            Err(e) => {
+                if let Some(missing) = self.missing.as_mut()
+                    && e.kind() == io::ErrorKind::NotFound
+                {
+                    missing.insert(dir.to_path_buf());
+                }
+                FolderLook::Missing(e)
+            }
         }
     }
 
@@ -956,6 +980,22 @@ mod tests {
         assert!(folders.flush(&OsDisk).is_empty());
         assert_eq!(fs::read(root.join("d/y.txt")).unwrap(), b"moved in");
         assert_eq!(fs::read_dir(temp_dir(root)).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn only_a_looking_trip_remembers_missing_folders() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let item = p("later/x.txt");
+        let mut looking = RealFolders::for_looking();
+        let mut writing = RealFolders::default();
+        assert!(!looking.parents_exist(root, &item));
+        assert!(!writing.parents_exist(root, &item));
+        fs::create_dir(root.join("later")).unwrap();
+        assert!(!looking.parents_exist(root, &item), "remembered as missing");
+        assert!(writing.parents_exist(root, &item), "looked at again");
+        writing.ensure_parents(root, &p("made/y.txt")).unwrap();
+        assert!(root.join("made").is_dir());
     }
 
     #[test]

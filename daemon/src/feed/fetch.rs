@@ -283,7 +283,7 @@ impl Fetcher {
             apply::in_parallel(
                 &jobs,
                 |part| {
-                    let mut real = apply::RealFolders::default();
+                    let mut real = apply::RealFolders::for_looking();
                     part.iter()
                         .map(|(path, inline, finish)| {
                             start_build(&*disk, &root, &mut real, path, inline.as_deref(), *finish)

@@ -295,7 +295,7 @@ impl SourceTask {
             .map(|((_, r), p)| (r.item.path.clone(), p.clone()))
             .collect();
         let disks = tokio::task::spawn_blocking(move || {
-            let mut real = apply::RealFolders::default();
+            let mut real = apply::RealFolders::for_looking();
             jobs.iter()
                 .map(|(path, prior)| {
                     look_at_disk(&*disk, &root, path, prior.as_ref(), false, &mut real)
