@@ -9,6 +9,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         // JSON output of `tandemctl --json` mirrors the control messages one to one.
         .type_attribute(".tandem.control", "#[derive(serde::Serialize)]")
+        // A small file's content arrives inline: kept as a slice of the received frame, not
+        // copied out of it.
+        .bytes(".tandem.peer.v1.FileBody.inline")
         .compile_fds(fds)?;
     Ok(())
 }

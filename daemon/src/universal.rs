@@ -4,8 +4,8 @@
 //! Must not: do I/O, or let a raw prost type or an unchecked path past it.
 
 use std::fmt;
-use std::sync::Arc;
 
+use bytes::Bytes;
 use tandem_proto::peer as pb;
 
 use crate::chunker::{ChunkRef, Hash128, MAX_CHUNK_SIZE};
@@ -109,7 +109,7 @@ pub struct RemoteFile {
     pub hash: Option<Hash128>,
     pub chunks: Vec<ChunkRef>,
     /// The whole content, sent with the entry (small files only), checked against `hash`.
-    pub inline: Option<Arc<[u8]>>,
+    pub inline: Option<Bytes>,
 }
 
 /// One item's state as a peer announced it, after every check.
@@ -230,11 +230,7 @@ fn file_body_to_pb(file: &RemoteFile) -> pb::FileBody {
             })
             .collect(),
         symlink_target: file.meta.symlink_target.clone().unwrap_or_default(),
-        inline: file
-            .inline
-            .as_deref()
-            .map(<[u8]>::to_vec)
-            .unwrap_or_default(),
+        inline: file.inline.clone().unwrap_or_default(),
     }
 }
 
@@ -344,7 +340,7 @@ pub fn item_from_pb(item: &pb::Item) -> Result<RemoteItem, Refused> {
                     "its inline content does not match its size and hash".into()
                 ));
             }
-            inline = Some(Arc::from(body.inline.as_slice()));
+            inline = Some(body.inline.clone());
         }
     } else if !body.chunks.is_empty()
         || !body.inline.is_empty()
@@ -507,7 +503,7 @@ mod tests {
             len: u32::try_from(content.len()).unwrap(),
             hash: Hash128::of(content),
         }];
-        file.inline = Some(Arc::from(content));
+        file.inline = Some(Bytes::copy_from_slice(content));
         item
     }
 
@@ -517,12 +513,26 @@ mod tests {
         assert_eq!(item_from_pb(&item_to_pb(&item)).unwrap(), item);
         let good = item_to_pb(&item);
         let cases: Vec<(&str, Mutation)> = vec![
-            ("inline content", Box::new(|b, _| b.inline[0] ^= 1)),
-            ("inline content", Box::new(|b, _| b.inline.push(0))),
+            (
+                "inline content",
+                Box::new(|b, _| {
+                    let mut flipped = b.inline.to_vec();
+                    flipped[0] ^= 1;
+                    b.inline = flipped.into();
+                }),
+            ),
+            (
+                "inline content",
+                Box::new(|b, _| {
+                    let mut longer = b.inline.to_vec();
+                    longer.push(0);
+                    b.inline = longer.into();
+                }),
+            ),
             (
                 "more than the limit",
                 Box::new(|b, _| {
-                    b.inline = vec![0; MAX_INLINE_BYTES + 1];
+                    b.inline = vec![0; MAX_INLINE_BYTES + 1].into();
                     b.size = b.inline.len() as u64;
                 }),
             ),

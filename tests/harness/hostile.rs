@@ -298,7 +298,7 @@ pub fn file_item(path: &str, data: &[u8], version: pb::Version) -> pb::Item {
             hash: hash(data),
             chunks,
             symlink_target: String::new(),
-            inline: Vec::new(),
+            inline: Default::default(),
         },
     )
 }

@@ -460,7 +460,7 @@ fn inline_content_that_does_not_match_its_entry_is_refused_and_leaves_nothing() 
     // The entry is right for the announced content, but the bytes carried with it are not.
     let wanted = b"the content M announced".to_vec();
     let mut forged_item = m.file("forged-inline.txt", &wanted);
-    body(&mut forged_item).inline = wanted.iter().rev().copied().collect();
+    body(&mut forged_item).inline = wanted.iter().rev().copied().collect::<Vec<u8>>().into();
     s.expect_refused("inline content that does not match its hash", || {
         m.update("docs", vec![forged_item]);
     });
@@ -468,7 +468,7 @@ fn inline_content_that_does_not_match_its_entry_is_refused_and_leaves_nothing() 
     let asked_before = m.heard().chunk_requests.len();
     let content = b"carried with its entry".to_vec();
     let mut item = file_item("inline.txt", &content, m.version());
-    body(&mut item).inline = content.clone();
+    body(&mut item).inline = content.clone().into();
     m.update("docs", vec![item]);
     s.expect_landed("inline.txt", &content);
     assert_eq!(

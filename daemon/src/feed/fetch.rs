@@ -480,7 +480,7 @@ struct Wanted {
 }
 
 /// An item's path and inline content, for the blocking pool.
-type BuildJob = (ItemPath, Option<Arc<[u8]>>, Finish);
+type BuildJob = (ItemPath, Option<bytes::Bytes>, Finish);
 
 /// What the blocking pool found for an item that needs content.
 enum Early {

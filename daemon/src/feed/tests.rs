@@ -100,7 +100,7 @@ fn file(path: &str, data: &[u8], v: VersionVector, mtime_ns: i64, seq: u64) -> R
 fn inline_file(path: &str, data: &[u8], v: VersionVector, mtime_ns: i64, seq: u64) -> RemoteItem {
     let mut item = file(path, data, v, mtime_ns, seq);
     if let Body::File(f) = &mut item.body {
-        f.inline = Some(Arc::from(data));
+        f.inline = Some(bytes::Bytes::copy_from_slice(data));
     }
     item
 }

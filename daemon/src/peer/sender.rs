@@ -2,8 +2,8 @@
 //! what came from that peer is not echoed back to it.
 
 use std::collections::VecDeque;
-use std::sync::Arc;
 
+use bytes::Bytes;
 use prost::Message;
 use tandem_proto::peer::{self as pb, frame::Body};
 use tokio::sync::watch;
@@ -229,9 +229,9 @@ async fn with_inline_content(
             .into_iter()
             .filter_map(|(i, path, len, hash)| {
                 let data = apply::read_range_in(&root, &path, 0, len, &mut folders).ok()?;
-                (Some(Hash128::of(&data)) == hash).then(|| (i, Arc::from(data)))
+                (Some(Hash128::of(&data)) == hash).then(|| (i, Bytes::from(data)))
             })
-            .collect::<Vec<(usize, Arc<[u8]>)>>()
+            .collect::<Vec<(usize, Bytes)>>()
     })
     .await;
     // A failed read loses only the inline content, which the receiver then asks for.
