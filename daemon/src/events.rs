@@ -136,8 +136,40 @@ impl EventBus {
         let _ = self.tx.send(event);
     }
 
+    /// Emits the event `make` builds, building it only when someone listens: an event per
+    /// item of a large sync is several allocations each that nobody would read.
+    pub fn emit_with(&self, make: impl FnOnce() -> Event) {
+        if self.tx.receiver_count() > 0 {
+            let _ = self.tx.send(make());
+        }
+    }
+
     /// A new subscription that sees every event from now on.
     pub fn subscribe(&self) -> broadcast::Receiver<Event> {
         self.tx.subscribe()
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_event_is_built_only_when_someone_listens() {
+        let bus = EventBus::new(8);
+        let mut built = 0;
+        bus.emit_with(|| {
+            built += 1;
+            Event::now("s", EventKind::Added)
+        });
+        assert_eq!(built, 0, "no subscriber, nothing built");
+        let mut rx = bus.subscribe();
+        bus.emit_with(|| {
+            built += 1;
+            Event::now("s", EventKind::Added).item("a.txt")
+        });
+        assert_eq!(built, 1);
+        assert_eq!(rx.try_recv().unwrap().item, "a.txt");
     }
 }

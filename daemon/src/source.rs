@@ -1041,7 +1041,7 @@ impl SourceTask {
         for ((diff, kind), seq) in diffs.iter().zip(kinds).zip(&seqs) {
             debug!(item = %diff.key, seq, kind = kind.as_str(), "recorded");
             self.events
-                .emit(Event::now(&id, kind).item(&diff.key).sequence(*seq));
+                .emit_with(|| Event::now(&id, kind).item(&diff.key).sequence(*seq));
         }
         let last_seq = seqs.last().copied();
         let committed: Vec<String> = diffs.into_iter().map(|d| d.key).collect();
@@ -1079,12 +1079,12 @@ impl SourceTask {
         let mut total = TotalsDelta::default();
         for (r, seq) in records.iter().zip(&seqs) {
             total.merge(&r.delta);
-            self.events.emit(
+            self.events.emit_with(|| {
                 Event::now(&id, r.kind)
                     .item(&r.diff.key)
                     .sequence(*seq)
-                    .detail(format!("from {}", r.from)),
-            );
+                    .detail(format!("from {}", r.from))
+            });
         }
         let last = seqs.last().copied().unwrap_or(0);
         self.publish(|s| {

@@ -18,6 +18,8 @@ use crate::layout::is_internal;
 
 /// How long a write is remembered for its events to come back: far longer than any debounce.
 const REMEMBER: Duration = Duration::from_secs(120);
+/// How often writes older than that are forgotten.
+const PRUNE_EVERY: Duration = Duration::from_secs(5);
 
 /// The recorded state of one path this task wrote.
 #[derive(Debug, Clone)]
@@ -39,6 +41,9 @@ struct State {
 #[derive(Debug, Default)]
 pub(super) struct OwnWrites {
     written: HashMap<String, Written>,
+    /// When writes older than [`REMEMBER`] were last forgotten: not on every look, which
+    /// during a large sync would walk hundreds of thousands of entries each time.
+    pruned: Option<Instant>,
 }
 
 impl OwnWrites {
@@ -70,8 +75,14 @@ impl OwnWrites {
     /// event of its own.
     pub(super) fn worth_scanning(&mut self, root: &Path, paths: Vec<String>) -> Vec<String> {
         let now = Instant::now();
-        self.written
-            .retain(|_, w| now.duration_since(w.at) < REMEMBER);
+        if self
+            .pruned
+            .is_none_or(|at| now.duration_since(at) >= PRUNE_EVERY)
+        {
+            self.written
+                .retain(|_, w| now.duration_since(w.at) < REMEMBER);
+            self.pruned = Some(now);
+        }
         let mut out = Vec::new();
         for path in paths {
             let Some(written) = self.written.get(&path) else {
