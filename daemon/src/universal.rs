@@ -128,6 +128,13 @@ impl RemoteItem {
         self.body.file()
     }
 
+    /// Lets go of content that came inline (once it is in a temp file).
+    pub fn drop_inline(&mut self) {
+        if let Body::File(file) = &mut self.body {
+            file.inline = None;
+        }
+    }
+
     /// This version as the conflict rule sees it.
     pub fn contender(&self) -> Contender<'_> {
         item::contender(&self.header, self.file().map(|f| &f.meta))

@@ -119,7 +119,7 @@ impl Fetcher {
     /// the blocking pool, the others fetched by chunks, several at once.
     pub(super) async fn prepare_all(
         self,
-        items: Vec<RemoteItem>,
+        mut items: Vec<RemoteItem>,
     ) -> (Vec<RemoteItem>, Vec<Prepared>) {
         // Temp files are only built once the source has removed the stale ones of an earlier
         // run, which would otherwise include these.
@@ -196,6 +196,13 @@ impl Fetcher {
                 if let Ok((at, built)) = joined {
                     self.land(&mut prepared, &mut fetching, at, built);
                 }
+            }
+        }
+        // Content in a temp file is not held a second time: the frame it came in goes now,
+        // not once the batch is applied (a retry, if one is needed, asks for the chunks).
+        for (item, prepared) in items.iter_mut().zip(&prepared) {
+            if let Some(Prepared::Apply(Some(_), _)) = prepared {
+                item.drop_inline();
             }
         }
         let prepared = prepared

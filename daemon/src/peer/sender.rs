@@ -18,7 +18,7 @@ use crate::store::IndexPage;
 use crate::universal::{self, ItemPath, RemoteFile, RemoteItem};
 
 /// Index updates are cut well below the frame limit.
-const UPDATE_BUDGET: usize = 512 << 10;
+const UPDATE_BUDGET: usize = 1 << 20;
 /// Unacknowledged index updates in flight per source (flow control).
 pub(super) const INDEX_WINDOW: usize = 8;
 
