@@ -876,7 +876,9 @@ pub struct IndexEntry {
 /// estimated size on the wire reaches `bytes`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IndexPage {
+    /// Most entries read.
     pub items: usize,
+    /// Estimated bytes on the wire after which no more entries are read.
     pub bytes: usize,
     /// Content up to this size is counted in an entry's size (it may travel with it).
     pub with_content_up_to: u64,
@@ -887,6 +889,7 @@ pub struct IndexPage {
 /// One read of a source's index.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IndexRead {
+    /// The entries, in sequence order.
     pub entries: Vec<IndexEntry>,
     /// Every sequence up to this one was read or left out on purpose.
     pub through: u64,
