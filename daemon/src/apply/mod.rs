@@ -1,9 +1,10 @@
 //! Writes a peer's difference into a source folder without ever losing local data: content is
 //! built in a temp file (in the source's unwatched temp folder, or beside the target when that
 //! is on another file system) and verified, the target must still be what the last
-//! scan saw, and only then is it replaced by rename. Durability is paid per batch: every temp
-//! file of a batch is fsynced (several at once) before the first rename, and every folder the
-//! batch changed is fsynced once after the last.
+//! scan saw, and only then is it replaced by rename. Durability is paid once per file and once
+//! per folder: a temp file is fsynced where it is built (several at once, `in_parallel`),
+//! before the batch that renames it starts, and every folder the batch changed is fsynced once
+//! after its last rename.
 //!
 //! Must not: decide which version wins (that is `index`), or follow a symlink anywhere.
 
@@ -99,16 +100,17 @@ pub fn create_temp(
     Ok((temp, file))
 }
 
-/// Writes one verified chunk into the temp file of the item at `item` in `root`.
+/// Writes one verified chunk into the temp file of `item`, whose place in the source is
+/// `target`.
 pub fn write_temp(
     disk: &dyn Disk,
     file: &fs::File,
-    root: &Path,
+    target: &Path,
     item: &ItemPath,
     data: &[u8],
     offset: u64,
 ) -> Result<(), ApplyError> {
-    disk.write_at(file, &root.join(item.as_str()), data, offset)
+    disk.write_at(file, target, data, offset)
         .map_err(io_err(item, "writing the temp file"))
 }
 
@@ -268,6 +270,7 @@ impl RealFolders {
     }
 
     /// True when every folder above the item exists and is a real folder.
+    #[cfg(test)]
     pub fn parents_exist(&mut self, root: &Path, item: &ItemPath) -> bool {
         let parts: Vec<&str> = item.as_str().split('/').collect();
         let mut dir = root.to_path_buf();
@@ -486,7 +489,7 @@ pub fn in_parallel<T: Sync, R: Send>(
 pub fn finish_temp(
     disk: &dyn Disk,
     file: &fs::File,
-    root: &Path,
+    target: &Path,
     item: &ItemPath,
     mode: u32,
     mtime_ns: i64,
@@ -495,7 +498,7 @@ pub fn finish_temp(
         .map_err(io_err(item, "setting permissions"))?;
     file.set_times(fs::FileTimes::new().set_modified(system_time(mtime_ns)))
         .map_err(io_err(item, "setting the modification time"))?;
-    disk.sync(file, &root.join(item.as_str()))
+    disk.sync(file, target)
         .map_err(io_err(item, "flushing the temp file"))
 }
 
@@ -933,7 +936,7 @@ mod tests {
         finish_temp(
             &OsDisk,
             &file,
-            root,
+            &root.join(item.as_str()),
             &item,
             0o640,
             1_600_000_000_123_456_789,
@@ -974,7 +977,7 @@ mod tests {
         let item = p("d/y.txt");
         let mut real = RealFolders::default();
         let (temp, file) = create_temp(&OsDisk, root, &item, None, &mut real).unwrap();
-        write_temp(&OsDisk, &file, root, &item, b"moved in", 0).unwrap();
+        write_temp(&OsDisk, &file, &root.join("d/y.txt"), &item, b"moved in", 0).unwrap();
         let mut folders = Folders::default();
         place_file(&OsDisk, root, &item, &temp, Target::Absent, &mut folders).unwrap();
         assert!(folders.flush(&OsDisk).is_empty());

@@ -395,7 +395,8 @@ impl Fetcher {
             if let Some(hash) = hash {
                 apply::verify(&at, &path, hash)?;
             }
-            apply::finish_temp(&*disk, &file, &root, &path, finish.mode, finish.mtime_ns)
+            let target = root.join(path.as_str());
+            apply::finish_temp(&*disk, &file, &target, &path, finish.mode, finish.mtime_ns)
         })
         .await
         .map_err(|e| NotBuilt::Fetch(format!("checking the temp file failed: {e}")))?
@@ -439,11 +440,12 @@ impl Fetcher {
             .unwrap_or_default()
             .iter()
             .copied();
+        let target = Arc::new(self.src.root.join(item.path.as_str()));
         loop {
             while set.len() < CHUNK_WINDOW {
                 let Some(chunk) = chunks.next() else { break };
                 let (fetcher, path, file) = (self.clone(), item.path.clone(), file.clone());
-                let root = self.src.root.clone();
+                let target = target.clone();
                 set.spawn(async move {
                     let data = fetcher
                         .chunk(path.as_str(), chunk)
@@ -451,7 +453,7 @@ impl Fetcher {
                         .map_err(NotBuilt::Fetch)?;
                     let disk = fetcher.src.disk.clone();
                     tokio::task::spawn_blocking(move || {
-                        apply::write_temp(&*disk, &file, &root, &path, &data, chunk.offset)
+                        apply::write_temp(&*disk, &file, &target, &path, &data, chunk.offset)
                     })
                     .await
                     .map_err(|e| NotBuilt::Fetch(format!("writing the temp file failed: {e}")))?
@@ -543,11 +545,12 @@ fn build_from(
     let (temp, file) = apply::create_temp(disk, root, path, None, real)?;
     // Removed again however this ends short of a verified file.
     let temp = BuiltTemp { path: temp };
-    apply::write_temp(disk, &file, root, path, data, 0)?;
+    let target = root.join(path.as_str());
+    apply::write_temp(disk, &file, &target, path, data, 0)?;
     if let Some(h) = check {
         apply::verify(&temp.path, path, h)?;
     }
-    apply::finish_temp(disk, &file, root, path, finish.mode, finish.mtime_ns)?;
+    apply::finish_temp(disk, &file, &target, path, finish.mode, finish.mtime_ns)?;
     Ok(temp)
 }
 

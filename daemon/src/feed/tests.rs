@@ -321,6 +321,15 @@ impl Scene {
             .unwrap_or_else(|_| panic!("no error naming {item} within {LIMIT:?}"))
     }
 
+    /// The recorded state of an item that must be recorded.
+    async fn prior(&self, key: &str) -> crate::item::PriorItem {
+        self.store
+            .prior_item(SOURCE.into(), key.into())
+            .await
+            .unwrap()
+            .unwrap()
+    }
+
     fn read(&self, path: &str) -> Vec<u8> {
         std::fs::read(self.root.join(path)).unwrap()
     }
@@ -404,12 +413,7 @@ async fn differences_from_an_in_memory_feed_are_applied_conflicts_included() {
     );
     assert!(s.feed.refusals.lock().unwrap().is_empty());
     // The merged version is recorded for the conflict.
-    let prior = s
-        .store
-        .prior_item(SOURCE.into(), "loses.txt".into())
-        .await
-        .unwrap()
-        .unwrap();
+    let prior = s.prior("loses.txt").await;
     assert_eq!(
         prior.header.version.compare(&peer),
         crate::index::Ordering::Dominates
@@ -531,12 +535,7 @@ async fn a_file_changed_under_the_writer_is_scanned_first_and_never_overwritten(
     let t = 1_700_000_000_000_000_000;
     let disk = Arc::new(FaultyDisk::new());
     let s = Scene::new(disk.clone(), &[("notes.txt", b"local", t)]).await;
-    let local = s
-        .store
-        .prior_item(SOURCE.into(), "notes.txt".into())
-        .await
-        .unwrap()
-        .unwrap();
+    let local = s.prior("notes.txt").await;
     // The peer's version descends from this device's, so without the change it would apply.
     let newer = local.header.version.merge(&version(&[(PEER, 1)]));
     // Someone appends to the file just as the writer looks at it.
@@ -615,12 +614,7 @@ async fn a_deleted_folder_tree_goes_in_one_batch_with_no_retry() {
     // The peer saw every item and deleted the whole tree: deepest first, as a scan reports.
     let mut deletions = Vec::new();
     for (seq, key) in (1..).zip(["d/e/f2", "d/e/f1", "d/g", "d/e", "d"]) {
-        let local = s
-            .store
-            .prior_item(SOURCE.into(), key.into())
-            .await
-            .unwrap()
-            .unwrap();
+        let local = s.prior(key).await;
         let mut item = file(
             key,
             b"",
@@ -649,12 +643,7 @@ async fn a_deleted_folder_tree_goes_in_one_batch_with_no_retry() {
 async fn a_metadata_change_sent_with_its_content_keeps_no_version_and_leaves_no_temp() {
     let t = 1_700_000_000_000_000_000;
     let s = Scene::new(Arc::new(OsDisk), &[("m.txt", b"same content", t)]).await;
-    let local = s
-        .store
-        .prior_item(SOURCE.into(), "m.txt".into())
-        .await
-        .unwrap()
-        .unwrap();
+    let local = s.prior("m.txt").await;
     // Touched on the peer: a newer version, the same bytes, which came inline anyway.
     let newer = local.header.version.merge(&version(&[(PEER, 1)]));
     s.send_bare(vec![inline_file("m.txt", b"same content", newer, t + 5, 1)])

@@ -448,15 +448,8 @@ pub(super) fn commit(
 ) -> Result<Vec<u64>> {
     let err = sql("committing differences");
     let tx = c.transaction().map_err(&err)?;
-    let mut seq: u64 = tx
-        .query_row(
-            "SELECT sequence FROM sources WHERE id = ?1",
-            [source_id],
-            |r| r.get(0),
-        )
-        .optional()
+    let mut seq = numbered(&tx, source_id)
         .map_err(&err)?
-        .map(to_u64)
         .ok_or_else(|| Error::UnknownSource(source_id.to_owned()))?;
     let mut seqs = Vec::with_capacity(diffs.len());
     {
@@ -718,17 +711,21 @@ fn decode_intent(source_id: &str, raw: RawIntent) -> Result<Difference> {
     })
 }
 
+/// The last sequence a source numbered; `None` for a source that is not there.
+fn numbered(c: &Connection, source_id: &str) -> rusqlite::Result<Option<u64>> {
+    c.query_row(
+        "SELECT sequence FROM sources WHERE id = ?1",
+        [source_id],
+        |r| r.get(0),
+    )
+    .optional()
+    .map(|n| n.map(to_u64))
+}
+
 pub(super) fn totals(c: &mut Connection, source_id: &str) -> Result<Totals> {
     let err = sql("counting items");
-    let sequence: u64 = c
-        .query_row(
-            "SELECT sequence FROM sources WHERE id = ?1",
-            [source_id],
-            |r| r.get(0),
-        )
-        .optional()
+    let sequence = numbered(c, source_id)
         .map_err(&err)?
-        .map(to_u64)
         .ok_or_else(|| Error::UnknownSource(source_id.to_owned()))?;
     let mut totals = Totals {
         sequence,
@@ -928,15 +925,7 @@ pub(super) fn items_since(
 ) -> Result<IndexRead> {
     let err = sql("reading the index");
     let tx = c.transaction().map_err(&err)?;
-    let numbered: u64 = tx
-        .query_row(
-            "SELECT sequence FROM sources WHERE id = ?1",
-            [source_id],
-            |r| r.get(0),
-        )
-        .optional()
-        .map_err(&err)?
-        .map_or(0, to_u64);
+    let numbered = numbered(&tx, source_id).map_err(&err)?.unwrap_or(0);
     let mut entries = Vec::new();
     let mut full = false;
     {
