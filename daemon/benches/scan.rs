@@ -236,7 +236,7 @@ fn bench_rescan(dir: &Path, files: usize) -> anyhow::Result<Vec<String>> {
         .collect();
     let n = diffs.len();
     for batch in diffs.chunks(1000) {
-        rt.block_on(handle.commit(id.clone(), batch.to_vec()))?;
+        rt.block_on(handle.commit(id.clone(), batch.to_vec(), tandem::store::Settles::Nothing))?;
     }
     let initial = t.elapsed();
     eprintln!(

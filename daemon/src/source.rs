@@ -397,6 +397,7 @@ pub fn spawn(
         retry_at: None,
         deferred: Vec::new(),
         applied_records: Vec::new(),
+        written_batches: Vec::new(),
         disturbed: HashSet::new(),
         own_writes: OwnWrites::default(),
     };
@@ -432,6 +433,9 @@ struct SourceTask {
     deferred: Vec<(Vec<RemoteApply>, oneshot::Sender<Vec<ApplyOutcome>>)>,
     /// Applied remote differences not yet committed.
     applied_records: Vec<AppliedRecord>,
+    /// Journal batches written whose records are among `applied_records`: the commit of
+    /// those records settles them.
+    written_batches: Vec<u64>,
     /// Items written for a peer that someone changed right after; rehashed after the batch.
     disturbed: HashSet<String>,
     /// What this task wrote for peers, so the events of those writes cost no scan.
@@ -1036,7 +1040,10 @@ impl SourceTask {
         let seqs = if diffs.is_empty() {
             Vec::new()
         } else {
-            self.store.commit(id.clone(), diffs.clone()).await?
+            // A scan settles no journal batch: every batch written before it was committed.
+            self.store
+                .commit(id.clone(), diffs.clone(), store::Settles::Nothing)
+                .await?
         };
         for ((diff, kind), seq) in diffs.iter().zip(kinds).zip(&seqs) {
             debug!(item = %diff.key, seq, kind = kind.as_str(), "recorded");
@@ -1062,15 +1069,16 @@ impl SourceTask {
 impl SourceTask {
     /// Commits the differences applied so far in one transaction, then tells `watch`.
     async fn flush_applied(&mut self) -> Result<(), ApplyFailure> {
-        if self.applied_records.is_empty() {
+        if self.applied_records.is_empty() && self.written_batches.is_empty() {
             return Ok(());
         }
         let records = std::mem::take(&mut self.applied_records);
+        let settles = store::Settles::Batches(std::mem::take(&mut self.written_batches));
         let id = self.cfg.id.clone();
         let diffs: Vec<Difference> = records.iter().map(|r| r.diff.clone()).collect();
         let seqs = self
             .store
-            .commit(id.clone(), diffs)
+            .commit(id.clone(), diffs, settles)
             .await
             .map_err(|e| ApplyFailure::Store {
                 action: "recording applied items",

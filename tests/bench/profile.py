@@ -30,7 +30,9 @@ import scale  # noqa: E402  (the folder of this script is put on the path just a
 from scale import Agent, BenchError, log, run_phase  # noqa: E402
 
 FILES_PER_LEAF = 100  # files per leaf folder dNN/sNN/tN
-MIN_SIZE, MAX_SIZE = 1024, 16 * 1024
+# File sizes by --sizes: the shared bench's W1 (small), or scale.py's sync tree (tiny).
+SIZES = {"small": (1024, 16 * 1024), "tiny": (8, 16)}
+SIZE_NAMES = {"small": "1–16 KiB", "tiny": "8–16 bytes"}
 SOURCE = "s"
 PROFILER_START_S = 30  # perf or strace must be watching within this long
 PROFILER_STOP_S = 600  # perf may take a while to write a large profile
@@ -243,9 +245,10 @@ def rel_path(i):
     return f"d{leaf // 1000:02d}/s{leaf // 10 % 100:02d}/t{leaf % 10}/f{i:05d}.dat"
 
 
-def make_tree(root, n, seed):
-    """Writes n files of MIN_SIZE..MAX_SIZE seeded random bytes under root; returns the seconds
-    it took and the list of sizes."""
+def make_tree(root, n, seed, sizes_name):
+    """Writes n files of seeded random bytes, sized as --sizes says, under root; returns the
+    seconds it took and the list of sizes."""
+    min_size, max_size = SIZES[sizes_name]
     start = time.monotonic()
     rng = random.Random(seed)
     sizes = []
@@ -253,7 +256,7 @@ def make_tree(root, n, seed):
         path = root / rel_path(i)
         if i % FILES_PER_LEAF == 0:
             path.parent.mkdir(parents=True)
-        size = rng.randint(MIN_SIZE, MAX_SIZE)
+        size = rng.randint(min_size, max_size)
         with open(path, "xb") as f:
             f.write(rng.randbytes(size))
         sizes.append(size)
@@ -587,7 +590,7 @@ def run(args, base, data_dir, agents, profilers):
     if args.shape == "initial":
         src, dst = base / "a", base / "b"
         log(f"generating {args.files:,} files in {src}")
-        seconds, sizes = make_tree(src, args.files, args.seed)
+        seconds, sizes = make_tree(src, args.files, args.seed, args.sizes)
         run_phase("A's scan, outside the profile", args.timeout, prepare, a, b, src)
 
         def start_sync(phase):
@@ -598,7 +601,7 @@ def run(args, base, data_dir, agents, profilers):
         incoming = base / "incoming"
         src, dst = base / "a" / "tree", base / "b" / "tree"
         log(f"generating {args.files:,} files in {incoming}")
-        seconds, sizes = make_tree(incoming, args.files, args.seed)
+        seconds, sizes = make_tree(incoming, args.files, args.seed, args.sizes)
         run_phase("both sources settled, outside the profile", args.timeout, prepare_live, a, b,
                   base / "a", base / "b")
 
@@ -630,7 +633,8 @@ def run(args, base, data_dir, agents, profilers):
     for profiler in profilers:
         log(f"reading the {profiler.tool} profile ({profiler.name})")
         profiles.update(profiler.analyse())
-    config = {"shape": args.shape, "files": args.files, "bytes": sum(sizes), "seed": args.seed,
+    config = {"shape": args.shape, "sizes": args.sizes, "files": args.files,
+              "bytes": sum(sizes), "seed": args.seed,
               "bin_dir": str(args.bin_dir), "workdir": str(args.workdir),
               "fs": fs_type(args.workdir), "mode": args.mode, "freq": args.freq,
               "call_graph": args.call_graph, "perf_scope": args.perf_scope,
@@ -661,7 +665,8 @@ def report(results):
                         f"{config['call_graph']})",
                 "strace": "strace -c -f -p PID per agent", "none": "none"}[config["mode"]]
     lines = [
-        f"Tandem sync profile: {n:,} files of 1–16 KiB ({config['bytes'] / 2**20:,.1f} MiB), "
+        f"Tandem sync profile: {n:,} files of {SIZE_NAMES[config['sizes']]} "
+        f"({config['bytes'] / 2**20:,.1f} MiB), "
         f"A → B over 127.0.0.1; tandemd {config['version']} from {config['bin_dir']}; trees in "
         f"{config['workdir']} ({config['fs']}); profiler: {profiler}",
     ]
@@ -753,6 +758,9 @@ def parse_args():
                              "folder; live: both share the source, then the tree is moved into "
                              "A's folder in one rename, so A's scan is in the window (the shared "
                              "bench's W1) (default initial)")
+    parser.add_argument("--sizes", choices=tuple(SIZES), default="small",
+                        help="small: 1–16 KiB per file (the shared bench's W1); tiny: 8–16 "
+                             "bytes (scale.py's sync tree) (default small)")
     parser.add_argument("--mode", choices=("perf", "strace", "none"), default="perf",
                         help="perf: CPU samples in buckets; strace: syscall counts; none: only "
                              "wall and CPU times (default perf)")

@@ -14,8 +14,8 @@ use crate::source::{ApplyFailure, ApplyOutcome, RemoteApply, SharedSource};
 use crate::store::StoreHandle;
 use crate::universal::RemoteItem;
 
-/// Most remote items applied in one source-task transaction (a run).
-const APPLY_BATCH: usize = 256;
+/// Most remote items handed to the source task at once (a run; it commits them in parts).
+const APPLY_BATCH: usize = 1024;
 /// Most content bytes fetched for one run.
 const RUN_BYTES: u64 = 64 << 20;
 /// Most updates taken from the channel at a time (the sender's window bounds them anyway).

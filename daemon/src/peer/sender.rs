@@ -14,7 +14,7 @@ use super::{Ctx, SharedSource, board_update};
 use crate::apply;
 use crate::chunker::Hash128;
 use crate::item::{self, ItemKind};
-use crate::store::IndexPage;
+use crate::store::{self, IndexPage};
 use crate::universal::{self, ItemPath, RemoteFile, RemoteItem};
 
 /// Index updates are cut well below the frame limit.
@@ -192,7 +192,7 @@ async fn with_inline_content(
     src: &SharedSource,
     mut batch: Vec<RemoteItem>,
 ) -> Vec<RemoteItem> {
-    let mut wanted: Vec<(usize, ItemPath, u32, Option<Hash128>)> = batch
+    let wanted: Vec<(usize, ItemPath, u32, Option<Hash128>)> = batch
         .iter()
         .enumerate()
         .filter_map(|(i, item)| {
@@ -204,7 +204,12 @@ async fn with_inline_content(
         return batch;
     }
     // Content this device holds under another name too (a moved or copied file) is most
-    // likely on the peer already: it goes by chunk, for the peer to copy locally.
+    // likely on the peer already: it goes by chunk, for the peer to copy locally. Content too
+    // small to be indexed by chunk always travels: the peer could not find a copy of it.
+    let copyable = |len: u32| u64::from(len) > store::UNINDEXED_MAX;
+    let (mut wanted, tiny): (Vec<_>, Vec<_>) = wanted
+        .into_iter()
+        .partition(|(_, _, len, _)| copyable(*len));
     let asked: Vec<(String, Vec<[u8; 16]>)> = wanted
         .iter()
         .map(|(i, path, _, _)| {
@@ -215,13 +220,16 @@ async fn with_inline_content(
             (path.to_string(), hashes)
         })
         .collect();
-    if let Ok(held) = ctx.store.held_elsewhere(src.id.clone(), asked).await {
+    if !asked.is_empty()
+        && let Ok(held) = ctx.store.held_elsewhere(src.id.clone(), asked).await
+    {
         let mut held = held.into_iter();
         wanted.retain(|_| !held.next().unwrap_or(false));
     }
     // Content found gone in the same scan (a folder renamed, say) is held by the peer under
     // the old name until the deletion reaches it.
     wanted.retain(|(_, _, _, hash)| !hash.is_some_and(|h| src.gone.contains(&h)));
+    wanted.extend(tiny);
     let root = src.root.clone();
     let read = tokio::task::spawn_blocking(move || {
         let mut folders = apply::RealFolders::default();

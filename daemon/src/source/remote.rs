@@ -18,7 +18,7 @@ use tracing::{debug, info, warn};
 use super::{AppliedRecord, SourceTask, TotalsDelta, check_marker};
 use crate::apply::{self, ApplyError, Disk};
 use crate::events::{Event, EventKind};
-use crate::formats::{Loser, Write, WriteJob, Written};
+use crate::formats::{Loser, Write, WriteJob, WriteResult, Written};
 use crate::index::{Decision, VersionVector};
 use crate::item::{Body, Content, Difference, FileChange, Header, ItemKind, Metadata, PriorItem};
 use crate::scanner::Scope;
@@ -99,6 +99,28 @@ impl Staged {
     /// A merged conflict version is news to the sender too, so it is echoed back.
     fn origin(&self) -> Option<String> {
         (!self.conflict).then(|| self.req.from_device.clone())
+    }
+}
+
+/// Most items journaled, written and committed together (a part of a batch).
+const WRITE_PART: usize = 256;
+
+/// A journaled part of a batch being written on the blocking pool.
+struct Writing {
+    part: Vec<Staged>,
+    /// Its number in the apply journal.
+    batch: u64,
+    task: tokio::task::JoinHandle<Vec<WriteResult>>,
+}
+
+/// After a failed commit: what was written is not on record, so nothing counts as applied
+/// (it is tried again).
+fn fail_applied(outcomes: &mut [ApplyOutcome], e: &ApplyFailure) {
+    warn!(error = %e, "cannot record applied differences");
+    for o in outcomes {
+        if o.is_applied() {
+            *o = ApplyOutcome::Failed(e.clone());
+        }
     }
 }
 
@@ -186,11 +208,13 @@ impl SourceTask {
         // they hold until this batch writes or scans something, after which items are
         // looked up one by one again.
         let mut looked_up = self.look_up(&ordered).await;
+        let mut staged_paths: HashSet<ItemPath> = HashSet::new();
         for (index, req) in ordered {
             // The same path twice in one batch: the second is checked against the first's
             // result, so the first is written before.
-            if stage.iter().any(|s| s.req.item.path == req.item.path) {
+            if staged_paths.contains(&req.item.path) {
                 self.write_stage(&mut stage, &mut outcomes).await;
+                staged_paths.clear();
                 looked_up.clear();
             }
             let mut scanned = false;
@@ -215,6 +239,7 @@ impl SourceTask {
                         same_content,
                         version,
                     } => {
+                        staged_paths.insert(req.item.path.clone());
                         stage.push(Staged {
                             index,
                             req,
@@ -231,6 +256,7 @@ impl SourceTask {
                         // What this batch already wrote must be on record before the
                         // scanner looks.
                         self.write_stage(&mut stage, &mut outcomes).await;
+                        staged_paths.clear();
                         looked_up.clear();
                         if let Err(e) = self.flush_applied().await {
                             outcomes[index] = self.finish(&req, ApplyOutcome::Failed(e));
@@ -249,12 +275,7 @@ impl SourceTask {
         self.write_stage(&mut stage, &mut outcomes).await;
         let written_ms = started.elapsed().as_millis();
         if let Err(e) = self.flush_applied().await {
-            warn!(error = %e, "cannot record applied differences");
-            for o in &mut outcomes {
-                if o.is_applied() {
-                    *o = ApplyOutcome::Failed(e.clone());
-                }
-            }
+            fail_applied(&mut outcomes, &e);
         }
         if !self.disturbed.is_empty() {
             // Written to by someone else right after the agent wrote it: hash it again now,
@@ -274,6 +295,11 @@ impl SourceTask {
     }
 
     /// Prior state and disk look of every item of a batch, by batch position.
+    ///
+    /// A new item (no live prior state, not a deletion) is not looked at here: the writer
+    /// looks at its target right before writing anyway, and what it can find there (a parent
+    /// that is a link or a file: refused; something at the path: scanned, then checked again)
+    /// ends as finding it now would. In an initial sync that is every item.
     async fn look_up(
         &self,
         ordered: &[(usize, RemoteApply)],
@@ -287,25 +313,38 @@ impl SourceTask {
             // Each item asks again on its own and reports its own error.
             Err(_) => return HashMap::new(),
         };
-        let root = self.cfg.root.clone();
-        let disk = self.cfg.disk.clone();
-        let jobs: Vec<(ItemPath, Option<PriorItem>)> = ordered
+        // By position in `ordered`: the items to look at, with their prior state.
+        let jobs: Vec<(usize, ItemPath, Option<PriorItem>)> = ordered
             .iter()
             .zip(&priors)
-            .map(|((_, r), p)| (r.item.path.clone(), p.clone()))
+            .enumerate()
+            .filter(|(_, ((_, r), p))| {
+                r.item.header.deleted || p.as_ref().is_some_and(|p| !p.header.deleted)
+            })
+            .map(|(at, ((_, r), p))| (at, r.item.path.clone(), p.clone()))
             .collect();
-        let disks = tokio::task::spawn_blocking(move || {
-            let mut real = apply::RealFolders::for_looking();
-            jobs.iter()
-                .map(|(path, prior)| {
-                    look_at_disk(&*disk, &root, path, prior.as_ref(), false, &mut real)
-                })
-                .collect::<Vec<_>>()
-        })
-        .await;
-        let Ok(disks) = disks else {
-            return HashMap::new();
-        };
+        let mut disks: Vec<DiskLook> = priors.iter().map(|_| Ok(OnDisk::AsRecorded)).collect();
+        if !jobs.is_empty() {
+            let root = self.cfg.root.clone();
+            let disk = self.cfg.disk.clone();
+            let looked = tokio::task::spawn_blocking(move || {
+                let mut real = apply::RealFolders::for_looking();
+                jobs.into_iter()
+                    .map(|(at, path, prior)| {
+                        let look =
+                            look_at_disk(&*disk, &root, &path, prior.as_ref(), false, &mut real);
+                        (at, look)
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .await;
+            let Ok(looked) = looked else {
+                return HashMap::new();
+            };
+            for (at, look) in looked {
+                disks[at] = look;
+            }
+        }
         ordered
             .iter()
             .map(|(i, _)| *i)
@@ -473,40 +512,81 @@ impl SourceTask {
         }
     }
 
-    /// Journals and writes `staged`; gives back the items whose target changed meanwhile.
+    /// Journals, writes and records `staged` in parts of [`WRITE_PART`]: the next part is
+    /// journaled while one is written, and a written part is committed while the next is
+    /// written, so the store thread and the disk work at once. Gives back the items whose
+    /// target changed meanwhile.
     async fn write_staged(
         &mut self,
         staged: Vec<Staged>,
         outcomes: &mut [ApplyOutcome],
     ) -> Vec<(usize, RemoteApply)> {
-        if staged.is_empty() {
-            return Vec::new();
+        let mut changed = Vec::new();
+        let mut writing: Option<Writing> = None;
+        let mut rest = staged.into_iter().peekable();
+        while rest.peek().is_some() {
+            let part: Vec<Staged> = rest.by_ref().take(WRITE_PART).collect();
+            let journaled = self.journal(part, outcomes).await;
+            let Some(done) = writing.take() else {
+                writing = journaled.map(|(part, batch)| self.start_write(part, batch));
+                continue;
+            };
+            let results = done.task.await;
+            writing = journaled.map(|(part, batch)| self.start_write(part, batch));
+            changed.extend(self.written(done.part, done.batch, results, outcomes));
+            if writing.is_some()
+                && let Err(e) = self.flush_applied().await
+            {
+                fail_applied(outcomes, &e);
+            }
         }
-        let intents: Vec<Difference> = staged.iter().map(Staged::intent).collect();
-        if let Err(e) = self
+        if let Some(done) = writing {
+            let results = done.task.await;
+            changed.extend(self.written(done.part, done.batch, results, outcomes));
+        }
+        changed
+    }
+
+    /// Records a part's intents in the apply journal, as one batch; gives back the part and
+    /// the batch's number, or nothing when the journal could not be written (every item of
+    /// the part then fails, unwritten).
+    async fn journal(
+        &mut self,
+        part: Vec<Staged>,
+        outcomes: &mut [ApplyOutcome],
+    ) -> Option<(Vec<Staged>, u64)> {
+        let intents: Vec<Difference> = part.iter().map(Staged::intent).collect();
+        match self
             .store
             .record_intents(self.cfg.id.clone(), intents)
             .await
         {
-            let failure = ApplyFailure::Store {
-                action: "journaling the write",
-                source: Arc::new(e),
-            };
-            for s in staged {
-                outcomes[s.index] = self.finish(&s.req, ApplyOutcome::Failed(failure.clone()));
+            Ok(batch) => Some((part, batch)),
+            Err(e) => {
+                let failure = ApplyFailure::Store {
+                    action: "journaling the write",
+                    source: Arc::new(e),
+                };
+                for s in part {
+                    outcomes[s.index] = self.finish(&s.req, ApplyOutcome::Failed(failure.clone()));
+                }
+                None
             }
-            return Vec::new();
         }
+    }
+
+    /// Starts writing a journaled part on the blocking pool.
+    fn start_write(&self, part: Vec<Staged>, batch: u64) -> Writing {
         let root = self.cfg.root.clone();
         let disk = self.cfg.disk.clone();
         // Content built for an item whose recorded content is the same already (its content
         // came inline, unasked): only its metadata is written, and the temp goes.
-        let unneeded: Vec<std::path::PathBuf> = staged
+        let unneeded: Vec<std::path::PathBuf> = part
             .iter()
             .filter(|s| s.same_content)
             .filter_map(|s| s.req.temp.clone())
             .collect();
-        let jobs: Vec<WriteJob> = staged
+        let jobs: Vec<WriteJob> = part
             .iter()
             .map(|s| WriteJob {
                 item: s.req.item.clone(),
@@ -532,26 +612,40 @@ impl SourceTask {
             })
             .collect();
         let format = self.format;
-        let written = tokio::task::spawn_blocking(move || {
+        let task = tokio::task::spawn_blocking(move || {
             unneeded.iter().for_each(|t| apply::remove_temp(t));
             format.write(&*disk, &root, jobs)
-        })
-        .await;
-        let written = match written {
+        });
+        Writing { part, batch, task }
+    }
+
+    /// Takes in what writing a part did: each written item is queued for the commit (which
+    /// settles the part's journal batch), each failure reported; gives back the items whose
+    /// target changed meanwhile. A write task that died leaves its batch in the journal, for
+    /// the next start to compare with the disk.
+    fn written(
+        &mut self,
+        part: Vec<Staged>,
+        batch: u64,
+        results: Result<Vec<WriteResult>, tokio::task::JoinError>,
+        outcomes: &mut [ApplyOutcome],
+    ) -> Vec<(usize, RemoteApply)> {
+        let written = match results {
             Ok(w) => w,
             Err(e) => {
                 let failure = ApplyFailure::Task {
                     what: "writing",
                     error: e.to_string(),
                 };
-                for s in staged {
+                for s in part {
                     outcomes[s.index] = self.finish(&s.req, ApplyOutcome::Failed(failure.clone()));
                 }
                 return Vec::new();
             }
         };
+        self.written_batches.push(batch);
         let mut changed = Vec::new();
-        for (s, result) in staged.into_iter().zip(written) {
+        for (s, result) in part.into_iter().zip(written) {
             let outcome = match result {
                 Ok(Write::Done(written)) => {
                     if written.disturbed {
@@ -692,7 +786,11 @@ impl SourceTask {
         .unwrap_or_default();
         let n = found.len();
         // Committing also clears the journal, the entries that never landed with it.
-        if let Err(e) = self.store.commit(id.clone(), found).await {
+        if let Err(e) = self
+            .store
+            .commit(id.clone(), found, crate::store::Settles::All)
+            .await
+        {
             warn!(error = %e, "cannot record what the apply journal found");
             return;
         }

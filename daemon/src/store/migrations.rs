@@ -16,6 +16,7 @@ pub(super) fn all() -> Migrations<'static> {
         M::up(include_str!(
             "../../../migrations/0007_item_key_and_record.sql"
         )),
+        M::up(include_str!("../../../migrations/0008_apply_batches.sql")),
     ])
 }
 

@@ -13,7 +13,15 @@ use std::thread::JoinHandle;
 
 use tokio::sync::oneshot;
 
-pub use queries::{ChunkSource, IndexEntry, IndexPage, IndexRead, PeerRow, SourceRow, Totals};
+pub use queries::{
+    ChunkSource, IndexEntry, IndexPage, IndexRead, PeerRow, Settles, SourceRow, Totals,
+};
+
+/// Files of at most this many bytes are not indexed by chunk, so no local copy of their
+/// content is ever looked for: each indexed chunk is an insert at a random place in the chunk
+/// index (a database page written per file), while content this small travels inline with its
+/// entry for about the cost of the entry itself.
+pub const UNINDEXED_MAX: u64 = 4096;
 
 /// A failure of the store; each names what was being done.
 #[derive(Debug, thiserror::Error)]
@@ -243,18 +251,19 @@ impl StoreHandle {
         &self,
         source_id: String,
         diffs: Vec<crate::item::Difference>,
+        settles: Settles,
     ) -> Result<Vec<u64>> {
-        self.call(move |c| queries::commit(c, &source_id, &diffs))
+        self.call(move |c| queries::commit(c, &source_id, &diffs, &settles))
             .await
     }
 
-    /// Journals remote differences about to be written, before any of them touches the disk;
-    /// the next [`StoreHandle::commit`] of the source clears them.
+    /// Journals remote differences about to be written, before any of them touches the disk,
+    /// as one batch; gives its number, for the [`StoreHandle::commit`] that settles it.
     pub async fn record_intents(
         &self,
         source_id: String,
         intents: Vec<crate::item::Difference>,
-    ) -> Result<()> {
+    ) -> Result<u64> {
         self.call(move |c| queries::record_intents(c, &source_id, &intents))
             .await
     }
@@ -292,7 +301,8 @@ impl StoreHandle {
             .await
     }
 
-    /// Local files that held a chunk with this hash at their last scan.
+    /// Local files that held a chunk with this hash at their last scan (none of at most
+    /// [`UNINDEXED_MAX`] bytes).
     pub async fn chunk_sources(&self, hash: crate::chunker::Hash128) -> Result<Vec<ChunkSource>> {
         self.call(move |c| queries::chunk_sources(c, &hash.0)).await
     }

@@ -2,7 +2,7 @@
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::{Error, Result};
+use super::{Error, Result, UNINDEXED_MAX};
 use crate::chunker::{self, Hash128};
 use crate::index::VersionVector;
 use crate::item::{
@@ -33,6 +33,17 @@ pub struct PeerRow {
     /// host:port to dial, if known.
     pub address: Option<String>,
     pub added_unix_ms: u64,
+}
+
+/// Which batches of the apply journal a commit settles: those whose writes it records.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Settles {
+    /// None (a scan's commit).
+    Nothing,
+    /// These batches, each numbered by [`record_intents`].
+    Batches(Vec<u64>),
+    /// Every batch of the source (recovery at start, which has looked at them all).
+    All,
 }
 
 /// Live (not deleted) items of a source, by kind, and its local sequence.
@@ -445,6 +456,7 @@ pub(super) fn commit(
     c: &mut Connection,
     source_id: &str,
     diffs: &[Difference],
+    settles: &Settles,
 ) -> Result<Vec<u64>> {
     let err = sql("committing differences");
     let tx = c.transaction().map_err(&err)?;
@@ -518,7 +530,9 @@ pub(super) fn commit(
                     .execute(params![source_id, d.key])
                     .map_err(&err)?;
             }
-            if let Content::Replace { chunks, .. } = content {
+            // (The old locations go all the same: the item may have been larger before.)
+            let indexed = cols.size > to_i64(UNINDEXED_MAX);
+            if let (true, Content::Replace { chunks, .. }) = (indexed, content) {
                 for ch in chunks {
                     add_location
                         .execute(params![
@@ -538,13 +552,28 @@ pub(super) fn commit(
         params![source_id, to_i64(seq)],
     )
     .map_err(&err)?;
-    // Every write the journal announced is either recorded by this transaction or never
-    // happened: the source task commits after each staged write.
-    tx.execute(
-        "DELETE FROM apply_intents WHERE source_id = ?1",
-        [source_id],
-    )
-    .map_err(&err)?;
+    // Every write the settled batches announced is either recorded by this transaction or
+    // never happened.
+    match settles {
+        Settles::Nothing => {}
+        Settles::Batches(batches) => {
+            let mut clear = tx
+                .prepare_cached("DELETE FROM apply_intents WHERE source_id = ?1 AND batch = ?2")
+                .map_err(&err)?;
+            for batch in batches {
+                clear
+                    .execute(params![source_id, to_i64(*batch)])
+                    .map_err(&err)?;
+            }
+        }
+        Settles::All => {
+            tx.execute(
+                "DELETE FROM apply_intents WHERE source_id = ?1",
+                [source_id],
+            )
+            .map_err(&err)?;
+        }
+    }
     tx.commit().map_err(&err)?;
     Ok(seqs)
 }
@@ -553,16 +582,24 @@ pub(super) fn record_intents(
     c: &mut Connection,
     source_id: &str,
     intents: &[Difference],
-) -> Result<()> {
+) -> Result<u64> {
     let err = sql("recording the apply journal");
     let tx = c.transaction().map_err(&err)?;
+    // Above every batch still journaled, a crash's included, so no commit clears another's.
+    let batch: i64 = tx
+        .prepare_cached(
+            "SELECT COALESCE(MAX(batch), 0) + 1 FROM apply_intents WHERE source_id = ?1",
+        )
+        .map_err(&err)?
+        .query_row([source_id], |r| r.get(0))
+        .map_err(&err)?;
     {
         let mut insert = tx
             .prepare_cached(
                 "INSERT OR REPLACE INTO apply_intents (source_id, key, kind, size, mtime_ns,
                     mode, version, hash, chunks, symlink_target, deleted, origin, modified_by,
-                    record)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+                    record, batch)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
             )
             .map_err(&err)?;
         for d in intents {
@@ -590,11 +627,13 @@ pub(super) fn record_intents(
                     d.header.origin,
                     d.header.modified_by,
                     cols.record,
+                    batch,
                 ])
                 .map_err(&err)?;
         }
     }
-    tx.commit().map_err(&err)
+    tx.commit().map_err(&err)?;
+    Ok(to_u64(batch))
 }
 
 type RawIntent = (
@@ -779,7 +818,8 @@ pub(super) fn run_pending_maintenance(c: &mut Connection) -> Result<()> {
     {
         let mut read = tx
             .prepare(
-                "SELECT source_id, key, chunks FROM items WHERE chunks IS NOT NULL AND deleted = 0",
+                "SELECT source_id, key, chunks FROM items
+                 WHERE chunks IS NOT NULL AND deleted = 0 AND size > ?1",
             )
             .map_err(&err)?;
         let mut add = tx
@@ -789,7 +829,7 @@ pub(super) fn run_pending_maintenance(c: &mut Connection) -> Result<()> {
             )
             .map_err(&err)?;
         let rows = read
-            .query_map([], |r| {
+            .query_map([to_i64(UNINDEXED_MAX)], |r| {
                 Ok((
                     r.get::<_, String>(0)?,
                     r.get::<_, String>(1)?,

@@ -58,14 +58,21 @@ async fn differences_round_trip_through_prior_state() {
     assert!(matches!(err, Error::SourceExists(_)), "{err}");
 
     let seqs = store
-        .commit("docs".into(), vec![file("a", 3, 1), file("b/c", 4, 2)])
+        .commit(
+            "docs".into(),
+            vec![file("a", 3, 1), file("b/c", 4, 2)],
+            Settles::Nothing,
+        )
         .await
         .unwrap();
     assert_eq!(seqs, [1, 2]);
     let mut gone = file("a", 0, 0);
     gone.header.deleted = true;
     gone.body.file_mut().unwrap().content = Content::Empty;
-    let seqs = store.commit("docs".into(), vec![gone]).await.unwrap();
+    let seqs = store
+        .commit("docs".into(), vec![gone], Settles::Nothing)
+        .await
+        .unwrap();
     assert_eq!(seqs, [3]);
 
     let all = store.prior_items("docs".into(), None).await.unwrap();
@@ -115,7 +122,7 @@ async fn differences_round_trip_through_prior_state() {
         Err(Error::UnknownSource(_))
     ));
     assert!(matches!(
-        store.commit("docs".into(), vec![]).await,
+        store.commit("docs".into(), vec![], Settles::Nothing).await,
         Err(Error::UnknownSource(_))
     ));
     drop(store);
@@ -129,7 +136,7 @@ fn migrates_from_an_empty_database() {
     let version: i64 = conn
         .pragma_query_value(None, "user_version", |r| r.get(0))
         .unwrap();
-    assert_eq!(version, 7);
+    assert_eq!(version, 8);
     migrations::all().validate().unwrap();
 }
 
@@ -145,12 +152,12 @@ fn migrates_from_the_previous_schema_keeping_prior_state() {
     let chunks = crate::chunker::encode_chunk_list(&[
         ChunkRef {
             offset: 0,
-            len: 10,
+            len: 60_000,
             hash: Hash128([1; 16]),
         },
         ChunkRef {
-            offset: 10,
-            len: 5,
+            offset: 60_000,
+            len: 40_000,
             hash: Hash128([2; 16]),
         },
     ]);
@@ -158,16 +165,28 @@ fn migrates_from_the_previous_schema_keeping_prior_state() {
     v.bump(ShortId(1));
     conn.execute(
         "INSERT INTO items (source_id, path, kind, size, mtime_ns, inode, mode, version, sequence, hash, chunks)
-         VALUES ('s', 'f', 0, 15, 1, 2, 420, ?1, 1, ?2, ?3)",
+         VALUES ('s', 'f', 0, 100000, 1, 2, 420, ?1, 1, ?2, ?3)",
         rusqlite::params![v.encode(), [9u8; 16].as_slice(), chunks],
+    )
+    .unwrap();
+    // Too small to be looked for by chunk: not indexed.
+    let tiny = crate::chunker::encode_chunk_list(&[ChunkRef {
+        offset: 0,
+        len: 15,
+        hash: Hash128([3; 16]),
+    }]);
+    conn.execute(
+        "INSERT INTO items (source_id, path, kind, size, mtime_ns, inode, mode, version, sequence, hash, chunks)
+         VALUES ('s', 'g', 0, 15, 1, 3, 420, ?1, 2, ?2, ?3)",
+        rusqlite::params![v.encode(), [3u8; 16].as_slice(), tiny],
     )
     .unwrap();
 
     migrations::to_latest(&mut conn).unwrap();
     queries::run_pending_maintenance(&mut conn).unwrap();
     let items = queries::prior_items(&mut conn, "s", None).unwrap();
-    assert_eq!(items.len(), 1);
-    assert_eq!(items[0].file().unwrap().meta.size, 15);
+    assert_eq!(items.len(), 2);
+    assert_eq!(items[0].file().unwrap().meta.size, 100_000);
     let located: i64 = conn
         .query_row(
             "SELECT COUNT(*) FROM chunk_locations WHERE source_id = 's'",
@@ -175,7 +194,10 @@ fn migrates_from_the_previous_schema_keeping_prior_state() {
             |r| r.get(0),
         )
         .unwrap();
-    assert_eq!(located, 2, "chunks recorded before the upgrade are indexed");
+    assert_eq!(
+        located, 2,
+        "chunks of larger files recorded before the upgrade are indexed, a tiny file's not"
+    );
     // The upgrade work runs once.
     let pending: i64 = conn
         .query_row("SELECT COUNT(*) FROM pending_maintenance", [], |r| r.get(0))
@@ -281,7 +303,7 @@ async fn peers_are_recorded_once() {
 }
 
 #[tokio::test]
-async fn the_apply_journal_round_trips_and_the_next_commit_clears_it() {
+async fn the_apply_journal_round_trips_and_a_commit_clears_only_the_batches_it_settles() {
     let (store, thread) = open_in_memory().unwrap();
     store.add_source(row("docs")).await.unwrap();
     store.add_source(row("other")).await.unwrap();
@@ -292,7 +314,7 @@ async fn the_apply_journal_round_trips_and_the_next_commit_clears_it() {
     gone.body.file_mut().unwrap().meta.inode = 0;
     gone.header.deleted = true;
     gone.body.file_mut().unwrap().content = Content::Empty;
-    store
+    let first = store
         .record_intents("docs".into(), vec![placed.clone(), gone.clone()])
         .await
         .unwrap();
@@ -301,9 +323,39 @@ async fn the_apply_journal_round_trips_and_the_next_commit_clears_it() {
         .await
         .unwrap();
     let journal = store.intents("docs".into()).await.unwrap();
-    assert_eq!(journal, [placed.clone(), gone]);
+    assert_eq!(journal, [placed.clone(), gone.clone()]);
 
-    store.commit("docs".into(), vec![placed]).await.unwrap();
+    // The next batch is journaled while the first is still being written.
+    let mut next = file("d", 2, 4);
+    next.body.file_mut().unwrap().meta.inode = 0;
+    let second = store
+        .record_intents("docs".into(), vec![next.clone()])
+        .await
+        .unwrap();
+    assert_ne!(first, second, "each batch has its own number");
+    // A scan's commit settles no batch.
+    store
+        .commit("docs".into(), vec![file("e", 1, 5)], Settles::Nothing)
+        .await
+        .unwrap();
+    assert_eq!(store.intents("docs".into()).await.unwrap().len(), 3);
+    // The first batch's commit clears it, and only it.
+    store
+        .commit("docs".into(), vec![placed], Settles::Batches(vec![first]))
+        .await
+        .unwrap();
+    assert_eq!(store.intents("docs".into()).await.unwrap(), [next]);
+    // A batch journaled now is numbered above the one still there.
+    let third = store
+        .record_intents("docs".into(), vec![gone])
+        .await
+        .unwrap();
+    assert!(third > second);
+    // Recovery clears them all.
+    store
+        .commit("docs".into(), vec![], Settles::All)
+        .await
+        .unwrap();
     assert!(store.intents("docs".into()).await.unwrap().is_empty());
     // Another source's journal is its own.
     assert_eq!(store.intents("other".into()).await.unwrap().len(), 1);
@@ -324,14 +376,20 @@ fn prior_state_pages_in_path_order_within_a_range() {
         // Committed out of order; read back in SQLite's bytewise order.
         let mut diffs: Vec<Difference> = paths.iter().rev().map(|p| file(p, 1, 1)).collect();
         diffs.push(file("a/old", 1, 1));
-        store.commit("docs".into(), diffs).await.unwrap();
+        store
+            .commit("docs".into(), diffs, Settles::Nothing)
+            .await
+            .unwrap();
         let mut gone = file("a/old", 0, 0);
         gone.header.deleted = true;
         gone.body.file_mut().unwrap().content = Content::Empty;
-        store.commit("docs".into(), vec![gone]).await.unwrap();
+        store
+            .commit("docs".into(), vec![gone], Settles::Nothing)
+            .await
+            .unwrap();
         // Another source's items never show up.
         store
-            .commit("other".into(), vec![file("a/zz", 1, 1)])
+            .commit("other".into(), vec![file("a/zz", 1, 1)], Settles::Nothing)
             .await
             .unwrap();
     });
@@ -399,7 +457,7 @@ async fn a_record_body_round_trips_and_a_file_may_replace_it() {
         body: Body::Record(b"BEGIN:VCARD\r\nFN:Ana\r\nEND:VCARD\r\n".to_vec()),
     };
     let seqs = store
-        .commit("cards".into(), vec![record.clone()])
+        .commit("cards".into(), vec![record.clone()], Settles::Nothing)
         .await
         .unwrap();
     let got = store
@@ -444,7 +502,11 @@ async fn a_record_body_round_trips_and_a_file_may_replace_it() {
 
     // A file at the same key leaves no record behind.
     store
-        .commit("cards".into(), vec![file("ana@example", 3, 1)])
+        .commit(
+            "cards".into(),
+            vec![file("ana@example", 3, 1)],
+            Settles::Nothing,
+        )
         .await
         .unwrap();
     let got = store
@@ -466,7 +528,11 @@ async fn an_index_page_stops_once_its_entries_fill_the_bytes_it_may_take() {
     let small = (0..10u8).map(|i| file(&format!("s{i}"), 10_000, i));
     let large = (0..10u8).map(|i| file(&format!("l{i}"), 100_000, 100 + i));
     store
-        .commit("docs".into(), small.chain(large).collect())
+        .commit(
+            "docs".into(),
+            small.chain(large).collect(),
+            Settles::Nothing,
+        )
         .await
         .unwrap();
     let page = |bytes| IndexPage {
@@ -517,6 +583,7 @@ async fn a_read_for_a_peer_leaves_out_its_own_versions_and_still_covers_their_se
                 from("other", Some("OTHER")),
                 from("theirs-too", Some("PEER")),
             ],
+            Settles::Nothing,
         )
         .await
         .unwrap();
@@ -541,6 +608,50 @@ async fn a_read_for_a_peer_leaves_out_its_own_versions_and_still_covers_their_se
     assert_eq!(read(10, None).await.0.len(), 4);
     // A page that stops at its item limit covers only up to its last entry.
     assert_eq!(read(1, Some("PEER")).await, (vec!["local".into()], 1));
+    drop(store);
+    thread.join();
+}
+
+#[tokio::test]
+async fn tiny_files_are_not_indexed_by_chunk_and_a_file_that_shrinks_loses_its_locations() {
+    let (store, thread) = open_in_memory().unwrap();
+    store.add_source(row("docs")).await.unwrap();
+    let big = UNINDEXED_MAX + 1;
+    store
+        .commit(
+            "docs".into(),
+            vec![
+                file("tiny", UNINDEXED_MAX, 1),
+                file("big", big, 2),
+                file("copy", big, 2),
+            ],
+            Settles::Nothing,
+        )
+        .await
+        .unwrap();
+    assert!(
+        store
+            .chunk_sources(Hash128([1; 16]))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        store.chunk_sources(Hash128([2; 16])).await.unwrap().len(),
+        2
+    );
+    let held = store
+        .held_elsewhere("docs".into(), vec![("big".into(), vec![[2; 16]])])
+        .await
+        .unwrap();
+    assert_eq!(held, [true]);
+    // Rewritten tiny: its old chunk is no longer where it was.
+    store
+        .commit("docs".into(), vec![file("big", 10, 3)], Settles::Nothing)
+        .await
+        .unwrap();
+    let left = store.chunk_sources(Hash128([2; 16])).await.unwrap();
+    assert_eq!(left.len(), 1, "{left:?}");
     drop(store);
     thread.join();
 }

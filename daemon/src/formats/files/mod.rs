@@ -11,7 +11,7 @@ use super::{Format, Kind, Layout, WriteResult};
 use crate::apply::{self, ApplyError, Disk, Removed, Target};
 use crate::item::{ItemKind, Metadata, PriorItem};
 use crate::scanner::{self, ScanError, ScanRequest, ScanSummary, Sink};
-use crate::universal::RemoteItem;
+use crate::universal::{ItemPath, RemoteItem};
 
 /// Any files in a folder, synced as they are.
 #[derive(Debug)]
@@ -89,31 +89,27 @@ pub struct Written {
 fn write_batch(disk: &dyn Disk, root: &Path, jobs: Vec<WriteJob>) -> Vec<WriteResult> {
     let mut folders = apply::Folders::default();
     let mut real = apply::RealFolders::default();
-    let mut results: Vec<(Option<(PathBuf, String)>, WriteResult)> = jobs
+    let mut results: Vec<(ItemPath, WriteResult)> = jobs
         .into_iter()
         .map(|job| {
-            let folder = apply::Folders::of(root, &job.item.path);
-            let item = job.item.path.to_string();
-            (
-                Some((folder, item)),
-                job.run(disk, root, &mut real, &mut folders),
-            )
+            let item = job.item.path.clone();
+            (item, job.run(disk, root, &mut real, &mut folders))
         })
         .collect();
     let failed = folders.flush(disk);
-    for (written, result) in &mut results {
-        let Some((folder, item)) = written else {
-            continue;
-        };
-        let Some((_, why)) = failed.iter().find(|(dir, _)| dir == folder) else {
-            continue;
-        };
-        if let Ok(Write::Done(_)) = result {
-            *result = Err(ApplyError::Io {
-                path: std::mem::take(item),
-                action: "flushing its folder",
-                source: std::io::Error::new(why.kind(), why.to_string()),
-            });
+    if !failed.is_empty() {
+        for (item, result) in results.iter_mut() {
+            if !matches!(result, Ok(Write::Done(_))) {
+                continue;
+            }
+            let folder = apply::Folders::of(root, item);
+            if let Some((_, why)) = failed.iter().find(|(dir, _)| *dir == folder) {
+                *result = Err(ApplyError::Io {
+                    path: item.to_string(),
+                    action: "flushing its folder",
+                    source: std::io::Error::new(why.kind(), why.to_string()),
+                });
+            }
         }
     }
     results.into_iter().map(|(_, r)| r).collect()
