@@ -544,6 +544,11 @@ impl SourceTask {
             self.publish(|s| s.pending = true);
         }
         loop {
+            // Every event that came while the task was busy (applying a peer's batch writes
+            // hundreds of files) is taken in now, at once: the select below takes one per
+            // turn and prefers the inbox, so a busy sync would otherwise let them pile up
+            // until the channel overflows and the whole source is rescanned.
+            self.take_watch_events();
             let deadline = self.debouncer.deadline();
             tokio::select! {
                 biased;
@@ -685,6 +690,19 @@ impl SourceTask {
         if !self.cfg.paused {
             self.start_watching();
             self.debouncer.push_full(Instant::now());
+        }
+    }
+
+    /// Takes in every watcher event already queued, without waiting.
+    fn take_watch_events(&mut self) {
+        let mut taken = Vec::new();
+        if let Some(rx) = &mut self.watch_rx {
+            while let Ok(ev) = rx.try_recv() {
+                taken.push(ev);
+            }
+        }
+        for ev in taken {
+            self.on_watch(ev);
         }
     }
 

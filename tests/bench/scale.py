@@ -403,16 +403,38 @@ def tree_shortfall(dst, n, seed):
     return mismatch and f"B has every file, but {mismatch}"
 
 
-def wait_synced(phase, a, b, shortfall):
-    """Returns once `tandemctl wait` exits 0 on B and on A and shortfall() (what B's tree still
-    lacks, as a message) says None."""
+def newest_change(root):
+    """The newest status change (ctime, in seconds since the epoch) of anything under root,
+    leaving out the agent's own folder: renaming a file into place sets it, so it tells when
+    the last file arrived."""
+    newest = 0
+    stack = [Path(root)]
+    while stack:
+        folder = stack.pop()
+        with os.scandir(folder) as entries:
+            for entry in entries:
+                if folder == root and entry.name == AGENT_DIR:
+                    continue
+                newest = max(newest, entry.stat(follow_symlinks=False).st_ctime_ns)
+                if entry.is_dir(follow_symlinks=False):
+                    stack.append(Path(entry.path))
+    return newest / 1e9
+
+
+def wait_synced(phase, a, b, shortfall, tree):
+    """Waits until `tandemctl wait` exits 0 on B and on A and shortfall() (what B's tree still
+    lacks, as a message) says None; returns when the sync ended, in time.time() seconds: the
+    later of the moment both waits had returned and the newest change in B's tree (its folder
+    `tree`). Looking over the tree takes time the sync did not, so it is left out; a `wait`
+    that returned before the last file arrived is still caught, by the file's ctime."""
     # `wait` can exit 0 before the peers have connected, so the tree itself is the last word.
     missing = "not looked at yet"
     while True:
         if b.in_sync(phase, 10) and a.in_sync(phase, 10):
+            waited = time.time()
             missing = shortfall()
             if missing is None:
-                return
+                return max(waited, newest_change(tree))
         phase.left(f"B's tree to hold every file (last look: {missing})")
         time.sleep(POLL_S)
 
@@ -429,11 +451,11 @@ def initial_sync(phase, a, b, src, dst, n, seed):
     for agent in (a, b):
         reset_peak_rss(agent.pid)
     cpu = {agent.name: cpu_seconds(agent.pid) for agent in (a, b)}
-    start = time.monotonic()
+    start = time.time()
     a.ctl_ok(phase, "source", "add", "s2", src, "--peer", b.info["device_id"])
     b.ctl_ok(phase, "source", "add", "s2", dst, "--peer", a.info["device_id"])
-    wait_synced(phase, a, b, lambda: tree_shortfall(dst, n, seed))
-    result = {"wall_s": round(time.monotonic() - start, 2)}
+    end = wait_synced(phase, a, b, lambda: tree_shortfall(dst, n, seed), dst)
+    result = {"wall_s": round(end - start, 2)}
     for agent in (a, b):
         result[agent.name] = readings(agent, cpu[agent.name], n)
     return result
