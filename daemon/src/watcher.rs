@@ -46,7 +46,9 @@ pub fn watch(root: &Path, tx: mpsc::Sender<WatchEvent>) -> Result<Watcher, notif
     let overflow = Arc::new(AtomicBool::new(false));
     let flag = overflow.clone();
     let base = root.to_path_buf();
+    let mut pace = Pace::default();
     let handler = move |res: notify::Result<notify::Event>| {
+        pace.event();
         let msg = match res {
             Ok(event) if event.need_rescan() => WatchEvent::Rescan {
                 reason: "the OS dropped file events (queue overflow)".into(),
@@ -94,6 +96,35 @@ pub fn watch(root: &Path, tx: mpsc::Sender<WatchEvent>) -> Result<Watcher, notif
         _inner: inner,
         overflow,
     })
+}
+
+/// Keeps the OS watcher thread from being woken once per event during a burst of changes
+/// (a sync writing thousands of files): an event that comes within [`PACE`] of the one before
+/// holds the thread for that long, so the kernel queues what follows without waking anyone,
+/// and the thread takes it all in a few reads. Each wake-up costs the process that made the
+/// change, and another core; this costs events at most [`PACE`] of delay, against a debounce
+/// of tens of milliseconds.
+#[derive(Default)]
+struct Pace {
+    last: Option<std::time::Instant>,
+}
+
+/// How close two events must come for the watcher thread to pause, and for how long.
+const PACE: Duration = Duration::from_millis(1);
+
+impl Pace {
+    fn event(&mut self) {
+        let now = std::time::Instant::now();
+        if self
+            .last
+            .is_some_and(|last| now.duration_since(last) < PACE)
+        {
+            std::thread::sleep(PACE);
+            self.last = Some(std::time::Instant::now());
+        } else {
+            self.last = Some(now);
+        }
+    }
 }
 
 fn is_read_only(kind: &notify::EventKind) -> bool {
