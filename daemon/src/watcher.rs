@@ -48,7 +48,6 @@ pub fn watch(root: &Path, tx: mpsc::Sender<WatchEvent>) -> Result<Watcher, notif
     let base = root.to_path_buf();
     let mut pace = Pace::default();
     let handler = move |res: notify::Result<notify::Event>| {
-        pace.event();
         let msg = match res {
             Ok(event) if event.need_rescan() => WatchEvent::Rescan {
                 reason: "the OS dropped file events (queue overflow)".into(),
@@ -75,6 +74,10 @@ pub fn watch(root: &Path, tx: mpsc::Sender<WatchEvent>) -> Result<Watcher, notif
         if tx.try_send(msg).is_err() {
             flag.store(true, Ordering::Relaxed);
         }
+        // After the event is passed on, so the pause delays only those that follow it.
+        if let Some(pause) = pace.event(std::time::Instant::now()) {
+            std::thread::sleep(pause);
+        }
     };
     // Changes only: no event for opening or reading a file. On Linux the kernel then never
     // queues one, and every file the agent reads or writes itself would otherwise raise an
@@ -99,30 +102,43 @@ pub fn watch(root: &Path, tx: mpsc::Sender<WatchEvent>) -> Result<Watcher, notif
 }
 
 /// Keeps the OS watcher thread from being woken once per event during a burst of changes
-/// (a sync writing thousands of files): an event that comes within [`PACE`] of the one before
-/// holds the thread for that long, so the kernel queues what follows without waking anyone,
-/// and the thread takes it all in a few reads. Each wake-up costs the process that made the
-/// change, and another core; this costs events at most [`PACE`] of delay, against a debounce
-/// of tens of milliseconds.
+/// (a sync writing thousands of files). Each wake-up is paid by the process that made the
+/// change, and by another core. While events keep coming less than [`BURST`] apart, the
+/// thread pauses for [`PAUSE`] once every [`PAUSE`] + [`BURST`] at most: meanwhile the kernel
+/// queues what follows without waking anyone, and the thread then takes it all in a few
+/// reads. Events wait at most [`PAUSE`] more (the debounce is tens of milliseconds), and a
+/// backlog is taken in at no less than a third of the thread's full speed, far above what a
+/// disk can change.
 #[derive(Default)]
 struct Pace {
-    last: Option<std::time::Instant>,
+    /// When the event before this one was taken in.
+    last_event: Option<std::time::Instant>,
+    /// When the last pause ended.
+    last_pause: Option<std::time::Instant>,
 }
 
-/// How close two events must come for the watcher thread to pause, and for how long.
-const PACE: Duration = Duration::from_millis(1);
+/// Events closer than this are a burst.
+const BURST: Duration = Duration::from_millis(1);
+/// How long the thread pauses in a burst.
+const PAUSE: Duration = Duration::from_millis(2);
 
 impl Pace {
-    fn event(&mut self) {
-        let now = std::time::Instant::now();
-        if self
-            .last
-            .is_some_and(|last| now.duration_since(last) < PACE)
-        {
-            std::thread::sleep(PACE);
-            self.last = Some(std::time::Instant::now());
+    /// Takes note of an event that came at `now`; gives the pause to take before the next.
+    fn event(&mut self, now: std::time::Instant) -> Option<Duration> {
+        let in_burst = self
+            .last_event
+            .is_some_and(|last| now.duration_since(last) < BURST);
+        let rested = self
+            .last_pause
+            .is_none_or(|last| now.duration_since(last) >= BURST);
+        if in_burst && rested {
+            let after = now + PAUSE;
+            self.last_pause = Some(after);
+            self.last_event = Some(after);
+            Some(PAUSE)
         } else {
-            self.last = Some(now);
+            self.last_event = Some(now);
+            None
         }
     }
 }
@@ -244,6 +260,39 @@ mod tests {
 
     fn paths(p: &[&str]) -> WatchEvent {
         WatchEvent::Paths(p.iter().map(|s| s.to_string()).collect())
+    }
+
+    /// Pauses a run of events would cause, given when each came after the first (the clock
+    /// moves on by each pause taken, as on the watcher thread).
+    fn pauses(gaps: impl Iterator<Item = Duration>) -> usize {
+        let mut pace = Pace::default();
+        let mut now = std::time::Instant::now();
+        let mut taken = 0;
+        for gap in gaps {
+            now += gap;
+            if let Some(pause) = pace.event(now) {
+                now += pause;
+                taken += 1;
+            }
+        }
+        taken
+    }
+
+    #[test]
+    fn the_watcher_thread_pauses_in_a_burst_but_not_per_event_of_a_backlog() {
+        // A trickle: no pause at all.
+        assert_eq!(
+            pauses(std::iter::repeat_n(Duration::from_millis(10), 100)),
+            0
+        );
+        // A sync writing a file every 25 µs: after each millisecond of events, one pause
+        // (1,200 events: 30 ms of them, 30 pauses), so wake-ups stop two thirds of the time.
+        let burst = pauses(std::iter::repeat_n(Duration::from_micros(25), 1200));
+        assert!((25..=30).contains(&burst), "{burst} pauses");
+        // A backlog of 1,000 queued events taken in 2 µs apart (2 ms of work): a pause per
+        // millisecond of work at most, not one per event.
+        let backlog = pauses(std::iter::repeat_n(Duration::from_micros(2), 1000));
+        assert!(backlog <= 2, "{backlog} pauses");
     }
 
     #[tokio::test(start_paused = true)]
