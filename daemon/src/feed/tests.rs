@@ -531,6 +531,44 @@ async fn small_files_arrive_with_their_content_and_need_no_chunk_request() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_longer_than_a_part_is_written_and_recorded_part_by_part_and_leaves_no_journal() {
+    let s = Scene::new(Arc::new(OsDisk), &[]).await;
+    let t = 1_700_000_000_000_000_000;
+    let v = |n| version(&[(PEER, n)]);
+    // Several parts of one run: each is journaled while the one before is written, and
+    // committed while the next is written.
+    let n: u64 = 700;
+    let items: Vec<RemoteItem> = (1..=n)
+        .map(|i| {
+            inline_file(
+                &format!("f{i:04}.txt"),
+                format!("content {i}").as_bytes(),
+                v(i),
+                t,
+                i,
+            )
+        })
+        .collect();
+    s.send_bare(items).await;
+    s.applied_through(n).await;
+    for i in [1, 256, 257, 512, 513, 700] {
+        let path = format!("f{i:04}.txt");
+        assert_eq!(s.read(&path), format!("content {i}").as_bytes());
+        assert_eq!(
+            s.prior(&path).await.header.version,
+            v(i),
+            "{path} is on record"
+        );
+    }
+    assert!(
+        s.store.intents(SOURCE.into()).await.unwrap().is_empty(),
+        "every part's journal batch was settled by its commit"
+    );
+    assert!(s.names_with(crate::layout::TEMP_PREFIX).is_empty());
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_file_changed_under_the_writer_is_scanned_first_and_never_overwritten() {
     let t = 1_700_000_000_000_000_000;
     let disk = Arc::new(FaultyDisk::new());

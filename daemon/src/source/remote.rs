@@ -1,13 +1,15 @@
 //! The local half of applying a peer's differences: check each against this device's state,
 //! journal the ones to write, write them, and record them with their batch.
 //!
-//! Order of one batch: every item is checked (and staged) first; the staged items are recorded
-//! in the apply journal in one transaction; then they are written (conflict copy, versions
-//! folder, rename into place); then the batch commits, which clears the journal. A crash
-//! between a rename and the commit leaves a journal entry, and [`SourceTask::recover_intents`]
-//! at the next start records the item as applied when it is on disk exactly as intended,
-//! instead of the scanner taking it for a local change. Must not: fetch content (the peer
-//! module does), or write anything before its intent is journaled.
+//! Order of one batch: every item is checked (and staged) first; then the staged items go in
+//! parts: a part's intents are recorded in the apply journal in one transaction (a numbered
+//! journal batch), then it is written (conflict copy, versions folder, rename into place),
+//! then it commits, which clears its journal batch. The next part is journaled while one is
+//! written, and a written part commits while the next is written. A crash between a rename
+//! and the commit leaves a journal entry, and [`SourceTask::recover_intents`] at the next
+//! start records the item as applied when it is on disk exactly as intended, instead of the
+//! scanner taking it for a local change. Must not: fetch content (the peer module does), or
+//! write anything before its intent is journaled.
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
