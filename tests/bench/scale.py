@@ -83,22 +83,25 @@ def make_tree(root, n, seed):
     return time.monotonic() - start
 
 
-def count_files(root):
-    """Regular files under root, leaving out the agent's own folder and temp files."""
-    count = 0
+def entries_under(root):
+    """Every entry under root (os.DirEntry), leaving out the agent's own folder."""
     stack = [Path(root)]
     while stack:
         folder = stack.pop()
         with os.scandir(folder) as entries:
             for entry in entries:
-                if entry.name.startswith(TEMP_PREFIX):
+                if folder == root and entry.name == AGENT_DIR:
                     continue
+                yield entry
                 if entry.is_dir(follow_symlinks=False):
-                    if not (folder == root and entry.name == AGENT_DIR):
-                        stack.append(Path(entry.path))
-                elif entry.is_file(follow_symlinks=False):
-                    count += 1
-    return count
+                    stack.append(Path(entry.path))
+
+
+def count_files(root):
+    """Regular files under root, leaving out the agent's own folder and temp files."""
+    return sum(1 for entry in entries_under(root)
+               if entry.is_file(follow_symlinks=False)
+               and not entry.name.startswith(TEMP_PREFIX))
 
 
 def sample_mismatch(root, n, seed):
@@ -409,17 +412,8 @@ def newest_change(root):
     """The newest status change (ctime, in seconds since the epoch) of anything under root,
     leaving out the agent's own folder: renaming a file into place sets it, so it tells when
     the last file arrived."""
-    newest = 0
-    stack = [Path(root)]
-    while stack:
-        folder = stack.pop()
-        with os.scandir(folder) as entries:
-            for entry in entries:
-                if folder == root and entry.name == AGENT_DIR:
-                    continue
-                newest = max(newest, entry.stat(follow_symlinks=False).st_ctime_ns)
-                if entry.is_dir(follow_symlinks=False):
-                    stack.append(Path(entry.path))
+    newest = max((entry.stat(follow_symlinks=False).st_ctime_ns for entry in entries_under(root)),
+                 default=0)
     return newest / 1e9
 
 

@@ -553,7 +553,7 @@ impl SourceTask {
     /// the batch's number, or nothing when the journal could not be written (every item of
     /// the part then fails, unwritten).
     async fn journal(
-        &mut self,
+        &self,
         part: Vec<Staged>,
         outcomes: &mut [ApplyOutcome],
     ) -> Option<(Vec<Staged>, u64)> {
