@@ -1090,10 +1090,19 @@ impl SourceTask {
         if self.applied_records.is_empty() && self.written_batches.is_empty() {
             return Ok(());
         }
-        let records = std::mem::take(&mut self.applied_records);
         let settles = store::Settles::Batches(std::mem::take(&mut self.written_batches));
         let id = self.cfg.id.clone();
-        let diffs: Vec<Difference> = records.iter().map(|r| r.diff.clone()).collect();
+        // The differences go to the store whole; only what the events and the status need
+        // stays here.
+        type Noted = (String, EventKind, TotalsDelta, String);
+        let (diffs, records): (Vec<Difference>, Vec<Noted>) =
+            std::mem::take(&mut self.applied_records)
+                .into_iter()
+                .map(|r| {
+                    let noted = (r.diff.key.clone(), r.kind, r.delta, r.from);
+                    (r.diff, noted)
+                })
+                .unzip();
         let seqs = self
             .store
             .commit(id.clone(), diffs, settles)
@@ -1103,21 +1112,21 @@ impl SourceTask {
                 source: Arc::new(e),
             })?;
         let mut total = TotalsDelta::default();
-        for (r, seq) in records.iter().zip(&seqs) {
-            total.merge(&r.delta);
+        for ((key, kind, delta, from), seq) in records.iter().zip(&seqs) {
+            total.merge(delta);
             self.events.emit_with(|| {
-                Event::now(&id, r.kind)
-                    .item(&r.diff.key)
+                Event::now(&id, *kind)
+                    .item(key)
                     .sequence(*seq)
-                    .detail(format!("from {}", r.from))
+                    .detail(format!("from {from}"))
             });
         }
         let last = seqs.last().copied().unwrap_or(0);
         self.publish(|s| {
             total.apply(&mut s.totals);
             s.totals.sequence = s.totals.sequence.max(last);
-            for r in &records {
-                s.item_errors.remove(&r.diff.key);
+            for (key, ..) in &records {
+                s.item_errors.remove(key);
             }
         });
         Ok(())

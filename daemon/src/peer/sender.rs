@@ -206,10 +206,9 @@ async fn with_inline_content(
     // Content this device holds under another name too (a moved or copied file) is most
     // likely on the peer already: it goes by chunk, for the peer to copy locally. Content too
     // small to be indexed by chunk always travels: the peer could not find a copy of it.
-    let copyable = |len: u32| u64::from(len) > store::UNINDEXED_MAX;
     let (mut wanted, tiny): (Vec<_>, Vec<_>) = wanted
         .into_iter()
-        .partition(|(_, _, len, _)| copyable(*len));
+        .partition(|(_, _, len, _)| store::indexed_by_chunk(u64::from(*len)));
     let asked: Vec<(String, Vec<[u8; 16]>)> = wanted
         .iter()
         .map(|(i, path, _, _)| {

@@ -23,6 +23,11 @@ pub use queries::{
 /// entry for about the cost of the entry itself.
 pub const UNINDEXED_MAX: u64 = 4096;
 
+/// Whether a file of `size` bytes has its chunks indexed (and can be found as a local copy).
+pub fn indexed_by_chunk(size: u64) -> bool {
+    size > UNINDEXED_MAX
+}
+
 /// A failure of the store; each names what was being done.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

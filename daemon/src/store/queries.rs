@@ -2,7 +2,7 @@
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::{Error, Result, UNINDEXED_MAX};
+use super::{Error, Result, UNINDEXED_MAX, indexed_by_chunk};
 use crate::chunker::{self, Hash128};
 use crate::index::VersionVector;
 use crate::item::{
@@ -531,7 +531,7 @@ pub(super) fn commit(
                     .map_err(&err)?;
             }
             // (The old locations go all the same: the item may have been larger before.)
-            let indexed = cols.size > to_i64(UNINDEXED_MAX);
+            let indexed = indexed_by_chunk(to_u64(cols.size));
             if let (true, Content::Replace { chunks, .. }) = (indexed, content) {
                 for ch in chunks {
                     add_location
