@@ -16,6 +16,7 @@ pub mod index;
 pub mod item;
 pub mod layout;
 pub mod logging;
+pub mod moves;
 pub mod peer;
 pub mod scanner;
 pub mod source;

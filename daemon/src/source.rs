@@ -28,10 +28,12 @@ use crate::universal::RemoteItem;
 use crate::watcher::{self, Debouncer, Pending, WatchEvent};
 
 mod gone;
+mod move_finder;
 mod own_writes;
 mod remote;
 
 pub use gone::RecentlyGone;
+use move_finder::{MoveFinder, Outcome};
 use own_writes::OwnWrites;
 
 /// Differences committed per SQLite transaction during a scan.
@@ -894,6 +896,7 @@ impl SourceTask {
         };
 
         let (tx, mut rx) = mpsc::channel::<Batch>(4);
+        let mut moves = MoveFinder::default();
         let format = self.format;
         let scan = tokio::task::spawn_blocking(move || {
             let mut sink = BatchSink {
@@ -917,7 +920,7 @@ impl SourceTask {
                 }
                 batch = rx.recv() => match batch {
                     Some(batch) => {
-                        if let Err(e) = self.commit_batch(batch, &mut seen_errors).await {
+                        if let Err(e) = self.commit_batch(batch, &mut seen_errors, &mut moves).await {
                             drop(rx);
                             let _ = scan.await;
                             return Err(Stop::Source(e.into()));
@@ -957,6 +960,23 @@ impl SourceTask {
             Ok(Err(e)) => return Err(Stop::Source(e.into())),
             Err(e) => return Err(Stop::Source(SourceError::Crashed(e.to_string()))),
         };
+        // What the scan held back for folder moves goes in now, as moves where they check out.
+        for outcome in moves.finish() {
+            let committed = match outcome {
+                Outcome::Moved {
+                    from,
+                    to,
+                    items,
+                    found,
+                } => {
+                    info!(from = %from, to = %to, items, "folder moved");
+                    let moved = Some((from, to, items));
+                    self.commit_found(found, 0, &mut seen_errors, moved).await
+                }
+                Outcome::Plain(found) => self.commit_found(found, 0, &mut seen_errors, None).await,
+            };
+            committed.map_err(|e| Stop::Source(e.into()))?;
+        }
         // Errors under the scanned scope are replaced by what this scan found.
         self.publish(|s| {
             match &scope {
@@ -972,17 +992,43 @@ impl SourceTask {
         Ok(summary)
     }
 
-    /// Turns one batch of scan results into differences and commits them in one transaction.
+    /// Turns one batch of scan results into differences and commits them in one transaction,
+    /// holding back what may be part of a folder move until the scan ends.
     async fn commit_batch(
         &mut self,
         batch: Batch,
         seen_errors: &mut BTreeMap<String, String>,
+        moves: &mut MoveFinder,
+    ) -> Result<(), store::Error> {
+        let new_folders = moves.new_folders(&batch.found);
+        if !new_folders.is_empty() {
+            let renamed = self
+                .store
+                .live_folders_with_inodes(self.cfg.id.clone(), new_folders)
+                .await?;
+            for (to, from) in renamed {
+                moves.follow(from, to);
+            }
+        }
+        let found = moves.sort(batch.found);
+        self.commit_found(found, batch.hashed_bytes, seen_errors, None)
+            .await
+    }
+
+    /// Commits scan results in one transaction (as one noted folder move when `moved` says
+    /// so: from, to, items).
+    async fn commit_found(
+        &mut self,
+        found: Vec<Found>,
+        hashed_bytes: u64,
+        seen_errors: &mut BTreeMap<String, String>,
+        moved: Option<(String, String, u32)>,
     ) -> Result<(), store::Error> {
         let id = self.cfg.id.clone();
-        let mut diffs = Vec::with_capacity(batch.found.len());
-        let mut kinds = Vec::with_capacity(batch.found.len());
+        let mut diffs = Vec::with_capacity(found.len());
+        let mut kinds = Vec::with_capacity(found.len());
         let mut delta = TotalsDelta::default();
-        for found in batch.found {
+        for found in found {
             match found {
                 Found::Changed {
                     path,
@@ -1055,13 +1101,19 @@ impl SourceTask {
                 }
             }
         }
-        let seqs = if diffs.is_empty() {
-            Vec::new()
-        } else {
+        let seqs = match moved {
+            _ if diffs.is_empty() => Vec::new(),
+            Some((from, to, items)) => {
+                self.store
+                    .commit_move(id.clone(), diffs.clone(), from, to, items)
+                    .await?
+            }
             // A scan settles no journal batch: every batch written before it was committed.
-            self.store
-                .commit(id.clone(), diffs.clone(), store::Settles::Nothing)
-                .await?
+            None => {
+                self.store
+                    .commit(id.clone(), diffs.clone(), store::Settles::Nothing)
+                    .await?
+            }
         };
         for ((diff, kind), seq) in diffs.iter().zip(kinds).zip(&seqs) {
             debug!(item = %diff.key, seq, kind = kind.as_str(), "recorded");
@@ -1071,7 +1123,7 @@ impl SourceTask {
         let last_seq = seqs.last().copied();
         let committed: Vec<String> = diffs.into_iter().map(|d| d.key).collect();
         self.publish(|s| {
-            s.hashed_bytes += batch.hashed_bytes;
+            s.hashed_bytes += hashed_bytes;
             delta.apply(&mut s.totals);
             if let Some(seq) = last_seq {
                 s.totals.sequence = seq;

@@ -29,6 +29,10 @@ pub const MAX_VERSION_COUNTERS: usize = 1_000;
 pub const MAX_DEVICE_SHORT: usize = 16;
 /// Largest content a peer may send inline with an item (senders inline far less).
 pub const MAX_INLINE_BYTES: usize = 1 << 20;
+/// Most items (a folder and everything under it) one folder move may stand for.
+pub const MAX_MOVE_ITEMS: u32 = 50_000;
+/// Most folder moves one index update may carry.
+pub const MAX_MOVES_PER_UPDATE: usize = 64;
 
 /// Why something from a peer was refused. Nothing of a refused item is written.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -41,6 +45,12 @@ pub enum Refused {
         "index update for source {source_id:?} has {count} items, more than the limit of {MAX_ITEMS_PER_UPDATE}"
     )]
     TooManyItems { source_id: String, count: usize },
+    #[error("folder move {from:?} -> {to:?}: {reason}")]
+    Move {
+        from: String,
+        to: String,
+        reason: String,
+    },
 }
 
 /// A relative item path that is safe to join to a source root: no `..`, no absolute path,
@@ -387,6 +397,130 @@ pub fn item_from_pb(item: &pb::Item) -> Result<RemoteItem, Refused> {
     })
 }
 
+/// A folder renamed whole on the sender, announced instead of its entries: the deletions of
+/// `items` items at and under `from` and their additions under `to`, numbered
+/// `first_sequence..=last_sequence` there. The receiver derives them (see `moves`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FolderMove {
+    pub from: ItemPath,
+    pub to: ItemPath,
+    pub first_sequence: u64,
+    pub last_sequence: u64,
+    pub items: u32,
+    /// Of the entries the move stands for, as `moves::digest` puts them.
+    pub digest: Hash128,
+    /// The folder's own metadata under its new name (a rename may change its mtime).
+    pub folder: Metadata,
+    /// The device whose counter each derived version bumps.
+    pub author: index::ShortId,
+    /// Short ID of that device, as its entries name it (empty if they name none).
+    pub modified_by: String,
+}
+
+/// Encodes a folder move for a peer.
+pub fn move_to_pb(mv: &FolderMove) -> pb::FolderMove {
+    let folder = RemoteFile {
+        meta: mv.folder.clone(),
+        hash: None,
+        chunks: Vec::new(),
+        inline: None,
+    };
+    pb::FolderMove {
+        from: mv.from.as_str().to_owned(),
+        to: mv.to.as_str().to_owned(),
+        first_sequence: mv.first_sequence,
+        last_sequence: mv.last_sequence,
+        items: mv.items,
+        digest: mv.digest.0.to_vec(),
+        folder: Some(file_body_to_pb(&folder)),
+        author: mv.author.0,
+        modified_by: mv.modified_by.clone(),
+    }
+}
+
+/// Checks and decodes a folder move from a peer.
+///
+/// # Errors
+/// [`Refused`] naming the move and what is wrong with it; nothing of it may be used.
+pub fn move_from_pb(m: &pb::FolderMove) -> Result<FolderMove, Refused> {
+    let from = ItemPath::parse(&m.from)?;
+    let to = ItemPath::parse(&m.to)?;
+    let bad = |reason: String| Refused::Move {
+        from: m.from.clone(),
+        to: m.to.clone(),
+        reason,
+    };
+    let nested = |a: &str, b: &str| a == b || crate::layout::is_under(a, b);
+    if nested(&m.from, &m.to) || nested(&m.to, &m.from) {
+        return Err(bad("a folder cannot move onto or into itself".into()));
+    }
+    if m.items == 0 || m.items > MAX_MOVE_ITEMS {
+        return Err(bad(format!(
+            "it moves {} items; a move holds 1 to {MAX_MOVE_ITEMS}",
+            m.items
+        )));
+    }
+    let span = m
+        .last_sequence
+        .checked_sub(m.first_sequence)
+        .and_then(|d| d.checked_add(1));
+    if m.first_sequence == 0 || span != Some(2 * u64::from(m.items)) {
+        return Err(bad(format!(
+            "sequences {}..={} do not number {} deletions and as many additions",
+            m.first_sequence, m.last_sequence, m.items
+        )));
+    }
+    let digest =
+        Hash128::from_slice(&m.digest).ok_or_else(|| bad("its digest is not 16 bytes".into()))?;
+    let Some(body) = &m.folder else {
+        return Err(bad("it has no folder metadata".into()));
+    };
+    if body.kind != pb::ItemKind::Directory as i32 {
+        return Err(bad("what it moves is not a folder".into()));
+    }
+    if body.mode > 0o7777 || body.size != 0 || !body.chunks.is_empty() || !body.inline.is_empty() {
+        return Err(bad("its folder metadata is not a folder's".into()));
+    }
+    let by = &m.modified_by;
+    if by.len() > MAX_DEVICE_SHORT || !by.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        return Err(bad(
+            "the modifying device's short ID is not a short alphanumeric word".into(),
+        ));
+    }
+    Ok(FolderMove {
+        from,
+        to,
+        first_sequence: m.first_sequence,
+        last_sequence: m.last_sequence,
+        items: m.items,
+        digest,
+        folder: Metadata {
+            kind: ItemKind::Directory,
+            size: 0,
+            mtime_ns: body.mtime_ns,
+            inode: 0,
+            mode: body.mode,
+            symlink_target: None,
+        },
+        author: index::ShortId(m.author),
+        modified_by: by.clone(),
+    })
+}
+
+/// Checks and decodes an update's folder moves; refuses them all if there are too many.
+pub fn moves_from_pb(msg: &pb::IndexUpdate) -> Result<Vec<Result<FolderMove, Refused>>, Refused> {
+    if msg.moves.len() > MAX_MOVES_PER_UPDATE {
+        return Err(Refused::Item {
+            path: format!("index update for source {:?}", msg.source),
+            reason: format!(
+                "{} folder moves, more than the limit of {MAX_MOVES_PER_UPDATE}",
+                msg.moves.len()
+            ),
+        });
+    }
+    Ok(msg.moves.iter().map(move_from_pb).collect())
+}
+
 /// Checks and decodes a whole index update; refuses it whole if it is oversized, and
 /// reports bad items one by one so the good ones still apply.
 pub fn update_from_pb(msg: &pb::IndexUpdate) -> Result<Vec<Result<RemoteItem, Refused>>, Refused> {
@@ -649,6 +783,7 @@ mod tests {
             items: vec![pb::Item::default(); MAX_ITEMS_PER_UPDATE + 1],
             caught_up: false,
             through_sequence: 0,
+            ..Default::default()
         };
         assert!(matches!(
             update_from_pb(&update),
@@ -661,6 +796,7 @@ mod tests {
             items: vec![item_to_pb(&file_item()), bad],
             caught_up: true,
             through_sequence: 0,
+            ..Default::default()
         };
         let results = update_from_pb(&update).unwrap();
         assert!(

@@ -19,16 +19,21 @@ pub use fetch::{BuildKey, Claims};
 pub use providers::{ChunkChain, ChunkProvider, ChunkWanted, LocalChunks};
 pub use receive::Receiver;
 
-use crate::universal::{Refused, RemoteItem};
+use crate::universal::{FolderMove, Refused, RemoteItem};
 
 /// A boxed future, for the object-safe traits of this module.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// A numbered run of differences of one source, in the sender's sequence order, each item
 /// already checked by `universal` (a refused one says why).
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct Update {
     pub items: Vec<Result<RemoteItem, Refused>>,
+    /// Folders renamed whole, each standing for its entries, numbered after the items: the
+    /// receiver derives those from its prior state, or asks for them ([`Feed::expand`]).
+    pub moves: Vec<FolderMove>,
+    /// On the last update that answers [`Feed::expand`]: the first sequence of that move.
+    pub expands: Option<u64>,
     /// The sender's index is complete up to this sequence (items it left out included).
     pub through: u64,
     /// The sender says it has sent everything it numbered and has nothing left to scan.
@@ -74,6 +79,9 @@ pub trait Feed: Send + Sync + 'static {
     fn progress(&self, progress: Progress);
     /// Something the feed delivered breaks a rule: counted and logged against it.
     fn refused(&self, what: &str);
+    /// Asks the sender for the entries of the folder move numbered from `first_sequence`,
+    /// one by one: this device's prior state of the folder is not the sender's.
+    fn expand(&self, first_sequence: u64) -> BoxFuture<'_, ()>;
 }
 
 #[cfg(test)]

@@ -1,18 +1,22 @@
 //! One receiver: a feed's index of one source, applied in the sender's order.
 
 use std::collections::{BTreeSet, VecDeque};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
-use tracing::warn;
+use tracing::{info, warn};
 
 use super::fetch::{BuildKey, Claims, Fetcher, NotBuilt, Prepared};
 use super::providers::ChunkChain;
 use super::{Feed, Progress, Update};
+use crate::chunker::Hash128;
+use crate::item::{Body, ItemKind};
+use crate::moves;
 use crate::source::{ApplyFailure, ApplyOutcome, RemoteApply, SharedSource};
-use crate::store::StoreHandle;
-use crate::universal::RemoteItem;
+use crate::store::{self, StoreHandle};
+use crate::universal::{FolderMove, ItemPath, RemoteItem};
 
 /// Most remote items handed to the source task at once (a run; it commits them in parts).
 const APPLY_BATCH: usize = 1024;
@@ -22,6 +26,9 @@ const RUN_BYTES: u64 = 64 << 20;
 const MERGED_UPDATES: usize = 8;
 /// Failed items are tried again this often.
 const RETRY_EVERY: Duration = Duration::from_secs(5);
+/// Most content read from a moved folder's old files to go with their derived entries (the
+/// rest is copied by chunk, or fetched).
+const MOVE_READ_BYTES: u64 = 32 << 20;
 
 /// Applies one feed's index of one source: fetches what is missing, hands each item to the
 /// source task, acknowledges through the feed, and moves the cursor.
@@ -31,6 +38,9 @@ pub struct Receiver {
     /// Highest sequence received, applied or not.
     seen: u64,
     retry: Vec<Retry>,
+    /// Folder moves asked to be sent entry by entry, by first sequence: nothing from there on
+    /// is acknowledged as applied until those entries are dealt with.
+    expanding: BTreeSet<u64>,
     /// This receiver's share of the feed's `needed` counts.
     needed: Needed,
 }
@@ -49,8 +59,8 @@ struct Queue {
     /// Content to fetch for the last run.
     run_bytes: u64,
     /// Per update: how many items are dealt with once it is, the highest sequence it
-    /// covers, and whether its sender said it was caught up.
-    ends: VecDeque<(u64, u64, bool)>,
+    /// covers, whether its sender said it was caught up, and the move it expands, if any.
+    ends: VecDeque<(u64, u64, bool, Option<u64>)>,
     /// Items queued so far.
     queued: u64,
     /// Items dealt with so far (applied, skipped, or set aside for a retry).
@@ -134,6 +144,7 @@ impl Receiver {
             applied,
             seen: applied,
             retry: Vec::new(),
+            expanding: BTreeSet::new(),
         }
     }
 
@@ -174,9 +185,9 @@ impl Receiver {
                     }
                 };
                 let Some(update) = update else { return };
-                self.enqueue(&mut queue, update);
+                self.enqueue(&mut queue, update).await;
             }
-            self.take_arrived(&mut queue, &mut updates);
+            self.take_arrived(&mut queue, &mut updates).await;
             // An update with nothing to apply (all refused, or only the word that the
             // sender is caught up) is dealt with as soon as those before it are.
             self.acknowledge_done(&mut queue, updates.is_empty()).await;
@@ -196,7 +207,7 @@ impl Receiver {
             };
             // What arrived while this run was prepared is queued now, so its first run is
             // prepared while this one is applied.
-            self.take_arrived(&mut queue, &mut updates);
+            self.take_arrived(&mut queue, &mut updates).await;
             next = queue.runs.pop_front().map(|run| self.prepare(run));
             let n = run.len() as u64;
             let size: u64 = run
@@ -223,13 +234,45 @@ impl Receiver {
     }
 
     /// Queues the updates that have arrived (a bounded number at a time).
-    fn take_arrived(&mut self, queue: &mut Queue, updates: &mut mpsc::Receiver<Update>) {
+    async fn take_arrived(&mut self, queue: &mut Queue, updates: &mut mpsc::Receiver<Update>) {
         for _ in 0..MERGED_UPDATES {
             match updates.try_recv() {
-                Ok(update) => self.enqueue(queue, update),
+                Ok(update) => self.enqueue(queue, update).await,
                 Err(_) => break,
             }
         }
+    }
+
+    /// The entries an update's folder moves stand for, derived from the prior state here and
+    /// given the content of small files from their old copies; a move that does not match
+    /// this device's state is asked for entry by entry instead.
+    async fn derive_moves(&mut self, moves: Vec<FolderMove>) -> Vec<RemoteItem> {
+        let mut derived = Vec::new();
+        for mv in moves {
+            let keys = vec![mv.from.to_string(), mv.to.to_string()];
+            let trees = self
+                .fetcher
+                .store
+                .subtrees(self.fetcher.src.id.clone(), keys)
+                .await;
+            let result = match trees.as_deref() {
+                Ok([from, to]) => moves::derive(&mv, from, to).map_err(|e| e.to_string()),
+                Ok(_) => Err("the store gave no subtrees".to_owned()),
+                Err(e) => Err(e.to_string()),
+            };
+            match result {
+                Ok(items) => {
+                    info!(from = %mv.from, to = %mv.to, items = mv.items, "folder moved on the peer");
+                    derived.extend(with_old_content(&self.fetcher.src.root, &mv, items).await);
+                }
+                Err(why) => {
+                    info!(from = %mv.from, to = %mv.to, why = %why, "asking for a folder move's entries");
+                    self.expanding.insert(mv.first_sequence);
+                    self.fetcher.feed.expand(mv.first_sequence).await;
+                }
+            }
+        }
+        derived
     }
 
     async fn retry_failed(&mut self, queue_empty: bool) {
@@ -242,12 +285,17 @@ impl Receiver {
 
     /// Splits an update's items into runs behind those already queued (a run ends at
     /// [`APPLY_BATCH`] items or [`RUN_BYTES`] to fetch) and notes where the update ends.
-    fn enqueue(&mut self, queue: &mut Queue, update: Update) {
+    async fn enqueue(&mut self, queue: &mut Queue, update: Update) {
         let Update {
-            items,
+            mut items,
+            moves,
+            expands,
             through,
             caught_up,
         } = update;
+        if !moves.is_empty() {
+            items.extend(self.derive_moves(moves).await.into_iter().map(Ok));
+        }
         // A newer version of an item waiting for a retry replaces it: the old one may never
         // be applicable (its content gone, its folder replaced), and the new one decides.
         if !self.retry.is_empty() {
@@ -297,17 +345,22 @@ impl Receiver {
                 }
             }
         }
-        queue.ends.push_back((queue.queued, max_seq, caught_up));
+        queue
+            .ends
+            .push_back((queue.queued, max_seq, caught_up, expands));
     }
 
     /// Acknowledges every update whose items are all dealt with.
     async fn acknowledge_done(&mut self, queue: &mut Queue, channel_empty: bool) {
         let mut done = None;
-        while let Some(&(end, max_seq, caught_up)) = queue.ends.front() {
+        while let Some(&(end, max_seq, caught_up, expands)) = queue.ends.front() {
             if end > queue.dealt {
                 break;
             }
             queue.ends.pop_front();
+            if let Some(first) = expands {
+                self.expanding.remove(&first);
+            }
             self.seen = self.seen.max(max_seq);
             done = Some(caught_up);
         }
@@ -324,7 +377,12 @@ impl Receiver {
     /// before the first item still waiting for a retry, so neither side calls it in sync and
     /// a restart asks for that item again.
     async fn acknowledge(&mut self, queue_empty: bool) {
-        let held_back = self.retry.iter().map(|r| r.item.header.sequence).min();
+        let held_back = self
+            .retry
+            .iter()
+            .map(|r| r.item.header.sequence)
+            .chain(self.expanding.first().copied())
+            .min();
         let applied = match held_back {
             Some(first) => self.seen.min(first.saturating_sub(1)),
             None => self.seen,
@@ -338,7 +396,7 @@ impl Receiver {
             }
         }
         self.fetcher.feed.acknowledge(applied, self.seen).await;
-        let idle = queue_empty && self.retry.is_empty();
+        let idle = queue_empty && self.retry.is_empty() && self.expanding.is_empty();
         self.fetcher.feed.progress(Progress::Acknowledged {
             applied,
             seen: self.seen,
@@ -424,4 +482,60 @@ impl Receiver {
         }
         retry
     }
+}
+
+/// Gives the derived additions of a move the content of their old copies where that is small
+/// (files too small to be indexed by chunk, up to [`MOVE_READ_BYTES`] in all), checked
+/// against their hash: no copy by chunk could find those, and the peer need not send them.
+/// Whatever cannot be read is fetched as usual.
+async fn with_old_content(
+    root: &std::path::Path,
+    mv: &FolderMove,
+    mut items: Vec<RemoteItem>,
+) -> Vec<RemoteItem> {
+    let mut budget = MOVE_READ_BYTES;
+    let mut wanted: Vec<(usize, ItemPath, u32, Hash128)> = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        let Some(file) = item.file() else { continue };
+        let small = file.meta.kind == ItemKind::File
+            && !item.header.deleted
+            && file.meta.size > 0
+            && !store::indexed_by_chunk(file.meta.size);
+        let (Some(hash), true) = (file.hash, small) else {
+            continue;
+        };
+        if file.meta.size > budget {
+            break;
+        }
+        let Some(rel) = moves::relative(item.path.as_str(), mv.to.as_str()) else {
+            continue;
+        };
+        let Ok(old) = ItemPath::parse(&format!("{}/{rel}", mv.from)) else {
+            continue;
+        };
+        budget -= file.meta.size;
+        let len = u32::try_from(file.meta.size).unwrap_or(u32::MAX);
+        wanted.push((i, old, len, hash));
+    }
+    if wanted.is_empty() {
+        return items;
+    }
+    let root: PathBuf = root.to_owned();
+    let read = tokio::task::spawn_blocking(move || {
+        let mut folders = crate::apply::RealFolders::default();
+        wanted
+            .into_iter()
+            .filter_map(|(i, old, len, hash)| {
+                let data = crate::apply::read_range_in(&root, &old, 0, len, &mut folders).ok()?;
+                (Hash128::of(&data) == hash).then(|| (i, bytes::Bytes::from(data)))
+            })
+            .collect::<Vec<_>>()
+    })
+    .await;
+    for (i, data) in read.unwrap_or_default() {
+        if let Some(Body::File(file)) = items.get_mut(i).map(|item| &mut item.body) {
+            file.inline = Some(data);
+        }
+    }
+    items
 }

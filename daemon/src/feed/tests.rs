@@ -32,6 +32,8 @@ struct MemoryFeed {
     acked: Mutex<Vec<(u64, u64)>>,
     errors: Mutex<Vec<String>>,
     refusals: Mutex<Vec<String>>,
+    /// First sequences of the moves the receiver asked to have expanded.
+    expanded: Mutex<Vec<u64>>,
     changed: Notify,
 }
 
@@ -55,6 +57,12 @@ impl Feed for MemoryFeed {
 
     fn refused(&self, what: &str) {
         self.refusals.lock().unwrap().push(what.to_owned());
+    }
+
+    fn expand(&self, first_sequence: u64) -> BoxFuture<'_, ()> {
+        self.expanded.lock().unwrap().push(first_sequence);
+        self.changed.notify_waiters();
+        Box::pin(async {})
     }
 }
 
@@ -209,6 +217,7 @@ impl Scene {
             acked: Mutex::new(Vec::new()),
             errors: Mutex::new(Vec::new()),
             refusals: Mutex::new(Vec::new()),
+            expanded: Mutex::new(Vec::new()),
             changed: Notify::new(),
         });
         let chunks = Arc::new(Mutex::new(HashMap::new()));
@@ -261,6 +270,7 @@ impl Scene {
             items: items.into_iter().map(|(i, _)| Ok(i)).collect(),
             through,
             caught_up: true,
+            ..Update::default()
         };
         self.updates.as_ref().unwrap().send(update).await.unwrap();
     }
@@ -272,6 +282,7 @@ impl Scene {
             items: items.into_iter().map(Ok).collect(),
             through,
             caught_up: true,
+            ..Update::default()
         };
         self.updates.as_ref().unwrap().send(update).await.unwrap();
     }
@@ -622,6 +633,7 @@ async fn a_record_sent_to_a_files_source_is_refused_by_name_and_nothing_is_writt
         items: vec![Ok(record)],
         through: 2,
         caught_up: true,
+        ..Update::default()
     };
     s.updates.as_ref().unwrap().send(update).await.unwrap();
     s.applied_through(1).await;

@@ -26,6 +26,9 @@ const SERVE_CONCURRENCY: usize = 2;
 const REQUESTS_PER_FRAME: usize = 8;
 /// Chunk answers are cut into frames of about this many bytes, well below the frame limit.
 const ANSWER_BUDGET: usize = 1 << 20;
+/// Requests to expand a folder move a peer may have unanswered per source (a move goes at
+/// most once per index update, and at most a window of those is unacknowledged).
+const EXPAND_QUEUE: usize = INDEX_WINDOW * universal::MAX_MOVES_PER_UPDATE;
 
 /// Why an exchange ended, as `status` shows it in the peer's `last_error`.
 #[derive(Debug, thiserror::Error)]
@@ -80,6 +83,8 @@ struct Conn {
     cancel: CancellationToken,
     shared: BTreeMap<String, SharedSource>,
     senders: BTreeMap<String, watch::Sender<u64>>,
+    /// Per source, where the peer's requests to expand a folder move go (its sender).
+    expanders: BTreeMap<String, mpsc::Sender<u64>>,
     receivers: BTreeMap<String, mpsc::Sender<feed::Update>>,
     pending: BTreeMap<u64, oneshot::Sender<Result<Vec<u8>, String>>>,
     next_request: u64,
@@ -129,6 +134,7 @@ pub async fn run(
         cancel: cancel.child_token(),
         shared: BTreeMap::new(),
         senders: BTreeMap::new(),
+        expanders: BTreeMap::new(),
         receivers: BTreeMap::new(),
         pending: BTreeMap::new(),
         next_request: 0,
@@ -294,15 +300,26 @@ impl Conn {
                     );
                     return Ok(());
                 };
-                let items = match universal::update_from_pb(&update) {
-                    Ok(items) => items,
+                let checked = universal::update_from_pb(&update)
+                    .and_then(|items| Ok((items, universal::moves_from_pb(&update)?)));
+                let (items, moves) = match checked {
+                    Ok(checked) => checked,
                     Err(e) => {
                         refuse(&self.ctx, &self.device_text, &e.to_string());
                         return Ok(());
                     }
                 };
+                let moves = moves
+                    .into_iter()
+                    .filter_map(|m| {
+                        m.map_err(|e| refuse(&self.ctx, &self.device_text, &e.to_string()))
+                            .ok()
+                    })
+                    .collect();
                 let update = feed::Update {
                     items,
+                    moves,
+                    expands: (update.expands != 0).then_some(update.expands),
                     through: update.through_sequence,
                     caught_up: update.caught_up,
                 };
@@ -320,6 +337,23 @@ impl Conn {
                 board_update(&self.ctx, &self.device_text, &a.source, |s| {
                     s.peer_applied = s.peer_applied.max(a.sequence)
                 });
+            }
+            Some(Body::ExpandMove(ask)) => {
+                let Some(tx) = self.expanders.get(&ask.source) else {
+                    refuse(
+                        &self.ctx,
+                        &self.device_text,
+                        &format!(
+                            "a folder move asked for in source {:?}, not shared with it",
+                            ask.source
+                        ),
+                    );
+                    return Ok(());
+                };
+                // One ask per move announced, and at most a window of those unanswered.
+                if tx.try_send(ask.first_sequence).is_err() {
+                    return Err(Disconnect::Flooded);
+                }
             }
             Some(Body::ChunkRequests(batch)) => self.serve_chunks(batch.requests),
             Some(Body::ChunkAnswers(batch)) => {
@@ -365,6 +399,7 @@ impl Conn {
 
     /// Starts a sender and a receiver for every source both sides share and not yet running.
     async fn start_exchanges(&mut self, hello: pb::Hello) {
+        let moves = hello.capabilities.iter().any(|c| c == hello::FOLDER_MOVES);
         for c in hello.sources {
             let Some(src) = self.shared.get(&c.source).cloned() else {
                 debug!(source = %c.source, "peer shares a source we do not share with it");
@@ -404,6 +439,8 @@ impl Conn {
             if !self.senders.contains_key(&c.source) {
                 let (tx, rx) = watch::channel(from);
                 self.senders.insert(c.source.clone(), tx);
+                let (expand_tx, expand_rx) = mpsc::channel(EXPAND_QUEUE);
+                self.expanders.insert(c.source.clone(), expand_tx);
                 let task = Sender {
                     ctx: self.ctx.clone(),
                     device: self.device_text.clone(),
@@ -411,6 +448,8 @@ impl Conn {
                     out: self.out.clone(),
                     from,
                     acked: rx,
+                    moves,
+                    expand: expand_rx,
                 };
                 let cancel = self.cancel.clone();
                 self.ctx.tasks.spawn(async move {

@@ -41,12 +41,17 @@ pub(super) fn kind_mismatch(
     ))
 }
 
+/// Offered by a build that takes a folder renamed whole as one operation (`FolderMove`) and
+/// asks for its entries (`ExpandMove`) when it cannot derive them.
+pub(super) const FOLDER_MOVES: &str = "folder-moves";
+
 /// The capabilities this build offers, for its hello: a `kind:K` for every kind of data its
-/// registered formats keep (adding a format adds its kind here by itself).
+/// registered formats keep (adding a format adds its kind here by itself), and folder moves.
 pub(super) fn capabilities() -> Vec<String> {
     formats::kinds()
         .into_iter()
         .map(|k| format!("kind:{k}"))
+        .chain([FOLDER_MOVES.to_owned()])
         .collect()
 }
 

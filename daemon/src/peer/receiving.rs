@@ -77,6 +77,18 @@ impl Feed for PeerFeed {
     fn refused(&self, what: &str) {
         refuse(&self.ctx, &self.origin.device, what);
     }
+
+    fn expand(&self, first_sequence: u64) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            // A closed connection asks again on the next one: the cursor stays before it.
+            self.out
+                .send(Body::ExpandMove(pb::ExpandMove {
+                    source: self.source.clone(),
+                    first_sequence,
+                }))
+                .await;
+        })
+    }
 }
 
 /// Chunks from the connected peers that share a source: the one that announced the item,

@@ -1,20 +1,21 @@
 //! This device's index of one source, streamed to one peer from its cursor on, then live;
 //! what came from that peer is not echoed back to it.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 
 use bytes::Bytes;
 use prost::Message;
 use tandem_proto::peer::{self as pb, frame::Body};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tracing::warn;
 
 use super::connection::Outbound;
-use super::{Ctx, SharedSource, board_update};
+use super::{Ctx, SharedSource, board_update, refuse};
 use crate::apply;
 use crate::chunker::Hash128;
 use crate::item::{self, ItemKind};
-use crate::store::{self, IndexPage};
+use crate::moves;
+use crate::store::{self, IndexEntry, IndexPage};
 use crate::universal::{self, ItemPath, RemoteFile, RemoteItem};
 
 /// Index updates are cut well below the frame limit.
@@ -27,6 +28,10 @@ pub(super) const INDEX_WINDOW: usize = 8;
 pub(super) const INLINE_MAX: u64 = 64 * 1024;
 const _: () = assert!(INLINE_MAX as usize <= universal::MAX_INLINE_BYTES);
 
+/// Folder moves announced on this connection remembered for a peer that may ask for their
+/// entries (it asks as soon as it takes the move in, well within the index window).
+const MOVES_REMEMBERED: usize = 4096;
+
 /// Streams this device's index of one source to the peer, from its cursor on, then live.
 pub(super) struct Sender {
     pub(super) ctx: Ctx,
@@ -35,6 +40,21 @@ pub(super) struct Sender {
     pub(super) out: Outbound,
     pub(super) from: u64,
     pub(super) acked: watch::Receiver<u64>,
+    /// The peer takes folder moves as one operation.
+    pub(super) moves: bool,
+    /// First sequences of moves the peer wants entry by entry.
+    pub(super) expand: mpsc::Receiver<u64>,
+}
+
+/// What the loop is doing besides reading: moves sent, and expansions asked for.
+#[derive(Default)]
+struct Moves {
+    /// Announced on this connection: first sequence → last.
+    sent: BTreeMap<u64, u64>,
+    /// Asked to be expanded, not yet answered.
+    asked: Vec<u64>,
+    /// Noted moves up to this first sequence go entry by entry (their range changed).
+    declined: u64,
 }
 
 impl Sender {
@@ -42,14 +62,28 @@ impl Sender {
         let mut status = self.src.status.clone();
         let mut unacked: VecDeque<u64> = VecDeque::new();
         let mut told_caught_up = false;
+        let mut moves = Moves::default();
         loop {
+            // The peer holds its acknowledgements back until these are answered.
+            while let Ok(first) = self.expand.try_recv() {
+                moves.asked.push(first);
+            }
+            for first in std::mem::take(&mut moves.asked) {
+                if !self.expand_move(&moves, first, &mut unacked).await {
+                    return;
+                }
+                moves.sent.remove(&first);
+            }
             let acked = *self.acked.borrow_and_update();
             while unacked.front().is_some_and(|s| *s <= acked) {
                 unacked.pop_front();
             }
             if unacked.len() >= INDEX_WINDOW {
-                if self.acked.changed().await.is_err() {
-                    return;
+                tokio::select! {
+                    changed = self.acked.changed() => if changed.is_err() {
+                        return;
+                    },
+                    Some(first) = self.expand.recv() => moves.asked.push(first),
                 }
                 continue;
             }
@@ -66,6 +100,7 @@ impl Sender {
                         // The peer sent us exactly those versions: echoing them back is
                         // wasted bytes (and reading them, wasted work).
                         except_from: Some(self.device.clone()),
+                        moves_after: self.moves.then_some(moves.declined),
                     },
                 )
                 .await
@@ -76,17 +111,51 @@ impl Sender {
                     return;
                 }
             };
+            if let Some(at) = read.at_move {
+                let first = at.note.first_sequence;
+                let Some(mv) = moves::announce(&at.note, &at.entries) else {
+                    // Something in it changed again since: its entries go one by one.
+                    moves.declined = first;
+                    continue;
+                };
+                let last = mv.last_sequence;
+                let update = pb::IndexUpdate {
+                    source: self.src.id.clone(),
+                    items: Vec::new(),
+                    caught_up: false,
+                    through_sequence: last,
+                    moves: vec![universal::move_to_pb(&mv)],
+                    expands: 0,
+                };
+                if !self.out.send(Body::Index(update)).await {
+                    return;
+                }
+                moves.sent.insert(first, last);
+                while moves.sent.len() > MOVES_REMEMBERED {
+                    moves.sent.pop_first();
+                }
+                self.from = last;
+                told_caught_up = false;
+                unacked.push_back(last);
+                let n = at.entries.len() as u64;
+                board_update(&self.ctx, &self.device, &self.src.id, |s| {
+                    s.sent_items += n;
+                    s.sent_sequence = last;
+                });
+                continue;
+            }
             if read.entries.is_empty() && read.through <= self.from {
                 // "Caught up" promises the receiver there is nothing more to come: not while
                 // this device is still scanning, which would number more changes.
                 if !self.src.status.borrow().settled() {
                     let from = self.from;
-                    if status
-                        .wait_for(|s| s.totals.sequence > from || s.settled())
-                        .await
-                        .is_err()
-                    {
-                        return;
+                    tokio::select! {
+                        waited = status.wait_for(|s| s.totals.sequence > from || s.settled()) => {
+                            if waited.is_err() {
+                                return;
+                            }
+                        }
+                        Some(first) = self.expand.recv() => moves.asked.push(first),
                     }
                     continue;
                 }
@@ -96,6 +165,8 @@ impl Sender {
                         items: Vec::new(),
                         caught_up: true,
                         through_sequence: self.from,
+                        moves: Vec::new(),
+                        expands: 0,
                     };
                     if !self.out.send(Body::Index(update)).await {
                         return;
@@ -105,8 +176,13 @@ impl Sender {
                 }
                 // Sleep until this device numbers something new.
                 let from = self.from;
-                if status.wait_for(|s| s.totals.sequence > from).await.is_err() {
-                    return;
+                tokio::select! {
+                    waited = status.wait_for(|s| s.totals.sequence > from) => {
+                        if waited.is_err() {
+                            return;
+                        }
+                    }
+                    Some(first) = self.expand.recv() => moves.asked.push(first),
                 }
                 continue;
             }
@@ -115,38 +191,20 @@ impl Sender {
             let mut last = self.from;
             let mut cut = false;
             for entry in read.entries {
-                let (prior, chunks) = (entry.item, entry.chunks);
-                let Ok(path) = ItemPath::parse(&prior.key) else {
-                    last = prior.header.sequence;
-                    continue;
-                };
+                let seq = entry.item.header.sequence;
                 // An exchange of files carries files only (the receiver refuses a record).
-                let Some(file) = prior.file() else {
-                    last = prior.header.sequence;
+                let Some(item) = remote_item(entry) else {
+                    last = seq;
                     continue;
-                };
-                let item = RemoteItem {
-                    path,
-                    header: item::Header {
-                        origin: None,
-                        ..prior.header.clone()
-                    },
-                    body: item::Body::File(RemoteFile {
-                        meta: file.meta.clone(),
-                        hash: file.hash,
-                        chunks,
-                        inline: None,
-                    }),
                 };
                 // Counted with its content, which a small file will most likely carry.
-                let len = universal::item_to_pb(&item).encoded_len()
-                    + usize::try_from(inline_len(&item).unwrap_or(0)).unwrap_or(0);
+                let len = wire_len(&item);
                 if !batch.is_empty() && size + len > UPDATE_BUDGET {
                     cut = true;
                     break;
                 }
                 size += len;
-                last = prior.header.sequence;
+                last = seq;
                 batch.push(item);
             }
             if !cut {
@@ -161,6 +219,8 @@ impl Sender {
                 items: batch,
                 caught_up: false,
                 through_sequence: last,
+                moves: Vec::new(),
+                expands: 0,
             };
             if !self.out.send(Body::Index(update)).await {
                 return;
@@ -174,6 +234,99 @@ impl Sender {
             });
         }
     }
+
+    /// Sends the current entries of a move announced on this connection, one by one, in
+    /// updates of the usual size; the last says which move it expands. A move this connection
+    /// did not announce is refused. False once the connection is closed.
+    async fn expand_move(
+        &mut self,
+        moves: &Moves,
+        first: u64,
+        unacked: &mut VecDeque<u64>,
+    ) -> bool {
+        let Some(&last) = moves.sent.get(&first) else {
+            refuse(
+                &self.ctx,
+                &self.device,
+                &format!("asked for the entries of a folder move at {first} it was not sent"),
+            );
+            return true;
+        };
+        let entries = match self
+            .ctx
+            .store
+            .entries_in(self.src.id.clone(), first, last)
+            .await
+        {
+            Ok(entries) => entries,
+            Err(e) => {
+                // Without its answer the peer never acknowledges past the move; a new
+                // connection announces it again.
+                warn!(error = %e, source = %self.src.id, "cannot read a folder move's entries");
+                return false;
+            }
+        };
+        let mut parts: Vec<Vec<RemoteItem>> = vec![Vec::new()];
+        let mut size = 0usize;
+        for item in entries.into_iter().filter_map(remote_item) {
+            let len = wire_len(&item);
+            let full = parts
+                .last()
+                .is_some_and(|p| !p.is_empty() && (size + len > UPDATE_BUDGET || p.len() >= 1000));
+            if full {
+                parts.push(Vec::new());
+                size = 0;
+            }
+            size += len;
+            if let Some(part) = parts.last_mut() {
+                part.push(item);
+            }
+        }
+        let count = parts.len();
+        for (i, part) in parts.into_iter().enumerate() {
+            let part = with_inline_content(&self.ctx, &self.src, part).await;
+            let update = pb::IndexUpdate {
+                source: self.src.id.clone(),
+                items: part.iter().map(universal::item_to_pb).collect(),
+                caught_up: false,
+                through_sequence: self.from,
+                moves: Vec::new(),
+                expands: if i + 1 == count { first } else { 0 },
+            };
+            if !self.out.send(Body::Index(update)).await {
+                return false;
+            }
+            unacked.push_back(self.from);
+        }
+        true
+    }
+}
+
+/// An entry of the index as a peer is sent it; `None` for what an exchange of files does not
+/// carry (a record, a key that is no item path).
+fn remote_item(entry: IndexEntry) -> Option<RemoteItem> {
+    let (prior, chunks) = (entry.item, entry.chunks);
+    let path = ItemPath::parse(&prior.key).ok()?;
+    let file = prior.file()?;
+    Some(RemoteItem {
+        path,
+        header: item::Header {
+            origin: None,
+            ..prior.header.clone()
+        },
+        body: item::Body::File(RemoteFile {
+            meta: file.meta.clone(),
+            hash: file.hash,
+            chunks,
+            inline: None,
+        }),
+    })
+}
+
+/// An item's size on the wire, with the content a small file will most likely carry.
+fn wire_len(item: &RemoteItem) -> usize {
+    universal::item_to_pb(item).encoded_len()
+        + usize::try_from(inline_len(item).unwrap_or(0)).unwrap_or(0)
 }
 
 /// The content size of an item that may travel inline: a live regular file no larger than

@@ -17,6 +17,7 @@ pub(super) fn all() -> Migrations<'static> {
             "../../../migrations/0007_item_key_and_record.sql"
         )),
         M::up(include_str!("../../../migrations/0008_apply_batches.sql")),
+        M::up(include_str!("../../../migrations/0009_folder_moves.sql")),
     ])
 }
 

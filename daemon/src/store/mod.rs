@@ -14,7 +14,8 @@ use std::thread::JoinHandle;
 use tokio::sync::oneshot;
 
 pub use queries::{
-    ChunkSource, IndexEntry, IndexPage, IndexRead, PeerRow, Settles, SourceRow, Totals,
+    ChunkSource, IndexEntry, IndexPage, IndexRead, MoveAt, MoveNote, PeerRow, Settles, SourceRow,
+    Totals,
 };
 
 /// Files of at most this many bytes are not indexed by chunk, so no local copy of their
@@ -258,7 +259,56 @@ impl StoreHandle {
         diffs: Vec<crate::item::Difference>,
         settles: Settles,
     ) -> Result<Vec<u64>> {
-        self.call(move |c| queries::commit(c, &source_id, &diffs, &settles))
+        self.call(move |c| queries::commit(c, &source_id, &diffs, &settles, None))
+            .await
+    }
+
+    /// Commits a scan's folder move (its deletions and additions, numbered together) in one
+    /// transaction, noting it so senders may announce it as one operation.
+    pub async fn commit_move(
+        &self,
+        source_id: String,
+        diffs: Vec<crate::item::Difference>,
+        from: String,
+        to: String,
+        items: u32,
+    ) -> Result<Vec<u64>> {
+        self.call(move |c| {
+            let moved = Some((from.as_str(), to.as_str(), items));
+            queries::commit(c, &source_id, &diffs, &Settles::Nothing, moved)
+        })
+        .await
+    }
+
+    /// The current entries numbered `first..=last` (a folder move's range), in order.
+    pub async fn entries_in(
+        &self,
+        source_id: String,
+        first: u64,
+        last: u64,
+    ) -> Result<Vec<IndexEntry>> {
+        self.call(move |c| queries::entries_in(c, &source_id, first, last))
+            .await
+    }
+
+    /// For each new folder (path, inode), the live folder recorded with that inode under
+    /// another name: `(new path, old key)` pairs, in one trip.
+    pub async fn live_folders_with_inodes(
+        &self,
+        source_id: String,
+        folders: Vec<(String, u64)>,
+    ) -> Result<Vec<(String, String)>> {
+        self.call(move |c| queries::live_folders_with_inodes(c, &source_id, &folders))
+            .await
+    }
+
+    /// Every item at and under each key, with chunk lists, in one trip.
+    pub async fn subtrees(
+        &self,
+        source_id: String,
+        keys: Vec<String>,
+    ) -> Result<Vec<Vec<IndexEntry>>> {
+        self.call(move |c| queries::subtrees(c, &source_id, &keys))
             .await
     }
 

@@ -452,11 +452,15 @@ pub(super) fn prior_batch(
         .collect()
 }
 
+/// Most folder moves noted per source: older notes go (their entries still go one by one).
+const MOVES_KEPT: i64 = 1000;
+
 pub(super) fn commit(
     c: &mut Connection,
     source_id: &str,
     diffs: &[Difference],
     settles: &Settles,
+    moved: Option<(&str, &str, u32)>,
 ) -> Result<Vec<u64>> {
     let err = sql("committing differences");
     let tx = c.transaction().map_err(&err)?;
@@ -552,6 +556,22 @@ pub(super) fn commit(
         params![source_id, to_i64(seq)],
     )
     .map_err(&err)?;
+    if let (Some((from, to, items)), Some(first), Some(last)) = (moved, seqs.first(), seqs.last()) {
+        tx.execute(
+            "INSERT INTO folder_moves (source_id, first_sequence, last_sequence, from_key,
+                                       to_key, items)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![source_id, to_i64(*first), to_i64(*last), from, to, items],
+        )
+        .map_err(&err)?;
+        tx.execute(
+            "DELETE FROM folder_moves WHERE source_id = ?1 AND first_sequence <
+                (SELECT first_sequence FROM folder_moves WHERE source_id = ?1
+                 ORDER BY first_sequence DESC LIMIT 1 OFFSET ?2)",
+            params![source_id, MOVES_KEPT - 1],
+        )
+        .map_err(&err)?;
+    }
     // Every write the settled batches announced is either recorded by this transaction or
     // never happened.
     match settles {
@@ -921,6 +941,29 @@ pub struct IndexPage {
     pub with_content_up_to: u64,
     /// Items whose current version came from this device are left out: it has them.
     pub except_from: Option<String>,
+    /// Stop before the first folder move noted after `moves_after` (a sequence), and when
+    /// nothing comes before it, give the move and its entries ([`IndexRead::at_move`]).
+    /// `None`: the peer cannot take moves; every entry goes one by one.
+    pub moves_after: Option<u64>,
+}
+
+/// A folder move a scan noted: the entries numbered `first_sequence..=last_sequence` are the
+/// deletions of `items` items at and under `from` and their additions under `to`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MoveNote {
+    pub first_sequence: u64,
+    pub last_sequence: u64,
+    pub from: String,
+    pub to: String,
+    pub items: u32,
+}
+
+/// A noted folder move that comes next in the index, with the current entries of its range
+/// (fewer than twice its items, or others, once anything in it changed again).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MoveAt {
+    pub note: MoveNote,
+    pub entries: Vec<IndexEntry>,
 }
 
 /// One read of a source's index.
@@ -930,6 +973,8 @@ pub struct IndexRead {
     pub entries: Vec<IndexEntry>,
     /// Every sequence up to this one was read or left out on purpose.
     pub through: u64,
+    /// The noted folder move that comes next, when no entry comes before it.
+    pub at_move: Option<MoveAt>,
 }
 
 impl IndexPage {
@@ -966,6 +1011,12 @@ pub(super) fn items_since(
     let err = sql("reading the index");
     let tx = c.transaction().map_err(&err)?;
     let numbered = numbered(&tx, source_id).map_err(&err)?.unwrap_or(0);
+    let next_move = match page.moves_after {
+        Some(skip) => next_move(&tx, source_id, after.max(skip))?,
+        None => None,
+    };
+    // Entries before the next move only: the move itself goes as one operation.
+    let before = next_move.as_ref().map(|m| m.first_sequence);
     let mut entries = Vec::new();
     let mut full = false;
     {
@@ -973,6 +1024,7 @@ pub(super) fn items_since(
             .prepare_cached(&format!(
                 "SELECT {ITEM_COLUMNS}, chunks FROM items
                  WHERE source_id = ?1 AND sequence > ?2 AND (?4 IS NULL OR origin IS NOT ?4)
+                   AND (?5 IS NULL OR sequence < ?5)
                  ORDER BY sequence LIMIT ?3"
             ))
             .map_err(&err)?;
@@ -984,6 +1036,7 @@ pub(super) fn items_since(
                     to_i64(after),
                     i64::try_from(page.items).unwrap_or(i64::MAX),
                     page.except_from,
+                    before.map(to_i64),
                 ],
                 |r| Ok((raw_item(r)?, r.get::<_, Option<Vec<u8>>>(14)?)),
             )
@@ -991,32 +1044,188 @@ pub(super) fn items_since(
         let mut bytes = 0usize;
         for row in rows {
             let (raw, chunks) = row.map_err(&err)?;
-            let item = decode_item(source_id, raw)?;
-            let chunks = match chunks {
-                Some(blob) => chunker::decode_chunk_list(&blob).map_err(|e| Error::Corrupt {
-                    source_id: source_id.to_owned(),
-                    path: item.key.clone(),
-                    reason: e.to_string(),
-                })?,
-                None => Vec::new(),
-            };
-            bytes += page.estimate(&item, chunks.len());
-            entries.push(IndexEntry { item, chunks });
+            let entry = index_entry(source_id, raw, chunks)?;
+            bytes += page.estimate(&entry.item, entry.chunks.len());
+            entries.push(entry);
             if bytes >= page.bytes {
                 full = true;
                 break;
             }
         }
     }
-    tx.finish().map_err(&err)?;
     // A page that ended early covers up to its last entry; one that ran out covers every
-    // sequence numbered so far, the items left out included.
+    // sequence numbered so far (up to the next move), the items left out included.
     let through = if full || entries.len() >= page.items {
         entries.last().map_or(after, |e| e.item.header.sequence)
     } else {
-        numbered.max(after)
+        let end = before.map_or(numbered, |b| numbered.min(b.saturating_sub(1)));
+        end.max(after)
     };
-    Ok(IndexRead { entries, through })
+    let at_move = match next_move {
+        Some(note) if entries.is_empty() && through + 1 >= note.first_sequence => {
+            let entries = entries_between(&tx, source_id, note.first_sequence, note.last_sequence)?;
+            Some(MoveAt { note, entries })
+        }
+        _ => None,
+    };
+    tx.finish().map_err(&err)?;
+    Ok(IndexRead {
+        entries,
+        through,
+        at_move,
+    })
+}
+
+/// The first folder move noted after sequence `after`.
+fn next_move(c: &Connection, source_id: &str, after: u64) -> Result<Option<MoveNote>> {
+    let err = sql("reading folder moves");
+    c.prepare_cached(
+        "SELECT first_sequence, last_sequence, from_key, to_key, items FROM folder_moves
+         WHERE source_id = ?1 AND first_sequence > ?2 ORDER BY first_sequence LIMIT 1",
+    )
+    .map_err(&err)?
+    .query_row(params![source_id, to_i64(after)], |r| {
+        Ok(MoveNote {
+            first_sequence: to_u64(r.get(0)?),
+            last_sequence: to_u64(r.get(1)?),
+            from: r.get(2)?,
+            to: r.get(3)?,
+            items: u32::try_from(r.get::<_, i64>(4)?).unwrap_or(u32::MAX),
+        })
+    })
+    .optional()
+    .map_err(&err)
+}
+
+/// The current entries numbered within a move's range, in sequence order.
+fn entries_between(
+    c: &Connection,
+    source_id: &str,
+    first: u64,
+    last: u64,
+) -> Result<Vec<IndexEntry>> {
+    let err = sql("reading a folder move's entries");
+    let mut stmt = c
+        .prepare_cached(&format!(
+            "SELECT {ITEM_COLUMNS}, chunks FROM items
+             WHERE source_id = ?1 AND sequence >= ?2 AND sequence <= ?3 ORDER BY sequence"
+        ))
+        .map_err(&err)?;
+    let rows = stmt
+        .query_map(params![source_id, to_i64(first), to_i64(last)], |r| {
+            Ok((raw_item(r)?, r.get::<_, Option<Vec<u8>>>(14)?))
+        })
+        .map_err(&err)?;
+    let mut entries = Vec::new();
+    for row in rows {
+        let (raw, chunks) = row.map_err(&err)?;
+        entries.push(index_entry(source_id, raw, chunks)?);
+    }
+    Ok(entries)
+}
+
+fn index_entry(source_id: &str, raw: RawItem, chunks: Option<Vec<u8>>) -> Result<IndexEntry> {
+    let item = decode_item(source_id, raw)?;
+    let chunks = match chunks {
+        Some(blob) => chunker::decode_chunk_list(&blob).map_err(|e| Error::Corrupt {
+            source_id: source_id.to_owned(),
+            path: item.key.clone(),
+            reason: e.to_string(),
+        })?,
+        None => Vec::new(),
+    };
+    Ok(IndexEntry { item, chunks })
+}
+
+/// The current entries numbered `first..=last`, for a peer that asked for a move's entries
+/// one by one.
+pub(super) fn entries_in(
+    c: &mut Connection,
+    source_id: &str,
+    first: u64,
+    last: u64,
+) -> Result<Vec<IndexEntry>> {
+    entries_between(c, source_id, first, last)
+}
+
+/// For each new folder (path, inode): the live recorded folder with that inode under another
+/// name, if any (its old name, if it was renamed). One read transaction.
+pub(super) fn live_folders_with_inodes(
+    c: &mut Connection,
+    source_id: &str,
+    folders: &[(String, u64)],
+) -> Result<Vec<(String, String)>> {
+    let err = sql("looking up folders by inode");
+    let tx = c.transaction().map_err(&err)?;
+    let mut found = Vec::new();
+    {
+        let mut stmt = tx
+            .prepare_cached(
+                "SELECT key FROM items
+                 WHERE source_id = ?1 AND inode = ?2 AND kind = 1 AND deleted = 0 AND key != ?3
+                 LIMIT 1",
+            )
+            .map_err(&err)?;
+        for (path, inode) in folders {
+            let old: Option<String> = stmt
+                .query_row(params![source_id, to_i64(*inode), path], |r| r.get(0))
+                .optional()
+                .map_err(&err)?;
+            if let Some(old) = old {
+                found.push((path.clone(), old));
+            }
+        }
+    }
+    tx.finish().map_err(&err)?;
+    Ok(found)
+}
+
+/// Every item at and under each of `keys`, with its chunk list, in one read transaction.
+pub(super) fn subtrees(
+    c: &mut Connection,
+    source_id: &str,
+    keys: &[String],
+) -> Result<Vec<Vec<IndexEntry>>> {
+    let err = sql("reading prior state");
+    let tx = c.transaction().map_err(&err)?;
+    let mut trees = Vec::with_capacity(keys.len());
+    {
+        // Two lookups per key, the item and its subtree [k/, k0): one query with an OR of
+        // both made SQLite scan the whole source.
+        let mut exact = tx
+            .prepare_cached(&format!(
+                "SELECT {ITEM_COLUMNS}, chunks FROM items WHERE source_id = ?1 AND key = ?2"
+            ))
+            .map_err(&err)?;
+        let mut under = tx
+            .prepare_cached(&format!(
+                "SELECT {ITEM_COLUMNS}, chunks FROM items
+                 WHERE source_id = ?1 AND key >= ?2 AND key < ?3 ORDER BY key"
+            ))
+            .map_err(&err)?;
+        let row = |r: &rusqlite::Row<'_>| Ok((raw_item(r)?, r.get::<_, Option<Vec<u8>>>(14)?));
+        for key in keys {
+            let mut tree = Vec::new();
+            for found in exact
+                .query_map(params![source_id, key], row)
+                .map_err(&err)?
+            {
+                let (raw, chunks) = found.map_err(&err)?;
+                tree.push(index_entry(source_id, raw, chunks)?);
+            }
+            let (lo, hi) = (format!("{key}/"), format!("{key}0"));
+            for found in under
+                .query_map(params![source_id, lo, hi], row)
+                .map_err(&err)?
+            {
+                let (raw, chunks) = found.map_err(&err)?;
+                tree.push(index_entry(source_id, raw, chunks)?);
+            }
+            trees.push(tree);
+        }
+    }
+    tx.finish().map_err(&err)?;
+    Ok(trees)
 }
 
 pub(super) fn chunk_sources(c: &mut Connection, hash: &[u8]) -> Result<Vec<ChunkSource>> {

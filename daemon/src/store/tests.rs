@@ -136,7 +136,7 @@ fn migrates_from_an_empty_database() {
     let version: i64 = conn
         .pragma_query_value(None, "user_version", |r| r.get(0))
         .unwrap();
-    assert_eq!(version, 8);
+    assert_eq!(version, 9);
     migrations::all().validate().unwrap();
 }
 
@@ -484,6 +484,7 @@ async fn a_record_body_round_trips_and_a_file_may_replace_it() {
                 bytes: 1 << 20,
                 with_content_up_to: 0,
                 except_from: None,
+                moves_after: None,
             },
         )
         .await
@@ -540,6 +541,7 @@ async fn an_index_page_stops_once_its_entries_fill_the_bytes_it_may_take() {
         bytes,
         with_content_up_to: 65_536,
         except_from: None,
+        moves_after: None,
     };
     let read = |after, bytes| {
         let store = store.clone();
@@ -594,6 +596,7 @@ async fn a_read_for_a_peer_leaves_out_its_own_versions_and_still_covers_their_se
             bytes: usize::MAX,
             with_content_up_to: 0,
             except_from: except.map(str::to_owned),
+            moves_after: None,
         };
         async move {
             let read = store.items_since("docs".into(), 0, page).await.unwrap();
