@@ -43,7 +43,8 @@ pub enum Mismatch {
 }
 
 /// One entry as the peer receives it, the fields a digest covers (a deletion carries no size,
-/// hash or link target; the inode is never sent).
+/// hash or link target; the inode is never sent; the mtime of a folder or a link is each
+/// device's own, set when it writes them, so it is left out too).
 struct Wire<'a> {
     /// Path relative to the moved folder ("" for the folder itself).
     rel: &'a str,
@@ -72,7 +73,11 @@ impl<'a> Wire<'a> {
             version: &header.version,
             kind: meta.kind,
             size: if live { meta.size } else { 0 },
-            mtime_ns: meta.mtime_ns,
+            mtime_ns: if meta.kind == ItemKind::File {
+                meta.mtime_ns
+            } else {
+                0
+            },
             mode: meta.mode,
             target: meta
                 .symlink_target

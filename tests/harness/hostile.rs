@@ -81,6 +81,8 @@ pub struct Heard {
     pub chunk_answers: BTreeMap<u64, pb::ChunkData>,
     /// Index updates received per source (they are acknowledged at once).
     pub index_updates: BTreeMap<String, u64>,
+    /// Folder moves the agent asked to have sent entry by entry: (source, first sequence).
+    pub expand_asks: Vec<(String, u64)>,
     /// Why the exchange ended, once it has.
     pub closed: Option<String>,
 }
@@ -202,6 +204,23 @@ impl HostilePeer {
             items,
             caught_up: true,
             through_sequence: self.next_sequence,
+            ..Default::default()
+        }));
+    }
+
+    /// Sends one folder move of `source` as an index update of its own, numbered with this
+    /// peer's next sequences (two per item moved, as a real peer numbers them).
+    pub fn folder_move(&mut self, source: &str, mut mv: pb::FolderMove) {
+        mv.first_sequence = self.next_sequence + 1;
+        self.next_sequence += 2 * u64::from(mv.items);
+        mv.last_sequence = self.next_sequence;
+        mv.author = self.short;
+        self.send(Body::Index(pb::IndexUpdate {
+            source: source.to_owned(),
+            caught_up: true,
+            through_sequence: self.next_sequence,
+            moves: vec![mv],
+            ..Default::default()
         }));
     }
 
@@ -389,6 +408,10 @@ async fn listen(
                 Some(Body::Applied(ack))
             }
             Body::Applied(_) => None,
+            Body::ExpandMove(ask) => {
+                heard.send_modify(|h| h.expand_asks.push((ask.source, ask.first_sequence)));
+                None
+            }
             Body::ChunkRequests(batch) => {
                 let table = serving.lock().expect("the serving table is never poisoned");
                 let answers = batch

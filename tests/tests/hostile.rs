@@ -643,3 +643,72 @@ fn a_peer_keeping_the_source_as_another_kind_of_data_is_refused_for_that_source(
         "a refused source is not in sync"
     );
 }
+
+/// A folder move with M's hash of nothing, for `from` renamed to `to`, of `items` items.
+fn folder_move(from: &str, to: &str, items: u32) -> pb::FolderMove {
+    pb::FolderMove {
+        from: from.into(),
+        to: to.into(),
+        items,
+        digest: vec![7; 16],
+        folder: Some(pb::FileBody {
+            kind: pb::ItemKind::Directory as i32,
+            mode: 0o755,
+            mtime_ns: 1_000_000_000,
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+#[test]
+fn folder_moves_out_of_the_source_are_refused_and_one_that_does_not_match_is_asked_for() {
+    let s = Scene::new();
+    tree::write(&s.docs.join("photos/a.jpg"), "not really a jpeg");
+    tree::write(&s.docs.join("photos/b.jpg"), "nor this");
+    let scanned = backoff::retry_with_backoff(LIMIT, || {
+        (num(&s.a.source("docs"), "files") == 3).then_some(())
+    });
+    assert!(scanned.is_some(), "photos not scanned: {:#}", s.a.status());
+    let before = s.disk();
+    let mut m = s.connect(&["docs"]);
+
+    for (from, to, what) in [
+        ("photos", "../escape", "a move out of the source"),
+        ("../outside", "stolen", "a move of something outside"),
+        ("photos", "photos/inner", "a move into itself"),
+        (
+            "photos",
+            ".tandem/versions/x",
+            "a move into the agent's folder",
+        ),
+        ("link", "link/x", "a move into itself through a link"),
+    ] {
+        s.expect_refused(what, || m.folder_move("docs", folder_move(from, to, 3)));
+    }
+    // Plausible, but A's photos are not what M describes (the digest is M's invention): A
+    // derives nothing from it, asks for the entries instead, and moves nothing.
+    m.folder_move("docs", folder_move("photos", "pictures", 3));
+    let heard = m.wait_for(LIMIT, |h| !h.expand_asks.is_empty());
+    assert_eq!(
+        heard.expand_asks.len(),
+        1,
+        "A asked for the move's entries once: {:?}",
+        heard.expand_asks
+    );
+    assert_eq!(heard.expand_asks[0].0, "docs");
+    let asked = backoff::retry_with_backoff(LIMIT, || {
+        (num(&s.progress(), "expanded_moves") == 1).then_some(())
+    });
+    assert!(asked.is_some(), "{:#}", s.progress());
+    assert_eq!(num(&s.progress(), "moved_folders"), 0);
+    // Until the entries come, nothing from the move on counts as applied.
+    let progress = s.progress();
+    assert!(
+        num(&progress, "needed_items") == 0,
+        "the move itself needs nothing fetched: {progress:#}"
+    );
+    assert_eq!(s.disk(), before, "nothing moved, nothing written");
+    assert!(s.docs.join("photos/a.jpg").is_file());
+    assert!(!s.docs.join("pictures").exists());
+}

@@ -918,3 +918,59 @@ fn a_file_and_a_folder_made_apart_under_one_name_both_survive() {
         );
     }
 }
+
+#[test]
+fn a_folder_renamed_whole_goes_as_one_move_and_comes_back_as_one() {
+    let (a, da, b, db) = two_sharing(
+        |d| {
+            for i in 0..300 {
+                tree::write(
+                    &d.join(format!("album/{:02}/photo {i}.txt", i % 7)),
+                    format!("photo {i}"),
+                );
+            }
+            // Big enough to be copied by chunk from its old name, not read whole.
+            tree::write(
+                &d.join("album/big.bin"),
+                PseudoRandom::new(9).bytes(300_000),
+            );
+            symlink("big.bin", d.join("album/latest")).expect("symlink album/latest");
+            tree::write(&d.join("elsewhere.txt"), "not moved");
+        },
+        |_| {},
+    );
+    settle(&a, &b);
+    tree::assert_same_trees(&da, &db);
+    let fetched = |on: &Agent, from: &Agent| num(&on.progress("docs", from), "fetched_bytes");
+    let fetched_before = fetched(&b, &a);
+
+    fs::rename(da.join("album"), da.join("pictures")).expect("rename album/");
+    settle(&a, &b);
+    tree::assert_same_trees(&da, &db);
+    assert!(db.join("pictures/big.bin").is_file() && !db.join("album").exists());
+    let progress = b.progress("docs", &a);
+    assert_eq!(num(&progress, "moved_folders"), 1, "{progress:#}");
+    assert_eq!(num(&progress, "expanded_moves"), 0, "{progress:#}");
+    assert_eq!(
+        fetched(&b, &a),
+        fetched_before,
+        "no content crossed the network: B had it all under the old name"
+    );
+    for agent in [&a, &b] {
+        prior::assert_matches_tree(
+            &agent.prior_state("docs"),
+            if std::ptr::eq(agent, &a) { &da } else { &db },
+        );
+    }
+
+    // And back, from B, into a folder of its own.
+    fs::create_dir(db.join("archive")).expect("mkdir archive");
+    settle(&a, &b);
+    fs::rename(db.join("pictures"), db.join("archive/2026")).expect("rename pictures/");
+    settle(&a, &b);
+    tree::assert_same_trees(&da, &db);
+    let progress = a.progress("docs", &b);
+    assert_eq!(num(&progress, "moved_folders"), 1, "{progress:#}");
+    assert_eq!(num(&progress, "expanded_moves"), 0, "{progress:#}");
+    prior::assert_matches_tree(&a.prior_state("docs"), &da);
+}

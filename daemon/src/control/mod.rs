@@ -105,6 +105,8 @@ fn progress_pb(s: &SourceStatus, board: &Board) -> Vec<pb::PeerProgress> {
                 fetched_bytes: p.fetched_bytes,
                 reused_bytes: p.reused_bytes,
                 sent_items: p.sent_items,
+                moved_folders: p.moved_folders,
+                expanded_moves: p.expanded_moves,
                 // A source refused with this peer says why before anything else.
                 last_error: if p.refused.is_empty() {
                     p.last_error

@@ -64,6 +64,8 @@ pub enum Progress {
     Acknowledged { applied: u64, seen: u64, idle: bool },
     /// The sender's last update said whether it had sent everything.
     CaughtUp(bool),
+    /// A folder move was taken as one operation (true), or asked for entry by entry.
+    Moved(bool),
     /// The last thing that went wrong, naming the item.
     Error(String),
 }

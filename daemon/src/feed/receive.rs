@@ -263,10 +263,12 @@ impl Receiver {
             match result {
                 Ok(items) => {
                     info!(from = %mv.from, to = %mv.to, items = mv.items, "folder moved on the peer");
+                    self.fetcher.feed.progress(Progress::Moved(true));
                     derived.extend(with_old_content(&self.fetcher.src.root, &mv, items).await);
                 }
                 Err(why) => {
                     info!(from = %mv.from, to = %mv.to, why = %why, "asking for a folder move's entries");
+                    self.fetcher.feed.progress(Progress::Moved(false));
                     self.expanding.insert(mv.first_sequence);
                     self.fetcher.feed.expand(mv.first_sequence).await;
                 }

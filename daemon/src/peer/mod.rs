@@ -52,6 +52,10 @@ pub struct PeerSourceStatus {
     pub sent_items: u64,
     /// Highest local sequence sent to the peer.
     pub sent_sequence: u64,
+    /// The peer's folder moves derived here as one operation each.
+    pub moved_folders: u64,
+    /// The peer's folder moves asked for entry by entry instead.
+    pub expanded_moves: u64,
     /// Highest local sequence the peer says it has applied.
     pub peer_applied: u64,
     /// The peer's own local sequence, as last announced.

@@ -70,6 +70,8 @@ impl Feed for PeerFeed {
                 s.receiving_idle = idle;
             }),
             Progress::CaughtUp(caught_up) => self.board(|s| s.peer_caught_up = caught_up),
+            Progress::Moved(true) => self.board(|s| s.moved_folders += 1),
+            Progress::Moved(false) => self.board(|s| s.expanded_moves += 1),
             Progress::Error(e) => self.board(|s| s.last_error = e),
         }
     }

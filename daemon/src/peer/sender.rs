@@ -69,7 +69,10 @@ impl Sender {
                 moves.asked.push(first);
             }
             for first in std::mem::take(&mut moves.asked) {
-                if !self.expand_move(&moves, first, &mut unacked).await {
+                if !self
+                    .expand_move(&moves, first, told_caught_up, &mut unacked)
+                    .await
+                {
                     return;
                 }
                 moves.sent.remove(&first);
@@ -242,6 +245,7 @@ impl Sender {
         &mut self,
         moves: &Moves,
         first: u64,
+        caught_up: bool,
         unacked: &mut VecDeque<u64>,
     ) -> bool {
         let Some(&last) = moves.sent.get(&first) else {
@@ -288,7 +292,8 @@ impl Sender {
             let update = pb::IndexUpdate {
                 source: self.src.id.clone(),
                 items: part.iter().map(universal::item_to_pb).collect(),
-                caught_up: false,
+                // Sending these changes nothing of what the peer was told of the rest.
+                caught_up: caught_up && i + 1 == count,
                 through_sequence: self.from,
                 moves: Vec::new(),
                 expands: if i + 1 == count { first } else { 0 },

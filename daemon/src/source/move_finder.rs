@@ -162,7 +162,7 @@ impl MoveFinder {
 
 /// The number of items moved if `c` is a folder renamed whole: every live item at and under
 /// the old name gone, and the same relative paths added under the new one with the same
-/// metadata (the folder's own mtime aside) and content.
+/// metadata (mtimes of folders and links aside) and content.
 fn whole_move(c: &Candidate) -> Option<u32> {
     if c.spoiled || c.adds.is_empty() || c.adds.len() != c.dels.len() {
         return None;
@@ -200,7 +200,9 @@ fn whole_move(c: &Candidate) -> Option<u32> {
             && old.size == meta.size
             && old.mode == meta.mode
             && old.symlink_target == meta.symlink_target
-            && (rel.is_empty() || old.mtime_ns == meta.mtime_ns)
+            // A folder's or link's mtime is this device's own (a peer's writes set it), and
+            // the moved folder's may change with the rename: only a file's must match.
+            && (meta.kind != ItemKind::File || old.mtime_ns == meta.mtime_ns)
             && old_hash == hash;
         if !same {
             return None;

@@ -156,6 +156,12 @@ fn anything_else_is_committed_as_usual() {
         meta.mtime_ns += 1;
     }
     assert_eq!(plain(adds, tree("old", deleted)), 8);
+    // A file whose mode changed.
+    let mut adds = tree("new", added);
+    if let Found::Changed { meta, .. } = &mut adds[1] {
+        meta.mode = 0o600;
+    }
+    assert_eq!(plain(adds, tree("old", deleted)), 8);
     // Something under the new name could not be read.
     let mut adds = tree("new", added);
     adds.push(Found::Error {
@@ -168,10 +174,12 @@ fn anything_else_is_committed_as_usual() {
 }
 
 #[test]
-fn the_folder_mtime_may_change_with_the_rename() {
+fn folder_mtimes_may_differ() {
     let mut adds = tree("new", added);
-    if let Found::Changed { meta, .. } = &mut adds[0] {
-        meta.mtime_ns += 99;
+    for i in [0, 2] {
+        if let Found::Changed { meta, .. } = &mut adds[i] {
+            meta.mtime_ns += 99;
+        }
     }
     let (_, outcomes) = scan(adds, tree("old", deleted));
     assert!(matches!(outcomes.as_slice(), [Outcome::Moved { .. }]));
