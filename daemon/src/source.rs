@@ -29,6 +29,7 @@ use crate::watcher::{self, Debouncer, Pending, WatchEvent};
 
 mod gone;
 mod move_finder;
+mod moved;
 mod own_writes;
 mod remote;
 
@@ -133,6 +134,31 @@ enum Msg {
     Resume(oneshot::Sender<()>),
     /// A peer's difference, content already built and verified in a temp file if it has any.
     Apply(Vec<RemoteApply>, oneshot::Sender<Vec<ApplyOutcome>>),
+    /// A peer's folder move, to apply as one rename if it checks out here.
+    ApplyMove(MoveApply, oneshot::Sender<MoveOutcome>),
+}
+
+/// A peer's folder move whose entries this device derived from its own prior state, to apply
+/// as one rename.
+#[derive(Debug)]
+pub struct MoveApply {
+    pub from: crate::universal::ItemPath,
+    pub to: crate::universal::ItemPath,
+    /// The entries the move stands for: additions (parents first), then deletions.
+    pub items: Vec<RemoteItem>,
+    /// Short ID of the peer it came from, for events.
+    pub peer: String,
+    /// Full device ID of that peer: the items are not echoed back to it.
+    pub peer_device: String,
+}
+
+/// What became of a folder move.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MoveOutcome {
+    /// Renamed, and every entry recorded.
+    Moved,
+    /// Not done as one rename (nothing of it was written); why. Its entries go one by one.
+    ItemByItem(String),
 }
 
 /// One remote difference handed to the source task for the final, local step.
@@ -248,6 +274,18 @@ impl SourceCommander {
         if self.tx.send(Msg::Resume(tx)).await.is_ok() {
             let _ = rx.await;
         }
+    }
+
+    /// Applies a peer's folder move as one rename if it checks out here; otherwise nothing
+    /// of it is written and the outcome says why.
+    pub async fn apply_move(&self, mv: MoveApply) -> MoveOutcome {
+        let (tx, rx) = oneshot::channel();
+        if self.tx.send(Msg::ApplyMove(mv, tx)).await.is_ok()
+            && let Ok(outcome) = rx.await
+        {
+            return outcome;
+        }
+        MoveOutcome::ItemByItem("the source stopped".into())
     }
 
     /// Applies peers' differences in order (checks, writes) and records them in one
@@ -398,6 +436,7 @@ pub fn spawn(
         next_full: Instant::now(),
         retry_at: None,
         deferred: Vec::new(),
+        deferred_moves: Vec::new(),
         applied_records: Vec::new(),
         written_batches: Vec::new(),
         disturbed: HashSet::new(),
@@ -433,6 +472,8 @@ struct SourceTask {
     retry_at: Option<Instant>,
     /// Remote differences that arrived during a scan.
     deferred: Vec<(Vec<RemoteApply>, oneshot::Sender<Vec<ApplyOutcome>>)>,
+    /// Folder moves that arrived during a scan.
+    deferred_moves: Vec<(MoveApply, oneshot::Sender<MoveOutcome>)>,
     /// Applied remote differences not yet committed.
     applied_records: Vec<AppliedRecord>,
     /// Journal batches written whose records are among `applied_records`: the commit of
@@ -590,6 +631,10 @@ impl SourceTask {
                 let outcomes = self.apply_batch(batch).await;
                 let _ = done.send(outcomes);
             }
+            for (mv, done) in std::mem::take(&mut self.deferred_moves) {
+                let outcome = self.apply_move(mv).await;
+                let _ = done.send(outcome);
+            }
             self.publish_pending();
         }
         debug!("source task stopped");
@@ -628,6 +673,10 @@ impl SourceTask {
             Msg::Apply(batch, done) => {
                 let outcomes = self.apply_batch(batch).await;
                 let _ = done.send(outcomes);
+            }
+            Msg::ApplyMove(mv, done) => {
+                let outcome = self.apply_move(mv).await;
+                let _ = done.send(outcome);
             }
             Msg::Resume(done) => {
                 if self.cfg.paused {
@@ -950,6 +999,7 @@ impl SourceTask {
                     }
                     // Applied once this scan is done, so the two never interleave.
                     Some(Msg::Apply(batch, done)) => self.deferred.push((batch, done)),
+                    Some(Msg::ApplyMove(mv, done)) => self.deferred_moves.push((mv, done)),
                     None => {}
                 },
             }

@@ -196,3 +196,66 @@ fn a_kill_during_a_batchs_durability_step_leaves_nothing_recorded_that_is_not_on
         assert!(copies.is_empty(), "{plan}: left behind: {copies:?}");
     }
 }
+
+#[test]
+fn a_kill_between_a_folder_moves_rename_and_its_record_is_finished_at_the_next_start() {
+    // B renames the folder for A's move in one step, then fsyncs the folder it moved into:
+    // killed there, the rename is done and journaled but not recorded. The next start must
+    // take the journal (the folder as moved, the same files), not rescan it as B's own change
+    // or fetch it again.
+    let a = Agent::start();
+    let mut b =
+        Agent::start_with_env(&[("TANDEM_TEST_DISK_FAULTS", "sync-folder:moved-here:abort")]);
+    let (da, db) = (a.data_dir("docs"), b.data_dir("docs"));
+    for i in 0..100 {
+        tree::write(
+            &da.join(format!("album/{}/f{i}.txt", i % 5)),
+            format!("file {i}"),
+        );
+    }
+    // Empty: B makes it without writing into it, so the planned fault waits for the move.
+    fs::create_dir(da.join("moved-here")).expect("mkdir moved-here");
+    pair(&a, &b);
+    a.share("docs", &da, &[&b]);
+    b.share("docs", &db, &[&a]);
+    b.sync_with(&[&a], SYNC);
+    a.sync_with(&[&b], SYNC);
+    let ino = |p: &Path| std::os::unix::fs::MetadataExt::ino(&fs::metadata(p).expect("stat"));
+    let before = ino(&db.join("album/0/f0.txt"));
+
+    fs::rename(da.join("album"), da.join("moved-here/album")).expect("rename album/");
+    let exit = b
+        .wait_exit(SYNC)
+        .unwrap_or_else(|| panic!("B never reached the planned crash"));
+    assert!(!exit.success(), "B exited normally: {exit}");
+    assert!(
+        db.join("moved-here/album/0/f0.txt").is_file() && !db.join("album").exists(),
+        "the crash came after the rename"
+    );
+    assert_database_intact(b.home(), "after the crash");
+
+    b.clear_env();
+    b.start_again();
+    b.sync_with(&[&a], SYNC);
+    a.sync_with(&[&b], SYNC);
+    tree::assert_same_trees(&da, &db);
+    assert_recorded_items_on_disk(b.home(), &db, "at the end");
+    prior::assert_matches_tree(&b.prior_state("docs"), &db);
+    assert_eq!(
+        ino(&db.join("moved-here/album/0/f0.txt")),
+        before,
+        "the moved files were recorded where they are, not fetched again"
+    );
+    let log = fs::read_to_string(b.home().join("logs").join("tandemd.log")).unwrap_or_default();
+    assert!(
+        log.contains("recorded items a crash left written but unrecorded"),
+        "B's start took the journal"
+    );
+    for dir in [&da, &db] {
+        let copies: Vec<String> = tree::snapshot(dir)
+            .into_keys()
+            .filter(|p| p.contains(".sync-conflict-"))
+            .collect();
+        assert!(copies.is_empty(), "left behind: {copies:?}");
+    }
+}

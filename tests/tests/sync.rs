@@ -943,11 +943,29 @@ fn a_folder_renamed_whole_goes_as_one_move_and_comes_back_as_one() {
     tree::assert_same_trees(&da, &db);
     let fetched = |on: &Agent, from: &Agent| num(&on.progress("docs", from), "fetched_bytes");
     let fetched_before = fetched(&b, &a);
+    let inode =
+        |p: &Path| std::os::unix::fs::MetadataExt::ino(&fs::symlink_metadata(p).expect("stat"));
+    let inodes_before: Vec<u64> = ["album", "album/00/photo 0.txt", "album/big.bin"]
+        .iter()
+        .map(|p| inode(&db.join(p)))
+        .collect();
 
     fs::rename(da.join("album"), da.join("pictures")).expect("rename album/");
     settle(&a, &b);
     tree::assert_same_trees(&da, &db);
     assert!(db.join("pictures/big.bin").is_file() && !db.join("album").exists());
+    let inodes_after: Vec<u64> = ["pictures", "pictures/00/photo 0.txt", "pictures/big.bin"]
+        .iter()
+        .map(|p| inode(&db.join(p)))
+        .collect();
+    assert_eq!(
+        inodes_before, inodes_after,
+        "B renamed its folder once: the same files under the new name"
+    );
+    assert!(
+        !db.join(".tandem/versions/album").exists(),
+        "nothing was deleted on B, so nothing was kept as a version"
+    );
     let progress = b.progress("docs", &a);
     assert_eq!(num(&progress, "moved_folders"), 1, "{progress:#}");
     assert_eq!(num(&progress, "expanded_moves"), 0, "{progress:#}");
@@ -973,4 +991,5 @@ fn a_folder_renamed_whole_goes_as_one_move_and_comes_back_as_one() {
     assert_eq!(num(&progress, "moved_folders"), 1, "{progress:#}");
     assert_eq!(num(&progress, "expanded_moves"), 0, "{progress:#}");
     prior::assert_matches_tree(&a.prior_state("docs"), &da);
+    prior::assert_matches_tree(&b.prior_state("docs"), &db);
 }

@@ -17,8 +17,10 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 pub mod disk;
+mod folder_move;
 
 pub use disk::{Disk, FaultyDisk, Injected, OsDisk, Step};
+pub use folder_move::{folder_movable, move_folder};
 
 use crate::chunker::{Hash128, hash_reader_sized};
 use crate::item::{ItemKind, Metadata, PriorItem};

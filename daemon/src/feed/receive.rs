@@ -14,7 +14,9 @@ use super::{Feed, Progress, Update};
 use crate::chunker::Hash128;
 use crate::item::{Body, ItemKind};
 use crate::moves;
-use crate::source::{ApplyFailure, ApplyOutcome, RemoteApply, SharedSource};
+use crate::source::{
+    ApplyFailure, ApplyOutcome, MoveApply, MoveOutcome, RemoteApply, SharedSource,
+};
 use crate::store::{self, StoreHandle};
 use crate::universal::{FolderMove, ItemPath, RemoteItem};
 
@@ -45,17 +47,34 @@ pub struct Receiver {
     needed: Needed,
 }
 
-/// A run being prepared: its items, and the task preparing them.
-type Preparing = (
-    Vec<RemoteItem>,
-    tokio::task::JoinHandle<(Vec<RemoteItem>, Vec<Prepared>)>,
-);
+/// What a run's preparation gives: its items, and what became of each.
+type PreparedRun = (Vec<RemoteItem>, Vec<Prepared>);
+
+/// A run being prepared: the run, and the task preparing its items (a folder move needs none).
+type Preparing = (Run, Option<tokio::task::JoinHandle<PreparedRun>>);
+
+/// Items handed to the source task together.
+enum Run {
+    /// Fetched and applied as a batch.
+    Items(Vec<RemoteItem>),
+    /// The entries of a peer's folder move, derived here: applied as one rename if the source
+    /// finds that safe, else as a batch.
+    Move(Box<FolderMove>, Vec<RemoteItem>),
+}
+
+impl Run {
+    fn items(&self) -> &[RemoteItem] {
+        match self {
+            Run::Items(items) | Run::Move(_, items) => items,
+        }
+    }
+}
 
 /// Items received and not yet handed to the source task, in runs, and where each update
 /// ends among them. Counts are over the receiver's life.
 #[derive(Default)]
 struct Queue {
-    runs: VecDeque<Vec<RemoteItem>>,
+    runs: VecDeque<Run>,
     /// Content to fetch for the last run.
     run_bytes: u64,
     /// Per update: how many items are dealt with once it is, the highest sequence it
@@ -197,24 +216,35 @@ impl Receiver {
             let Some((kept, job)) = next.take() else {
                 continue;
             };
-            let (run, prepared) = match job.await {
-                Ok(done) => done,
-                Err(e) => {
-                    let why = || Prepared::Retry(NotBuilt::Fetch(format!("preparing failed: {e}")));
-                    let prepared = kept.iter().map(|_| why()).collect();
-                    (kept, prepared)
-                }
+            let prepared = match job {
+                Some(job) => Some(job.await),
+                None => None,
             };
             // What arrived while this run was prepared is queued now, so its first run is
             // prepared while this one is applied.
             self.take_arrived(&mut queue, &mut updates).await;
             next = queue.runs.pop_front().map(|run| self.prepare(run));
-            let n = run.len() as u64;
-            let size: u64 = run
+            let n = kept.items().len() as u64;
+            let size: u64 = kept
+                .items()
                 .iter()
                 .map(|i| i.file().map_or(0, |f| f.meta.size))
                 .sum();
-            let to_retry = self.finish(run.into_iter().zip(prepared).collect()).await;
+            let to_retry = match (kept, prepared) {
+                (Run::Move(mv, items), _) => self.apply_move(*mv, items).await,
+                (Run::Items(_), Some(Ok((run, prepared)))) => {
+                    self.finish(run.into_iter().zip(prepared).collect()).await
+                }
+                (Run::Items(kept), failed) => {
+                    let e = match failed {
+                        Some(Err(e)) => e.to_string(),
+                        _ => "it was never started".to_owned(),
+                    };
+                    let why = || Prepared::Retry(NotBuilt::Fetch(format!("preparing failed: {e}")));
+                    let prepared = kept.iter().map(|_| why()).collect::<Vec<_>>();
+                    self.finish(kept.into_iter().zip(prepared).collect()).await
+                }
+            };
             self.retry.extend(to_retry);
             self.needed.done(n, size);
             self.fetcher.feed.progress(Progress::Done(n));
@@ -226,11 +256,34 @@ impl Receiver {
     /// Starts preparing a run in its own task. The run is kept here too (items are cheap to
     /// clone; inline content is shared), so a task that fails loses no item: each is tried
     /// again.
-    fn prepare(&self, run: Vec<RemoteItem>) -> Preparing {
-        (
-            run.clone(),
-            tokio::spawn(self.fetcher.clone().prepare_all(run)),
-        )
+    fn prepare(&self, run: Run) -> Preparing {
+        match run {
+            Run::Items(items) => {
+                let job = tokio::spawn(self.fetcher.clone().prepare_all(items.clone()));
+                (Run::Items(items), Some(job))
+            }
+            Run::Move(..) => (run, None),
+        }
+    }
+
+    /// Hands a derived folder move to the source task, to apply as one rename; when the
+    /// source finds that unsafe (nothing written then), its entries go as a batch, small
+    /// files taking their content from their old copies. Gives back the items to try again.
+    async fn apply_move(&mut self, mv: FolderMove, items: Vec<RemoteItem>) -> Vec<Retry> {
+        let origin = self.fetcher.feed.origin().clone();
+        let request = MoveApply {
+            from: mv.from.clone(),
+            to: mv.to.clone(),
+            items: items.clone(),
+            peer: origin.short,
+            peer_device: origin.device,
+        };
+        if self.fetcher.src.commander.apply_move(request).await == MoveOutcome::Moved {
+            return Vec::new();
+        }
+        let items = with_old_content(&self.fetcher.src.root, &mv, items).await;
+        let (items, prepared) = self.fetcher.clone().prepare_all(items).await;
+        self.finish(items.into_iter().zip(prepared).collect()).await
     }
 
     /// Queues the updates that have arrived (a bounded number at a time).
@@ -243,10 +296,9 @@ impl Receiver {
         }
     }
 
-    /// The entries an update's folder moves stand for, derived from the prior state here and
-    /// given the content of small files from their old copies; a move that does not match
-    /// this device's state is asked for entry by entry instead.
-    async fn derive_moves(&mut self, moves: Vec<FolderMove>) -> Vec<RemoteItem> {
+    /// The entries an update's folder moves stand for, derived from the prior state here; a
+    /// move that does not match this device's state is asked for entry by entry instead.
+    async fn derive_moves(&mut self, moves: Vec<FolderMove>) -> Vec<(FolderMove, Vec<RemoteItem>)> {
         let mut derived = Vec::new();
         for mv in moves {
             let keys = vec![mv.from.to_string(), mv.to.to_string()];
@@ -264,7 +316,7 @@ impl Receiver {
                 Ok(items) => {
                     info!(from = %mv.from, to = %mv.to, items = mv.items, "folder moved on the peer");
                     self.fetcher.feed.progress(Progress::Moved(true));
-                    derived.extend(with_old_content(&self.fetcher.src.root, &mv, items).await);
+                    derived.push((mv, items));
                 }
                 Err(why) => {
                     info!(from = %mv.from, to = %mv.to, why = %why, "asking for a folder move's entries");
@@ -289,21 +341,28 @@ impl Receiver {
     /// [`APPLY_BATCH`] items or [`RUN_BYTES`] to fetch) and notes where the update ends.
     async fn enqueue(&mut self, queue: &mut Queue, update: Update) {
         let Update {
-            mut items,
+            items,
             moves,
             expands,
             through,
             caught_up,
         } = update;
-        if !moves.is_empty() {
-            items.extend(self.derive_moves(moves).await.into_iter().map(Ok));
-        }
+        let moved = if moves.is_empty() {
+            Vec::new()
+        } else {
+            self.derive_moves(moves).await
+        };
         // A newer version of an item waiting for a retry replaces it: the old one may never
         // be applicable (its content gone, its folder replaced), and the new one decides.
         if !self.retry.is_empty() {
             let newer: BTreeSet<&str> = items
                 .iter()
                 .filter_map(|i| i.as_ref().ok().map(|i| i.path.as_str()))
+                .chain(
+                    moved
+                        .iter()
+                        .flat_map(|(_, m)| m.iter().map(|i| i.path.as_str())),
+                )
                 .collect();
             self.retry.retain(|r| !newer.contains(r.item.path.as_str()));
         }
@@ -331,21 +390,38 @@ impl Receiver {
                         .file()
                         .filter(|f| f.inline.is_none())
                         .map_or(0, |f| f.meta.size);
-                    let full = queue.runs.back().is_none_or(|r| {
-                        r.len() >= APPLY_BATCH
-                            || queue.run_bytes + fetched > RUN_BYTES && !r.is_empty()
-                    });
-                    if full {
-                        queue.runs.push_back(Vec::new());
-                        queue.run_bytes = 0;
+                    let open = match queue.runs.back_mut() {
+                        Some(Run::Items(r))
+                            if r.len() < APPLY_BATCH
+                                && (queue.run_bytes + fetched <= RUN_BYTES || r.is_empty()) =>
+                        {
+                            Some(r)
+                        }
+                        _ => None,
+                    };
+                    match open {
+                        Some(run) => run.push(item),
+                        None => {
+                            queue.runs.push_back(Run::Items(vec![item]));
+                            queue.run_bytes = 0;
+                        }
                     }
                     queue.run_bytes += fetched;
-                    if let Some(run) = queue.runs.back_mut() {
-                        run.push(item);
-                    }
                     queue.queued += 1;
                 }
             }
+        }
+        // Each move is a run of its own, after the update's items.
+        for (mv, derived) in moved {
+            let n = derived.len() as u64;
+            let bytes = derived
+                .iter()
+                .map(|i| i.file().map_or(0, |f| f.meta.size))
+                .sum();
+            self.needed.add(n, bytes);
+            queue.queued += n;
+            max_seq = max_seq.max(mv.last_sequence);
+            queue.runs.push_back(Run::Move(Box::new(mv), derived));
         }
         queue
             .ends

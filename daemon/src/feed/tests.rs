@@ -714,3 +714,190 @@ async fn a_metadata_change_sent_with_its_content_keeps_no_version_and_leaves_no_
     assert!(s.names_with(crate::layout::TEMP_PREFIX).is_empty());
     s.stop().await;
 }
+
+/// The folder move the peer would announce for `from` renamed to `to`, numbered from
+/// `first`, given that it recorded `from` exactly as this device did.
+async fn peer_move(s: &Scene, from: &str, to: &str, first: u64) -> crate::universal::FolderMove {
+    let trees = s
+        .store
+        .subtrees(SOURCE.into(), vec![from.into()])
+        .await
+        .unwrap();
+    let mut entries = Vec::new();
+    for e in trees[0].iter().filter(|e| !e.item.header.deleted) {
+        let rel = crate::moves::relative(&e.item.key, from).unwrap();
+        let mut added = e.clone();
+        added.item.key = if rel.is_empty() {
+            to.to_owned()
+        } else {
+            format!("{to}/{rel}")
+        };
+        added.item.header.version = version(&[(PEER, 1)]);
+        added.item.header.modified_by = Some("PEERPEE".into());
+        added.item.header.origin = None;
+        let mut gone = e.clone();
+        gone.item.header.version.bump(PEER);
+        gone.item.header.deleted = true;
+        gone.item.header.modified_by = Some("PEERPEE".into());
+        gone.item.header.origin = None;
+        if let Body::File(f) = &mut gone.item.body {
+            f.meta.size = 0;
+            f.hash = None;
+        }
+        gone.chunks.clear();
+        entries.push(added);
+        entries.push(gone);
+    }
+    for (seq, e) in (first..).zip(entries.iter_mut()) {
+        e.item.header.sequence = seq;
+    }
+    let note = store::MoveNote {
+        first_sequence: first,
+        last_sequence: first + entries.len() as u64 - 1,
+        from: from.into(),
+        to: to.into(),
+        items: u32::try_from(entries.len() / 2).unwrap(),
+    };
+    crate::moves::announce(&note, &entries).unwrap()
+}
+
+impl Scene {
+    async fn send_move(&self, mv: crate::universal::FolderMove) {
+        let update = Update {
+            through: mv.last_sequence,
+            caught_up: true,
+            moves: vec![mv],
+            ..Update::default()
+        };
+        self.updates.as_ref().unwrap().send(update).await.unwrap();
+    }
+
+    fn inode(&self, path: &str) -> u64 {
+        std::os::unix::fs::MetadataExt::ino(
+            &std::fs::symlink_metadata(self.root.join(path)).unwrap(),
+        )
+    }
+}
+
+const ALBUM: [&str; 4] = [
+    "album/a.txt",
+    "album/sub/b.txt",
+    "album/sub/c.txt",
+    "other.txt",
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peers_folder_move_is_one_rename_here_keeping_the_same_files() {
+    let t = 1_700_000_000_000_000_000;
+    let local: Vec<(&str, &[u8], i64)> = ALBUM.iter().map(|n| (*n, n.as_bytes(), t)).collect();
+    let s = Scene::new(Arc::new(OsDisk), &local).await;
+    let inodes: Vec<u64> = ["album", "album/a.txt", "album/sub/c.txt"]
+        .iter()
+        .map(|p| s.inode(p))
+        .collect();
+    let mv = peer_move(&s, "album", "pictures", 1).await;
+    let last = mv.last_sequence;
+    assert_eq!(mv.items, 5);
+    s.send_move(mv).await;
+    s.applied_through(last).await;
+    assert!(!s.root.join("album").exists());
+    let moved: Vec<u64> = ["pictures", "pictures/a.txt", "pictures/sub/c.txt"]
+        .iter()
+        .map(|p| s.inode(p))
+        .collect();
+    assert_eq!(inodes, moved, "renamed once, the same files");
+    assert_eq!(s.read("pictures/sub/b.txt"), b"album/sub/b.txt");
+    // Recorded as the peer's: the additions with their files' inodes, the old names deleted.
+    let added = s.prior("pictures/sub/c.txt").await;
+    assert_eq!(added.header.origin.as_deref(), Some("PEER"));
+    assert_eq!(added.header.version, version(&[(PEER, 1)]));
+    assert_eq!(added.file().unwrap().meta.inode, inodes[2]);
+    assert!(s.prior("album/a.txt").await.header.deleted);
+    assert!(
+        s.store.intents(SOURCE.into()).await.unwrap().is_empty(),
+        "no journal left"
+    );
+    let versions = crate::layout::marker_path(&s.root).join(crate::layout::VERSIONS_DIR);
+    assert!(
+        !versions.join("album").exists(),
+        "nothing deleted, nothing kept"
+    );
+    assert!(s.feed.expanded.lock().unwrap().is_empty());
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_folder_holding_what_is_not_recorded_moves_item_by_item_and_keeps_it() {
+    let t = 1_700_000_000_000_000_000;
+    let mut local: Vec<(&str, &[u8], i64)> = ALBUM.iter().map(|n| (*n, n.as_bytes(), t)).collect();
+    // Ignored here, so not recorded: a rename would carry it along under the peer's name.
+    local.push((".tandemignore", b"*.tmp\n", t));
+    local.push(("album/draft.tmp", b"mine", t));
+    let s = Scene::new(Arc::new(OsDisk), &local).await;
+    let mv = peer_move(&s, "album", "pictures", 1).await;
+    let last = mv.last_sequence;
+    s.send_move(mv).await;
+    s.applied_through(last).await;
+    assert_eq!(s.read("pictures/a.txt"), b"album/a.txt");
+    assert_eq!(s.read("pictures/sub/c.txt"), b"album/sub/c.txt");
+    assert!(!s.root.join("pictures/draft.tmp").exists());
+    assert_eq!(
+        s.read("album/draft.tmp"),
+        b"mine",
+        "what the peer never saw stays"
+    );
+    assert!(!s.root.join("album/a.txt").exists());
+    assert!(s.feed.expanded.lock().unwrap().is_empty());
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_move_that_does_not_match_is_asked_for_and_nothing_past_it_is_acknowledged() {
+    let t = 1_700_000_000_000_000_000;
+    let local: Vec<(&str, &[u8], i64)> = ALBUM.iter().map(|n| (*n, n.as_bytes(), t)).collect();
+    let s = Scene::new(Arc::new(OsDisk), &local).await;
+    let mut mv = peer_move(&s, "album", "pictures", 3).await;
+    mv.digest = Hash128([9; 16]);
+    let (first, last) = (mv.first_sequence, mv.last_sequence);
+    // An item before the move applies as usual.
+    s.send_bare(vec![inline_file(
+        "one.txt",
+        b"1",
+        version(&[(PEER, 1)]),
+        t,
+        2,
+    )])
+    .await;
+    s.send_move(mv).await;
+    let asked = async {
+        loop {
+            let notified = s.feed.changed.notified();
+            if !s.feed.expanded.lock().unwrap().is_empty() {
+                return;
+            }
+            notified.await;
+        }
+    };
+    assert!(
+        tokio::time::timeout(LIMIT, asked).await.is_ok(),
+        "never asked"
+    );
+    assert_eq!(*s.feed.expanded.lock().unwrap(), [first]);
+    s.applied_through(2).await;
+    let acked = s.feed.acked.lock().unwrap().clone();
+    assert!(
+        acked.iter().all(|(applied, _)| *applied < first),
+        "nothing from the move on is applied yet: {acked:?}"
+    );
+    assert!(s.root.join("album/a.txt").exists() && !s.root.join("pictures").exists());
+    // The entries come (here: none left to apply); then the acknowledgement moves past it.
+    let update = Update {
+        through: last,
+        caught_up: true,
+        expands: Some(first),
+        ..Update::default()
+    };
+    s.updates.as_ref().unwrap().send(update).await.unwrap();
+    s.applied_through(last).await;
+    s.stop().await;
+}

@@ -13,6 +13,7 @@ use std::path::Path;
 
 use crate::apply::{ApplyError, Disk};
 use crate::scanner::{ScanError, ScanRequest, ScanSummary, Sink};
+use crate::universal::ItemPath;
 
 pub use files::{Loser, Write, WriteJob, Written};
 
@@ -84,6 +85,21 @@ pub trait Format: Send + Sync + fmt::Debug + 'static {
     /// A job's error is that item's alone: it names the item, and nothing of it is left
     /// half-written.
     fn write(&self, disk: &dyn Disk, root: &Path, jobs: Vec<WriteJob>) -> Vec<WriteResult>;
+    /// Moves the folder `from` to `to` in one step, durably, for a peer's folder move the
+    /// source task has checked and journaled. Blocking. `Ok(false)` when the format has no
+    /// such step (the default): the move's items are then written one by one.
+    ///
+    /// # Errors
+    /// The move failed and nothing moved; the error names the item.
+    fn move_folder(
+        &self,
+        _disk: &dyn Disk,
+        _root: &Path,
+        _from: &ItemPath,
+        _to: &ItemPath,
+    ) -> Result<bool, ApplyError> {
+        Ok(false)
+    }
 }
 
 /// Every format this build can read and write. Adding a format adds one line here.

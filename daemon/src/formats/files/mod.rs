@@ -37,6 +37,16 @@ impl Format for Files {
     fn write(&self, disk: &dyn Disk, root: &Path, jobs: Vec<WriteJob>) -> Vec<WriteResult> {
         write_batch(disk, root, jobs)
     }
+
+    fn move_folder(
+        &self,
+        disk: &dyn Disk,
+        root: &Path,
+        from: &ItemPath,
+        to: &ItemPath,
+    ) -> Result<bool, ApplyError> {
+        apply::move_folder(disk, root, from, to).map(|()| true)
+    }
 }
 
 /// One checked, journaled item to write into a `files` source (the disk half of applying it).
