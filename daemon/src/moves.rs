@@ -333,5 +333,56 @@ pub fn derive(
     Ok(added)
 }
 
+/// What a sender's scan records for the live items of `tree` (a folder and everything under
+/// it, as recorded) renamed from `from` to `to` by `author` (short name `by`), numbered from
+/// `first`: each addition, then its old name's deletion. For tests on either side.
+#[cfg(test)]
+pub(crate) fn recorded_move(
+    tree: &[IndexEntry],
+    (from, to): (&str, &str),
+    (author, by): (ShortId, &str),
+    first: u64,
+) -> (MoveNote, Vec<IndexEntry>) {
+    let mut entries = Vec::new();
+    for e in tree.iter().filter(|e| !e.item.header.deleted) {
+        let Some(rel) = relative(&e.item.key, from) else {
+            continue;
+        };
+        let mut added = e.clone();
+        added.item.key = if rel.is_empty() {
+            to.to_owned()
+        } else {
+            format!("{to}/{rel}")
+        };
+        added.item.header.version = VersionVector::new();
+        added.item.header.version.bump(author);
+        let mut gone = e.clone();
+        gone.item.header.version.bump(author);
+        gone.item.header.deleted = true;
+        if let Body::File(f) = &mut gone.item.body {
+            f.meta.size = 0;
+            f.hash = None;
+        }
+        gone.chunks.clear();
+        for entry in [&mut added, &mut gone] {
+            entry.item.header.modified_by = Some(by.to_owned());
+            entry.item.header.origin = None;
+        }
+        entries.push(added);
+        entries.push(gone);
+    }
+    for (seq, e) in (first..).zip(entries.iter_mut()) {
+        e.item.header.sequence = seq;
+    }
+    let note = MoveNote {
+        first_sequence: first,
+        last_sequence: first + entries.len() as u64 - 1,
+        from: from.into(),
+        to: to.into(),
+        items: u32::try_from(entries.len() / 2).unwrap_or(u32::MAX),
+    };
+    (note, entries)
+}
+
 #[cfg(test)]
 mod tests;

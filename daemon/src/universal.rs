@@ -251,6 +251,12 @@ fn file_body_to_pb(file: &RemoteFile) -> pb::FileBody {
     }
 }
 
+/// A device short ID a peer may name as an author: it becomes part of a file name (conflict
+/// copies), so only a short plain word will do (or nothing).
+fn is_short_id(by: &str) -> bool {
+    by.len() <= MAX_DEVICE_SHORT && by.bytes().all(|b| b.is_ascii_alphanumeric())
+}
+
 /// Checks and decodes one item from a peer.
 ///
 /// # Errors
@@ -365,9 +371,8 @@ pub fn item_from_pb(item: &pb::Item) -> Result<RemoteItem, Refused> {
     {
         return Err(bad("only a live file may carry content".into()));
     }
-    // It becomes part of a file name (conflict copies), so only a short plain word will do.
     let by = &header.modified_by;
-    if by.len() > MAX_DEVICE_SHORT || !by.bytes().all(|b| b.is_ascii_alphanumeric()) {
+    if !is_short_id(by) {
         return Err(bad(
             "the modifying device's short ID is not a short alphanumeric word".into(),
         ));
@@ -482,7 +487,7 @@ pub fn move_from_pb(m: &pb::FolderMove) -> Result<FolderMove, Refused> {
         return Err(bad("its folder metadata is not a folder's".into()));
     }
     let by = &m.modified_by;
-    if by.len() > MAX_DEVICE_SHORT || !by.bytes().all(|b| b.is_ascii_alphanumeric()) {
+    if !is_short_id(by) {
         return Err(bad(
             "the modifying device's short ID is not a short alphanumeric word".into(),
         ));

@@ -70,6 +70,14 @@ fn original_of(path: &str) -> String {
     }
 }
 
+/// Conflict copies anywhere under `root`.
+fn conflict_copies(root: &Path) -> Vec<String> {
+    tree::snapshot(root)
+        .into_keys()
+        .filter(|p| p.contains(".sync-conflict-"))
+        .collect()
+}
+
 fn assert_database_intact(home: &Path, when: &str) {
     let db = rusqlite::Connection::open_with_flags(
         home.join("tandem.db"),
@@ -188,10 +196,7 @@ fn a_kill_during_a_batchs_durability_step_leaves_nothing_recorded_that_is_not_on
         a.sync_with(&[&b], SYNC);
         tree::assert_same_trees(&da, &db);
         assert_recorded_items_on_disk(b.home(), &db, "at the end");
-        let mut copies: Vec<String> = tree::snapshot(&db)
-            .into_keys()
-            .filter(|p| p.contains(".sync-conflict-"))
-            .collect();
+        let mut copies = conflict_copies(&db);
         copies.extend(tree::temps(&db));
         assert!(copies.is_empty(), "{plan}: left behind: {copies:?}");
     }
@@ -252,10 +257,7 @@ fn a_kill_between_a_folder_moves_rename_and_its_record_is_finished_at_the_next_s
         "B's start took the journal"
     );
     for dir in [&da, &db] {
-        let copies: Vec<String> = tree::snapshot(dir)
-            .into_keys()
-            .filter(|p| p.contains(".sync-conflict-"))
-            .collect();
+        let copies = conflict_copies(dir);
         assert!(copies.is_empty(), "left behind: {copies:?}");
     }
 }

@@ -87,7 +87,9 @@ pub fn folder_movable(
 
 /// Renames the folder `from` to `to` and makes that durable: both parent folders are
 /// fsynced. Blocking. (`to` was found free just before; rename(2) would replace an empty
-/// folder someone made there in between, which holds nothing to lose.)
+/// folder someone made there in between, which holds nothing to lose.) When a parent cannot
+/// be flushed the rename is taken back, so an error means the folder is where it was (unless
+/// taking it back failed too, which the error then says; a scan finds it where it is).
 ///
 /// # Errors
 /// The rename or an fsync failed, naming the item.
@@ -97,14 +99,24 @@ pub fn move_folder(
     from: &ItemPath,
     to: &ItemPath,
 ) -> Result<(), ApplyError> {
-    disk.rename(&root.join(from.as_str()), &root.join(to.as_str()))
+    let (old, new) = (root.join(from.as_str()), root.join(to.as_str()));
+    disk.rename(&old, &new)
         .map_err(io_err(to, "renaming the folder into place"))?;
     let (new_parent, old_parent) = (parent_of(root, to), parent_of(root, from));
-    disk.sync_folder(&new_parent)
-        .map_err(io_err(to, "making the rename durable"))?;
-    if old_parent != new_parent {
-        disk.sync_folder(&old_parent)
-            .map_err(io_err(from, "making the rename durable"))?;
+    let mut synced = disk.sync_folder(&new_parent);
+    if synced.is_ok() && old_parent != new_parent {
+        synced = disk.sync_folder(&old_parent);
     }
-    Ok(())
+    let Err(e) = synced else {
+        return Ok(());
+    };
+    match disk.rename(&new, &old) {
+        Ok(()) => Err(io_err(to, "making the rename durable")(e)),
+        Err(back) => Err(
+            io_err(to, "making the rename durable, then taking it back")(io::Error::new(
+                back.kind(),
+                format!("{e}; {back}"),
+            )),
+        ),
+    }
 }

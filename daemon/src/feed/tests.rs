@@ -723,41 +723,8 @@ async fn peer_move(s: &Scene, from: &str, to: &str, first: u64) -> crate::univer
         .subtrees(SOURCE.into(), vec![from.into()])
         .await
         .unwrap();
-    let mut entries = Vec::new();
-    for e in trees[0].iter().filter(|e| !e.item.header.deleted) {
-        let rel = crate::moves::relative(&e.item.key, from).unwrap();
-        let mut added = e.clone();
-        added.item.key = if rel.is_empty() {
-            to.to_owned()
-        } else {
-            format!("{to}/{rel}")
-        };
-        added.item.header.version = version(&[(PEER, 1)]);
-        added.item.header.modified_by = Some("PEERPEE".into());
-        added.item.header.origin = None;
-        let mut gone = e.clone();
-        gone.item.header.version.bump(PEER);
-        gone.item.header.deleted = true;
-        gone.item.header.modified_by = Some("PEERPEE".into());
-        gone.item.header.origin = None;
-        if let Body::File(f) = &mut gone.item.body {
-            f.meta.size = 0;
-            f.hash = None;
-        }
-        gone.chunks.clear();
-        entries.push(added);
-        entries.push(gone);
-    }
-    for (seq, e) in (first..).zip(entries.iter_mut()) {
-        e.item.header.sequence = seq;
-    }
-    let note = store::MoveNote {
-        first_sequence: first,
-        last_sequence: first + entries.len() as u64 - 1,
-        from: from.into(),
-        to: to.into(),
-        items: u32::try_from(entries.len() / 2).unwrap(),
-    };
+    let (note, entries) =
+        crate::moves::recorded_move(&trees[0], (from, to), (PEER, "PEERPEE"), first);
     crate::moves::announce(&note, &entries).unwrap()
 }
 
@@ -899,5 +866,38 @@ async fn a_move_that_does_not_match_is_asked_for_and_nothing_past_it_is_acknowle
     };
     s.updates.as_ref().unwrap().send(update).await.unwrap();
     s.applied_through(last).await;
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rename_that_cannot_be_made_durable_is_taken_back_and_the_move_goes_item_by_item() {
+    let t = 1_700_000_000_000_000_000;
+    let local: Vec<(&str, &[u8], i64)> = ALBUM.iter().map(|n| (*n, n.as_bytes(), t)).collect();
+    let disk = Arc::new(FaultyDisk::new());
+    let s = Scene::new(disk.clone(), &local).await;
+    let inode = s.inode("album/a.txt");
+    // The first flush of the source's root (the rename's parent) fails.
+    disk.plan(Step::SyncFolder, "/docs", Injected::Io, 1);
+    let mv = peer_move(&s, "album", "pictures", 1).await;
+    let last = mv.last_sequence;
+    s.send_move(mv).await;
+    s.applied_through(last).await;
+    assert_eq!(disk.pending(), 0, "the fault happened");
+    assert_eq!(s.read("pictures/a.txt"), b"album/a.txt");
+    assert_eq!(s.read("pictures/sub/b.txt"), b"album/sub/b.txt");
+    assert!(!s.root.join("album").exists());
+    assert_ne!(
+        s.inode("pictures/a.txt"),
+        inode,
+        "written anew, not renamed"
+    );
+    assert!(
+        s.store.intents(SOURCE.into()).await.unwrap().is_empty(),
+        "no journal left"
+    );
+    assert_eq!(
+        s.prior("pictures/a.txt").await.header.version,
+        version(&[(PEER, 1)])
+    );
     s.stop().await;
 }

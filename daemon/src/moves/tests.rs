@@ -96,46 +96,13 @@ fn before(inode_base: u64) -> Vec<IndexEntry> {
 
 /// What device A's scan records for `docs` renamed to `papers`, numbered from `first`.
 fn moved_on_a(first: u64) -> (MoveNote, Vec<IndexEntry>) {
-    let mut entries = Vec::new();
-    for e in before(100) {
-        let rel = relative(&e.item.key, "docs").unwrap().to_owned();
-        let mut added = e.clone();
-        added.item.key = if rel.is_empty() {
-            "papers".into()
-        } else {
-            format!("papers/{rel}")
-        };
-        added.item.header.version = version(&[]);
-        added.item.header.version.bump(A);
-        added.item.header.modified_by = Some("AAAA".into());
-        if rel.is_empty()
-            && let Body::File(f) = &mut added.item.body
-        {
+    let (note, mut entries) = recorded_move(&before(100), ("docs", "papers"), (A, "AAAA"), first);
+    for e in &mut entries {
+        if let (true, Body::File(f)) = (e.item.key == "papers", &mut e.item.body) {
             // A rename may touch the folder's own mtime.
             f.meta.mtime_ns += 5;
         }
-        let mut gone = e;
-        gone.item.header.version.bump(A);
-        gone.item.header.deleted = true;
-        gone.item.header.modified_by = Some("AAAA".into());
-        if let Body::File(f) = &mut gone.item.body {
-            f.meta.size = 0;
-            f.hash = None;
-        }
-        gone.chunks.clear();
-        entries.push(added);
-        entries.push(gone);
     }
-    for (i, e) in entries.iter_mut().enumerate() {
-        e.item.header.sequence = first + i as u64;
-    }
-    let note = MoveNote {
-        first_sequence: first,
-        last_sequence: first + entries.len() as u64 - 1,
-        from: "docs".into(),
-        to: "papers".into(),
-        items: 5,
-    };
     (note, entries)
 }
 

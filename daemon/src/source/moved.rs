@@ -117,8 +117,8 @@ impl SourceTask {
         let (from, to) = (mv.from.clone(), mv.to.clone());
         let moved = tokio::task::spawn_blocking(move || {
             let moved = format.move_folder(&*disk, &root, &from, &to)?;
-            // The folder's own metadata as the rename left it.
-            moved.then(|| apply::stat(&root, &to)).transpose()
+            // The folder's own metadata as the rename left it (if it can be read back).
+            Ok::<_, apply::ApplyError>(moved.then(|| apply::stat(&root, &to).ok()))
         })
         .await;
         let folder = match moved {
@@ -144,11 +144,13 @@ impl SourceTask {
                 return Err(why);
             }
         };
-        if let Some(Body::File(f)) = diffs
-            .iter_mut()
-            .find(|d| d.key == mv.to.as_str())
-            .map(|d| &mut d.body)
-        {
+        if let (Some(folder), Some(Body::File(f))) = (
+            folder,
+            diffs
+                .iter_mut()
+                .find(|d| d.key == mv.to.as_str())
+                .map(|d| &mut d.body),
+        ) {
             f.meta = folder;
         }
         for (diff, c) in diffs.into_iter().zip(&checked) {
