@@ -547,31 +547,15 @@ impl Folders {
     /// Flushes every noted folder; gives back those that failed, with why. A folder that is
     /// gone (the batch removed it after emptying it) has nothing left to flush: its removal
     /// is an entry of its parent, which is noted too.
-    ///
-    /// Several at once: a journaling file system commits flushes that wait together in one
-    /// journal commit (ext4's jbd2), where one after another each waits for a commit of its
-    /// own; a batch of deletions spread over hundreds of folders paid that once per folder.
     pub fn flush(self, disk: &dyn Disk) -> Vec<(PathBuf, io::Error)> {
-        let dirs: Vec<PathBuf> = self.dirs.into_iter().collect();
-        let flushed = in_parallel(
-            &dirs,
-            |part| {
-                part.iter()
-                    .map(|dir| match disk.sync_folder(dir) {
-                        Ok(()) => None,
-                        Err(e) if e.kind() == io::ErrorKind::NotFound => None,
-                        Err(e) => Some((dir.clone(), e)),
-                    })
-                    .collect()
-            },
-            |dir| {
-                Some((
-                    dir.clone(),
-                    io::Error::other("flushing the folder panicked"),
-                ))
-            },
-        );
-        flushed.into_iter().flatten().collect()
+        self.dirs
+            .into_iter()
+            .filter_map(|dir| match disk.sync_folder(&dir) {
+                Ok(()) => None,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+                Err(e) => Some((dir, e)),
+            })
+            .collect()
     }
 }
 
