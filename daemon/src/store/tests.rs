@@ -658,3 +658,110 @@ async fn tiny_files_are_not_indexed_by_chunk_and_a_file_that_shrinks_loses_its_l
     drop(store);
     thread.join();
 }
+
+#[tokio::test]
+async fn an_index_read_stops_before_a_noted_move_and_gives_it_whole() {
+    let (store, thread) = open_in_memory().unwrap();
+    store.add_source(row("docs")).await.unwrap();
+    let mut dir = file("old", 0, 0);
+    if let Body::File(f) = &mut dir.body {
+        f.meta.kind = ItemKind::Directory;
+        f.meta.inode = 42;
+        f.content = Content::Empty;
+    }
+    store
+        .commit(
+            "docs".into(),
+            vec![file("before", 3, 1), dir.clone(), file("old/a", 3, 2)],
+            Settles::Nothing,
+        )
+        .await
+        .unwrap();
+    // A new folder with the old one's inode is found by it; a dead one is not.
+    let found = store
+        .live_folders_with_inodes("docs".into(), vec![("new".into(), 42), ("x".into(), 7)])
+        .await
+        .unwrap();
+    assert_eq!(found, [("new".to_owned(), "old".to_owned())]);
+    // The move: two additions, two deletions, numbered 4..=7 and noted.
+    let mut moved = vec![file("new", 0, 0), file("new/a", 3, 2)];
+    moved[0].body = dir.body.clone();
+    for key in ["old/a", "old"] {
+        let mut gone = file(key, 0, 0);
+        gone.header.deleted = true;
+        gone.body = Body::File(FileChange {
+            meta: dir.file().unwrap().meta.clone(),
+            content: Content::Empty,
+        });
+        moved.push(gone);
+    }
+    let seqs = store
+        .commit_move("docs".into(), moved, "old".into(), "new".into(), 2)
+        .await
+        .unwrap();
+    assert_eq!(seqs, [4, 5, 6, 7]);
+    store
+        .commit("docs".into(), vec![file("after", 3, 3)], Settles::Nothing)
+        .await
+        .unwrap();
+    let page = |moves_after| IndexPage {
+        items: 1000,
+        bytes: 1 << 20,
+        with_content_up_to: 0,
+        except_from: None,
+        moves_after,
+    };
+    // A peer that takes moves: the entries before it, up to just before it (the old folder's
+    // items are numbered in the move now).
+    let read = store
+        .items_since("docs".into(), 0, page(Some(0)))
+        .await
+        .unwrap();
+    let keys: Vec<&str> = read.entries.iter().map(|e| e.item.key.as_str()).collect();
+    assert_eq!(keys, ["before"]);
+    assert_eq!(read.through, 3);
+    assert!(read.at_move.is_none(), "entries come first");
+    // Then the move, whole, and nothing else.
+    let read = store
+        .items_since("docs".into(), 3, page(Some(0)))
+        .await
+        .unwrap();
+    assert!(read.entries.is_empty());
+    let at = read.at_move.expect("the move comes next");
+    assert_eq!(
+        (at.note.first_sequence, at.note.last_sequence, at.note.items),
+        (4, 7, 2)
+    );
+    assert_eq!(at.entries.len(), 4);
+    // Past it, or declined, or for a peer that cannot take moves: entries one by one.
+    let read = store
+        .items_since("docs".into(), 7, page(Some(0)))
+        .await
+        .unwrap();
+    assert_eq!(read.entries.len(), 1);
+    assert_eq!(read.through, 8);
+    let declined = store
+        .items_since("docs".into(), 3, page(Some(4)))
+        .await
+        .unwrap();
+    assert_eq!(declined.entries.len(), 5);
+    assert!(declined.at_move.is_none());
+    let old = store
+        .items_since("docs".into(), 3, page(None))
+        .await
+        .unwrap();
+    assert_eq!(old.entries.len(), 5);
+    // Its entries, by range, for a peer that asks for them.
+    let asked = store.entries_in("docs".into(), 4, 7).await.unwrap();
+    assert_eq!(asked.len(), 4);
+    // The subtree of a name, at and under it.
+    let trees = store
+        .subtrees("docs".into(), vec!["old".into(), "new".into()])
+        .await
+        .unwrap();
+    assert_eq!(trees[0].len(), 2);
+    assert!(trees[0].iter().all(|e| e.item.header.deleted));
+    assert_eq!(trees[1].len(), 2);
+    drop(store);
+    thread.join();
+}
