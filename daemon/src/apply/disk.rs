@@ -24,6 +24,9 @@ pub trait Disk: Send + Sync + fmt::Debug + 'static {
     fn sync_folder(&self, dir: &Path) -> io::Result<()>;
     /// Renames `from` over `to`: the step that replaces a target.
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
+    /// Renames `from` to `to` only if nothing is at `to` (else `AlreadyExists`), in one step
+    /// where the file system can: a folder moved for a peer never replaces anything.
+    fn rename_no_replace(&self, from: &Path, to: &Path) -> io::Result<()>;
     /// An item's metadata without following a symlink: what "unchanged since its scan" reads.
     fn symlink_metadata(&self, path: &Path) -> io::Result<fs::Metadata>;
 }
@@ -55,6 +58,25 @@ impl Disk for OsDisk {
 
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
         fs::rename(from, to)
+    }
+
+    fn rename_no_replace(&self, from: &Path, to: &Path) -> io::Result<()> {
+        #[cfg(any(target_os = "linux", target_os = "android", target_vendor = "apple"))]
+        {
+            use rustix::fs::{CWD, RenameFlags, renameat_with};
+            match renameat_with(CWD, from, CWD, to, RenameFlags::NOREPLACE) {
+                Ok(()) => return Ok(()),
+                // A file system without the flag (some network and FUSE ones) says EINVAL:
+                // it gets the look-then-rename below.
+                Err(e) if e != rustix::io::Errno::INVAL => return Err(e.into()),
+                Err(_) => {}
+            }
+        }
+        match fs::symlink_metadata(to) {
+            Ok(_) => Err(io::Error::from(io::ErrorKind::AlreadyExists)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => fs::rename(from, to),
+            Err(e) => Err(e),
+        }
     }
 
     fn symlink_metadata(&self, path: &Path) -> io::Result<fs::Metadata> {
@@ -248,6 +270,11 @@ impl Disk for FaultyDisk {
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
         self.inject(Step::Rename, to)?;
         OsDisk.rename(from, to)
+    }
+
+    fn rename_no_replace(&self, from: &Path, to: &Path) -> io::Result<()> {
+        self.inject(Step::Rename, to)?;
+        OsDisk.rename_no_replace(from, to)
     }
 
     fn symlink_metadata(&self, path: &Path) -> io::Result<fs::Metadata> {

@@ -86,10 +86,10 @@ pub fn folder_movable(
 }
 
 /// Renames the folder `from` to `to` and makes that durable: both parent folders are
-/// fsynced. Blocking. (`to` was found free just before; rename(2) would replace an empty
-/// folder someone made there in between, which holds nothing to lose.) When a parent cannot
-/// be flushed the rename is taken back, so an error means the folder is where it was (unless
-/// taking it back failed too, which the error then says; a scan finds it where it is).
+/// fsynced. Blocking. Nothing at `to` is ever replaced, not even an empty folder someone made
+/// there since it was found free. When a parent cannot be flushed the rename is taken back,
+/// so an error means the folder is where it was (unless taking it back failed too, which the
+/// error then says; a scan finds it where it is).
 ///
 /// # Errors
 /// The rename or an fsync failed, naming the item.
@@ -100,7 +100,7 @@ pub fn move_folder(
     to: &ItemPath,
 ) -> Result<(), ApplyError> {
     let (old, new) = (root.join(from.as_str()), root.join(to.as_str()));
-    disk.rename(&old, &new)
+    disk.rename_no_replace(&old, &new)
         .map_err(io_err(to, "renaming the folder into place"))?;
     let (new_parent, old_parent) = (parent_of(root, to), parent_of(root, from));
     let mut synced = disk.sync_folder(&new_parent);
@@ -110,7 +110,7 @@ pub fn move_folder(
     let Err(e) = synced else {
         return Ok(());
     };
-    match disk.rename(&new, &old) {
+    match disk.rename_no_replace(&new, &old) {
         Ok(()) => Err(io_err(to, "making the rename durable")(e)),
         Err(back) => Err(
             io_err(to, "making the rename durable, then taking it back")(io::Error::new(
@@ -118,5 +118,34 @@ pub fn move_folder(
                 format!("{e}; {back}"),
             )),
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use crate::apply::OsDisk;
+
+    #[test]
+    fn a_folder_never_moves_onto_anything_not_even_an_empty_folder() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        std::fs::create_dir_all(root.join("old/sub")).unwrap();
+        std::fs::write(root.join("old/sub/f"), b"x").unwrap();
+        // Made in the instant between the check and the rename.
+        std::fs::create_dir(root.join("new")).unwrap();
+        let (from, to) = (
+            ItemPath::parse("old").unwrap(),
+            ItemPath::parse("new").unwrap(),
+        );
+        let refused = move_folder(&OsDisk, root, &from, &to).unwrap_err();
+        assert!(refused.to_string().contains("new"), "{refused}");
+        assert!(root.join("new").is_dir() && root.join("old/sub/f").is_file());
+        std::fs::remove_dir(root.join("new")).unwrap();
+        move_folder(&OsDisk, root, &from, &to).unwrap();
+        assert_eq!(std::fs::read(root.join("new/sub/f")).unwrap(), b"x");
+        assert!(!root.join("old").exists());
     }
 }
