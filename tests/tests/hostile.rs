@@ -711,4 +711,20 @@ fn folder_moves_out_of_the_source_are_refused_and_one_that_does_not_match_is_ask
     assert_eq!(s.disk(), before, "nothing moved, nothing written");
     assert!(s.docs.join("photos/a.jpg").is_file());
     assert!(!s.docs.join("pictures").exists());
+    // Asking A for the entries of a move it never announced, or in a source it does not share
+    // with M, is refused; A carries on.
+    for (source, what) in [
+        ("docs", "a move never sent"),
+        ("private", "an unshared source"),
+    ] {
+        s.expect_refused(what, || {
+            m.send(Body::ExpandMove(pb::ExpandMove {
+                source: source.into(),
+                first_sequence: 999,
+            }));
+        });
+    }
+    let item = m.file("after.txt", b"still syncing");
+    m.update("docs", vec![item]);
+    s.expect_landed("after.txt", b"still syncing");
 }
