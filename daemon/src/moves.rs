@@ -132,9 +132,10 @@ fn author_of(v: &VersionVector) -> Option<ShortId> {
     at_top.next().is_none().then_some(id)
 }
 
-/// The move a scan noted, as one operation for a peer, if its range is still exactly the
-/// deletions and additions it numbered (nothing in it changed again since).
-pub fn announce(note: &MoveNote, entries: &[IndexEntry]) -> Option<FolderMove> {
+/// The move a scan noted (or a peer's move applied here), as one operation for `peer`, if its
+/// range is still exactly the deletions and additions it numbered (nothing in it changed again
+/// since) and none of them came from `peer` itself.
+pub fn announce(note: &MoveNote, entries: &[IndexEntry], peer: &str) -> Option<FolderMove> {
     let items = usize::try_from(note.items).ok()?;
     if entries.len() != 2 * items || items == 0 {
         return None;
@@ -152,7 +153,7 @@ pub fn announce(note: &MoveNote, entries: &[IndexEntry]) -> Option<FolderMove> {
             (None, Some(rel)) => (rel, false),
             _ => return None,
         };
-        if e.item.header.deleted != want_deleted || e.item.header.origin.is_some() {
+        if e.item.header.deleted != want_deleted || e.item.header.origin.as_deref() == Some(peer) {
             return None;
         }
         if want_deleted {

@@ -1153,9 +1153,9 @@ impl SourceTask {
         }
         let seqs = match moved {
             _ if diffs.is_empty() => Vec::new(),
-            Some((from, to, items)) => {
+            Some(moved) => {
                 self.store
-                    .commit_move(id.clone(), diffs.clone(), from, to, items)
+                    .commit_move(id.clone(), diffs.clone(), moved, store::Settles::Nothing)
                     .await?
             }
             // A scan settles no journal batch: every batch written before it was committed.
@@ -1189,6 +1189,15 @@ impl SourceTask {
 impl SourceTask {
     /// Commits the differences applied so far in one transaction, then tells `watch`.
     async fn flush_applied(&mut self) -> Result<(), ApplyFailure> {
+        self.flush_applied_noting(None).await
+    }
+
+    /// [`SourceTask::flush_applied`], noting the differences as one folder move (from, to,
+    /// items) when they are one, so this device passes it on as one operation too.
+    async fn flush_applied_noting(
+        &mut self,
+        moved: Option<(String, String, u32)>,
+    ) -> Result<(), ApplyFailure> {
         if self.applied_records.is_empty() && self.written_batches.is_empty() {
             return Ok(());
         }
@@ -1205,14 +1214,18 @@ impl SourceTask {
                     (r.diff, noted)
                 })
                 .unzip();
-        let seqs = self
-            .store
-            .commit(id.clone(), diffs, settles)
-            .await
-            .map_err(|e| ApplyFailure::Store {
-                action: "recording applied items",
-                source: Arc::new(e),
-            })?;
+        let committed = match moved {
+            Some(moved) => {
+                self.store
+                    .commit_move(id.clone(), diffs, moved, settles)
+                    .await
+            }
+            None => self.store.commit(id.clone(), diffs, settles).await,
+        };
+        let seqs = committed.map_err(|e| ApplyFailure::Store {
+            action: "recording applied items",
+            source: Arc::new(e),
+        })?;
         let mut total = TotalsDelta::default();
         for ((key, kind, delta, from), seq) in records.iter().zip(&seqs) {
             total.merge(delta);

@@ -334,6 +334,16 @@ fn changes_relay_along_a_chain_of_three_devices() {
     tree::assert_same_trees(&dc, &da);
     tree::assert_same_trees(&dc, &db);
 
+    // A folder renamed on A is one operation on each leg: B renames it and passes it on so.
+    fs::rename(da.join("deep"), da.join("deeper")).expect("rename deep/");
+    forward();
+    tree::assert_same_trees(&da, &dc);
+    for (on, from) in [(&b, &a), (&c, &b)] {
+        let progress = on.progress("docs", from);
+        assert_eq!(num(&progress, "moved_folders"), 1, "{progress:#}");
+        assert_eq!(num(&progress, "expanded_moves"), 0, "{progress:#}");
+    }
+
     // A and C only ever talked to B.
     let c_id = c.device_id();
     let a_peers = a.status()["peers"].clone();

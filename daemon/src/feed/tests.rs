@@ -725,7 +725,7 @@ async fn peer_move(s: &Scene, from: &str, to: &str, first: u64) -> crate::univer
         .unwrap();
     let (note, entries) =
         crate::moves::recorded_move(&trees[0], (from, to), (PEER, "PEERPEE"), first);
-    crate::moves::announce(&note, &entries).unwrap()
+    crate::moves::announce(&note, &entries, "PEER-C").unwrap()
 }
 
 impl Scene {

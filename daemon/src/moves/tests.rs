@@ -109,7 +109,7 @@ fn moved_on_a(first: u64) -> (MoveNote, Vec<IndexEntry>) {
 #[test]
 fn a_receiver_in_the_same_state_derives_exactly_the_senders_entries() {
     let (note, entries) = moved_on_a(40);
-    let mv = announce(&note, &entries).expect("a whole move is announced");
+    let mv = announce(&note, &entries, "PEER-C").expect("a whole move is announced");
     assert_eq!(mv.author, A);
     assert_eq!(mv.items, 5);
     assert_eq!(mv.modified_by, "AAAA");
@@ -127,7 +127,7 @@ fn a_receiver_in_the_same_state_derives_exactly_the_senders_entries() {
             e.item.header.version.bump(A);
         }
     }
-    let mv_with_tomb = announce(&note, &entries).unwrap();
+    let mv_with_tomb = announce(&note, &entries, "PEER-C").unwrap();
     assert_ne!(mv_with_tomb.digest, mv.digest);
 
     let derived = derive(&mv, &before(500), &[]).unwrap();
@@ -181,7 +181,7 @@ fn a_receiver_in_the_same_state_derives_exactly_the_senders_entries() {
 #[test]
 fn a_receiver_whose_state_differs_asks_instead() {
     let (note, entries) = moved_on_a(1);
-    let mv = announce(&note, &entries).unwrap();
+    let mv = announce(&note, &entries, "PEER-C").unwrap();
 
     // An older version of one file here.
     let mut older = before(500);
@@ -234,28 +234,32 @@ fn a_receiver_whose_state_differs_asks_instead() {
 }
 
 #[test]
-fn a_range_that_changed_since_the_scan_is_not_announced() {
+fn a_range_that_changed_since_the_scan_or_came_from_the_peer_is_not_announced() {
     let (note, entries) = moved_on_a(1);
     // One entry changed again: its sequence left the range.
-    assert!(announce(&note, &entries[1..]).is_none());
+    assert!(announce(&note, &entries[1..], "PEER-C").is_none());
     // An entry under the old name that is live again.
     let mut revived = entries.clone();
     revived[1].item.header.deleted = false;
-    assert!(announce(&note, &revived).is_none());
-    // One from a peer.
+    assert!(announce(&note, &revived, "PEER-C").is_none());
+    // A move applied here from another device is passed on as one; not back to that device,
+    // which has it.
     let mut applied = entries.clone();
-    applied[0].item.header.origin = Some("peer".into());
-    assert!(announce(&note, &applied).is_none());
+    for e in &mut applied {
+        e.item.header.origin = Some("PEER-A".into());
+    }
+    assert!(announce(&note, &applied, "PEER-C").is_some());
+    assert!(announce(&note, &applied, "PEER-A").is_none());
     // One outside both names.
     let mut elsewhere = entries;
     elsewhere[0].item.key = "other".into();
-    assert!(announce(&note, &elsewhere).is_none());
+    assert!(announce(&note, &elsewhere, "PEER-C").is_none());
 }
 
 #[test]
 fn a_hostile_move_is_refused_naming_what_is_wrong() {
     let (note, entries) = moved_on_a(1);
-    let good = universal::move_to_pb(&announce(&note, &entries).unwrap());
+    let good = universal::move_to_pb(&announce(&note, &entries, "PEER-C").unwrap());
     assert!(universal::move_from_pb(&good).is_ok());
     type Spoil = Box<dyn Fn(&mut pb::FolderMove)>;
     let cases: Vec<(&str, Spoil)> = vec![

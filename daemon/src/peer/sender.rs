@@ -116,7 +116,7 @@ impl Sender {
             };
             if let Some(at) = read.at_move {
                 let first = at.note.first_sequence;
-                let Some(mv) = moves::announce(&at.note, &at.entries) else {
+                let Some(mv) = moves::announce(&at.note, &at.entries, &self.device) else {
                     // Something in it changed again since: its entries go one by one.
                     moves.declined = first;
                     continue;

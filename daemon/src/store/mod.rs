@@ -263,19 +263,19 @@ impl StoreHandle {
             .await
     }
 
-    /// Commits a scan's folder move (its deletions and additions, numbered together) in one
-    /// transaction, noting it so senders may announce it as one operation.
+    /// Commits a folder move's deletions and additions (a scan's, or a peer's applied as one
+    /// rename, which settles its journal batches) in one transaction, numbered together, and
+    /// notes it so senders may announce it as one operation.
     pub async fn commit_move(
         &self,
         source_id: String,
         diffs: Vec<crate::item::Difference>,
-        from: String,
-        to: String,
-        items: u32,
+        (from, to, items): (String, String, u32),
+        settles: Settles,
     ) -> Result<Vec<u64>> {
         self.call(move |c| {
             let moved = Some((from.as_str(), to.as_str(), items));
-            queries::commit(c, &source_id, &diffs, &Settles::Nothing, moved)
+            queries::commit(c, &source_id, &diffs, &settles, moved)
         })
         .await
     }

@@ -696,7 +696,12 @@ async fn an_index_read_stops_before_a_noted_move_and_gives_it_whole() {
         moved.push(gone);
     }
     let seqs = store
-        .commit_move("docs".into(), moved, "old".into(), "new".into(), 2)
+        .commit_move(
+            "docs".into(),
+            moved,
+            ("old".into(), "new".into(), 2),
+            Settles::Nothing,
+        )
         .await
         .unwrap();
     assert_eq!(seqs, [4, 5, 6, 7]);
