@@ -70,6 +70,17 @@ fn original_of(path: &str) -> String {
     }
 }
 
+/// Starts B again without its planned faults and waits until A and B agree, with everything
+/// B recorded on its disk.
+fn restart_without_faults_and_converge(a: &Agent, b: &mut Agent, da: &Path, db: &Path) {
+    b.clear_env();
+    b.start_again();
+    b.sync_with(&[a], SYNC);
+    a.sync_with(&[b], SYNC);
+    tree::assert_same_trees(da, db);
+    assert_recorded_items_on_disk(b.home(), db, "at the end");
+}
+
 /// Conflict copies anywhere under `root`.
 fn conflict_copies(root: &Path) -> Vec<String> {
     tree::snapshot(root)
@@ -190,12 +201,7 @@ fn a_kill_during_a_batchs_durability_step_leaves_nothing_recorded_that_is_not_on
         assert_no_partial_files(&db, &seen, &when);
         assert_database_intact(b.home(), &when);
         // Without the fault, B finishes the job from where it stopped.
-        b.clear_env();
-        b.start_again();
-        b.sync_with(&[&a], SYNC);
-        a.sync_with(&[&b], SYNC);
-        tree::assert_same_trees(&da, &db);
-        assert_recorded_items_on_disk(b.home(), &db, "at the end");
+        restart_without_faults_and_converge(&a, &mut b, &da, &db);
         let mut copies = conflict_copies(&db);
         copies.extend(tree::temps(&db));
         assert!(copies.is_empty(), "{plan}: left behind: {copies:?}");
@@ -239,12 +245,7 @@ fn a_kill_between_a_folder_moves_rename_and_its_record_is_finished_at_the_next_s
     );
     assert_database_intact(b.home(), "after the crash");
 
-    b.clear_env();
-    b.start_again();
-    b.sync_with(&[&a], SYNC);
-    a.sync_with(&[&b], SYNC);
-    tree::assert_same_trees(&da, &db);
-    assert_recorded_items_on_disk(b.home(), &db, "at the end");
+    restart_without_faults_and_converge(&a, &mut b, &da, &db);
     prior::assert_matches_tree(&b.prior_state("docs"), &db);
     assert_eq!(
         ino(&db.join("moved-here/album/0/f0.txt")),

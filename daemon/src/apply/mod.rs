@@ -887,6 +887,23 @@ pub fn read_range(root: &Path, item: &ItemPath, offset: u64, len: u32) -> io::Re
     read_range_in(root, item, offset, len, &mut RealFolders::default())
 }
 
+/// The whole content of small files that still hold what is expected of them: for each
+/// `(tag, item, size, hash)`, the bytes when the file reads back with that size and hash
+/// (blocking; the rest are left out, for the caller to fetch another way).
+pub fn read_whole_files<T>(
+    root: &Path,
+    wanted: Vec<(T, ItemPath, u32, Hash128)>,
+) -> Vec<(T, bytes::Bytes)> {
+    let mut folders = RealFolders::default();
+    wanted
+        .into_iter()
+        .filter_map(|(tag, item, len, hash)| {
+            let data = read_range_in(root, &item, 0, len, &mut folders).ok()?;
+            (Hash128::of(&data) == hash).then(|| (tag, bytes::Bytes::from(data)))
+        })
+        .collect()
+}
+
 /// [`read_range`] for one of many reads in a row, remembering the real folders it passed.
 pub fn read_range_in(
     root: &Path,

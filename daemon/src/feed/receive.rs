@@ -599,17 +599,8 @@ async fn with_old_content(
         return items;
     }
     let root: PathBuf = root.to_owned();
-    let read = tokio::task::spawn_blocking(move || {
-        let mut folders = crate::apply::RealFolders::default();
-        wanted
-            .into_iter()
-            .filter_map(|(i, old, len, hash)| {
-                let data = crate::apply::read_range_in(&root, &old, 0, len, &mut folders).ok()?;
-                (Hash128::of(&data) == hash).then(|| (i, bytes::Bytes::from(data)))
-            })
-            .collect::<Vec<_>>()
-    })
-    .await;
+    let read =
+        tokio::task::spawn_blocking(move || crate::apply::read_whole_files(&root, wanted)).await;
     for (i, data) in read.unwrap_or_default() {
         if let Some(Body::File(file)) = items.get_mut(i).map(|item| &mut item.body) {
             file.inline = Some(data);

@@ -3,7 +3,6 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
-use bytes::Bytes;
 use prost::Message;
 use tandem_proto::peer::{self as pb, frame::Body};
 use tokio::sync::{mpsc, watch};
@@ -388,17 +387,11 @@ async fn with_inline_content(
     wanted.retain(|(_, _, _, hash)| !hash.is_some_and(|h| src.gone.contains(&h)));
     wanted.extend(tiny);
     let root = src.root.clone();
-    let read = tokio::task::spawn_blocking(move || {
-        let mut folders = apply::RealFolders::default();
-        wanted
-            .into_iter()
-            .filter_map(|(i, path, len, hash)| {
-                let data = apply::read_range_in(&root, &path, 0, len, &mut folders).ok()?;
-                (Some(Hash128::of(&data)) == hash).then(|| (i, Bytes::from(data)))
-            })
-            .collect::<Vec<(usize, Bytes)>>()
-    })
-    .await;
+    let wanted = wanted
+        .into_iter()
+        .filter_map(|(i, path, len, hash)| Some((i, path, len, hash?)))
+        .collect();
+    let read = tokio::task::spawn_blocking(move || apply::read_whole_files(&root, wanted)).await;
     // A failed read loses only the inline content, which the receiver then asks for.
     for (i, data) in read.unwrap_or_default() {
         if let Some(item::Body::File(file)) = batch.get_mut(i).map(|item| &mut item.body) {

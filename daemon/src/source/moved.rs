@@ -179,9 +179,9 @@ impl SourceTask {
         self.written_batches.push(batch);
         // Noted as a move, so the devices this one passes it on to get one operation too.
         // Failing here leaves the journal, which the next start reads against the disk.
-        let moved = (mv.from.to_string(), mv.to.to_string(), old.len());
-        let items = u32::try_from(moved.2).map_err(|e| e.to_string())?;
-        self.flush_applied_noting(Some((moved.0, moved.1, items)))
+        let items = u32::try_from(old.len()).map_err(|e| e.to_string())?;
+        let moved = (mv.from.to_string(), mv.to.to_string(), items);
+        self.flush_applied_noting(Some(moved))
             .await
             .map_err(|e| e.to_string())
     }

@@ -287,7 +287,7 @@ impl StoreHandle {
         first: u64,
         last: u64,
     ) -> Result<Vec<IndexEntry>> {
-        self.call(move |c| queries::entries_in(c, &source_id, first, last))
+        self.call(move |c| queries::entries_between(c, &source_id, first, last))
             .await
     }
 

@@ -1038,7 +1038,7 @@ pub(super) fn items_since(
                     page.except_from,
                     before.map(to_i64),
                 ],
-                |r| Ok((raw_item(r)?, r.get::<_, Option<Vec<u8>>>(14)?)),
+                entry_row,
             )
             .map_err(&err)?;
         let mut bytes = 0usize;
@@ -1097,8 +1097,8 @@ fn next_move(c: &Connection, source_id: &str, after: u64) -> Result<Option<MoveN
     .map_err(&err)
 }
 
-/// The current entries numbered within a move's range, in sequence order.
-fn entries_between(
+/// The current entries numbered `first..=last` (a folder move's range), in sequence order.
+pub(super) fn entries_between(
     c: &Connection,
     source_id: &str,
     first: u64,
@@ -1112,9 +1112,7 @@ fn entries_between(
         ))
         .map_err(&err)?;
     let rows = stmt
-        .query_map(params![source_id, to_i64(first), to_i64(last)], |r| {
-            Ok((raw_item(r)?, r.get::<_, Option<Vec<u8>>>(14)?))
-        })
+        .query_map(params![source_id, to_i64(first), to_i64(last)], entry_row)
         .map_err(&err)?;
     let mut entries = Vec::new();
     for row in rows {
@@ -1122,6 +1120,11 @@ fn entries_between(
         entries.push(index_entry(source_id, raw, chunks)?);
     }
     Ok(entries)
+}
+
+/// A row of `SELECT {ITEM_COLUMNS}, chunks`: the item's columns and its encoded chunk list.
+fn entry_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(RawItem, Option<Vec<u8>>)> {
+    Ok((raw_item(r)?, r.get(14)?))
 }
 
 fn index_entry(source_id: &str, raw: RawItem, chunks: Option<Vec<u8>>) -> Result<IndexEntry> {
@@ -1135,17 +1138,6 @@ fn index_entry(source_id: &str, raw: RawItem, chunks: Option<Vec<u8>>) -> Result
         None => Vec::new(),
     };
     Ok(IndexEntry { item, chunks })
-}
-
-/// The current entries numbered `first..=last`, for a peer that asked for a move's entries
-/// one by one.
-pub(super) fn entries_in(
-    c: &mut Connection,
-    source_id: &str,
-    first: u64,
-    last: u64,
-) -> Result<Vec<IndexEntry>> {
-    entries_between(c, source_id, first, last)
 }
 
 /// For each new folder (path, inode): the live recorded folder with that inode under another
@@ -1203,11 +1195,10 @@ pub(super) fn subtrees(
                  WHERE source_id = ?1 AND key >= ?2 AND key < ?3 ORDER BY key"
             ))
             .map_err(&err)?;
-        let row = |r: &rusqlite::Row<'_>| Ok((raw_item(r)?, r.get::<_, Option<Vec<u8>>>(14)?));
         for key in keys {
             let mut tree = Vec::new();
             for found in exact
-                .query_map(params![source_id, key], row)
+                .query_map(params![source_id, key], entry_row)
                 .map_err(&err)?
             {
                 let (raw, chunks) = found.map_err(&err)?;
@@ -1215,7 +1206,7 @@ pub(super) fn subtrees(
             }
             let (lo, hi) = (format!("{key}/"), format!("{key}0"));
             for found in under
-                .query_map(params![source_id, lo, hi], row)
+                .query_map(params![source_id, lo, hi], entry_row)
                 .map_err(&err)?
             {
                 let (raw, chunks) = found.map_err(&err)?;
