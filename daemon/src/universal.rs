@@ -212,7 +212,7 @@ pub fn item_to_pb(item: &RemoteItem) -> pb::Item {
         ),
         Body::Record(_) => (
             pb::item::Key::Uid(key),
-            pb::item::Body::Record(pb::RecordBody {}),
+            pb::item::Body::Record(pb::RecordBody { record: None }),
         ),
     };
     pb::Item {
@@ -721,7 +721,10 @@ mod tests {
         record.body = Body::Record(b"BEGIN:VCARD".to_vec());
         let m = item_to_pb(&record);
         assert_eq!(m.key, Some(pb::item::Key::Uid("docs/a.txt".into())));
-        assert_eq!(m.body, Some(pb::item::Body::Record(pb::RecordBody {})));
+        assert_eq!(
+            m.body,
+            Some(pb::item::Body::Record(pb::RecordBody { record: None }))
+        );
         let err = item_from_pb(&m).unwrap_err().to_string();
         assert!(err.contains("a record"), "{err}");
     }
@@ -737,7 +740,7 @@ mod tests {
         no_body.body = None;
         let mut record = good.clone();
         record.key = Some(pb::item::Key::Uid("ana@example".into()));
-        record.body = Some(pb::item::Body::Record(pb::RecordBody {}));
+        record.body = Some(pb::item::Body::Record(pb::RecordBody { record: None }));
         for (m, want) in [
             (no_key, "no key"),
             (no_header, "no header"),

@@ -5,7 +5,7 @@
 
 /// The version of `peer.proto` this build speaks. Raise it with any change an older build
 /// would misread; devices refuse a hello that names another version.
-pub const PEER_PROTOCOL: u32 = 4;
+pub const PEER_PROTOCOL: u32 = 5;
 
 /// Messages and service of `control.proto`: `tandemctl` ⇄ the local `tandemd`.
 pub mod control {

@@ -6,7 +6,9 @@
 //! a format is its folder here plus one line in [`REGISTRY`]. Must not: rename files outside
 //! its writer, touch SQL, or reach into another format.
 
+pub mod codecs;
 pub mod files;
+pub mod native;
 
 use std::fmt;
 use std::path::Path;

@@ -1,0 +1,1 @@
+//! csv text ⇄ universal records (work in progress).

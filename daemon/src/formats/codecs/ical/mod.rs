@@ -1,0 +1,1 @@
+//! ical text ⇄ universal records (work in progress).

@@ -1,0 +1,1 @@
+//! vcard text ⇄ universal records (work in progress).
