@@ -18,6 +18,7 @@ pub mod layout;
 pub mod logging;
 pub mod moves;
 pub mod peer;
+pub mod records;
 pub mod scanner;
 pub mod source;
 pub mod store;
