@@ -550,10 +550,18 @@ impl AgentTask {
             )));
         }
         validate_format(&req.format)?;
+        let single = crate::formats::by_name(&req.format)
+            .is_ok_and(|f| f.layout() == crate::formats::Layout::SingleFile);
         let (path, home) = (req.path.clone(), self.home.root().to_path_buf());
-        let root = tokio::task::spawn_blocking(move || validate_path(&path, &home))
-            .await
-            .map_err(|e| Error::Invalid(format!("checking the path failed: {e}")))??;
+        let root = tokio::task::spawn_blocking(move || {
+            if single {
+                validate_file_path(&path, &home)
+            } else {
+                validate_path(&path, &home)
+            }
+        })
+        .await
+        .map_err(|e| Error::Invalid(format!("checking the path failed: {e}")))??;
         for (id, h) in &self.sources {
             let other = h.status().path;
             if root.starts_with(&other) || other.starts_with(&root) {
@@ -587,9 +595,15 @@ impl AgentTask {
             peers,
         };
         let marker = root.clone();
-        let made = tokio::task::spawn_blocking(move || crate::layout::create_marker(&marker))
-            .await
-            .map_err(|e| Error::Invalid(format!("creating the marker failed: {e}")))?;
+        let made = tokio::task::spawn_blocking(move || {
+            if single {
+                crate::formats::record_file::create_agent_dir(&marker)
+            } else {
+                crate::layout::create_marker(&marker)
+            }
+        })
+        .await
+        .map_err(|e| Error::Invalid(format!("creating the marker failed: {e}")))?;
         made.map_err(|e| {
             Error::Invalid(format!(
                 "cannot create the marker folder {}: {e}; the agent needs write access to the source",
@@ -666,6 +680,31 @@ fn validate_address(address: &str) -> Result<Option<String>, Error> {
     match port.parse::<u16>() {
         Ok(p) if p > 0 && host_ok => Ok(Some(address.to_owned())),
         _ => Err(bad()),
+    }
+}
+
+/// Checks the path of a single-file source: an absolute path to a file, or to a file not made
+/// yet in a folder that exists (the first record a peer sends makes it).
+fn validate_file_path(path: &Path, home: &Path) -> Result<PathBuf, Error> {
+    let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
+        return Err(Error::Invalid(format!(
+            "source path {} names no file; give the path of the file (for example ~/contacts.vcf)",
+            path.display()
+        )));
+    };
+    let folder = validate_path(parent, home)?;
+    let file = folder.join(name);
+    match std::fs::symlink_metadata(&file) {
+        Ok(m) if m.is_file() => Ok(file),
+        Ok(_) => Err(Error::Invalid(format!(
+            "source path {} is not a regular file; this format keeps its records in one file",
+            path.display()
+        ))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(file),
+        Err(e) => Err(Error::Invalid(format!(
+            "cannot open source path {}: {e}; check its permissions",
+            path.display()
+        ))),
     }
 }
 

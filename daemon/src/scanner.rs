@@ -85,6 +85,8 @@ pub enum ScanError {
     Prior(#[from] PriorError),
     #[error("scan stopped")]
     Cancelled,
+    #[error("{0} holds records, which the file scanner does not read")]
+    NotFiles(PathBuf),
 }
 
 /// Why the prior state could not be read (the store's own words, or a broken order).

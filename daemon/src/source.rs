@@ -31,6 +31,7 @@ mod gone;
 mod move_finder;
 mod moved;
 mod own_writes;
+mod records;
 mod remote;
 
 pub use gone::RecentlyGone;
@@ -441,6 +442,7 @@ pub fn spawn(
         written_batches: Vec::new(),
         disturbed: HashSet::new(),
         own_writes: OwnWrites::default(),
+        record_source: None,
     };
     let join = tokio::spawn(task.run().instrument(span));
     SourceHandle {
@@ -485,6 +487,8 @@ struct SourceTask {
     own_writes: OwnWrites,
     /// Content its scans found gone, for the senders.
     gone: Arc<RecentlyGone>,
+    /// A record source, open between reads and writes (record formats only).
+    record_source: Option<Box<dyn formats::record_io::RecordSource>>,
 }
 
 /// Receives from an optional channel; without one, waits forever.
@@ -527,6 +531,8 @@ pub enum SourceError {
     Store(#[from] store::Error),
     #[error("the scanner crashed: {0}; it is restarted")]
     Crashed(String),
+    #[error(transparent)]
+    Records(#[from] Box<records::RecordsError>),
 }
 
 impl SourceTask {
@@ -716,7 +722,12 @@ impl SourceTask {
             return;
         }
         let (tx, rx) = mpsc::channel(4096);
-        match watcher::watch(&self.cfg.root, tx) {
+        let watched = if self.format.layout() == formats::Layout::SingleFile {
+            watcher::watch_file(&self.cfg.root, tx)
+        } else {
+            watcher::watch(&self.cfg.root, tx)
+        };
+        match watched {
             Ok(w) => {
                 self.watcher = Some(w);
                 self.watch_rx = Some(rx);
@@ -897,6 +908,9 @@ impl SourceTask {
         scope: Scope,
         force: HashSet<String>,
     ) -> Result<scanner::ScanSummary, Stop> {
+        if self.format.records().is_some() {
+            return self.scan_records().await;
+        }
         let root = self.cfg.root.clone();
         tokio::task::spawn_blocking(move || check_marker(&root))
             .await

@@ -31,6 +31,12 @@ pub const MAX_DEVICE_SHORT: usize = 16;
 pub const MAX_INLINE_BYTES: usize = 1 << 20;
 /// Most items (a folder and everything under it) one folder move may stand for.
 pub const MAX_MOVE_ITEMS: u32 = 50_000;
+/// Longest record UID accepted, in bytes.
+pub const MAX_UID_BYTES: usize = 1024;
+/// Largest record accepted from a peer, encoded (a contact with a large photo fits).
+pub const MAX_RECORD_BYTES: usize = 4 << 20;
+/// Most values one field of a record from a peer may hold.
+pub const MAX_RECORD_VALUES: usize = 10_000;
 /// Most folder moves one index update may carry.
 pub const MAX_MOVES_PER_UPDATE: usize = 64;
 
@@ -97,6 +103,30 @@ impl ItemPath {
             return refuse("it is inside the agent's own folder");
         }
         Ok(ItemPath(path.to_owned()))
+    }
+
+    /// Checks a record's key (its UID) from a peer. It is never joined to a path: the record
+    /// formats choose their own file names. It must be a short line of text.
+    ///
+    /// # Errors
+    /// [`Refused::Item`] naming the key and what is wrong with it.
+    pub fn record_key(uid: &str) -> Result<ItemPath, Refused> {
+        let refuse = |reason: &str| {
+            Err(Refused::Item {
+                path: format!("record {}", uid.chars().take(64).collect::<String>()),
+                reason: reason.to_owned(),
+            })
+        };
+        if uid.is_empty() {
+            return refuse("its UID is empty");
+        }
+        if uid.len() > MAX_UID_BYTES {
+            return refuse("its UID is longer than 1024 bytes");
+        }
+        if uid.chars().any(char::is_control) {
+            return refuse("its UID has a control character");
+        }
+        Ok(ItemPath(uid.to_owned()))
     }
 
     /// The path as a string.
@@ -201,8 +231,8 @@ pub fn version_from_pb(path: &str, v: Option<&pb::Version>) -> Result<VersionVec
     Ok(version)
 }
 
-/// Encodes an item for a peer. A record goes with its UID as the key and an empty
-/// `RecordBody`: the wire has no place for a record's bytes until the first record format.
+/// Encodes an item for a peer. A record goes with its UID as the key and its universal record
+/// (a stored record's place on this device stays here).
 pub fn item_to_pb(item: &RemoteItem) -> pb::Item {
     let key = item.path.as_str().to_owned();
     let (key, body) = match &item.body {
@@ -210,9 +240,14 @@ pub fn item_to_pb(item: &RemoteItem) -> pb::Item {
             pb::item::Key::Path(key),
             pb::item::Body::File(file_body_to_pb(file)),
         ),
-        Body::Record(_) => (
+        Body::Record(bytes) => (
             pb::item::Key::Uid(key),
-            pb::item::Body::Record(pb::RecordBody { record: None }),
+            pb::item::Body::Record(
+                <pb::StoredRecord as prost::Message>::decode(bytes.as_slice())
+                    .ok()
+                    .and_then(|s| s.body)
+                    .unwrap_or_default(),
+            ),
         ),
     };
     pb::Item {
@@ -257,6 +292,97 @@ fn is_short_id(by: &str) -> bool {
     by.len() <= MAX_DEVICE_SHORT && by.bytes().all(|b| b.is_ascii_alphanumeric())
 }
 
+/// Checks and decodes a record from a peer: its UID, header and record, within bounds. Whether
+/// its kind is the one the source keeps is the source's check.
+fn record_from_pb(uid: &str, item: &pb::Item) -> Result<RemoteItem, Refused> {
+    let path = ItemPath::record_key(uid)?;
+    let bad = |reason: String| Refused::Item {
+        path: format!("record {}", uid.chars().take(64).collect::<String>()),
+        reason,
+    };
+    let Some(header) = &item.header else {
+        return Err(bad("it has no header".into()));
+    };
+    let Some(pb::item::Body::Record(body)) = &item.body else {
+        return Err(bad("a record key with a file body".into()));
+    };
+    let Some(record) = &body.record else {
+        return Err(bad("it has no record".into()));
+    };
+    let size = prost::Message::encoded_len(body);
+    if size > MAX_RECORD_BYTES {
+        return Err(bad(format!(
+            "{size} bytes is more than the limit for a record"
+        )));
+    }
+    let (record_uid, widest) = match record {
+        pb::record_body::Record::Contact(c) => (
+            &c.uid,
+            [
+                c.nicknames.len(),
+                c.emails.len(),
+                c.phones.len(),
+                c.addresses.len(),
+                c.notes.len(),
+                c.urls.len(),
+                c.categories.len(),
+                c.raw.len(),
+            ]
+            .into_iter()
+            .max()
+            .unwrap_or(0),
+        ),
+        pb::record_body::Record::Calendar(c) => (
+            &c.uid,
+            c.components
+                .iter()
+                .map(|x| {
+                    [
+                        x.rdates.len(),
+                        x.exdates.len(),
+                        x.attendees.len(),
+                        x.raw.len(),
+                    ]
+                    .into_iter()
+                    .max()
+                    .unwrap_or(0)
+                })
+                .chain([c.components.len(), c.timezones.len()])
+                .max()
+                .unwrap_or(0),
+        ),
+    };
+    if record_uid != uid {
+        return Err(bad(format!(
+            "its record's UID is {record_uid:?}, not its key"
+        )));
+    }
+    if widest > MAX_RECORD_VALUES {
+        return Err(bad(format!(
+            "a field holds {widest} values, more than the limit"
+        )));
+    }
+    let version = version_from_pb(uid, header.version.as_ref())?;
+    if !header.modified_by.is_empty() && !is_short_id(&header.modified_by) {
+        return Err(bad("its author is not a short device ID".into()));
+    }
+    let stored = pb::StoredRecord {
+        body: Some(body.clone()),
+        ..pb::StoredRecord::default()
+    };
+    Ok(RemoteItem {
+        path,
+        header: Header {
+            version,
+            sequence: header.sequence,
+            deleted: header.deleted,
+            origin: None,
+            modified_by: (!header.modified_by.is_empty()).then(|| header.modified_by.clone()),
+        },
+        body: Body::Record(prost::Message::encode_to_vec(&stored)),
+    })
+}
+
 /// Checks and decodes one item from a peer.
 ///
 /// # Errors
@@ -264,12 +390,7 @@ fn is_short_id(by: &str) -> bool {
 pub fn item_from_pb(item: &pb::Item) -> Result<RemoteItem, Refused> {
     let key = match &item.key {
         Some(pb::item::Key::Path(path)) => path,
-        Some(pb::item::Key::Uid(uid)) => {
-            return Err(Refused::Item {
-                path: format!("record {}", uid.chars().take(64).collect::<String>()),
-                reason: "a record in an exchange of files".into(),
-            });
-        }
+        Some(pb::item::Key::Uid(uid)) => return record_from_pb(uid, item),
         None => {
             return Err(Refused::Item {
                 path: String::new(),
@@ -715,22 +836,79 @@ mod tests {
         assert_eq!(item_from_pb(&item_to_pb(&link)).unwrap(), link);
     }
 
-    #[test]
-    fn a_record_goes_by_its_uid_and_is_refused_in_an_exchange_of_files() {
-        let mut record = file_item();
-        record.body = Body::Record(b"BEGIN:VCARD".to_vec());
-        let m = item_to_pb(&record);
-        assert_eq!(m.key, Some(pb::item::Key::Uid("docs/a.txt".into())));
-        assert_eq!(
-            m.body,
-            Some(pb::item::Body::Record(pb::RecordBody { record: None }))
-        );
-        let err = item_from_pb(&m).unwrap_err().to_string();
-        assert!(err.contains("a record"), "{err}");
+    fn record_item(uid: &str) -> RemoteItem {
+        let contact = pb::Contact {
+            uid: uid.into(),
+            formatted_name: Some(pb::Text {
+                value: "Ana Lima".into(),
+                ..pb::Text::default()
+            }),
+            ..pb::Contact::default()
+        };
+        let stored = pb::StoredRecord {
+            body: Some(pb::RecordBody {
+                record: Some(pb::record_body::Record::Contact(contact)),
+            }),
+            ..pb::StoredRecord::default()
+        };
+        let mut item = file_item();
+        item.path = ItemPath::record_key(uid).unwrap();
+        item.body = Body::Record(prost::Message::encode_to_vec(&stored));
+        item
     }
 
     #[test]
-    fn items_without_a_key_header_or_file_body_and_records_are_refused() {
+    fn a_record_goes_by_its_uid_with_its_record_and_never_its_place() {
+        let mut record = record_item("ana@example/1");
+        let m = item_to_pb(&record);
+        assert_eq!(m.key, Some(pb::item::Key::Uid("ana@example/1".into())));
+        assert_eq!(item_from_pb(&m).unwrap(), record);
+        // A place on this device stays here.
+        if let Body::Record(bytes) = &mut record.body {
+            let mut stored =
+                <pb::StoredRecord as prost::Message>::decode(bytes.as_slice()).unwrap();
+            stored.file = "ana.vcf".into();
+            *bytes = prost::Message::encode_to_vec(&stored);
+        }
+        let back = item_from_pb(&item_to_pb(&record)).unwrap();
+        assert_eq!(back, record_item("ana@example/1"));
+    }
+
+    #[test]
+    fn records_without_a_record_or_with_another_uid_or_too_many_values_are_refused() {
+        let good = item_to_pb(&record_item("ana"));
+        let mut empty = good.clone();
+        empty.body = Some(pb::item::Body::Record(pb::RecordBody { record: None }));
+        let mut other_uid = good.clone();
+        other_uid.key = Some(pb::item::Key::Uid("bob".into()));
+        let mut control = good.clone();
+        control.key = Some(pb::item::Key::Uid("a\nb".into()));
+        let mut no_uid = good.clone();
+        no_uid.key = Some(pb::item::Key::Uid(String::new()));
+        let mut wide = good.clone();
+        if let Some(pb::item::Body::Record(pb::RecordBody {
+            record: Some(pb::record_body::Record::Contact(c)),
+        })) = &mut wide.body
+        {
+            c.emails = vec![pb::Text::default(); MAX_RECORD_VALUES + 1];
+        }
+        let mut file_body = good.clone();
+        file_body.body = item_to_pb(&file_item()).body;
+        for (m, want) in [
+            (empty, "no record"),
+            (other_uid, "not its key"),
+            (control, "control character"),
+            (no_uid, "empty"),
+            (wide, "more than the limit"),
+            (file_body, "file body"),
+        ] {
+            let err = item_from_pb(&m).unwrap_err().to_string();
+            assert!(err.contains(want), "{want}: {err}");
+        }
+    }
+
+    #[test]
+    fn items_without_a_key_header_or_file_body_are_refused() {
         let good = item_to_pb(&file_item());
         let mut no_key = good.clone();
         no_key.key = None;
@@ -738,14 +916,10 @@ mod tests {
         no_header.header = None;
         let mut no_body = good.clone();
         no_body.body = None;
-        let mut record = good.clone();
-        record.key = Some(pb::item::Key::Uid("ana@example".into()));
-        record.body = Some(pb::item::Body::Record(pb::RecordBody { record: None }));
         for (m, want) in [
             (no_key, "no key"),
             (no_header, "no header"),
             (no_body, "no file body"),
-            (record, "a record"),
         ] {
             let err = item_from_pb(&m).unwrap_err().to_string();
             assert!(err.contains(want), "{want}: {err}");

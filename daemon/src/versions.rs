@@ -37,7 +37,8 @@ pub enum VersionsError {
     NotFound { path: String, at: String },
 }
 
-fn stamp_now() -> String {
+/// The current time as a versions name stamp (UTC, YYYYMMDD-HHMMSS).
+pub fn stamp_now() -> String {
     let secs = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map(|d| d.as_secs())

@@ -101,6 +101,55 @@ pub fn watch(root: &Path, tx: mpsc::Sender<WatchEvent>) -> Result<Watcher, notif
     })
 }
 
+/// Watches one file (a single-file source) through its folder, which is watched alone, not
+/// its subfolders: a file replaced by rename (as editors and this agent do) stays watched.
+/// Every change of the file is reported as a change of the whole source.
+///
+/// # Errors
+/// The OS watch cannot be set up.
+pub fn watch_file(file: &Path, tx: mpsc::Sender<WatchEvent>) -> Result<Watcher, notify::Error> {
+    let overflow = Arc::new(AtomicBool::new(false));
+    let flag = overflow.clone();
+    let name = file.file_name().map(std::ffi::OsStr::to_os_string);
+    let dir = file
+        .parent()
+        .map_or_else(|| Path::new(".").to_path_buf(), Path::to_path_buf);
+    let handler = move |res: notify::Result<notify::Event>| {
+        let msg = match res {
+            Ok(event) if event.need_rescan() => WatchEvent::Rescan {
+                reason: "the OS dropped file events (queue overflow)".into(),
+            },
+            Ok(event) if is_read_only(&event.kind) => return,
+            Ok(event) => {
+                let ours = event
+                    .paths
+                    .iter()
+                    .any(|p| p.file_name().map(std::ffi::OsStr::to_os_string) == name);
+                if !ours {
+                    return;
+                }
+                WatchEvent::Paths(vec![String::new()])
+            }
+            Err(e) => WatchEvent::Rescan {
+                reason: format!("the file watch failed: {e}"),
+            },
+        };
+        if tx.try_send(msg).is_err() {
+            flag.store(true, Ordering::Relaxed);
+        }
+    };
+    let kinds = EventKindMask::CORE | EventKindMask::ACCESS_CLOSE;
+    let mut inner = notify::RecommendedWatcher::new(
+        handler,
+        notify::Config::default().with_event_kinds(kinds),
+    )?;
+    inner.watch(&dir, RecursiveMode::NonRecursive)?;
+    Ok(Watcher {
+        _inner: inner,
+        overflow,
+    })
+}
+
 /// Keeps the OS watcher thread from being woken once per event during a burst of changes
 /// (a sync writing thousands of files). Each wake-up is paid by the process that made the
 /// change, and by another core. While events keep coming less than [`BURST`] apart, the

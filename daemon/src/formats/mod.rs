@@ -9,6 +9,9 @@
 pub mod codecs;
 pub mod files;
 pub mod native;
+pub mod record_dir;
+pub mod record_file;
+pub mod record_io;
 
 use std::fmt;
 use std::path::Path;
@@ -73,6 +76,12 @@ pub trait Format: Send + Sync + fmt::Debug + 'static {
     fn kind(&self) -> Kind;
     /// How it lies on disk.
     fn layout(&self) -> Layout;
+    /// The record side of a record format (`None` for `files`): the source task reads and
+    /// writes such a source through it, and never through [`Format::read`] or
+    /// [`Format::write`], which are the files side.
+    fn records(&self) -> Option<&dyn record_io::RecordIo> {
+        None
+    }
     /// Reads what is in scope and reports every item that differs from its prior state (and
     /// every item that cannot be read) to `sink`. Blocking; a bad item never aborts the read.
     ///
@@ -101,6 +110,48 @@ pub trait Format: Send + Sync + fmt::Debug + 'static {
         _to: &ItemPath,
     ) -> Result<bool, ApplyError> {
         Ok(false)
+    }
+}
+
+/// A record format: a name, a kind and the record I/O (a layout and a codec). The five record
+/// formats are each one of these, in their own module.
+#[derive(Debug)]
+pub struct RecordFormat {
+    pub name: &'static str,
+    pub kind: Kind,
+    pub layout: Layout,
+    pub io: &'static (dyn record_io::RecordIo + 'static),
+}
+
+impl Format for RecordFormat {
+    fn name(&self) -> &'static str {
+        self.name
+    }
+
+    fn kind(&self) -> Kind {
+        self.kind
+    }
+
+    fn layout(&self) -> Layout {
+        self.layout
+    }
+
+    fn records(&self) -> Option<&dyn record_io::RecordIo> {
+        Some(self.io)
+    }
+
+    fn read(&self, req: ScanRequest, _: &mut dyn Sink) -> Result<ScanSummary, ScanError> {
+        Err(ScanError::NotFiles(req.root))
+    }
+
+    fn write(&self, _: &dyn Disk, _: &Path, jobs: Vec<WriteJob>) -> Vec<WriteResult> {
+        jobs.into_iter()
+            .map(|j| {
+                Err(ApplyError::NotAFile {
+                    key: j.item.path.to_string(),
+                })
+            })
+            .collect()
     }
 }
 

@@ -194,7 +194,7 @@ impl Sender {
             let mut cut = false;
             for entry in read.entries {
                 let seq = entry.item.header.sequence;
-                // An exchange of files carries files only (the receiver refuses a record).
+                // A key no peer would take is left out.
                 let Some(item) = remote_item(entry) else {
                     last = seq;
                     continue;
@@ -306,10 +306,20 @@ impl Sender {
     }
 }
 
-/// An entry of the index as a peer is sent it; `None` for what an exchange of files does not
-/// carry (a record, a key that is no item path).
+/// An entry of the index as a peer is sent it; `None` for a key no peer would take (a path
+/// that is no item path, a record key that is no UID).
 fn remote_item(entry: IndexEntry) -> Option<RemoteItem> {
     let (prior, chunks) = (entry.item, entry.chunks);
+    if let Some(record) = prior.body.record() {
+        return Some(RemoteItem {
+            path: ItemPath::record_key(&prior.key).ok()?,
+            header: item::Header {
+                origin: None,
+                ..prior.header.clone()
+            },
+            body: item::Body::Record(record.to_vec()),
+        });
+    }
     let path = ItemPath::parse(&prior.key).ok()?;
     let file = prior.file()?;
     Some(RemoteItem {

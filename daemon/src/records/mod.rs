@@ -17,7 +17,7 @@ use prost::Message;
 use tandem_proto::peer as pb;
 
 pub use merge::{CONFLICT_PROPERTY, RecordConflict, conflicts_in, merge};
-pub use restamp::restamp;
+pub use restamp::{restamp, stamp_all};
 
 pub use crate::formats::native::Record;
 use crate::formats::native::{

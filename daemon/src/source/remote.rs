@@ -190,6 +190,9 @@ enum Check {
 impl SourceTask {
     /// Applies a batch of remote differences and commits them together.
     pub(super) async fn apply_batch(&mut self, batch: Vec<RemoteApply>) -> Vec<ApplyOutcome> {
+        if self.format.records().is_some() {
+            return self.apply_records(batch).await;
+        }
         let started = std::time::Instant::now();
         let items = batch.len();
         let mut outcomes = vec![ApplyOutcome::Skipped; batch.len()];

@@ -1,0 +1,423 @@
+//! Records in one file (a `.vcf` of many contacts, a CSV, an `.ics` calendar).
+//!
+//! The file is read whole when its size, mtime or inode changed since it was last read or
+//! written; a record whose text did not change is not compared again. A write splices the
+//! changed records into the text as last read: the order of records and the bytes of the
+//! untouched ones stay as they were. It goes through a temp file beside the target and a
+//! rename, and only when the file is still what was last read. The old text of every record
+//! replaced or deleted goes to the versions folder (`.NAME.tandem/versions` beside the file).
+//!
+//! A file that vanishes, or suddenly holds no records where many were, stops the source
+//! (`RecordSourceError`): it never becomes "delete everything" on the peers.
+
+use std::collections::HashMap;
+use std::fs;
+use std::io::Write as _;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use super::native::{Change, Codec, NativeRecord, Parsed, WriteSettings};
+use super::record_io::{
+    Known, Place, ReadOutcome, ReadRecord, RecordIo, RecordJob, RecordRead, RecordSource,
+    RecordSourceError, RecordWritten, decode_text, file_name_for, keep_text, key_for, native_hash,
+};
+use crate::apply::ApplyError;
+use crate::layout;
+
+/// One file holding every record; `extension` names kept versions.
+#[derive(Debug)]
+pub struct RecordFile {
+    pub codec: &'static dyn Codec,
+    pub extension: &'static str,
+}
+
+impl RecordIo for RecordFile {
+    fn codec(&self) -> &'static dyn Codec {
+        self.codec
+    }
+
+    fn open(&self, root: &Path, settings: WriteSettings) -> Box<dyn RecordSource> {
+        Box::new(FileSource {
+            file: root.to_path_buf(),
+            codec: self.codec,
+            extension: self.extension,
+            settings,
+            last: None,
+        })
+    }
+}
+
+/// The agent's own folder for a single-file source: beside the file, hidden.
+pub fn agent_dir(file: &Path) -> PathBuf {
+    let name = file
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    file.with_file_name(format!(".{name}.tandem"))
+}
+
+/// Makes the agent's folder of a single-file source (owner-only).
+///
+/// # Errors
+/// The folder cannot be made.
+pub fn create_agent_dir(file: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    match fs::DirBuilder::new().mode(0o700).create(agent_dir(file)) {
+        Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => Err(e),
+        _ => Ok(()),
+    }
+}
+
+/// The text as last read or written, and what it parsed into (keys given).
+struct Last {
+    stat: (u64, i64, u64),
+    text: String,
+    parsed: Parsed,
+    /// The key of each of `parsed.records`, in order.
+    keys: Vec<String>,
+}
+
+struct FileSource {
+    file: PathBuf,
+    codec: &'static dyn Codec,
+    extension: &'static str,
+    settings: WriteSettings,
+    last: Option<Last>,
+}
+
+fn stat_of(meta: &fs::Metadata) -> (u64, i64, u64) {
+    (
+        meta.len(),
+        meta.mtime() * 1_000_000_000 + meta.mtime_nsec(),
+        meta.ino(),
+    )
+}
+
+/// The text of a record as it lies in its file.
+fn text_of<'t>(text: &'t str, record: &NativeRecord) -> String {
+    record
+        .spans
+        .iter()
+        .filter_map(|s| text.get(s.clone()))
+        .collect::<Vec<&'t str>>()
+        .concat()
+}
+
+impl FileSource {
+    fn name(&self) -> String {
+        self.file
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    }
+
+    /// Gives every record of a parse its key: its UID, else the key a record with the same
+    /// text got before, else one made of its text.
+    fn keys(&self, text: &str, parsed: &Parsed, known: &[Known]) -> Vec<String> {
+        let mut by_hash: HashMap<&[u8], &str> = HashMap::new();
+        for k in known.iter().filter(|k| k.place.keyed_here) {
+            by_hash.insert(&k.place.native_hash, &k.key);
+        }
+        parsed
+            .records
+            .iter()
+            .enumerate()
+            .map(|(i, r)| match r.uid() {
+                Some(uid) => uid.to_owned(),
+                None => {
+                    let own = text_of(text, r);
+                    match by_hash.get(native_hash(&own).as_slice()) {
+                        Some(key) => (*key).to_owned(),
+                        None => key_for(format!("{i}\n{own}").as_bytes()),
+                    }
+                }
+            })
+            .collect()
+    }
+}
+
+impl RecordSource for FileSource {
+    fn read(&mut self, known: &[Known]) -> Result<ReadOutcome, RecordSourceError> {
+        let meta = match fs::metadata(&self.file) {
+            Ok(m) => m,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                self.last = None;
+                if known.is_empty() {
+                    return Ok(ReadOutcome::default());
+                }
+                return Err(RecordSourceError::Missing {
+                    path: self.file.clone(),
+                    recorded: known.len(),
+                });
+            }
+            Err(source) => {
+                return Err(RecordSourceError::Unreadable {
+                    path: self.file.clone(),
+                    source,
+                });
+            }
+        };
+        let stat = stat_of(&meta);
+        if self.last.as_ref().is_some_and(|l| l.stat == stat) {
+            return Ok(ReadOutcome {
+                unchanged: true,
+                ..ReadOutcome::default()
+            });
+        }
+        let bytes = fs::read(&self.file).map_err(|source| RecordSourceError::Unreadable {
+            path: self.file.clone(),
+            source,
+        })?;
+        let text = decode_text(&bytes);
+        let parsed = self.codec.parse(&text);
+        if parsed.records.is_empty() && parsed.errors.is_empty() && known.len() > 1 {
+            return Err(RecordSourceError::LooksEmpty {
+                path: self.file.clone(),
+                recorded: known.len(),
+            });
+        }
+        let keys = self.keys(&text, &parsed, known);
+        let hashes: HashMap<&str, &[u8]> = known
+            .iter()
+            .map(|k| (k.key.as_str(), k.place.native_hash.as_slice()))
+            .collect();
+        let name = self.name();
+        let mut out = ReadOutcome {
+            hold_deletions: !parsed.errors.is_empty(),
+            ..ReadOutcome::default()
+        };
+        for e in &parsed.errors {
+            out.found.push(RecordRead::Error {
+                item: format!("{name} line {}", e.line),
+                message: format!(
+                    "{}; no record of the file is taken for deleted until it reads cleanly",
+                    e.message
+                ),
+                holds: Vec::new(),
+            });
+        }
+        let mut first_line: HashMap<&str, (u32, String)> = HashMap::new();
+        let mut refused: Vec<String> = Vec::new();
+        for (r, key) in parsed.records.iter().zip(&keys) {
+            let own = text_of(&text, r);
+            let hash = native_hash(&own);
+            if let Some((line, earlier)) = first_line.get(key.as_str()) {
+                if *earlier != own {
+                    refused.push(key.clone());
+                    out.found.push(RecordRead::Error {
+                        item: format!("{name} line {}", r.line),
+                        message: format!(
+                            "two different records have the UID {key:?}, at lines {line} and {}; \
+                             give one of them another UID or delete it",
+                            r.line
+                        ),
+                        holds: vec![key.clone()],
+                    });
+                }
+                continue;
+            }
+            first_line.insert(key, (r.line, own));
+            if hashes
+                .get(key.as_str())
+                .is_some_and(|h| *h == hash.as_slice())
+            {
+                out.found.push(RecordRead::Unchanged(key.clone()));
+                continue;
+            }
+            let mut record = r.record.clone();
+            crate::records::set_uid(&mut record, key);
+            out.found.push(RecordRead::Record(Box::new(ReadRecord {
+                key: key.clone(),
+                record,
+                place: Place {
+                    keyed_here: r.uid().is_none(),
+                    native_hash: hash,
+                    ..Place::default()
+                },
+            })));
+        }
+        out.found.retain(|f| match f {
+            RecordRead::Record(r) => !refused.contains(&r.key),
+            RecordRead::Unchanged(k) => !refused.contains(k),
+            RecordRead::Error { .. } => true,
+        });
+        let mut parsed = parsed;
+        for (r, key) in parsed.records.iter_mut().zip(&keys) {
+            crate::records::set_uid(&mut r.record, key);
+        }
+        self.last = Some(Last {
+            stat,
+            text,
+            parsed,
+            keys,
+        });
+        Ok(out)
+    }
+
+    fn write(&mut self, jobs: Vec<RecordJob>) -> Vec<Result<RecordWritten, ApplyError>> {
+        let n = jobs.len();
+        let name = self.name();
+        let io = |action: &'static str| {
+            let path = name.clone();
+            move |source: std::io::Error| ApplyError::Io {
+                path,
+                action,
+                source,
+            }
+        };
+        let now = fs::metadata(&self.file).ok().map(|m| stat_of(&m));
+        let fresh = match (&self.last, now) {
+            (Some(last), Some(stat)) => last.stat == stat,
+            // A file not there yet (an empty source) is made by the first write.
+            (None, None) => true,
+            _ => false,
+        };
+        if !fresh {
+            return (0..n)
+                .map(|_| Ok(RecordWritten::ChangedMeanwhile))
+                .collect();
+        }
+        let empty = Last {
+            stat: (0, 0, 0),
+            text: String::new(),
+            parsed: Parsed::default(),
+            keys: Vec::new(),
+        };
+        let last = self.last.take().unwrap_or(empty);
+        let had_text = now.is_some();
+        let mut changes = Vec::with_capacity(n);
+        for job in &jobs {
+            match &job.record {
+                Some(record) => {
+                    let mut record = record.clone();
+                    crate::records::set_uid(&mut record, &job.key);
+                    changes.push(Change::Put(Box::new(record)));
+                }
+                None => changes.push(Change::Remove(job.key.clone())),
+            }
+        }
+        let previous = had_text.then_some((last.text.as_str(), &last.parsed));
+        let text = self.codec.write(previous, &changes, &self.settings);
+        let result = self
+            .replace(&last, &jobs, &text)
+            .map_err(io("writing the file"));
+        if let Err(e) = result {
+            self.last = Some(last);
+            let why = e.to_string();
+            return (0..n)
+                .map(|_| {
+                    Err(ApplyError::Io {
+                        path: name.clone(),
+                        action: "writing the file",
+                        source: std::io::Error::other(why.clone()),
+                    })
+                })
+                .collect();
+        }
+        let stat = match fs::metadata(&self.file) {
+            Ok(m) => stat_of(&m),
+            Err(e) => {
+                let why = e.to_string();
+                return (0..n)
+                    .map(|_| {
+                        Err(ApplyError::Io {
+                            path: name.clone(),
+                            action: "looking at the written file",
+                            source: std::io::Error::other(why.clone()),
+                        })
+                    })
+                    .collect();
+            }
+        };
+        let mut parsed = self.codec.parse(&text);
+        let known: Vec<Known> = last
+            .parsed
+            .records
+            .iter()
+            .zip(&last.keys)
+            .filter(|(r, _)| r.uid().is_none_or(|u| u.starts_with("tandem-")))
+            .map(|(r, k)| Known {
+                key: k.clone(),
+                place: Place {
+                    keyed_here: true,
+                    native_hash: native_hash(&text_of(&last.text, r)),
+                    ..Place::default()
+                },
+            })
+            .collect();
+        let keys = self.keys(&text, &parsed, &known);
+        let mut places: HashMap<&str, Place> = HashMap::new();
+        for (r, key) in parsed.records.iter().zip(&keys) {
+            places.insert(
+                key,
+                Place {
+                    keyed_here: r.uid().is_none(),
+                    native_hash: native_hash(&text_of(&text, r)),
+                    ..Place::default()
+                },
+            );
+        }
+        let results = jobs
+            .iter()
+            .map(|job| {
+                Ok(RecordWritten::Done(
+                    places.get(job.key.as_str()).cloned().unwrap_or_default(),
+                ))
+            })
+            .collect();
+        for (r, key) in parsed.records.iter_mut().zip(&keys) {
+            crate::records::set_uid(&mut r.record, key);
+        }
+        self.last = Some(Last {
+            stat,
+            text,
+            parsed,
+            keys,
+        });
+        results
+    }
+}
+
+impl FileSource {
+    /// Keeps the old text of every record a batch replaces or deletes, then puts the new file
+    /// in place atomically and durably.
+    fn replace(&self, last: &Last, jobs: &[RecordJob], text: &str) -> std::io::Result<()> {
+        let versions = agent_dir(&self.file).join(layout::VERSIONS_DIR);
+        for job in jobs {
+            let old = last
+                .keys
+                .iter()
+                .position(|k| *k == job.key)
+                .and_then(|i| last.parsed.records.get(i));
+            if let Some(old) = old {
+                keep_text(
+                    &versions,
+                    &file_name_for(&job.key, self.extension),
+                    &text_of(&last.text, old),
+                )?;
+            }
+        }
+        let dir = self
+            .file
+            .parent()
+            .map_or_else(|| PathBuf::from("."), Path::to_path_buf);
+        let temp = dir.join(format!("{}{}", layout::TEMP_PREFIX, self.name()));
+        let written = (|| {
+            let mut f = fs::File::create(&temp)?;
+            f.write_all(text.as_bytes())?;
+            if let Ok(meta) = fs::metadata(&self.file) {
+                f.set_permissions(meta.permissions())?;
+            }
+            f.sync_all()
+        })();
+        if let Err(e) = written {
+            let _ = fs::remove_file(&temp);
+            return Err(e);
+        }
+        if let Err(e) = fs::rename(&temp, &self.file) {
+            let _ = fs::remove_file(&temp);
+            return Err(e);
+        }
+        fs::File::open(&dir)?.sync_all()
+    }
+}

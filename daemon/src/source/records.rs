@@ -1,0 +1,534 @@
+//! The source task's side of a record source: a read of the native data turned into
+//! differences (value by value, against the prior record), and a peer's batch merged into
+//! the local records and written back in this device's format.
+//!
+//! Must not: write before deciding on the state it checked against, or take a record that
+//! could not be read for deleted.
+
+use std::collections::{HashMap, HashSet};
+
+use tracing::{debug, warn};
+
+use super::{
+    AppliedRecord, ApplyFailure, ApplyOutcome, RemoteApply, SourceTask, Stop, TotalsDelta,
+};
+use crate::events::{Event, EventKind, unix_ms_now};
+use crate::formats::native::{Record, Stamp};
+use crate::formats::record_io::{Known, Place, RecordJob, RecordRead, RecordSource, RecordWritten};
+use crate::formats::{Kind, Layout};
+use crate::index::{Ordering, VersionVector};
+use crate::item::{Body, Difference, Header, PriorItem};
+use crate::records::{self, stamp_all};
+use crate::scanner::ScanSummary;
+use tandem_proto::peer as pb;
+
+/// Why a record source cannot be read as a whole.
+#[derive(Debug, thiserror::Error)]
+pub enum RecordsError {
+    #[error(transparent)]
+    Source(#[from] crate::formats::record_io::RecordSourceError),
+    #[error("{0}")]
+    Stored(#[from] records::BadStoredRecord),
+}
+
+/// A prior item with its stored record decoded.
+struct Prior {
+    item: PriorItem,
+    stored: pb::StoredRecord,
+}
+
+fn place_of(stored: &pb::StoredRecord) -> Place {
+    Place {
+        file: stored.file.clone(),
+        size: stored.size,
+        mtime_ns: stored.mtime_ns,
+        inode: stored.inode,
+        keyed_here: stored.keyed_here,
+        native_hash: stored.native_hash.clone(),
+    }
+}
+
+fn stored(record: Record, place: &Place) -> pb::StoredRecord {
+    pb::StoredRecord {
+        body: Some(pb::RecordBody {
+            record: Some(record),
+        }),
+        file: place.file.clone(),
+        size: place.size,
+        mtime_ns: place.mtime_ns,
+        inode: place.inode,
+        keyed_here: place.keyed_here,
+        native_hash: place.native_hash.clone(),
+    }
+}
+
+fn now_s() -> i64 {
+    i64::try_from(unix_ms_now() / 1000).unwrap_or(i64::MAX)
+}
+
+impl SourceTask {
+    /// The open record source, opened on first use.
+    fn record_source(&mut self) -> Option<Box<dyn RecordSource>> {
+        if let Some(open) = self.record_source.take() {
+            return Some(open);
+        }
+        let io = self.format.records()?;
+        Some(io.open(&self.cfg.root, Default::default()))
+    }
+
+    /// Every prior record of the source, by key.
+    async fn prior_records(&self) -> Result<HashMap<String, Prior>, Stop> {
+        let items = self
+            .store
+            .prior_items(self.cfg.id.clone(), None)
+            .await
+            .map_err(|e| Stop::Source(e.into()))?;
+        let mut out = HashMap::with_capacity(items.len());
+        for item in items {
+            let Some(bytes) = item.body.record() else {
+                continue;
+            };
+            match records::decode_stored(&item.key, bytes) {
+                Ok(stored) => {
+                    out.insert(item.key.clone(), Prior { item, stored });
+                }
+                // One bad row must not stop the source: its record is read again.
+                Err(e) => warn!(error = %e, "a stored record cannot be read"),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Reads a record source and commits what changed, value by value.
+    pub(super) async fn scan_records(&mut self) -> Result<ScanSummary, Stop> {
+        if self.format.layout() == Layout::Folder {
+            let root = self.cfg.root.clone();
+            tokio::task::spawn_blocking(move || super::check_marker(&root))
+                .await
+                .map_err(|e| Stop::Source(super::SourceError::Crashed(e.to_string())))?
+                .map_err(Stop::Source)?;
+        }
+        let Some(io) = self.format.records() else {
+            return Ok(ScanSummary::default());
+        };
+        let codec = io.codec();
+        let priors = self.prior_records().await?;
+        let known: Vec<Known> = priors
+            .values()
+            .filter(|p| !p.item.header.deleted)
+            .map(|p| Known {
+                key: p.item.key.clone(),
+                place: place_of(&p.stored),
+            })
+            .collect();
+        let Some(mut source) = self.record_source() else {
+            return Ok(ScanSummary::default());
+        };
+        let (source, read) = tokio::task::spawn_blocking(move || {
+            let read = source.read(&known);
+            (source, read)
+        })
+        .await
+        .map_err(|e| Stop::Source(super::SourceError::Crashed(e.to_string())))?;
+        self.record_source = Some(source);
+        let outcome =
+            read.map_err(|e| Stop::Source(super::SourceError::Records(Box::new(e.into()))))?;
+        let mut summary = ScanSummary::default();
+        if outcome.unchanged {
+            return Ok(summary);
+        }
+        let id = self.cfg.id.clone();
+        let kind = self.format.kind();
+        let mut seen: HashSet<String> = HashSet::new();
+        let mut held: HashSet<String> = HashSet::new();
+        let mut errors: Vec<(String, String)> = Vec::new();
+        let mut diffs: Vec<Difference> = Vec::new();
+        let mut kinds: Vec<EventKind> = Vec::new();
+        for found in outcome.found {
+            summary.seen += 1;
+            match found {
+                RecordRead::Unchanged(key) => {
+                    seen.insert(key);
+                }
+                RecordRead::Error {
+                    item,
+                    message,
+                    holds,
+                } => {
+                    held.extend(holds);
+                    errors.push((item, message));
+                }
+                RecordRead::Record(read) => {
+                    seen.insert(read.key.clone());
+                    if records::kind_of(&read.record) != kind {
+                        continue;
+                    }
+                    let prior = priors.get(&read.key);
+                    let live = prior.filter(|p| !p.item.header.deleted);
+                    let mut version = prior
+                        .map(|p| p.item.header.version.clone())
+                        .unwrap_or_default();
+                    version.bump(self.cfg.local);
+                    let dot = Stamp {
+                        device: self.cfg.local.0,
+                        counter: version.counter(self.cfg.local),
+                        unix_s: now_s(),
+                    };
+                    let prior_record = live.and_then(|p| records::record_of(&p.stored));
+                    let new = match prior_record {
+                        None => Some(stamp_all(read.record, &dot)),
+                        Some(old) => records::restamp(old, &read.record, codec, &dot),
+                    };
+                    let header =
+                        |version: VersionVector, modified_by: Option<String>, origin| Header {
+                            version,
+                            sequence: 0,
+                            deleted: false,
+                            origin,
+                            modified_by,
+                        };
+                    match (new, live) {
+                        (Some(record), _) => {
+                            kinds.push(if live.is_some() {
+                                EventKind::Modified
+                            } else {
+                                EventKind::Added
+                            });
+                            diffs.push(Difference {
+                                key: read.key,
+                                header: header(
+                                    version,
+                                    Some(self.cfg.local_short_name.clone()),
+                                    None,
+                                ),
+                                body: Body::Record(records::encode_stored(&stored(
+                                    record,
+                                    &read.place,
+                                ))),
+                            });
+                        }
+                        // The same values in another place (a renamed file, another text):
+                        // the place is recorded, under the same version.
+                        (None, Some(p)) if place_of(&p.stored) != read.place => {
+                            let Some(record) = records::record_of(&p.stored).cloned() else {
+                                continue;
+                            };
+                            kinds.push(EventKind::Modified);
+                            diffs.push(Difference {
+                                key: read.key,
+                                header: header(
+                                    p.item.header.version.clone(),
+                                    p.item.header.modified_by.clone(),
+                                    p.item.header.origin.clone(),
+                                ),
+                                body: Body::Record(records::encode_stored(&stored(
+                                    record,
+                                    &read.place,
+                                ))),
+                            });
+                        }
+                        (None, _) => {}
+                    }
+                }
+            }
+        }
+        if !outcome.hold_deletions {
+            for p in priors.values() {
+                let gone = !p.item.header.deleted
+                    && !seen.contains(&p.item.key)
+                    && !held.contains(&p.item.key);
+                if !gone {
+                    continue;
+                }
+                let mut version = p.item.header.version.clone();
+                version.bump(self.cfg.local);
+                kinds.push(EventKind::Deleted);
+                diffs.push(Difference {
+                    key: p.item.key.clone(),
+                    header: Header {
+                        version,
+                        sequence: 0,
+                        deleted: true,
+                        origin: None,
+                        modified_by: Some(self.cfg.local_short_name.clone()),
+                    },
+                    // The last record goes with its tombstone: a peer that edited it at the
+                    // same time merges against it.
+                    body: Body::Record(records::encode_stored(&pb::StoredRecord {
+                        body: p.stored.body.clone(),
+                        ..pb::StoredRecord::default()
+                    })),
+                });
+            }
+        }
+        let seqs = if diffs.is_empty() {
+            Vec::new()
+        } else {
+            self.store
+                .commit(id.clone(), diffs.clone(), crate::store::Settles::Nothing)
+                .await
+                .map_err(|e| Stop::Source(e.into()))?
+        };
+        for ((diff, kind), seq) in diffs.iter().zip(kinds).zip(&seqs) {
+            debug!(item = %diff.key, seq, kind = kind.as_str(), "recorded");
+            self.events
+                .emit_with(|| Event::now(&id, kind).item(&diff.key).sequence(*seq));
+        }
+        let last = seqs.last().copied();
+        for (item, message) in &errors {
+            let known = self.status.borrow().item_errors.get(item) == Some(message);
+            if !known {
+                warn!(item = %item, error = %message, "cannot read record");
+                self.events.emit(
+                    Event::now(&id, EventKind::ItemError)
+                        .item(item)
+                        .detail(message.clone()),
+                );
+            }
+        }
+        let live_now = priors.values().filter(|p| !p.item.header.deleted).count();
+        self.publish(|s| {
+            if let Some(seq) = last {
+                s.totals.sequence = seq;
+            }
+            s.totals.files = u64::try_from(live_now).unwrap_or(0);
+            s.item_errors = errors.into_iter().collect();
+        });
+        Ok(summary)
+    }
+
+    /// Merges a peer's batch of records into this source and writes what changed.
+    pub(super) async fn apply_records(&mut self, batch: Vec<RemoteApply>) -> Vec<ApplyOutcome> {
+        let mut outcomes = vec![ApplyOutcome::Skipped; batch.len()];
+        let priors = match self.prior_records().await {
+            Ok(p) => p,
+            Err(_) => {
+                return vec![
+                    ApplyOutcome::Failed(ApplyFailure::Lookup(
+                        "the prior records cannot be read".into()
+                    ));
+                    batch.len()
+                ];
+            }
+        };
+        let kind = self.format.kind();
+        let codec = self.format.records().map(|io| io.codec());
+        // What each job will record once written: (index, difference, event kind, from).
+        let mut planned: Vec<(usize, Difference, EventKind, String)> = Vec::new();
+        let mut jobs: Vec<RecordJob> = Vec::new();
+        let mut unwritten: Vec<(usize, Difference, EventKind, String)> = Vec::new();
+        for (i, req) in batch.into_iter().enumerate() {
+            let key = req.item.path.to_string();
+            let remote = req
+                .item
+                .body
+                .record()
+                .and_then(|b| records::decode_stored(&key, b).ok());
+            let Some(remote_record) = remote.as_ref().and_then(records::record_of) else {
+                outcomes[i] = refuse(&key, "it is not a record");
+                continue;
+            };
+            if records::kind_of(remote_record) != kind {
+                outcomes[i] = refuse(
+                    &key,
+                    &format!(
+                        "it is {} where this source keeps {kind}",
+                        records::kind_of(remote_record)
+                    ),
+                );
+                continue;
+            }
+            let prior = priors.get(&key);
+            let remote_version = &req.item.header.version;
+            let order = prior.map(|p| remote_version.compare(&p.item.header.version));
+            let local_live = prior.filter(|p| !p.item.header.deleted);
+            let (version, record, deleted) = match order {
+                Some(Ordering::Equal | Ordering::Dominated) => continue,
+                None | Some(Ordering::Dominates) => {
+                    if req.item.header.deleted {
+                        (remote_version.clone(), None, true)
+                    } else {
+                        let record = match local_live.and_then(|p| records::record_of(&p.stored)) {
+                            // Local places kept for what both hold.
+                            Some(local) => records::merge(
+                                local,
+                                &local_live
+                                    .map(|p| p.item.header.version.clone())
+                                    .unwrap_or_default(),
+                                remote_record,
+                                remote_version,
+                            ),
+                            None => remote_record.clone(),
+                        };
+                        (remote_version.clone(), Some(record), false)
+                    }
+                }
+                Some(Ordering::Concurrent) => match local_live {
+                    // Deleted here, edited there: the edit wins.
+                    None if req.item.header.deleted => continue,
+                    None => {
+                        let merged_version = prior
+                            .map(|p| p.item.header.version.merge(remote_version))
+                            .unwrap_or_else(|| remote_version.clone());
+                        (merged_version, Some(remote_record.clone()), false)
+                    }
+                    // Edited here, deleted there: the edit wins, and the peer takes it.
+                    Some(_) if req.item.header.deleted => continue,
+                    Some(local) => {
+                        let Some(local_record) = records::record_of(&local.stored) else {
+                            continue;
+                        };
+                        let merged = records::merge(
+                            local_record,
+                            &local.item.header.version,
+                            remote_record,
+                            remote_version,
+                        );
+                        let merged_version = local.item.header.version.merge(remote_version);
+                        (merged_version, Some(merged), false)
+                    }
+                },
+            };
+            let event = match (deleted, local_live.is_some()) {
+                (true, _) => EventKind::Deleted,
+                (false, true) => EventKind::Modified,
+                (false, false) => EventKind::Added,
+            };
+            let place = local_live.map(|p| place_of(&p.stored));
+            let diff = |record: Option<Record>, place: &Place| Difference {
+                key: key.clone(),
+                header: Header {
+                    version: version.clone(),
+                    sequence: 0,
+                    deleted,
+                    origin: Some(req.from_device.clone()),
+                    modified_by: req.item.header.modified_by.clone(),
+                },
+                body: Body::Record(records::encode_stored(&match record {
+                    Some(r) => stored(r, place),
+                    None => pb::StoredRecord {
+                        body: remote.as_ref().and_then(|r| r.body.clone()),
+                        ..pb::StoredRecord::default()
+                    },
+                })),
+            };
+            // A record whose values this format holds did not change is not rewritten.
+            let unchanged_here = match (&record, local_live, codec) {
+                (Some(new), Some(p), Some(codec)) => {
+                    records::record_of(&p.stored).is_some_and(|old| {
+                        records::normalized(&codec.holds(old))
+                            == records::normalized(&codec.holds(new))
+                    })
+                }
+                (None, None, _) => true,
+                _ => false,
+            };
+            if unchanged_here {
+                let place = place.clone().unwrap_or_default();
+                unwritten.push((i, diff(record, &place), event, req.from.clone()));
+                continue;
+            }
+            let d = diff(record.clone(), &place.clone().unwrap_or_default());
+            planned.push((i, d, event, req.from.clone()));
+            jobs.push(RecordJob {
+                key: key.clone(),
+                record,
+                place,
+            });
+        }
+        let mut rescan = false;
+        if !jobs.is_empty() {
+            let Some(mut source) = self.record_source() else {
+                return outcomes;
+            };
+            let written = tokio::task::spawn_blocking(move || {
+                let results = source.write(jobs);
+                (source, results)
+            })
+            .await;
+            let results = match written {
+                Ok((source, results)) => {
+                    self.record_source = Some(source);
+                    results
+                }
+                Err(e) => {
+                    let failure = ApplyFailure::Task {
+                        what: "writing records",
+                        error: e.to_string(),
+                    };
+                    for (i, ..) in &planned {
+                        outcomes[*i] = ApplyOutcome::Failed(failure.clone());
+                    }
+                    return outcomes;
+                }
+            };
+            for ((i, mut diff, event, from), result) in planned.into_iter().zip(results) {
+                match result {
+                    Ok(RecordWritten::Done(place)) => {
+                        if !diff.header.deleted
+                            && let Body::Record(bytes) = &diff.body
+                            && let Ok(mut s) = records::decode_stored(&diff.key, bytes)
+                        {
+                            s.file = place.file;
+                            s.size = place.size;
+                            s.mtime_ns = place.mtime_ns;
+                            s.inode = place.inode;
+                            s.keyed_here = place.keyed_here;
+                            s.native_hash = place.native_hash;
+                            diff.body = Body::Record(records::encode_stored(&s));
+                        }
+                        self.queue_applied(diff, event, from);
+                        outcomes[i] = ApplyOutcome::Applied;
+                    }
+                    Ok(RecordWritten::ChangedMeanwhile) => {
+                        rescan = true;
+                        outcomes[i] = ApplyOutcome::Failed(ApplyFailure::Busy);
+                    }
+                    Err(e) => {
+                        warn!(item = %diff.key, error = %e, "cannot write record");
+                        outcomes[i] = ApplyOutcome::Failed(ApplyFailure::Write(e.into()));
+                    }
+                }
+            }
+        }
+        for (i, diff, event, from) in unwritten {
+            self.queue_applied(diff, event, from);
+            outcomes[i] = ApplyOutcome::Applied;
+        }
+        if let Err(failure) = self.flush_applied().await {
+            for o in &mut outcomes {
+                if o.is_applied() {
+                    *o = ApplyOutcome::Failed(failure.clone());
+                }
+            }
+        }
+        if rescan {
+            // Someone changed the file since it was read: it is read first, then the items
+            // come again.
+            self.debouncer.push_full(tokio::time::Instant::now());
+            self.publish_pending();
+        }
+        outcomes
+    }
+
+    fn queue_applied(&mut self, diff: Difference, kind: EventKind, from: String) {
+        self.applied_records.push(AppliedRecord {
+            diff,
+            kind,
+            delta: TotalsDelta::default(),
+            from,
+        });
+    }
+}
+
+/// A peer's record that this source cannot take: skipped, and said why.
+fn refuse(key: &str, why: &str) -> ApplyOutcome {
+    warn!(item = %key, why, "record refused");
+    ApplyOutcome::Skipped
+}
+
+/// The kind a record source holds, for messages.
+#[allow(dead_code)]
+fn kind_name(kind: Kind) -> &'static str {
+    kind.as_str()
+}
