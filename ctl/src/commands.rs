@@ -133,11 +133,19 @@ pub async fn run<W: Write>(ctx: &mut Ctx<W>, command: Command) -> Result<Outcome
                 writeln!(ctx.out, "no conflicts")?;
             } else {
                 for c in &reply.conflicts {
-                    writeln!(
-                        ctx.out,
-                        "{}  {}  (lost to {}; version of device {}, {} UTC)",
-                        c.source, c.path, c.original, c.device, c.when
-                    )?;
+                    if c.field.is_empty() {
+                        writeln!(
+                            ctx.out,
+                            "{}  {}  (lost to {}; version of device {}, {} UTC)",
+                            c.source, c.path, c.original, c.device, c.when
+                        )?;
+                    } else {
+                        writeln!(
+                            ctx.out,
+                            "{}  {}  {}: kept {:?}, lost {:?} (set on device {}, {} UTC)",
+                            c.source, c.path, c.field, c.kept, c.lost, c.device, c.when
+                        )?;
+                    }
                 }
             }
             Ok(Outcome::Success)

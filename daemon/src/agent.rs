@@ -79,6 +79,25 @@ struct Directory {
     tx: mpsc::Sender<Msg>,
 }
 
+/// A conflict `tandemctl conflicts` lists: a file's conflict copy, or a record's value that
+/// lost to another set at the same time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConflictInfo {
+    pub source: String,
+    /// The conflict copy's path, or the record's UID.
+    pub item: String,
+    /// The item the copy lost to (a record: itself).
+    pub original: String,
+    /// Short ID of the device whose version lost.
+    pub device: String,
+    /// YYYYMMDD-HHMMSS, UTC.
+    pub when: String,
+    /// A record's field (empty for a file).
+    pub field: String,
+    pub kept: String,
+    pub lost: String,
+}
+
 impl Sources for Directory {
     fn shared_with(
         &self,
@@ -209,29 +228,63 @@ impl AgentHandle {
     }
 
     /// Conflict copies in one source (or all), with what they lost to.
-    pub async fn conflicts(
-        &self,
-        id: Option<String>,
-    ) -> Result<Vec<(String, String, apply::ConflictName)>, Error> {
-        let ids: Vec<String> = match id {
+    pub async fn conflicts(&self, id: Option<String>) -> Result<Vec<ConflictInfo>, Error> {
+        let statuses = self.statuses().await?;
+        let ids: Vec<(String, String)> = match id {
             Some(id) => {
-                let known = self.statuses().await?.iter().any(|s| s.id == id);
-                if !known {
+                let Some(s) = statuses.iter().find(|s| s.id == id) else {
                     return Err(Error::UnknownSource(id));
-                }
-                vec![id]
+                };
+                vec![(id, s.format.clone())]
             }
-            None => self.statuses().await?.into_iter().map(|s| s.id).collect(),
+            None => statuses.into_iter().map(|s| (s.id, s.format)).collect(),
         };
         let mut out = Vec::new();
-        for id in ids {
+        for (id, format) in ids {
+            let records = crate::formats::by_name(&format).is_ok_and(|f| f.records().is_some());
+            if records {
+                // A record keeps the values that lost as notes; every live record is looked at.
+                for item in self.store.prior_items(id.clone(), None).await? {
+                    let Some(bytes) = item.body.record().filter(|_| !item.header.deleted) else {
+                        continue;
+                    };
+                    let Ok(stored) = crate::records::decode_stored(&item.key, bytes) else {
+                        continue;
+                    };
+                    let Some(record) = crate::records::record_of(&stored) else {
+                        continue;
+                    };
+                    for c in crate::records::conflicts_in(record) {
+                        out.push(ConflictInfo {
+                            source: id.clone(),
+                            item: item.key.clone(),
+                            original: item.key.clone(),
+                            device: c.device,
+                            when: crate::events::utc_stamp(u64::try_from(c.unix_s).unwrap_or(0)),
+                            field: c.field,
+                            kept: c.kept,
+                            lost: c.lost,
+                        });
+                    }
+                }
+                continue;
+            }
             let copies = self
                 .store
                 .live_keys_containing(id.clone(), apply::CONFLICT_MARK.to_owned())
                 .await?;
             for path in copies {
                 if let Some(name) = apply::parse_conflict_name(&path) {
-                    out.push((id.clone(), path, name));
+                    out.push(ConflictInfo {
+                        source: id.clone(),
+                        item: path,
+                        original: name.original,
+                        device: name.device,
+                        when: name.when,
+                        field: String::new(),
+                        kept: String::new(),
+                        lost: String::new(),
+                    });
                 }
             }
         }

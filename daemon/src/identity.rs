@@ -32,6 +32,14 @@ const CHECK_GROUP: usize = 13;
 const ID_CHARS: usize = 56;
 /// Characters per dash-separated group in the displayed form.
 const SHOWN_GROUP: usize = 7;
+
+/// The short name of a device (the first group of its displayed ID) from its short ID alone:
+/// the group is made of the ID's first bits, which the short ID holds.
+pub fn short_name(short: u64) -> String {
+    let mut shown = BASE32_NOPAD.encode(&short.to_be_bytes());
+    shown.truncate(SHOWN_GROUP);
+    shown
+}
 /// Where to get a device ID from, for error messages.
 const RECOPY: &str = "copy it again from `tandemctl id` on that device";
 
@@ -64,9 +72,7 @@ impl DeviceId {
 
     /// The first group of the displayed ID (7 characters), for logs.
     pub fn short_string(&self) -> String {
-        let mut shown = self.to_string();
-        shown.truncate(SHOWN_GROUP);
-        shown
+        short_name(self.short().0)
     }
 
     /// The 56 characters (data and check characters) without dashes.
@@ -551,6 +557,16 @@ mod tests {
     #[cfg(unix)]
     fn mode(path: &Path) -> u32 {
         fs::metadata(path).unwrap().permissions().mode() & 0o777
+    }
+
+    proptest! {
+        #[test]
+        fn the_short_name_is_the_first_group_of_the_id(bytes in proptest::array::uniform32(any::<u8>())) {
+            let id = DeviceId(bytes);
+            let mut shown = id.to_string();
+            shown.truncate(SHOWN_GROUP);
+            prop_assert_eq!(short_name(id.short().0), shown);
+        }
     }
 
     #[test]

@@ -404,12 +404,15 @@ impl Control for ControlService {
         Ok(Response::new(pb::ConflictList {
             conflicts: found
                 .into_iter()
-                .map(|(source, path, name)| pb::Conflict {
-                    source,
-                    path,
-                    original: name.original,
-                    device: name.device,
-                    when: name.when,
+                .map(|c| pb::Conflict {
+                    source: c.source,
+                    path: c.item,
+                    original: c.original,
+                    device: c.device,
+                    when: c.when,
+                    field: c.field,
+                    kept: c.kept,
+                    lost: c.lost,
                 })
                 .collect(),
         }))

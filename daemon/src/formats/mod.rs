@@ -12,6 +12,8 @@ pub mod native;
 pub mod record_dir;
 pub mod record_file;
 pub mod record_io;
+pub mod vcard_dir;
+pub mod vcard_file;
 
 use std::fmt;
 use std::path::Path;
@@ -156,7 +158,7 @@ impl Format for RecordFormat {
 }
 
 /// Every format this build can read and write. Adding a format adds one line here.
-static REGISTRY: &[&dyn Format] = &[&files::Files];
+static REGISTRY: &[&dyn Format] = &[&files::Files, &vcard_dir::FORMAT, &vcard_file::FORMAT];
 
 /// A format name the registry does not know.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

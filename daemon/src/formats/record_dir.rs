@@ -190,10 +190,12 @@ impl RecordSource for DirSource {
                 continue;
             }
             seen.insert(key.clone(), (name.clone(), record.clone()));
+            let changed_unix_s = place.mtime_ns / 1_000_000_000;
             out.found.push(RecordRead::Record(Box::new(ReadRecord {
                 key,
                 record,
                 place,
+                changed_unix_s,
             })));
         }
         out.found.retain(|f| match f {

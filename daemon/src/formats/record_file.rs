@@ -234,6 +234,7 @@ impl RecordSource for FileSource {
                     native_hash: hash,
                     ..Place::default()
                 },
+                changed_unix_s: stat.1 / 1_000_000_000,
             })));
         }
         out.found.retain(|f| match f {

@@ -40,6 +40,9 @@ pub struct ReadRecord {
     /// Only what the format holds, without stamps.
     pub record: Record,
     pub place: Place,
+    /// When its text last changed, as far as the file says (Unix seconds; 0: not known): of
+    /// two values set at once on two devices, the later one wins.
+    pub changed_unix_s: i64,
 }
 
 /// One result of a read.

@@ -282,7 +282,7 @@ impl<R> Fields<R> for Merge<'_, R> {
 /// The property that keeps a losing value: the field, the device and time that set it.
 fn conflict_note<T: Value>(field: &str, loser: &T) -> RawProperty {
     let (device, unix_s) = loser.stamp().map_or((String::new(), 0), |s| {
-        (ShortId(s.device).to_string(), s.unix_s)
+        (crate::identity::short_name(s.device), s.unix_s)
     });
     RawProperty {
         group: String::new(),

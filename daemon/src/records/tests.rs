@@ -247,7 +247,7 @@ fn the_same_field_set_on_both_sides_keeps_the_later_and_notes_the_loser() {
     assert_eq!(conflicts[0].field, "title");
     assert_eq!(conflicts[0].kept, "CTO");
     assert_eq!(conflicts[0].lost, "Director");
-    assert_eq!(conflicts[0].device, ShortId(B).to_string());
+    assert_eq!(conflicts[0].device, crate::identity::short_name(B));
     assert_eq!(conflicts[0].unix_s, 200);
     // Merging the merge again (it reaches a device by two ways) notes it once.
     let merged_version = on_a.1.merge(&on_b.1);

@@ -172,7 +172,11 @@ impl SourceTask {
                     let dot = Stamp {
                         device: self.cfg.local.0,
                         counter: version.counter(self.cfg.local),
-                        unix_s: now_s(),
+                        unix_s: if read.changed_unix_s > 0 {
+                            read.changed_unix_s
+                        } else {
+                            now_s()
+                        },
                     };
                     let prior_record = live.and_then(|p| records::record_of(&p.stored));
                     let new = match prior_record {
