@@ -42,77 +42,87 @@ struct Floating {
 }
 
 /// The lines in order: positioned ones by `pos`; a floating one wherever the next position
-/// is free, and always before a raw line of its name that would be read in its stead.
+/// is free, never inside a nested component, and always before a raw line of its name that
+/// would be read in its stead. Raw BEGIN and END lines that would break the structure (an END
+/// that closes nothing open, a BEGIN of a component that cannot nest) are left out, and what
+/// is left open is closed, so the text always reads back.
 fn arrange(mut placed: Vec<Placed>, mut floating: Vec<Floating>) -> Vec<Out> {
     placed.sort_by_key(|p| p.pos);
+    let mut open: Vec<String> = Vec::new();
+    // Each line that stays, and whether it lies outside every nested component.
+    let mut kept: Vec<(Placed, bool)> = Vec::with_capacity(placed.len());
+    for mut p in placed {
+        let top = open.is_empty();
+        if let Some((begin, target)) = p.lines.first().and_then(|l| l.boundary.clone()) {
+            if begin {
+                if scan::is_outer(&target) {
+                    continue;
+                }
+                open.push(target);
+            } else if open.last() == Some(&target) {
+                open.pop();
+            } else {
+                continue;
+            }
+        }
+        if !top {
+            // Inside a nested component a line is read as raw, whatever its name.
+            p.claims = None;
+        }
+        if p.claims == Some("UID") && !floating.iter().any(|f| f.key == "UID") {
+            // With no UID of its own to come first, a raw UID would become the item's key.
+            continue;
+        }
+        kept.push((p, top));
+    }
     let mut out = Vec::new();
     let mut k = 0u32;
     let mut next = 0usize;
-    loop {
-        let ahead = placed.get(next);
-        let claimed = ahead
-            .and_then(|p| p.claims)
-            .and_then(|c| floating.iter().position(|f| f.key == c));
-        let free = !floating.is_empty() && ahead.is_none_or(|p| k < p.pos);
-        if let Some(i) = claimed {
-            out.append(&mut floating.remove(i).lines);
-        } else if free {
-            // Earliest deadline first keeps every floating field ahead of the raw lines that
-            // would be read in its place, whenever the free places allow it.
-            let deadline = |key: &str| {
-                placed[next..]
-                    .iter()
-                    .filter(|p| p.claims == Some(key))
-                    .map(|p| p.pos)
-                    .min()
-                    .unwrap_or(u32::MAX)
-            };
-            let mut best = 0;
-            for i in 1..floating.len() {
-                if deadline(floating[i].key) < deadline(floating[best].key) {
-                    best = i;
-                }
+    while let Some((ahead, top)) = kept.get(next) {
+        if *top && !floating.is_empty() {
+            let claimed = ahead
+                .claims
+                .and_then(|c| floating.iter().position(|f| f.key == c));
+            let pick = claimed
+                .or_else(|| (k < ahead.pos).then(|| earliest_deadline(&floating, &kept[next..])));
+            if let Some(i) = pick {
+                out.append(&mut floating.remove(i).lines);
+                k += 1;
+                continue;
             }
-            out.append(&mut floating.remove(best).lines);
-        } else if let Some(p) = placed.get_mut(next) {
+        }
+        if let Some((p, _)) = kept.get_mut(next) {
             out.append(&mut p.lines);
-            next += 1;
-        } else {
-            break;
         }
+        next += 1;
         k += 1;
-    }
-    out
-}
-
-/// Drops raw BEGIN and END lines that would break the component's structure (an END that
-/// closes nothing open, a BEGIN of a component that cannot nest) and closes what is left
-/// open, so the text always reads back.
-fn balance(lines: Vec<Out>) -> Vec<Out> {
-    let mut open: Vec<String> = Vec::new();
-    let mut out = Vec::with_capacity(lines.len());
-    for line in lines {
-        match &line.boundary {
-            Some((true, target)) => {
-                if scan::is_outer(target) {
-                    continue;
-                }
-                open.push(target.clone());
-            }
-            Some((false, target)) => {
-                if open.last() != Some(target) {
-                    continue;
-                }
-                open.pop();
-            }
-            None => {}
-        }
-        out.push(line);
     }
     while let Some(target) = open.pop() {
         out.push(Out::line(format!("END:{target}")));
     }
+    for f in floating {
+        out.extend(f.lines);
+    }
     out
+}
+
+/// The floating field whose first would-be stand-in comes soonest: writing it first keeps
+/// every field ahead of its stand-ins whenever the free places allow it.
+fn earliest_deadline(floating: &[Floating], rest: &[(Placed, bool)]) -> usize {
+    let deadline = |key: &str| {
+        rest.iter()
+            .filter(|(p, _)| p.claims == Some(key))
+            .map(|(p, _)| p.pos)
+            .min()
+            .unwrap_or(u32::MAX)
+    };
+    let mut best = 0;
+    for i in 1..floating.len() {
+        if deadline(floating[i].key) < deadline(floating[best].key) {
+            best = i;
+        }
+    }
+    best
 }
 
 fn with_tzid(tzid: &str, params: &[Param]) -> Vec<Param> {
@@ -260,7 +270,12 @@ fn alarm_lines(a: &Alarm) -> Placed {
         .filter_map(|r| raw_line(r, alarm_claims))
         .collect();
     let mut lines = vec![Out::line("BEGIN:VALARM".to_string())];
-    lines.extend(balance(arrange(placed, floating)));
+    // Balanced inside the alarm, so no concern of the component's own check.
+    lines.extend(
+        arrange(placed, floating)
+            .into_iter()
+            .map(|l| Out::line(l.content)),
+    );
     lines.push(Out::line("END:VALARM".to_string()));
     Placed {
         pos: a.pos,
@@ -330,22 +345,13 @@ fn push_component(out: &mut String, uid: &str, c: &Component) {
     for a in &c.alarms {
         placed.push(alarm_lines(a));
     }
-    for r in &c.raw {
-        let Some(line) = raw_line(r, component_claims) else {
-            continue;
-        };
-        // With no UID of its own to come first, a raw UID would become the item's key.
-        if uid.is_empty() && line.claims == Some("UID") {
-            continue;
-        }
-        placed.push(line);
-    }
+    placed.extend(c.raw.iter().filter_map(|r| raw_line(r, component_claims)));
     let name = match c.kind() {
         ComponentKind::Todo => "VTODO",
         ComponentKind::Event => "VEVENT",
     };
     lex::push_folded(out, &format!("BEGIN:{name}"));
-    for line in balance(arrange(placed, floating)) {
+    for line in arrange(placed, floating) {
         lex::push_folded(out, &line.content);
     }
     lex::push_folded(out, &format!("END:{name}"));
