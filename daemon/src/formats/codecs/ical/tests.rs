@@ -1,5 +1,6 @@
 #![allow(clippy::unwrap_used)]
 
+use calcard::icalendar::{ICalendarComponentType, ICalendarProperty, ICalendarValue};
 use proptest::prelude::*;
 
 use super::*;
@@ -845,6 +846,29 @@ proptest! {
             prop_assert_eq!(back.alarms.len(), c.alarms.len());
             prop_assert_eq!(back.sequence, c.sequence);
         }
+        if ordinary {
+            // calcard, an independent reader, finds the same components and summaries.
+            let cal = calcard::icalendar::ICalendar::parse(&text);
+            prop_assert!(cal.is_ok(), "calcard cannot read {}", text);
+            let cal = cal.unwrap();
+            let summaries: Vec<Option<String>> = cal
+                .components
+                .iter()
+                .filter(|c| matches!(c.component_type, ICalendarComponentType::VEvent | ICalendarComponentType::VTodo))
+                .map(|c| {
+                    c.entries.iter().find(|e| e.name == ICalendarProperty::Summary).map(|e| {
+                        e.values.iter().map(|v| match v {
+                            ICalendarValue::Text(t) => t.clone(),
+                            other => format!("{other:?}"),
+                        }).collect::<String>()
+                    })
+                })
+                .collect();
+            let mut ours: Vec<&Component> = held.components.iter().collect();
+            ours.sort_by_key(|c| c.pos);
+            let ours: Vec<Option<String>> = ours.iter().map(|c| c.summary.as_ref().map(|t| t.value.clone())).collect();
+            prop_assert_eq!(summaries, ours);
+        }
         let used: Vec<&str> = held.components.iter().flat_map(read::tzids_of).collect();
         for tz in &held.timezones {
             prop_assert!(used.contains(&tz.tzid.as_str()));
@@ -896,4 +920,18 @@ fn fixture_items_are_held_as_read() {
             assert_eq!(IcalCodec.holds(&record), record);
         }
     }
+}
+
+#[test]
+fn boundaries_are_found_in_any_case_and_folded() {
+    let text =
+        "begin:vcalendar\nBEGIN:VEV\n ENT\nuid:low\nsummary:Quiet\nEnd:VEvent\nend:vcalendar\n";
+    let parsed = parse(text);
+    assert_eq!(parsed.errors, vec![]);
+    assert_eq!(parsed.records.len(), 1);
+    assert_eq!(parsed.records[0].spans, vec![Range { start: 16, end: 64 }]);
+    assert_eq!(parsed.records[0].line, 2);
+    let item = items(text).remove(0);
+    assert_eq!(item.uid, "low");
+    assert_eq!(text_of(&item.components[0].summary), "Quiet");
 }
