@@ -3,10 +3,22 @@
 //! Must not: do I/O, or rewrite a byte of a component, time zone or broken part that no
 //! change touches.
 //!
-//! Component boundaries are found from BEGIN:/END: lines ([`scan`]), so spans are exact and
+//! Component boundaries are found from BEGIN:/END: lines (`scan`), so spans are exact and
 //! a broken component is an error of its own; each readable VEVENT or VTODO is then read
-//! line by line ([`read`]) so values stay as written (dates, RRULE, raw properties), which a
-//! typed parser would normalise.
+//! line by line (`read`) so values stay as written (dates, RRULE, raw properties), which
+//! calcard's typed model would normalise (it reorders RRULE parts, upper-cases dates and
+//! unescapes unknown properties).
+//!
+//! How a component maps, where the record leaves room for choice:
+//! - `pos` counts every content line of the component; a nested VALARM is one. A nested
+//!   component other than VALARM has no field, so its lines (BEGIN and END included) are raw
+//!   properties, one position each, and come back as they were.
+//! - UID and SEQUENCE (and an alarm's ACTION, TRIGGER, DESCRIPTION) have no `pos`: the writer
+//!   puts them in the positions nothing else takes, which is where the read found them.
+//! - The first line of a single-valued field is the field; a second one stays raw, as do a
+//!   SEQUENCE of 0 (no way to tell it from "not said") and alarm lines with parameters the
+//!   alarm has no room for.
+//! - [`Codec::holds`] is a write and a read back, so it can never drift from them.
 
 mod lex;
 mod read;
@@ -28,7 +40,7 @@ use crate::formats::native::{
 #[derive(Debug, Clone, Copy, Default)]
 pub struct IcalCodec;
 
-/// The readable VEVENTs and VTODOs of a layout, in text order: block index, UID, what was read.
+/// The readable VEVENTs and VTODOs of a layout, in text order, each with its block's index.
 fn read_blocks(layout: &scan::Layout) -> Vec<(usize, read::Read)> {
     layout
         .blocks
