@@ -17,6 +17,7 @@ pub mod peers;
 pub mod prior;
 pub mod process;
 pub mod proxy;
+pub mod records;
 pub mod skip;
 pub mod tree;
 mod watch;

@@ -8,6 +8,8 @@
 
 pub mod codecs;
 pub mod files;
+pub mod ical_dir;
+pub mod ical_file;
 pub mod native;
 pub mod record_dir;
 pub mod record_file;
@@ -158,7 +160,13 @@ impl Format for RecordFormat {
 }
 
 /// Every format this build can read and write. Adding a format adds one line here.
-static REGISTRY: &[&dyn Format] = &[&files::Files, &vcard_dir::FORMAT, &vcard_file::FORMAT];
+static REGISTRY: &[&dyn Format] = &[
+    &files::Files,
+    &vcard_dir::FORMAT,
+    &vcard_file::FORMAT,
+    &ical_dir::FORMAT,
+    &ical_file::FORMAT,
+];
 
 /// A format name the registry does not know.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

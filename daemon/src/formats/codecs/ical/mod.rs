@@ -67,10 +67,12 @@ fn timezones(text: &str, layout: &scan::Layout) -> Vec<Timezone> {
         if out.iter().any(|t| t.tzid == tzid) {
             continue;
         }
+        let pos = u32::try_from(out.len()).unwrap_or(u32::MAX);
         out.push(Timezone {
             tzid,
             text: text.get(b.span.clone()).unwrap_or_default().to_string(),
             stamp: None,
+            pos,
         });
     }
     out

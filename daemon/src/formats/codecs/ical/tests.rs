@@ -746,6 +746,7 @@ fn any_item() -> impl Strategy<Value = CalendarItem> {
                     tzid: z.to_string(),
                     text: zone_text(z),
                     stamp: None,
+                    pos: 0,
                 })
                 .collect();
             CalendarItem {

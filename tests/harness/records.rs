@@ -1,0 +1,77 @@
+//! What record tests share: sharing a source in a record format, and reading every file the
+//! agents wrote with parsers that are not Tandem's (Python's `vobject` and `icalendar`, from
+//! PyPI, which `tests/run` installs into `target/pyenv`).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::Agent;
+use crate::process::{describe, run_bounded};
+
+impl Agent {
+    /// `tandemctl source add ID PATH --format F --peer …`, which must succeed.
+    pub fn share_as(&self, id: &str, path: &Path, format: &str, peers: &[&Agent]) -> Value {
+        let path = path.to_str().expect("temp paths are UTF-8");
+        let devices: Vec<String> = peers.iter().map(|p| p.device_id()).collect();
+        let mut args = vec!["source", "add", id, path, "--format", format];
+        for device in &devices {
+            args.extend(["--peer", device.as_str()]);
+        }
+        self.json(&args)
+    }
+}
+
+/// The Python that has `vobject` and `icalendar`: `TANDEM_PYTHON`, else `target/pyenv`. `None`
+/// (with the reason) when neither has them.
+pub fn validator_python() -> Result<PathBuf, String> {
+    let candidates: Vec<PathBuf> = std::env::var_os("TANDEM_PYTHON")
+        .map(PathBuf::from)
+        .into_iter()
+        .chain([Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/pyenv/bin/python")])
+        .collect();
+    for python in &candidates {
+        let ok = Command::new(python)
+            .args(["-c", "import vobject, icalendar"])
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if ok {
+            return Ok(python.clone());
+        }
+    }
+    Err(format!(
+        "no Python with vobject and icalendar (tried {candidates:?}); tests/run installs them into target/pyenv"
+    ))
+}
+
+/// Reads every file in `files` with the independent parsers; fails naming the ones they
+/// refuse. Returns what they said.
+pub fn validate_with_python(python: &Path, files: &[PathBuf]) -> String {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tools/validate_records.py");
+    let mut cmd = Command::new(python);
+    cmd.arg(script).args(files);
+    let out = run_bounded(&mut cmd, Duration::from_secs(60));
+    assert!(
+        out.status.success(),
+        "an independent parser refused a file Tandem wrote:\n{}",
+        describe(&cmd, &out)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Every file of a folder with `extension`, outside the agent's own folder.
+pub fn files_with(dir: &Path, extension: &str) -> Vec<PathBuf> {
+    let mut out: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|e| e == extension))
+                .collect()
+        })
+        .unwrap_or_default();
+    out.sort();
+    out
+}
