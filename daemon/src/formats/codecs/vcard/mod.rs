@@ -22,6 +22,8 @@ use crate::formats::native::{
 use lex::BlockKind;
 use write::Version;
 
+pub(in crate::formats::codecs) use value::normalize_date;
+
 /// The vCard codec: contacts in vCard 2.1, 3.0 or 4.0 text.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct VCardCodec;

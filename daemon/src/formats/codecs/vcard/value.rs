@@ -70,7 +70,7 @@ pub(super) fn escape(s: &str, newline: &str, all: bool) -> String {
 
 /// A date, date-time or `--MMDD` date as ISO 8601 extended ("1985-04-12", "--04-12",
 /// "1985-04-12T10:30:00Z"); anything else as it is.
-pub(super) fn normalize_date(s: &str) -> String {
+pub(in crate::formats::codecs) fn normalize_date(s: &str) -> String {
     let (date, time) = match s.split_once('T') {
         Some((d, t)) => (d, Some(t)),
         None => (s, None),
