@@ -7,6 +7,7 @@
 //! its writer, touch SQL, or reach into another format.
 
 pub mod codecs;
+pub mod csv_contacts;
 pub mod files;
 pub mod ical_dir;
 pub mod ical_file;
@@ -164,6 +165,7 @@ static REGISTRY: &[&dyn Format] = &[
     &files::Files,
     &vcard_dir::FORMAT,
     &vcard_file::FORMAT,
+    &csv_contacts::FORMAT,
     &ical_dir::FORMAT,
     &ical_file::FORMAT,
 ];
