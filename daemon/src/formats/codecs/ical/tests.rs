@@ -935,3 +935,56 @@ fn boundaries_are_found_in_any_case_and_folded() {
     assert_eq!(item.uid, "low");
     assert_eq!(text_of(&item.components[0].summary), "Quiet");
 }
+
+fn raw(name: &str, value: &str, pos: u32) -> RawProperty {
+    RawProperty {
+        name: name.into(),
+        value: value.into(),
+        pos,
+        ..RawProperty::default()
+    }
+}
+
+/// Found by the round-trip proptest: nested components spelled as raw BEGIN/END lines.
+#[test]
+fn raw_nested_components_stay_whole() {
+    let held = |c: Component| {
+        let item = CalendarItem {
+            uid: "n@example.com".into(),
+            components: vec![c],
+            timezones: vec![],
+        };
+        let held = IcalCodec.holds(&Record::Calendar(item)).calendar();
+        assert_eq!(items(&write_one(&held)), std::slice::from_ref(&held));
+        held.components[0].clone()
+    };
+    // An open BEGIN inside an alarm is closed inside the alarm, not after it.
+    let c = held(Component {
+        alarms: vec![Alarm {
+            trigger: "-PT15M".into(),
+            raw: vec![raw("BEGIN", "", 0)],
+            ..Alarm::default()
+        }],
+        ..Component::default()
+    });
+    assert_eq!(c.alarms.len(), 1);
+    assert_eq!(c.alarms[0].trigger, "-PT15M");
+    // The UID never lands inside a nested component, where it would be read as raw.
+    let c = held(Component {
+        raw: vec![
+            raw("BEGIN", "X-PLACE", 0),
+            raw("X-NAME", "Hall", 1),
+            raw("END", "X-PLACE", 3),
+        ],
+        ..Component::default()
+    });
+    let names: Vec<(&str, &str, u32)> = raw_names(&c);
+    assert_eq!(
+        names,
+        [
+            ("BEGIN", "X-PLACE", 0),
+            ("X-NAME", "Hall", 1),
+            ("END", "X-PLACE", 2)
+        ]
+    );
+}
