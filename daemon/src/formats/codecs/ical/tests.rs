@@ -882,6 +882,27 @@ proptest! {
     }
 
     #[test]
+    fn shuffled_calendar_lines_never_break_the_reader(lines in prop::collection::vec(
+        prop::sample::select(vec![
+            "BEGIN:VCALENDAR", "END:VCALENDAR", "BEGIN:VEVENT", "END:VEVENT", "BEGIN:VTODO",
+            "END:VTODO", "BEGIN:VALARM", "END:VALARM", "BEGIN:VTIMEZONE", "END:VTIMEZONE",
+            "BEGIN:X-THING", "END:X-THING", "UID:a", "UID:b", "SUMMARY:x\\, y", " folded",
+            "DTSTART;TZID=\"Europe/Berlin\":20261201T100000", "TZID:Europe/Berlin",
+            "RECURRENCE-ID:20261201", "no colon", "", "X-A;P=\"open:1",
+        ]),
+        0..40,
+    ), crlf in any::<bool>()) {
+        let text = lines.join(if crlf { "\r\n" } else { "\n" });
+        let parsed = parse(&text);
+        check_spans(&text, &parsed);
+        for r in &parsed.records {
+            let Record::Calendar(item) = &r.record else { continue };
+            prop_assert_eq!(&IcalCodec.holds(&r.record), &r.record, "{}", text);
+            prop_assert_eq!(item.components.len(), r.spans.len());
+        }
+    }
+
+    #[test]
     fn damaged_fixtures_read_and_take_new_items(text in mutated()) {
         let parsed = parse(&text);
         check_spans(&text, &parsed);
@@ -920,6 +941,19 @@ fn fixture_items_are_held_as_read() {
             assert_eq!(IcalCodec.holds(&record), record);
         }
     }
+}
+
+#[test]
+fn a_time_zone_last_in_the_text_is_held_as_read() {
+    let text = "BEGIN:VEVENT\nUID:z\nDTSTART;TZID=Z:20261201T100000\nEND:VEVENT\n\
+                BEGIN:VTIMEZONE\nTZID:Z\nEND:VTIMEZONE";
+    let item = items(text).remove(0);
+    assert_eq!(
+        item.timezones[0].text,
+        "BEGIN:VTIMEZONE\nTZID:Z\nEND:VTIMEZONE\r\n"
+    );
+    let record = Record::Calendar(item);
+    assert_eq!(IcalCodec.holds(&record), record);
 }
 
 #[test]
