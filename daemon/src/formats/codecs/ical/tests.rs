@@ -1022,3 +1022,31 @@ fn raw_nested_components_stay_whole() {
         ]
     );
 }
+
+#[test]
+fn a_put_item_lying_apart_is_written_whole_at_its_first_place() {
+    let parsed = parse(GOOGLE);
+    let mut standup = items_of(&parsed)[0].clone();
+    standup.components[1].summary.as_mut().unwrap().value = "Standup, Wednesday".into();
+    let out = IcalCodec.write(
+        Some((GOOGLE, &parsed)),
+        &[Change::Put(Box::new(Record::Calendar(standup.clone())))],
+        &WriteSettings::default(),
+    );
+    let spans = &parsed.records[0].spans;
+    let christmas = &GOOGLE[parsed.records[1].spans[0].clone()];
+    assert!(out.starts_with(&GOOGLE[..spans[0].start]));
+    assert!(
+        out.ends_with(&GOOGLE[spans[1].end..]),
+        "what followed the override stays"
+    );
+    let moved = out.find("SUMMARY:Standup\\, Wednesday").unwrap();
+    assert!(
+        moved < out.find(christmas).unwrap(),
+        "both components where the master was"
+    );
+    assert_eq!(out.matches("RECURRENCE-ID").count(), 1);
+    let after = parse(&out);
+    assert_eq!(after.records[0].record, Record::Calendar(standup));
+    assert_eq!(after.records[0].spans.len(), 2);
+}
