@@ -837,11 +837,20 @@ mod tests {
 
     #[test]
     fn formats_are_checked() {
-        assert!(validate_format("files").is_ok());
+        for known in [
+            "files",
+            "vcard-dir",
+            "vcard-file",
+            "csv-contacts",
+            "ical-dir",
+            "ical-file",
+        ] {
+            assert!(validate_format(known).is_ok(), "{known}");
+        }
         // A format this build has no module for is refused, naming the ones it has.
-        let refused = validate_format("vcard-dir").unwrap_err().to_string();
+        let refused = validate_format("vcard-folder").unwrap_err().to_string();
         assert!(
-            refused.contains("\"vcard-dir\"") && refused.contains("files"),
+            refused.contains("\"vcard-folder\"") && refused.contains("vcard-dir"),
             "{refused}"
         );
         assert!(

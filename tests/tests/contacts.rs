@@ -165,14 +165,26 @@ fn one_address_book_in_three_formats_edited_anywhere() {
 
     // Concurrent edits of different fields on A and B both survive, everywhere.
     book.pause(&[&book.a, &book.b]);
-    edit(&book.dir_a.join("ana.vcf"), "TITLE:Engineer", "TITLE:Director");
+    edit(
+        &book.dir_a.join("ana.vcf"),
+        "TITLE:Engineer",
+        "TITLE:Director",
+    );
     edit(&book.csv_b, "ana@example.org", "ana@lima.example");
     book.resume(&[&book.a, &book.b]);
     book.settle();
     for path in [&book.dir_a.join("ana.vcf"), &book.vcf_c, &book.csv_b] {
         let text = holds(path, "Director");
-        assert!(text.contains("ana@lima.example"), "{}:\n{text}", path.display());
-        assert!(!text.contains("ana@example.org"), "{}:\n{text}", path.display());
+        assert!(
+            text.contains("ana@lima.example"),
+            "{}:\n{text}",
+            path.display()
+        );
+        assert!(
+            !text.contains("ana@example.org"),
+            "{}:\n{text}",
+            path.display()
+        );
     }
 
     // The same field edited on A and B: one winner everywhere, the loser listed.
@@ -193,11 +205,13 @@ fn one_address_book_in_three_formats_edited_anywhere() {
     for agent in [&book.a, &book.b, &book.c] {
         let listed = conflicts(agent);
         let found = listed.as_array().is_some_and(|all| {
-            all.iter().any(|c| {
-                c["field"] == "title" && c["lost"] == loser && c["kept"] == winner
-            })
+            all.iter()
+                .any(|c| c["field"] == "title" && c["lost"] == loser && c["kept"] == winner)
         });
-        assert!(found, "conflicts must list {loser:?} losing to {winner:?}: {listed:#}");
+        assert!(
+            found,
+            "conflicts must list {loser:?} losing to {winner:?}: {listed:#}"
+        );
     }
 
     match &python {
@@ -209,8 +223,11 @@ fn one_address_book_in_three_formats_edited_anywhere() {
     let text = read(&book.vcf_c);
     let start = text.find("BEGIN:VCARD").expect("a card");
     let end = text.find("END:VCARD").expect("its end") + "END:VCARD\r\n".len();
-    fs::write(&book.vcf_c, format!("{}{}", &text[..start], &text[end.min(text.len())..]))
-        .expect("delete the card");
+    fs::write(
+        &book.vcf_c,
+        format!("{}{}", &text[..start], &text[end.min(text.len())..]),
+    )
+    .expect("delete the card");
     book.settle();
     let gone = backoff::retry_with_backoff(SYNC, || {
         (!book.dir_a.join("ana.vcf").exists()).then_some(())

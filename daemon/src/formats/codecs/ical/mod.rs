@@ -67,12 +67,18 @@ fn timezones(text: &str, layout: &scan::Layout) -> Vec<Timezone> {
         if out.iter().any(|t| t.tzid == tzid) {
             continue;
         }
-        let pos = u32::try_from(out.len()).unwrap_or(u32::MAX);
+        let mut text = text.get(b.span.clone()).unwrap_or_default().to_string();
+        if !text.ends_with('\n') {
+            // Last in a text with no final line break: given one, as it will need when
+            // written before something else.
+            text.push_str("\r\n");
+        }
         out.push(Timezone {
             tzid,
-            text: text.get(b.span.clone()).unwrap_or_default().to_string(),
+            text,
             stamp: None,
-            pos,
+            // Time zones go before the components, in no order of their own.
+            pos: 0,
         });
     }
     out

@@ -883,6 +883,27 @@ proptest! {
     }
 
     #[test]
+    fn shuffled_calendar_lines_never_break_the_reader(lines in prop::collection::vec(
+        prop::sample::select(vec![
+            "BEGIN:VCALENDAR", "END:VCALENDAR", "BEGIN:VEVENT", "END:VEVENT", "BEGIN:VTODO",
+            "END:VTODO", "BEGIN:VALARM", "END:VALARM", "BEGIN:VTIMEZONE", "END:VTIMEZONE",
+            "BEGIN:X-THING", "END:X-THING", "UID:a", "UID:b", "SUMMARY:x\\, y", " folded",
+            "DTSTART;TZID=\"Europe/Berlin\":20261201T100000", "TZID:Europe/Berlin",
+            "RECURRENCE-ID:20261201", "no colon", "", "X-A;P=\"open:1",
+        ]),
+        0..40,
+    ), crlf in any::<bool>()) {
+        let text = lines.join(if crlf { "\r\n" } else { "\n" });
+        let parsed = parse(&text);
+        check_spans(&text, &parsed);
+        for r in &parsed.records {
+            let Record::Calendar(item) = &r.record else { continue };
+            prop_assert_eq!(&IcalCodec.holds(&r.record), &r.record, "{}", text);
+            prop_assert_eq!(item.components.len(), r.spans.len());
+        }
+    }
+
+    #[test]
     fn damaged_fixtures_read_and_take_new_items(text in mutated()) {
         let parsed = parse(&text);
         check_spans(&text, &parsed);
@@ -924,6 +945,19 @@ fn fixture_items_are_held_as_read() {
 }
 
 #[test]
+fn a_time_zone_last_in_the_text_is_held_as_read() {
+    let text = "BEGIN:VEVENT\nUID:z\nDTSTART;TZID=Z:20261201T100000\nEND:VEVENT\n\
+                BEGIN:VTIMEZONE\nTZID:Z\nEND:VTIMEZONE";
+    let item = items(text).remove(0);
+    assert_eq!(
+        item.timezones[0].text,
+        "BEGIN:VTIMEZONE\nTZID:Z\nEND:VTIMEZONE\r\n"
+    );
+    let record = Record::Calendar(item);
+    assert_eq!(IcalCodec.holds(&record), record);
+}
+
+#[test]
 fn boundaries_are_found_in_any_case_and_folded() {
     let text =
         "begin:vcalendar\nBEGIN:VEV\n ENT\nuid:low\nsummary:Quiet\nEnd:VEvent\nend:vcalendar\n";
@@ -935,4 +969,85 @@ fn boundaries_are_found_in_any_case_and_folded() {
     let item = items(text).remove(0);
     assert_eq!(item.uid, "low");
     assert_eq!(text_of(&item.components[0].summary), "Quiet");
+}
+
+fn raw(name: &str, value: &str, pos: u32) -> RawProperty {
+    RawProperty {
+        name: name.into(),
+        value: value.into(),
+        pos,
+        ..RawProperty::default()
+    }
+}
+
+/// Found by the round-trip proptest: nested components spelled as raw BEGIN/END lines.
+#[test]
+fn raw_nested_components_stay_whole() {
+    let held = |c: Component| {
+        let item = CalendarItem {
+            uid: "n@example.com".into(),
+            components: vec![c],
+            timezones: vec![],
+        };
+        let held = IcalCodec.holds(&Record::Calendar(item)).calendar();
+        assert_eq!(items(&write_one(&held)), std::slice::from_ref(&held));
+        held.components[0].clone()
+    };
+    // An open BEGIN inside an alarm is closed inside the alarm, not after it.
+    let c = held(Component {
+        alarms: vec![Alarm {
+            trigger: "-PT15M".into(),
+            raw: vec![raw("BEGIN", "", 0)],
+            ..Alarm::default()
+        }],
+        ..Component::default()
+    });
+    assert_eq!(c.alarms.len(), 1);
+    assert_eq!(c.alarms[0].trigger, "-PT15M");
+    // The UID never lands inside a nested component, where it would be read as raw.
+    let c = held(Component {
+        raw: vec![
+            raw("BEGIN", "X-PLACE", 0),
+            raw("X-NAME", "Hall", 1),
+            raw("END", "X-PLACE", 3),
+        ],
+        ..Component::default()
+    });
+    let names: Vec<(&str, &str, u32)> = raw_names(&c);
+    assert_eq!(
+        names,
+        [
+            ("BEGIN", "X-PLACE", 0),
+            ("X-NAME", "Hall", 1),
+            ("END", "X-PLACE", 2)
+        ]
+    );
+}
+
+#[test]
+fn a_put_item_lying_apart_is_written_whole_at_its_first_place() {
+    let parsed = parse(GOOGLE);
+    let mut standup = items_of(&parsed)[0].clone();
+    standup.components[1].summary.as_mut().unwrap().value = "Standup, Wednesday".into();
+    let out = IcalCodec.write(
+        Some((GOOGLE, &parsed)),
+        &[Change::Put(Box::new(Record::Calendar(standup.clone())))],
+        &WriteSettings::default(),
+    );
+    let spans = &parsed.records[0].spans;
+    let christmas = &GOOGLE[parsed.records[1].spans[0].clone()];
+    assert!(out.starts_with(&GOOGLE[..spans[0].start]));
+    assert!(
+        out.ends_with(&GOOGLE[spans[1].end..]),
+        "what followed the override stays"
+    );
+    let moved = out.find("SUMMARY:Standup\\, Wednesday").unwrap();
+    assert!(
+        moved < out.find(christmas).unwrap(),
+        "both components where the master was"
+    );
+    assert_eq!(out.matches("RECURRENCE-ID").count(), 1);
+    let after = parse(&out);
+    assert_eq!(after.records[0].record, Record::Calendar(standup));
+    assert_eq!(after.records[0].spans.len(), 2);
 }
