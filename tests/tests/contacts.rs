@@ -23,8 +23,8 @@ TITLE:Engineer\r\n\
 EMAIL;type=INTERNET;type=HOME;type=pref:ana@example.org\r\n\
 item1.TEL;type=CELL;type=VOICE:+1 555 0100\r\n\
 item1.X-ABLabel:_$!<Mobile>!$_\r\n\
-PHOTO;ENCODING=b;TYPE=JPEG:/9j/4AAQSkZJRgABAQEASABIAAD/2wBDAP//////////////////////////////\r\n \
-////////////////////////////////////////////////////////w==\r\n\
+PHOTO;ENCODING=b;TYPE=JPEG:/9j/4AAQSkZJRgABAgMEBQYHCAkKCwwNDg8QERITFBUWFxgZGhscHR4fICEi\r\n \
+IyQlJicoKSorLC0uLzAxMjM0NTY3ODk6Ozw9Pj9AQUJDREVGR0hJSktMTU5P\r\n\
 UID:ana-lima-0001\r\n\
 END:VCARD\r\n";
 
