@@ -48,7 +48,11 @@ fn read(path: &Path) -> String {
 
 fn edit(path: &Path, from: &str, to: &str) {
     let text = read(path);
-    assert!(text.contains(from), "{} lacks {from:?}:\n{text}", path.display());
+    assert!(
+        text.contains(from),
+        "{} lacks {from:?}:\n{text}",
+        path.display()
+    );
     fs::write(path, text.replacen(from, to, 1)).expect("write the edit");
 }
 
@@ -58,7 +62,11 @@ fn holds(path: &Path, want: &str) -> String {
         last = fs::read_to_string(path).unwrap_or_default();
         last.contains(want).then_some(())
     });
-    assert!(found.is_some(), "{} never held {want:?}:\n{last}", path.display());
+    assert!(
+        found.is_some(),
+        "{} never held {want:?}:\n{last}",
+        path.display()
+    );
     last
 }
 
@@ -99,16 +107,31 @@ fn one_calendar_as_a_folder_and_as_one_file() {
     let standup = file_of(&dir_a, STANDUP);
     let text = read(&standup);
     assert_eq!(text.matches("BEGIN:VEVENT").count(), 2, "{text}");
-    assert!(text.contains("RECURRENCE-ID;TZID=Europe/Berlin:20261208T100000"), "{text}");
+    assert!(
+        text.contains("RECURRENCE-ID;TZID=Europe/Berlin:20261208T100000"),
+        "{text}"
+    );
     assert!(text.contains("Team standup (moved to Wednesday)"), "{text}");
-    assert!(text.contains("20261222T100000") && text.contains("20261229T100000"), "{text}");
-    assert!(text.contains("BEGIN:VTIMEZONE") && text.contains("TZID:Europe/Berlin"), "{text}");
+    assert!(
+        text.contains("20261222T100000") && text.contains("20261229T100000"),
+        "{text}"
+    );
+    assert!(
+        text.contains("BEGIN:VTIMEZONE") && text.contains("TZID:Europe/Berlin"),
+        "{text}"
+    );
     let christmas = read(&file_of(&dir_a, "7d0e55c1a2@google.com"));
-    assert!(christmas.contains("DTSTART;VALUE=DATE:20261224"), "{christmas}");
+    assert!(
+        christmas.contains("DTSTART;VALUE=DATE:20261224"),
+        "{christmas}"
+    );
     // A's to-do is in C's file, alarm and all; C's own items kept their bytes.
     let c_text = holds(&ics_c, "Submit expense report");
     assert!(c_text.contains("TRIGGER;RELATED=END:-PT1H"), "{c_text}");
-    assert!(c_text.contains("DUE;TZID=Europe/Berlin:20261205T170000"), "{c_text}");
+    assert!(
+        c_text.contains("DUE;TZID=Europe/Berlin:20261205T170000"),
+        "{c_text}"
+    );
     let block = |text: &str, uid: &str| -> Option<String> {
         let at = text.find(&format!("UID:{uid}"))?;
         let start = text[..at].rfind("BEGIN:VEVENT")?;
@@ -123,10 +146,17 @@ fn one_calendar_as_a_folder_and_as_one_file() {
     assert_eq!(c_text.matches("BEGIN:VTIMEZONE").count(), 1, "{c_text}");
 
     // The moved occurrence edited on A reaches C; the EXDATE stays.
-    edit(&standup, "Team standup (moved to Wednesday)", "Standup, Wednesday this week");
+    edit(
+        &standup,
+        "Team standup (moved to Wednesday)",
+        "Standup, Wednesday this week",
+    );
     settle(&a, &c);
     let c_text = holds(&ics_c, "Standup\\, Wednesday this week");
-    assert!(c_text.contains("RECURRENCE-ID;TZID=Europe/Berlin:20261208T100000"), "{c_text}");
+    assert!(
+        c_text.contains("RECURRENCE-ID;TZID=Europe/Berlin:20261208T100000"),
+        "{c_text}"
+    );
     assert!(c_text.contains("20261229T100000"), "{c_text}");
 
     // Concurrent edits of two fields of one event, one on each side, both survive.
@@ -134,15 +164,27 @@ fn one_calendar_as_a_folder_and_as_one_file() {
         agent.json(&["pause", "work"]);
     }
     let meeting = file_of(&dir_a, "b93e0f11c8@google.com");
-    edit(&meeting, "LOCATION:Room 4.12\\, Building B", "LOCATION:Room 1.01");
-    edit(&ics_c, "SUMMARY:Budget review", "SUMMARY:Budget review (moved online)");
+    edit(
+        &meeting,
+        "LOCATION:Room 4.12\\, Building B",
+        "LOCATION:Room 1.01",
+    );
+    edit(
+        &ics_c,
+        "SUMMARY:Budget review",
+        "SUMMARY:Budget review (moved online)",
+    );
     for agent in [&a, &c] {
         agent.json(&["resume", "work"]);
     }
     settle(&a, &c);
     for path in [&meeting, &ics_c] {
         let text = holds(path, "Budget review (moved online)");
-        assert!(text.contains("LOCATION:Room 1.01"), "{}:\n{text}", path.display());
+        assert!(
+            text.contains("LOCATION:Room 1.01"),
+            "{}:\n{text}",
+            path.display()
+        );
     }
 
     match &python {
@@ -163,14 +205,21 @@ fn one_calendar_as_a_folder_and_as_one_file() {
     fs::write(&ics_c, cut).expect("delete an event on C");
     settle(&a, &c);
     let removed = backoff::retry_with_backoff(SYNC, || (!christmas_file.exists()).then_some(()));
-    assert!(removed.is_some(), "{} is still there", christmas_file.display());
+    assert!(
+        removed.is_some(),
+        "{} is still there",
+        christmas_file.display()
+    );
     let name = christmas_file
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     let kept = fs::read_dir(dir_a.join(".tandem/versions")).is_ok_and(|d| {
-        d.filter_map(Result::ok)
-            .any(|e| e.file_name().to_string_lossy().starts_with(&format!("{name}~")))
+        d.filter_map(Result::ok).any(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with(&format!("{name}~"))
+        })
     });
     assert!(kept, "A keeps the deleted event in its versions folder");
 }
