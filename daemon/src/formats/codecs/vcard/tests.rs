@@ -659,3 +659,41 @@ proptest! {
         );
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(32))]
+
+    /// A put replaces one record where it is, every other record reads back as it was, and a
+    /// remove takes exactly one away.
+    #[test]
+    fn a_put_and_a_remove_touch_only_their_record(
+        mut list in proptest::collection::vec(contact(), 1..4),
+        mut new in contact(),
+        which in any::<proptest::sample::Index>(),
+    ) {
+        for (i, c) in list.iter_mut().enumerate() {
+            c.uid = format!("uid-{i}");
+        }
+        let puts: Vec<Change> = list.iter().cloned().map(put).collect();
+        let text = VCardCodec.write(None, &puts, &WriteSettings::default());
+        let parsed = VCardCodec.parse(&text);
+        prop_assert_eq!(parsed.records.len(), list.len());
+        let i = which.index(list.len());
+        new.uid = list[i].uid.clone();
+        let out = VCardCodec.write(Some((&text, &parsed)), &[put(new.clone())], &WriteSettings::default());
+        let again = VCardCodec.parse(&out);
+        prop_assert!(again.errors.is_empty());
+        prop_assert_eq!(again.records.len(), list.len());
+        for (j, (before, after)) in parsed.records.iter().zip(&again.records).enumerate() {
+            if j == i {
+                prop_assert_eq!(&after.record, &VCardCodec.holds(&Record::Contact(new.clone())));
+            } else {
+                prop_assert_eq!(&after.record, &before.record);
+            }
+        }
+        let removed = VCardCodec.write(Some((&out, &again)), &[Change::Remove(new.uid.clone())], &WriteSettings::default());
+        let left = VCardCodec.parse(&removed);
+        prop_assert_eq!(left.records.len(), list.len() - 1);
+        prop_assert!(left.records.iter().all(|r| r.uid() != Some(new.uid.as_str())));
+    }
+}
