@@ -457,6 +457,15 @@ fn a_record_from_elsewhere_loses_what_csv_cannot_hold() {
 
 // ---- property tests ----
 
+/// `n` cases, unless PROPTEST_CASES asks for another number (for a longer run by hand).
+fn cases(n: u32) -> ProptestConfig {
+    let mut config = ProptestConfig::default();
+    if std::env::var_os("PROPTEST_CASES").is_none() {
+        config.cases = n;
+    }
+    config
+}
+
 fn free_text() -> impl Strategy<Value = String> {
     "[a-zA-Z0-9 ,;:\"\n=äöüß€日本-]{0,16}"
 }
@@ -551,7 +560,7 @@ prop_compose! {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(64))]
+    #![proptest_config(cases(64))]
 
     #[test]
     fn what_it_holds_survives_a_write_and_a_read(c in contact()) {
@@ -627,7 +636,7 @@ fn check_any(text: &str) {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(32))]
+    #![proptest_config(cases(32))]
 
     /// A put replaces one record where it is, every other record reads back as it was, and a
     /// remove takes exactly one away.
@@ -661,5 +670,23 @@ proptest! {
         let left = CsvCodec.parse(&removed);
         prop_assert_eq!(left.records.len(), list.len() - 1);
         prop_assert!(left.records.iter().all(|r| r.uid() != Some(new.uid.as_str())));
+    }
+}
+
+proptest! {
+    #![proptest_config(cases(256))]
+
+    /// Texts made of the pieces contacts CSV is made of reach far more of the reader than bytes.
+    #[test]
+    fn texts_of_csv_pieces_parse_without_panic(pieces in proptest::collection::vec(
+        proptest::sample::select(vec![
+            "First Name,Last Name,E-mail 1 - Label,E-mail 1 - Value,UID\r\n", "Name,Notes\n",
+            ",", "\"", "\r\n", "\n", "\r", " ::: ", "* Home", "Work", "a@example.org", "UID",
+            "Event 1 - Label", "Anniversary", "Address 2 - Formatted", "0/0/00", "ä", "\u{feff}",
+            "Relation 1 - Value", "Gender", "x",
+        ]),
+        0..60,
+    )) {
+        check_any(&pieces.concat());
     }
 }

@@ -430,6 +430,15 @@ fn a_label_is_taken_only_from_a_group_of_one_value() {
 
 // ---- property tests ----
 
+/// `n` cases, unless PROPTEST_CASES asks for another number (for a longer run by hand).
+fn cases(n: u32) -> ProptestConfig {
+    let mut config = ProptestConfig::default();
+    if std::env::var_os("PROPTEST_CASES").is_none() {
+        config.cases = n;
+    }
+    config
+}
+
 fn free_text() -> impl Strategy<Value = String> {
     "[a-zA-Z0-9 ,;:\\\\\"\n=äöüßé€日本]{0,16}"
 }
@@ -552,7 +561,7 @@ prop_compose! {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(64))]
+    #![proptest_config(cases(64))]
 
     #[test]
     fn what_it_holds_survives_a_write_and_a_read(c in contact()) {
@@ -617,7 +626,7 @@ fn check_any(text: &str) {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(64))]
+    #![proptest_config(cases(64))]
 
     /// `holds` is a write and a read; this checks it loses none of what a vCard carries.
     #[test]
@@ -661,7 +670,7 @@ proptest! {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(32))]
+    #![proptest_config(cases(32))]
 
     /// A put replaces one record where it is, every other record reads back as it was, and a
     /// remove takes exactly one away.
@@ -695,5 +704,24 @@ proptest! {
         let left = VCardCodec.parse(&removed);
         prop_assert_eq!(left.records.len(), list.len() - 1);
         prop_assert!(left.records.iter().all(|r| r.uid() != Some(new.uid.as_str())));
+    }
+}
+
+proptest! {
+    #![proptest_config(cases(256))]
+
+    /// Texts made of the pieces vCards are made of reach far more of the reader than bytes.
+    #[test]
+    fn texts_of_vcard_pieces_parse_without_panic(pieces in proptest::collection::vec(
+        proptest::sample::select(vec![
+            "BEGIN:VCARD\r\n", "END:VCARD\r\n", "VERSION:2.1\r\n", "VERSION:4.0\n", "\r\n", "\n",
+            " ", "\t", ":", ";", ",", "=", "\"", "\\", "item1.", "X-ABLabel:", "EMAIL", "TEL",
+            ";ENCODING=QUOTED-PRINTABLE", ";CHARSET=ISO-8859-1", ";CHARSET=KOI8-R", "=C3=A4",
+            "=\r\n", "PHOTO;ENCODING=b:", "PHOTO:data:image/png;base64,", "AQID", "N:", "ADR:",
+            "BDAY:", "--0412", "19850412T103000Z", "UID:", "ä", "\u{feff}", "TYPE=", "PREF=",
+        ]),
+        0..60,
+    )) {
+        check_any(&pieces.concat());
     }
 }
