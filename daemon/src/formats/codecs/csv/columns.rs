@@ -235,3 +235,11 @@ pub(super) fn block_headers(block: &str, n: u32) -> Vec<String> {
         ]
     }
 }
+
+/// Whether our writer gives `header` a fixed place (Google's layout), so that its place among
+/// the values of a row is the same in every file we write.
+pub(super) fn is_google_column(header: &str) -> bool {
+    GOOGLE_HEAD.iter().any(|h| h.eq_ignore_ascii_case(header))
+        || numbered(header)
+            .is_some_and(|(kind, _, _)| BLOCKS.iter().any(|b| b.eq_ignore_ascii_case(&kind)))
+}

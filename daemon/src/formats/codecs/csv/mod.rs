@@ -83,15 +83,25 @@ fn rows(text: &str) -> (Vec<Row>, usize) {
     (out, read_to)
 }
 
+/// Whether a first row is the header of a contacts CSV. Two columns we know, as every
+/// export has many: a plain text whose first line is "Notes" is not a list of contacts.
+fn is_header(cols: &[Col]) -> bool {
+    cols.iter().filter(|c| c.is_known()).count() >= 2
+}
+
 /// The header of `text` when it is a contacts CSV.
 fn header_of(text: &str) -> Option<Vec<String>> {
-    let (rows, _) = rows(text);
-    let first = rows.first()?;
-    let header: Vec<String> = first.cells.iter().map(str::to_string).collect();
-    header
-        .iter()
-        .any(|h| classify(h).is_known())
-        .then_some(header)
+    let mut reader = csv::ReaderBuilder::new()
+        .has_headers(false)
+        .flexible(true)
+        .from_reader(text.as_bytes());
+    let mut first = csv::StringRecord::new();
+    if !reader.read_record(&mut first).ok()? {
+        return None;
+    }
+    let header: Vec<String> = first.iter().map(str::to_string).collect();
+    let cols: Vec<Col> = header.iter().map(|h| classify(h)).collect();
+    is_header(&cols).then_some(header)
 }
 
 /// Every non-blank line of a text that is not a contacts CSV, as an error part.
@@ -124,7 +134,7 @@ impl Codec for CsvCodec {
         };
         let header: Vec<String> = head.cells.iter().map(str::to_string).collect();
         let cols: Vec<Col> = header.iter().map(|h| classify(h)).collect();
-        if !cols.iter().any(Col::is_known) {
+        if !is_header(&cols) {
             return not_csv(text);
         }
         let mut parsed = Parsed::default();

@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 
-use super::columns::{ADDRESS_CELLS, Col, Kind, Sub, classify, numbered};
+use super::columns::{ADDRESS_CELLS, Col, Kind, Sub, classify, is_google_column, numbered};
 use super::{KEPT_CELL, UID_COLUMN};
 use crate::formats::codecs::vcard::normalize_date;
 use crate::formats::native::{Address, Contact, Name, Organization, Param, RawProperty, Text};
@@ -199,9 +199,28 @@ pub(super) fn read(cols: &[Col], headers: &[String], cells: &csv::StringRecord) 
     for ((kind, _), b) in blocks {
         read_block(&mut c, kind, &b, headers);
     }
+    // The columns after Google's layout come in the order of the file's header, which other
+    // rows and earlier files decide; by name, they come in the same order in every file.
+    let mut extra: Vec<(String, usize)> = c
+        .raw
+        .iter()
+        .enumerate()
+        .filter_map(|(i, r)| {
+            let column = r.params.first()?.values.first()?;
+            (!is_google_column(column)).then(|| (column.clone(), i))
+        })
+        .collect();
+    extra.sort_by(|a, b| a.0.to_lowercase().cmp(&b.0.to_lowercase()).then(a.cmp(b)));
+    for (k, (_, i)) in extra.into_iter().enumerate() {
+        c.raw[i].pos = anchor(AFTER_LAYOUT.saturating_add(k), 0);
+    }
     renumber(&mut c);
+    c.raw.sort_by_key(|r| r.pos);
     c
 }
+
+/// A reading place after every column of Google's layout.
+const AFTER_LAYOUT: usize = 1 << 20;
 
 type Part = fn(&mut Name) -> &mut Vec<String>;
 

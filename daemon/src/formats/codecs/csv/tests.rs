@@ -329,6 +329,9 @@ fn a_text_that_is_not_csv_is_all_errors() {
     assert_eq!(lines, [1, 3]);
     check_spans(text, &parsed);
     assert!(CsvCodec.parse("").errors.is_empty());
+    // One word we know is not yet a header.
+    let notes = "Notes\nbuy milk\n";
+    assert_eq!(CsvCodec.parse(notes).errors.len(), 2);
 }
 
 fn put(c: Contact) -> Change {
@@ -454,6 +457,15 @@ fn a_record_from_elsewhere_loses_what_csv_cannot_hold() {
 
 // ---- property tests ----
 
+/// `n` cases, unless PROPTEST_CASES asks for another number (for a longer run by hand).
+fn cases(n: u32) -> ProptestConfig {
+    let mut config = ProptestConfig::default();
+    if std::env::var_os("PROPTEST_CASES").is_none() {
+        config.cases = n;
+    }
+    config
+}
+
 fn free_text() -> impl Strategy<Value = String> {
     "[a-zA-Z0-9 ,;:\"\n=äöüß€日本-]{0,16}"
 }
@@ -548,7 +560,7 @@ prop_compose! {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(64))]
+    #![proptest_config(cases(64))]
 
     #[test]
     fn what_it_holds_survives_a_write_and_a_read(c in contact()) {
@@ -620,5 +632,61 @@ fn check_any(text: &str) {
     let out = CsvCodec.write(Some((text, &parsed)), &[], &WriteSettings::default());
     for e in &parsed.errors {
         assert!(out.contains(&text[e.span.clone()]), "{:?} lost", e);
+    }
+}
+
+proptest! {
+    #![proptest_config(cases(32))]
+
+    /// A put replaces one record where it is, every other record reads back as it was, and a
+    /// remove takes exactly one away.
+    #[test]
+    fn a_put_and_a_remove_touch_only_their_record(
+        mut list in proptest::collection::vec(contact(), 1..4),
+        mut new in contact(),
+        which in any::<proptest::sample::Index>(),
+    ) {
+        for (i, c) in list.iter_mut().enumerate() {
+            c.uid = format!("uid-{i}");
+        }
+        let puts: Vec<Change> = list.iter().cloned().map(put).collect();
+        let text = CsvCodec.write(None, &puts, &WriteSettings::default());
+        let parsed = CsvCodec.parse(&text);
+        prop_assert_eq!(parsed.records.len(), list.len());
+        let i = which.index(list.len());
+        new.uid = list[i].uid.clone();
+        let out = CsvCodec.write(Some((&text, &parsed)), &[put(new.clone())], &WriteSettings::default());
+        let again = CsvCodec.parse(&out);
+        prop_assert!(again.errors.is_empty());
+        prop_assert_eq!(again.records.len(), list.len());
+        for (j, (before, after)) in parsed.records.iter().zip(&again.records).enumerate() {
+            if j == i {
+                prop_assert_eq!(&after.record, &CsvCodec.holds(&Record::Contact(new.clone())));
+            } else {
+                prop_assert_eq!(&after.record, &before.record);
+            }
+        }
+        let removed = CsvCodec.write(Some((&out, &again)), &[Change::Remove(new.uid.clone())], &WriteSettings::default());
+        let left = CsvCodec.parse(&removed);
+        prop_assert_eq!(left.records.len(), list.len() - 1);
+        prop_assert!(left.records.iter().all(|r| r.uid() != Some(new.uid.as_str())));
+    }
+}
+
+proptest! {
+    #![proptest_config(cases(256))]
+
+    /// Texts made of the pieces contacts CSV is made of reach far more of the reader than bytes.
+    #[test]
+    fn texts_of_csv_pieces_parse_without_panic(pieces in proptest::collection::vec(
+        proptest::sample::select(vec![
+            "First Name,Last Name,E-mail 1 - Label,E-mail 1 - Value,UID\r\n", "Name,Notes\n",
+            ",", "\"", "\r\n", "\n", "\r", " ::: ", "* Home", "Work", "a@example.org", "UID",
+            "Event 1 - Label", "Anniversary", "Address 2 - Formatted", "0/0/00", "ä", "\u{feff}",
+            "Relation 1 - Value", "Gender", "x",
+        ]),
+        0..60,
+    )) {
+        check_any(&pieces.concat());
     }
 }

@@ -249,7 +249,8 @@ pub(super) fn content_lines(block: &str, first_line: u32) -> Result<Vec<ContentL
         }
         let was_qp = qp.is_some();
         if let Some(charset) = qp {
-            value = decode_qp(&value, charset.as_deref());
+            // 2.1 writes a line break as =0D=0A; text values hold `\n`, as 3.0's do.
+            value = decode_qp(&value, charset.as_deref()).replace("\r\n", "\n");
         }
         out.push(ContentLine {
             line: number,
