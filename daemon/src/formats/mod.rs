@@ -118,6 +118,14 @@ pub trait Format: Send + Sync + fmt::Debug + 'static {
     }
 }
 
+/// The kind of data a record is.
+pub fn kind_of_record(record: &native::Record) -> Kind {
+    match record {
+        native::Record::Contact(_) => Kind::Contacts,
+        native::Record::Calendar(_) => Kind::Calendar,
+    }
+}
+
 /// A record format: a name, a kind and the record I/O (a layout and a codec). The five record
 /// formats are each one of these, in their own module.
 #[derive(Debug)]

@@ -16,8 +16,8 @@
 use std::cmp::Ordering;
 
 use super::{Fields, Record, Value, component_fields, component_key, contact_fields, same};
-use crate::formats::native::{CalendarItem, Component, Contact, Param, RawProperty, Stamp};
 use crate::index::{ShortId, VersionVector};
+use tandem_proto::peer::{CalendarItem, Component, Contact, Param, RawProperty, Stamp};
 
 /// Name of the property that keeps a value that lost a conflict.
 pub const CONFLICT_PROPERTY: &str = "X-TANDEM-CONFLICT";

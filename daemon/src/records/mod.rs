@@ -6,7 +6,8 @@
 //! they touch different fields, and an email added on each side keeps both. The stamps stand
 //! for the common base of a three-way merge: a value whose stamp the other side's version
 //! already counts was seen there, so if that side no longer has it, it was changed or removed
-//! there. Must not: do I/O, or know a native format (codecs say what a format holds).
+//! there. Must not: do I/O, or know a native format (a format says what it holds through a
+//! `holds` function); it imports no module of ours but `index`.
 
 mod merge;
 mod restamp;
@@ -19,8 +20,8 @@ use tandem_proto::peer as pb;
 pub use merge::{CONFLICT_PROPERTY, RecordConflict, conflicts_in, merge};
 pub use restamp::{restamp, stamp_all};
 
-pub use crate::formats::native::Record;
-use crate::formats::native::{
+pub use tandem_proto::peer::record_body::Record;
+use tandem_proto::peer::{
     Address, Alarm, CalendarItem, Component, Contact, DateTime, Name, Organization, Param, Person,
     Photo, RawProperty, Stamp, Text, Timezone,
 };
@@ -64,14 +65,6 @@ pub fn record_of(stored: &pb::StoredRecord) -> Option<&Record> {
 /// Encodes a record for the store.
 pub fn encode_stored(stored: &pb::StoredRecord) -> Vec<u8> {
     stored.encode_to_vec()
-}
-
-/// The kind of data a record is, as the formats name it.
-pub fn kind_of(record: &Record) -> crate::formats::Kind {
-    match record {
-        Record::Contact(_) => crate::formats::Kind::Contacts,
-        Record::Calendar(_) => crate::formats::Kind::Calendar,
-    }
 }
 
 /// The record's UID (empty when it has none).

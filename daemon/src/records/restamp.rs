@@ -5,18 +5,21 @@
 use super::{
     Fields, Record, Value, component_fields, component_key, contact_fields, normalized, same,
 };
-use crate::formats::native::{CalendarItem, Codec, Component, Contact, Stamp};
+use tandem_proto::peer::{CalendarItem, Component, Contact, Stamp};
 
-/// The prior record with what a scan read in `parsed` (only what `codec` holds) made on top of
+/// What a format holds of a record: the record as a write and a read back give it.
+pub type Holds<'a> = &'a dyn Fn(&Record) -> Record;
+
+/// The prior record with what a scan read in `parsed` (only what `holds` keeps) made on top of
 /// it: new and changed values carry `dot`. `None` when nothing the format holds changed.
-pub fn restamp(prior: &Record, parsed: &Record, codec: &dyn Codec, dot: &Stamp) -> Option<Record> {
-    if normalized(&codec.holds(prior)) == normalized(parsed) {
+pub fn restamp(prior: &Record, parsed: &Record, holds: Holds<'_>, dot: &Stamp) -> Option<Record> {
+    if normalized(&holds(prior)) == normalized(parsed) {
         return None;
     }
     match (prior, parsed) {
         (Record::Contact(prior), Record::Contact(parsed)) => {
             let mut out = prior.clone();
-            let project = |c: Contact| match codec.holds(&Record::Contact(c)) {
+            let project = |c: Contact| match holds(&Record::Contact(c)) {
                 Record::Contact(c) => c,
                 Record::Calendar(_) => Contact::default(),
             };
@@ -37,7 +40,7 @@ pub fn restamp(prior: &Record, parsed: &Record, codec: &dyn Codec, dot: &Stamp) 
             changed.then_some(Record::Contact(out))
         }
         (Record::Calendar(prior), Record::Calendar(parsed)) => {
-            restamp_calendar(prior, parsed, codec, dot).map(Record::Calendar)
+            restamp_calendar(prior, parsed, holds, dot).map(Record::Calendar)
         }
         // A record of another kind where this one was: it replaces it whole.
         _ => Some(stamp_all(parsed.clone(), dot)),
@@ -64,7 +67,7 @@ pub fn stamp_all(mut record: Record, dot: &Stamp) -> Record {
 fn restamp_calendar(
     prior: &CalendarItem,
     parsed: &CalendarItem,
-    codec: &dyn Codec,
+    holds: Holds<'_>,
     dot: &Stamp,
 ) -> Option<CalendarItem> {
     let mut changed = false;
@@ -105,7 +108,7 @@ fn restamp_calendar(
                 components: vec![c],
                 timezones: Vec::new(),
             };
-            match codec.holds(&Record::Calendar(item)) {
+            match holds(&Record::Calendar(item)) {
                 Record::Calendar(mut held) if !held.components.is_empty() => {
                     held.components.swap_remove(0)
                 }
@@ -146,7 +149,7 @@ fn restamp_calendar(
             }
         }
     }
-    let held_any_tz = match codec.holds(&Record::Calendar(prior.clone())) {
+    let held_any_tz = match holds(&Record::Calendar(prior.clone())) {
         Record::Calendar(h) => !h.timezones.is_empty(),
         Record::Contact(_) => false,
     };

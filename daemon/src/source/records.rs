@@ -160,7 +160,7 @@ impl SourceTask {
                 }
                 RecordRead::Record(read) => {
                     seen.insert(read.key.clone());
-                    if records::kind_of(&read.record) != kind {
+                    if crate::formats::kind_of_record(&read.record) != kind {
                         continue;
                     }
                     let prior = priors.get(&read.key);
@@ -181,7 +181,7 @@ impl SourceTask {
                     let prior_record = live.and_then(|p| records::record_of(&p.stored));
                     let new = match prior_record {
                         None => Some(stamp_all(read.record, &dot)),
-                        Some(old) => records::restamp(old, &read.record, codec, &dot),
+                        Some(old) => records::restamp(old, &read.record, &|r| codec.holds(r), &dot),
                     };
                     let header =
                         |version: VersionVector, modified_by: Option<String>, origin| Header {
@@ -332,12 +332,12 @@ impl SourceTask {
                 outcomes[i] = refuse(&key, "it is not a record");
                 continue;
             };
-            if records::kind_of(remote_record) != kind {
+            if crate::formats::kind_of_record(remote_record) != kind {
                 outcomes[i] = refuse(
                     &key,
                     &format!(
                         "it is {} where this source keeps {kind}",
-                        records::kind_of(remote_record)
+                        crate::formats::kind_of_record(remote_record)
                     ),
                 );
                 continue;
