@@ -46,14 +46,23 @@ pub fn source_block(out: &mut impl Write, s: &SourceStatus, now_ms: u64) -> io::
     writeln!(out, "  path      {}", s.path)?;
     writeln!(out, "  format    {}", s.format)?;
     writeln!(out, "  state     {}", s.state)?;
-    writeln!(
-        out,
-        "  content   {}, {}, {}, {}",
-        count(s.files, "file", "files"),
-        count(s.directories, "directory", "directories"),
-        count(s.symlinks, "symlink", "symlinks"),
-        bytes(s.bytes)
-    )?;
+    if s.kind.is_empty() || s.kind == "files" {
+        writeln!(
+            out,
+            "  content   {}, {}, {}, {}",
+            count(s.files, "file", "files"),
+            count(s.directories, "directory", "directories"),
+            count(s.symlinks, "symlink", "symlinks"),
+            bytes(s.bytes)
+        )?;
+    } else {
+        writeln!(
+            out,
+            "  content   {} ({})",
+            count(s.files, "record", "records"),
+            s.kind
+        )?;
+    }
     writeln!(out, "  sequence  {}", s.sequence)?;
     writeln!(out, "  hashed    {}", bytes(s.hashed_bytes))?;
     writeln!(

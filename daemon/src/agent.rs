@@ -516,6 +516,12 @@ impl AgentTask {
             debounce_max: self.config.debounce_max,
             rescan_interval: self.config.rescan_interval,
             versions_keep: self.config.versions_keep,
+            vcard_version: self
+                .config
+                .vcard_versions
+                .get(&row.id)
+                .cloned()
+                .unwrap_or_default(),
             disk: self.disk.clone(),
         };
         let handle = source::spawn(

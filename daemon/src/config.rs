@@ -171,6 +171,9 @@ pub struct Config {
     /// How long replaced and deleted files stay in a source's versions folder; `None` keeps
     /// them forever.
     pub versions_keep: Option<Duration>,
+    /// Per source id: the vCard version new contacts are written in ("2.1", "3.0", "4.0").
+    /// A source not named here writes the version it already uses, else 3.0.
+    pub vcard_versions: std::collections::BTreeMap<String, String>,
 }
 
 impl Default for Config {
@@ -181,6 +184,7 @@ impl Default for Config {
             debounce_max: Duration::from_millis(500),
             rescan_interval: Duration::from_secs(3600),
             versions_keep: Some(Duration::from_secs(30 * 86_400)),
+            vcard_versions: std::collections::BTreeMap::new(),
         }
     }
 }
@@ -194,6 +198,14 @@ struct RawConfig {
     debounce_max_ms: Option<u64>,
     rescan_interval_s: Option<u64>,
     versions_keep_days: Option<u64>,
+    sources: Option<std::collections::BTreeMap<String, RawSourceConfig>>,
+}
+
+/// `[sources.ID]` in `config.toml`: settings of one source.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSourceConfig {
+    vcard_version: Option<String>,
 }
 
 const DEFAULT_CONFIG: &str = "\
@@ -214,6 +226,12 @@ const DEFAULT_CONFIG: &str = "\
 # Days a file replaced or deleted by another device stays in the source's
 # .tandem/versions folder (0 keeps them forever).
 # versions_keep_days = 30
+
+# Per source: the vCard version new contacts are written in (\"2.1\", \"3.0\" or \"4.0\").
+# By default a source writes the version its cards already use, else 3.0, which Apple,
+# Google and khard all read.
+# [sources.contacts]
+# vcard_version = \"4.0\"
 ";
 
 impl Config {
@@ -277,6 +295,16 @@ impl Config {
                 }
             };
         }
+        for (id, source) in raw.sources.unwrap_or_default() {
+            if let Some(v) = source.vcard_version {
+                if !["2.1", "3.0", "4.0"].contains(&v.as_str()) {
+                    return Err(format!(
+                        "[sources.{id}] vcard_version = {v:?} is not one of \"2.1\", \"3.0\", \"4.0\""
+                    ));
+                }
+                config.vcard_versions.insert(id, v);
+            }
+        }
         Ok(config)
     }
 }
@@ -291,6 +319,19 @@ mod tests {
         let c = Config::parse(DEFAULT_CONFIG).unwrap();
         assert_eq!(c.debounce, Config::default().debounce);
         assert_eq!(c.listen, Config::default().listen);
+    }
+
+    #[test]
+    fn a_source_may_name_its_vcard_version() {
+        let c = Config::parse("[sources.book]\nvcard_version = \"4.0\"\n").unwrap();
+        assert_eq!(
+            c.vcard_versions.get("book").map(String::as_str),
+            Some("4.0")
+        );
+        let e = Config::parse("[sources.book]\nvcard_version = \"5.0\"\n").unwrap_err();
+        assert!(e.contains("sources.book") && e.contains("5.0"), "{e}");
+        let e = Config::parse("[sources.book]\ncolour = \"red\"\n").unwrap_err();
+        assert!(e.contains("colour"), "{e}");
     }
 
     #[test]

@@ -62,6 +62,8 @@ pub struct SourceConfig {
     pub rescan_interval: Duration,
     /// Retention of the versions folder (`None`: forever).
     pub versions_keep: Option<Duration>,
+    /// The vCard version new contacts are written in (empty: the one the source uses).
+    pub vcard_version: String,
     /// Where writes into the source go (the real disk, or a faulty one in tests).
     pub disk: Arc<dyn Disk>,
 }

@@ -124,6 +124,9 @@ fn source_pb(s: &SourceStatus, board: &Board) -> pb::SourceStatus {
         id: s.id.clone(),
         path: s.path.display().to_string(),
         format: s.format.clone(),
+        kind: crate::formats::by_name(&s.format)
+            .map(|f| f.kind().as_str().to_owned())
+            .unwrap_or_default(),
         state: s.state.as_str().to_owned(),
         error: s.error.clone().unwrap_or_default(),
         files: s.totals.files,

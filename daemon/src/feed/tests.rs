@@ -197,6 +197,7 @@ impl Scene {
                 debounce_max: Duration::from_millis(50),
                 rescan_interval: Duration::from_secs(3600),
                 versions_keep: None,
+                vcard_version: String::new(),
                 disk: disk.clone(),
             },
             store.clone(),

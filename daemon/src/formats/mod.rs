@@ -9,12 +9,16 @@
 pub mod codecs;
 pub mod csv_contacts;
 pub mod files;
+#[cfg(test)]
+mod fuzz;
 pub mod ical_dir;
 pub mod ical_file;
 pub mod native;
 pub mod record_dir;
 pub mod record_file;
 pub mod record_io;
+#[cfg(test)]
+mod record_tests;
 pub mod vcard_dir;
 pub mod vcard_file;
 

@@ -75,6 +75,8 @@ struct Last {
     parsed: Parsed,
     /// The key of each of `parsed.records`, in order.
     keys: Vec<String>,
+    /// Which of `parsed.records` have no UID in the text (their key was given here).
+    uidless: Vec<bool>,
 }
 
 struct FileSource {
@@ -243,6 +245,7 @@ impl RecordSource for FileSource {
             RecordRead::Error { .. } => true,
         });
         let mut parsed = parsed;
+        let uidless = parsed.records.iter().map(|r| r.uid().is_none()).collect();
         for (r, key) in parsed.records.iter_mut().zip(&keys) {
             crate::records::set_uid(&mut r.record, key);
         }
@@ -251,6 +254,7 @@ impl RecordSource for FileSource {
             text,
             parsed,
             keys,
+            uidless,
         });
         Ok(out)
     }
@@ -283,6 +287,7 @@ impl RecordSource for FileSource {
             text: String::new(),
             parsed: Parsed::default(),
             keys: Vec::new(),
+            uidless: Vec::new(),
         };
         let last = self.last.take().unwrap_or(empty);
         let had_text = now.is_some();
@@ -297,7 +302,22 @@ impl RecordSource for FileSource {
                 None => changes.push(Change::Remove(job.key.clone())),
             }
         }
-        let previous = had_text.then_some((last.text.as_str(), &last.parsed));
+        // A record with no UID in the text cannot be found by its key: its text is cut out
+        // here, and it is written anew (with its key as UID) at the end.
+        let cut: Vec<std::ops::Range<usize>> = jobs
+            .iter()
+            .filter_map(|j| last.keys.iter().position(|k| *k == j.key))
+            .filter(|&i| last.uidless.get(i).copied().unwrap_or(false))
+            .filter_map(|i| last.parsed.records.get(i))
+            .flat_map(|r| r.spans.iter().cloned())
+            .collect();
+        let cut_text = (!cut.is_empty()).then(|| without_spans(&last.text, cut));
+        let cut_parsed = cut_text.as_deref().map(|t| self.codec.parse(t));
+        let base = match (&cut_text, &cut_parsed) {
+            (Some(t), Some(p)) => (t.as_str(), p),
+            _ => (last.text.as_str(), &last.parsed),
+        };
+        let previous = had_text.then_some(base);
         let text = self.codec.write(previous, &changes, &self.settings);
         let result = self
             .replace(&last, &jobs, &text)
@@ -347,6 +367,7 @@ impl RecordSource for FileSource {
             })
             .collect();
         let keys = self.keys(&text, &parsed, &known);
+        let uidless = parsed.records.iter().map(|r| r.uid().is_none()).collect();
         let mut places: HashMap<&str, Place> = HashMap::new();
         for (r, key) in parsed.records.iter().zip(&keys) {
             places.insert(
@@ -374,9 +395,25 @@ impl RecordSource for FileSource {
             text,
             parsed,
             keys,
+            uidless,
         });
         results
     }
+}
+
+/// `text` without the bytes of `spans`.
+fn without_spans(text: &str, mut spans: Vec<std::ops::Range<usize>>) -> String {
+    spans.sort_by_key(|s| s.start);
+    let mut out = String::with_capacity(text.len());
+    let mut at = 0;
+    for s in spans {
+        if s.start >= at {
+            out.push_str(text.get(at..s.start).unwrap_or_default());
+            at = s.end;
+        }
+    }
+    out.push_str(text.get(at..).unwrap_or_default());
+    out
 }
 
 impl FileSource {

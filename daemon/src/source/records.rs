@@ -73,7 +73,10 @@ impl SourceTask {
             return Some(open);
         }
         let io = self.format.records()?;
-        Some(io.open(&self.cfg.root, Default::default()))
+        let settings = crate::formats::native::WriteSettings {
+            vcard_version: self.cfg.vcard_version.clone(),
+        };
+        Some(io.open(&self.cfg.root, settings))
     }
 
     /// Every prior record of the source, by key.
@@ -290,12 +293,15 @@ impl SourceTask {
                 );
             }
         }
-        let live_now = priors.values().filter(|p| !p.item.header.deleted).count();
+        let totals = if last.is_some() {
+            self.store.totals(id.clone()).await.ok()
+        } else {
+            None
+        };
         self.publish(|s| {
-            if let Some(seq) = last {
-                s.totals.sequence = seq;
+            if let Some(totals) = totals {
+                s.totals = totals;
             }
-            s.totals.files = u64::try_from(live_now).unwrap_or(0);
             s.item_errors = errors.into_iter().collect();
         });
         Ok(summary)
@@ -505,6 +511,11 @@ impl SourceTask {
                     *o = ApplyOutcome::Failed(failure.clone());
                 }
             }
+        }
+        if outcomes.iter().any(ApplyOutcome::is_applied)
+            && let Ok(totals) = self.store.totals(self.cfg.id.clone()).await
+        {
+            self.publish(|s| s.totals = totals);
         }
         if rescan {
             // Someone changed the file since it was read: it is read first, then the items
