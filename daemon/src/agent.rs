@@ -301,6 +301,19 @@ impl AgentHandle {
             .ok_or_else(|| Error::UnknownSource(id.to_owned()))
     }
 
+    /// True when the source keeps its records in one file.
+    async fn is_single_file(&self, id: &str) -> Result<bool, Error> {
+        let format = self
+            .statuses()
+            .await?
+            .into_iter()
+            .find(|s| s.id == id)
+            .map(|s| s.format)
+            .ok_or_else(|| Error::UnknownSource(id.to_owned()))?;
+        Ok(crate::formats::by_name(&format)
+            .is_ok_and(|f| f.layout() == crate::formats::Layout::SingleFile))
+    }
+
     /// Kept versions of a source (of one item path, if given).
     pub async fn versions(
         &self,
@@ -308,7 +321,9 @@ impl AgentHandle {
         path: Option<String>,
     ) -> Result<Vec<crate::versions::Version>, Error> {
         let root = self.source_root(id).await?;
-        tokio::task::spawn_blocking(move || crate::versions::list(&root, path.as_deref()))
+        let single = self.is_single_file(id).await?;
+        let base = crate::layout::versions_dir_of(&root, single);
+        tokio::task::spawn_blocking(move || crate::versions::list_in(&base, path.as_deref()))
             .await
             .map_err(|e| Error::Invalid(format!("listing versions failed: {e}")))
     }
@@ -321,6 +336,13 @@ impl AgentHandle {
         at: Option<String>,
     ) -> Result<crate::versions::Version, Error> {
         crate::universal::ItemPath::parse(&path).map_err(|e| Error::Invalid(e.to_string()))?;
+        if self.is_single_file(id).await? {
+            return Err(Error::Invalid(format!(
+                "source {id:?} is one file of records: its kept versions are the old text of \
+                 single records; copy the one you want back into the file (`tandemctl versions \
+                 list {id}` shows where they are)"
+            )));
+        }
         let root = self.source_root(id).await?;
         tokio::task::spawn_blocking(move || crate::versions::restore(&root, &path, at.as_deref()))
             .await

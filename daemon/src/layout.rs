@@ -61,6 +61,26 @@ pub fn versions_dir(root: &Path) -> PathBuf {
     root.join(AGENT_DIR).join(VERSIONS_DIR)
 }
 
+/// The agent's own folder for a single-file source: beside the file, hidden
+/// (`.NAME.tandem`), holding its versions folder.
+pub fn single_file_agent_dir(file: &Path) -> PathBuf {
+    let name = file
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    file.with_file_name(format!(".{name}.tandem"))
+}
+
+/// The versions folder of a source: in its marker folder, or, for a single-file source, in
+/// the agent's folder beside the file.
+pub fn versions_dir_of(root: &Path, single_file: bool) -> PathBuf {
+    if single_file {
+        single_file_agent_dir(root).join(VERSIONS_DIR)
+    } else {
+        versions_dir(root)
+    }
+}
+
 /// Creates a source root's marker folder (owner-only; it also keeps the agent's own files).
 pub fn create_marker(root: &Path) -> std::io::Result<()> {
     use std::os::unix::fs::DirBuilderExt;

@@ -571,7 +571,13 @@ impl SourceTask {
         self.prune_versions().await;
         // Temp files a crash left behind never hold anything the prior state relies on.
         let root = self.cfg.root.clone();
+        let single = self.format.layout() == formats::Layout::SingleFile;
         let reset = tokio::task::spawn_blocking(move || {
+            if single {
+                // Its one temp file lies beside it; there is no temp folder.
+                formats::record_file::remove_stale_temp(&root);
+                return (0, Ok(()));
+            }
             let removed = apply::remove_stale_temps(&root);
             (removed, apply::ensure_temp_dir(&root))
         })
@@ -710,9 +716,10 @@ impl SourceTask {
         let Some(keep) = self.cfg.versions_keep else {
             return;
         };
-        let root = self.cfg.root.clone();
+        let single = self.format.layout() == formats::Layout::SingleFile;
+        let base = crate::layout::versions_dir_of(&self.cfg.root, single);
         if let Ok(removed) =
-            tokio::task::spawn_blocking(move || crate::versions::prune(&root, keep)).await
+            tokio::task::spawn_blocking(move || crate::versions::prune_in(&base, keep)).await
             && removed > 0
         {
             info!(removed, "removed versions past their retention");

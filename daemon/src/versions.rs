@@ -85,7 +85,12 @@ pub fn keep(root: &Path, item: &str, going_away: bool) -> Result<Option<PathBuf>
 
 /// Every kept version, or those of one item path, oldest first.
 pub fn list(root: &Path, only: Option<&str>) -> Vec<Version> {
-    let base = versions_dir(root);
+    list_in(&versions_dir(root), only)
+}
+
+/// [`list`] of the versions folder `base` (a single-file source keeps its own).
+pub fn list_in(base: &Path, only: Option<&str>) -> Vec<Version> {
+    let base = base.to_path_buf();
     let mut out = Vec::new();
     for entry in walkdir::WalkDir::new(&base)
         .follow_links(false)
@@ -119,9 +124,14 @@ pub fn list(root: &Path, only: Option<&str>) -> Vec<Version> {
 
 /// Removes versions older than `keep_for`; returns how many went.
 pub fn prune(root: &Path, keep_for: Duration) -> usize {
+    prune_in(&versions_dir(root), keep_for)
+}
+
+/// [`prune`] of the versions folder `base`.
+pub fn prune_in(base: &Path, keep_for: Duration) -> usize {
     let now = SystemTime::now();
     let mut removed = 0;
-    for v in list(root, None) {
+    for v in list_in(base, None) {
         let old = fs::metadata(&v.file)
             .and_then(|m| m.modified())
             .ok()

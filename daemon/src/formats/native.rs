@@ -178,3 +178,45 @@ pub fn line_of(text: &str, offset: usize) -> u32 {
     let upto = text.get(..offset.min(text.len())).unwrap_or(text);
     u32::try_from(upto.bytes().filter(|b| *b == b'\n').count() + 1).unwrap_or(u32::MAX)
 }
+
+/// Line numbers of offsets asked for in increasing order, counted from the last one asked
+/// (a parse that asked [`line_of`] for every record would read its text once per record).
+#[derive(Debug, Default)]
+pub struct Lines {
+    offset: usize,
+    line: u32,
+}
+
+impl Lines {
+    /// The 1-based line of byte `offset` in `text`.
+    pub fn at(&mut self, text: &str, offset: usize) -> u32 {
+        let offset = offset.min(text.len());
+        if offset < self.offset || self.line == 0 {
+            self.offset = 0;
+            self.line = 1;
+        }
+        let added = text
+            .as_bytes()
+            .get(self.offset..offset)
+            .map_or(0, |b| b.iter().filter(|c| **c == b'\n').count());
+        self.line = self
+            .line
+            .saturating_add(u32::try_from(added).unwrap_or(u32::MAX));
+        self.offset = offset;
+        self.line
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_counted_forward_agree_with_line_of() {
+        let text = "a\nbb\n\nccc\nd";
+        let mut lines = Lines::default();
+        for offset in [0, 1, 2, 5, 6, 7, 11, 12, 3, 0, 100] {
+            assert_eq!(lines.at(text, offset), line_of(text, offset), "{offset}");
+        }
+    }
+}

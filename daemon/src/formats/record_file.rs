@@ -47,13 +47,18 @@ impl RecordIo for RecordFile {
     }
 }
 
-/// The agent's own folder for a single-file source: beside the file, hidden.
+/// The agent's own folder for a single-file source (see [`layout::single_file_agent_dir`]).
 pub fn agent_dir(file: &Path) -> PathBuf {
+    layout::single_file_agent_dir(file)
+}
+
+/// Removes a temp file an earlier write left beside the file.
+pub fn remove_stale_temp(file: &Path) {
     let name = file
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    file.with_file_name(format!(".{name}.tandem"))
+    let _ = fs::remove_file(file.with_file_name(format!("{}{name}", layout::TEMP_PREFIX)));
 }
 
 /// Makes the agent's folder of a single-file source (owner-only).
@@ -77,6 +82,36 @@ struct Last {
     keys: Vec<String>,
     /// Which of `parsed.records` have no UID in the text (their key was given here).
     uidless: Vec<bool>,
+    /// `parsed`, `keys` and `uidless` are of `text`. After a write they are not: parsing the
+    /// text just written would double what a write costs, and only the next write needs them.
+    fresh: bool,
+    /// The keys of records without a UID, by the hash of their text (kept across writes,
+    /// which leave those records' text as it was).
+    uidless_keys: Vec<Known>,
+}
+
+impl Last {
+    /// The keys of records without a UID, by the hash of their text.
+    fn uidless_known(&self) -> Vec<Known> {
+        if !self.fresh {
+            return self.uidless_keys.clone();
+        }
+        self.parsed
+            .records
+            .iter()
+            .zip(&self.keys)
+            .zip(&self.uidless)
+            .filter(|(_, uidless)| **uidless)
+            .map(|((r, k), _)| Known {
+                key: k.clone(),
+                place: Place {
+                    keyed_here: true,
+                    native_hash: native_hash(&text_of(&self.text, r)),
+                    ..Place::default()
+                },
+            })
+            .collect()
+    }
 }
 
 struct FileSource {
@@ -138,6 +173,24 @@ impl FileSource {
     }
 }
 
+impl FileSource {
+    /// The hash of each record's text in the text this device last wrote, by key (empty
+    /// unless the last thing done was a write).
+    fn written_hashes(&self) -> HashMap<String, Vec<u8>> {
+        let Some(last) = self.last.as_ref().filter(|l| !l.fresh) else {
+            return HashMap::new();
+        };
+        let parsed = self.codec.parse(&last.text);
+        let keys = self.keys(&last.text, &parsed, &last.uidless_keys);
+        parsed
+            .records
+            .iter()
+            .zip(keys)
+            .map(|(r, k)| (k, native_hash(&text_of(&last.text, r))))
+            .collect()
+    }
+}
+
 impl RecordSource for FileSource {
     fn read(&mut self, known: &[Known]) -> Result<ReadOutcome, RecordSourceError> {
         let meta = match fs::metadata(&self.file) {
@@ -183,6 +236,9 @@ impl RecordSource for FileSource {
             .iter()
             .map(|k| (k.key.as_str(), k.place.native_hash.as_slice()))
             .collect();
+        // Records this device wrote were recorded without the hash of their text (a write
+        // does not parse what it wrote): the text it wrote tells it now, once.
+        let written = self.written_hashes();
         let name = self.name();
         let mut out = ReadOutcome {
             hold_deletions: !parsed.errors.is_empty(),
@@ -219,11 +275,19 @@ impl RecordSource for FileSource {
                 continue;
             }
             first_line.insert(key, (r.line, own));
-            if hashes
-                .get(key.as_str())
-                .is_some_and(|h| *h == hash.as_slice())
-            {
+            let recorded = hashes.get(key.as_str()).copied().unwrap_or_default();
+            if recorded == hash.as_slice() {
                 out.found.push(RecordRead::Unchanged(key.clone()));
+                continue;
+            }
+            if recorded.is_empty() && written.get(key.as_str()) == Some(&hash) {
+                out.found.push(RecordRead::Placed(
+                    key.clone(),
+                    Place {
+                        native_hash: hash,
+                        ..Place::default()
+                    },
+                ));
                 continue;
             }
             let mut record = r.record.clone();
@@ -241,7 +305,7 @@ impl RecordSource for FileSource {
         }
         out.found.retain(|f| match f {
             RecordRead::Record(r) => !refused.contains(&r.key),
-            RecordRead::Unchanged(k) => !refused.contains(k),
+            RecordRead::Unchanged(k) | RecordRead::Placed(k, _) => !refused.contains(k),
             RecordRead::Error { .. } => true,
         });
         let mut parsed = parsed;
@@ -255,6 +319,8 @@ impl RecordSource for FileSource {
             parsed,
             keys,
             uidless,
+            fresh: true,
+            uidless_keys: Vec::new(),
         });
         Ok(out)
     }
@@ -288,8 +354,21 @@ impl RecordSource for FileSource {
             parsed: Parsed::default(),
             keys: Vec::new(),
             uidless: Vec::new(),
+            fresh: true,
+            uidless_keys: Vec::new(),
         };
-        let last = self.last.take().unwrap_or(empty);
+        let mut last = self.last.take().unwrap_or(empty);
+        if !last.fresh {
+            let mut parsed = self.codec.parse(&last.text);
+            let keys = self.keys(&last.text, &parsed, &last.uidless_keys);
+            last.uidless = parsed.records.iter().map(|r| r.uid().is_none()).collect();
+            for (r, key) in parsed.records.iter_mut().zip(&keys) {
+                crate::records::set_uid(&mut r.record, key);
+            }
+            last.parsed = parsed;
+            last.keys = keys;
+            last.fresh = true;
+        }
         let had_text = now.is_some();
         let mut changes = Vec::with_capacity(n);
         for job in &jobs {
@@ -350,52 +429,21 @@ impl RecordSource for FileSource {
                     .collect();
             }
         };
-        let mut parsed = self.codec.parse(&text);
-        let known: Vec<Known> = last
-            .parsed
-            .records
-            .iter()
-            .zip(&last.keys)
-            .filter(|(r, _)| r.uid().is_none_or(|u| u.starts_with("tandem-")))
-            .map(|(r, k)| Known {
-                key: k.clone(),
-                place: Place {
-                    keyed_here: true,
-                    native_hash: native_hash(&text_of(&last.text, r)),
-                    ..Place::default()
-                },
-            })
-            .collect();
-        let keys = self.keys(&text, &parsed, &known);
-        let uidless = parsed.records.iter().map(|r| r.uid().is_none()).collect();
-        let mut places: HashMap<&str, Place> = HashMap::new();
-        for (r, key) in parsed.records.iter().zip(&keys) {
-            places.insert(
-                key,
-                Place {
-                    keyed_here: r.uid().is_none(),
-                    native_hash: native_hash(&text_of(&text, r)),
-                    ..Place::default()
-                },
-            );
-        }
+        // Records this batch wrote carry their key as UID; their text is hashed by the next
+        // read that finds the file changed.
         let results = jobs
             .iter()
-            .map(|job| {
-                Ok(RecordWritten::Done(
-                    places.get(job.key.as_str()).cloned().unwrap_or_default(),
-                ))
-            })
+            .map(|_| Ok(RecordWritten::Done(Place::default())))
             .collect();
-        for (r, key) in parsed.records.iter_mut().zip(&keys) {
-            crate::records::set_uid(&mut r.record, key);
-        }
+        let uidless_keys = last.uidless_known();
         self.last = Some(Last {
             stat,
             text,
-            parsed,
-            keys,
-            uidless,
+            parsed: Parsed::default(),
+            keys: Vec::new(),
+            uidless: Vec::new(),
+            fresh: false,
+            uidless_keys,
         });
         results
     }
@@ -420,7 +468,7 @@ impl FileSource {
     /// Keeps the old text of every record a batch replaces or deletes, then puts the new file
     /// in place atomically and durably.
     fn replace(&self, last: &Last, jobs: &[RecordJob], text: &str) -> std::io::Result<()> {
-        let versions = agent_dir(&self.file).join(layout::VERSIONS_DIR);
+        let versions = layout::versions_dir_of(&self.file, true);
         for job in jobs {
             let old = last
                 .keys

@@ -52,6 +52,9 @@ pub enum RecordRead {
     Record(Box<ReadRecord>),
     /// A record whose file did not change since it was last read or written: not read again.
     Unchanged(String),
+    /// A record whose values did not change but whose place is to be recorded (this
+    /// device wrote it, and now knows the hash of its text).
+    Placed(String, Place),
     /// A part that cannot be read. `item` names the file (and line) for status; the keys in
     /// `holds` were recorded there, and are not taken for deleted while it stays unreadable.
     Error {

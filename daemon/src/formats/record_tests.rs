@@ -33,6 +33,10 @@ fn known(
                 key: k.clone(),
                 place,
             }),
+            RecordRead::Placed(k, place) => Some(Known {
+                key: k.clone(),
+                place: place.clone(),
+            }),
             RecordRead::Error { .. } => None,
         })
         .collect()
@@ -113,6 +117,46 @@ fn a_single_file_keeps_untouched_cards_and_writes_a_card_without_uid_once() {
         .unwrap()
         .count();
     assert_eq!(kept, 1);
+
+    // Another program edits another card: the card written here is only placed (its hash
+    // learnt from the text written), not compared again; the edited one is read.
+    {
+        let mut src = FILE.open(&path, WriteSettings::default());
+        let mut recorded = known(&first, |_| None);
+        for k in &mut recorded {
+            if k.key == nouid_key {
+                k.place = Default::default();
+            }
+        }
+        src.read(&recorded).unwrap();
+        let jobs = vec![RecordJob {
+            key: nouid_key.clone(),
+            record: Some(with_phone(&nouid_record, "+1 298")),
+            place: None,
+        }];
+        assert!(matches!(src.write(jobs)[0], Ok(RecordWritten::Done(_))));
+        let now = fs::read_to_string(&path).unwrap();
+        fs::write(&path, now.replace("+1 300", "+1 301")).unwrap();
+        for k in &mut recorded {
+            if k.key == nouid_key {
+                k.place = Default::default();
+            }
+        }
+        let outcome = src.read(&recorded).unwrap();
+        let placed: Vec<&str> = outcome
+            .found
+            .iter()
+            .filter_map(|f| match f {
+                RecordRead::Placed(k, p) if !p.native_hash.is_empty() => Some(k.as_str()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(placed, [nouid_key.as_str()], "{:?}", outcome.found);
+        assert_eq!(records(&outcome).len(), 1, "only the edited card is read");
+        let text = fs::read_to_string(&path).unwrap();
+        fs::write(&path, text.replace("+1 301", "+1 300")).unwrap();
+    }
+    let text = fs::read_to_string(&path).unwrap();
 
     // A user's edit since the last read is never overwritten: the write waits.
     fs::write(&path, text.replace("+1 100", "+1 101")).unwrap();

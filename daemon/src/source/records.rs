@@ -62,6 +62,16 @@ fn stored(record: Record, place: &Place) -> pb::StoredRecord {
     }
 }
 
+/// Puts a place into a stored record.
+fn set_place(stored: &mut pb::StoredRecord, place: &Place) {
+    stored.file.clone_from(&place.file);
+    stored.size = place.size;
+    stored.mtime_ns = place.mtime_ns;
+    stored.inode = place.inode;
+    stored.keyed_here = place.keyed_here;
+    stored.native_hash.clone_from(&place.native_hash);
+}
+
 fn now_s() -> i64 {
     i64::try_from(unix_ms_now() / 1000).unwrap_or(i64::MAX)
 }
@@ -147,10 +157,19 @@ impl SourceTask {
         let mut errors: Vec<(String, String)> = Vec::new();
         let mut diffs: Vec<Difference> = Vec::new();
         let mut kinds: Vec<EventKind> = Vec::new();
+        let mut places: Vec<(String, Vec<u8>)> = Vec::new();
         for found in outcome.found {
             summary.seen += 1;
             match found {
                 RecordRead::Unchanged(key) => {
+                    seen.insert(key);
+                }
+                RecordRead::Placed(key, place) => {
+                    if let Some(p) = priors.get(&key).filter(|p| !p.item.header.deleted) {
+                        let mut moved = p.stored.clone();
+                        set_place(&mut moved, &place);
+                        places.push((key.clone(), records::encode_stored(&moved)));
+                    }
                     seen.insert(key);
                 }
                 RecordRead::Error {
@@ -214,25 +233,12 @@ impl SourceTask {
                                 ))),
                             });
                         }
-                        // The same values in another place (a renamed file, another text):
-                        // the place is recorded, under the same version.
+                        // The same values in another place (a renamed file, other line ends):
+                        // recorded here only, under the same version and sequence.
                         (None, Some(p)) if place_of(&p.stored) != read.place => {
-                            let Some(record) = records::record_of(&p.stored).cloned() else {
-                                continue;
-                            };
-                            kinds.push(EventKind::Modified);
-                            diffs.push(Difference {
-                                key: read.key,
-                                header: header(
-                                    p.item.header.version.clone(),
-                                    p.item.header.modified_by.clone(),
-                                    p.item.header.origin.clone(),
-                                ),
-                                body: Body::Record(records::encode_stored(&stored(
-                                    record,
-                                    &read.place,
-                                ))),
-                            });
+                            let mut moved = p.stored.clone();
+                            set_place(&mut moved, &read.place);
+                            places.push((read.key, records::encode_stored(&moved)));
                         }
                         (None, _) => {}
                     }
@@ -267,6 +273,12 @@ impl SourceTask {
                     })),
                 });
             }
+        }
+        if !places.is_empty() {
+            self.store
+                .set_record_places(id.clone(), places)
+                .await
+                .map_err(|e| Stop::Source(e.into()))?;
         }
         let seqs = if diffs.is_empty() {
             Vec::new()
@@ -479,12 +491,7 @@ impl SourceTask {
                             && let Body::Record(bytes) = &diff.body
                             && let Ok(mut s) = records::decode_stored(&diff.key, bytes)
                         {
-                            s.file = place.file;
-                            s.size = place.size;
-                            s.mtime_ns = place.mtime_ns;
-                            s.inode = place.inode;
-                            s.keyed_here = place.keyed_here;
-                            s.native_hash = place.native_hash;
+                            set_place(&mut s, &place);
                             diff.body = Body::Record(records::encode_stored(&s));
                         }
                         self.queue_applied(diff, event, from);

@@ -409,6 +409,17 @@ impl StoreHandle {
             .await
     }
 
+    /// Records where live records lie now, keeping their versions and sequences (nothing a
+    /// peer is sent).
+    pub async fn set_record_places(
+        &self,
+        source_id: String,
+        places: Vec<(String, Vec<u8>)>,
+    ) -> Result<()> {
+        self.call(move |c| queries::set_record_places(c, &source_id, &places))
+            .await
+    }
+
     /// Moves the cursor of a peer's index of a source.
     pub async fn set_cursor(&self, device_id: String, source_id: String, seq: u64) -> Result<()> {
         self.call(move |c| queries::set_cursor(c, &device_id, &source_id, seq))

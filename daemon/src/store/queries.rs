@@ -1350,3 +1350,29 @@ pub(super) fn set_cursor(
     .map_err(sql("saving a cursor"))?;
     Ok(())
 }
+
+/// Replaces the stored body of live records in place, keeping their version and sequence:
+/// where a record lies on this device changed (a renamed file, a file's other line ends), not
+/// what it holds, so peers need not hear of it.
+pub(super) fn set_record_places(
+    c: &mut Connection,
+    source_id: &str,
+    places: &[(String, Vec<u8>)],
+) -> Result<()> {
+    let err = sql("recording where records lie");
+    let tx = c.transaction().map_err(&err)?;
+    {
+        let mut stmt = tx
+            .prepare_cached(
+                "UPDATE items SET record = ?3
+                 WHERE source_id = ?1 AND key = ?2 AND deleted = 0 AND record IS NOT NULL",
+            )
+            .map_err(&err)?;
+        for (key, record) in places {
+            stmt.execute(params![source_id, key, record])
+                .map_err(&err)?;
+        }
+    }
+    tx.commit().map_err(&err)?;
+    Ok(())
+}

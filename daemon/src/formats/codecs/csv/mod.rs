@@ -15,7 +15,7 @@ use std::collections::{HashMap, HashSet};
 use std::ops::Range;
 
 use crate::formats::native::{
-    Change, Codec, Contact, NativeError, NativeRecord, Parsed, Record, WriteSettings, line_of,
+    Change, Codec, Contact, Lines, NativeError, NativeRecord, Parsed, Record, WriteSettings,
     without_stamps,
 };
 use columns::{BLOCKS, Col, GOOGLE_HEAD, block_headers, classify, numbered};
@@ -108,10 +108,11 @@ fn header_of(text: &str) -> Option<Vec<String>> {
 fn not_csv(text: &str) -> Parsed {
     let mut parsed = Parsed::default();
     let mut start = 0;
+    let mut lines = Lines::default();
     for piece in text.split_inclusive('\n') {
         let end = start + piece.len();
         if !piece.trim().is_empty() {
-            let line = line_of(text, start);
+            let line = lines.at(text, start);
             parsed.errors.push(NativeError {
                 line,
                 message: format!(
@@ -138,8 +139,9 @@ impl Codec for CsvCodec {
             return not_csv(text);
         }
         let mut parsed = Parsed::default();
+        let mut lines = Lines::default();
         for r in body {
-            let line = line_of(text, r.span.start);
+            let line = lines.at(text, r.span.start);
             if r.cells.len() != header.len() {
                 parsed.errors.push(NativeError {
                     line,
@@ -160,7 +162,7 @@ impl Codec for CsvCodec {
             });
         }
         if !text.get(read_to..).unwrap_or("").trim().is_empty() {
-            let line = line_of(text, read_to);
+            let line = lines.at(text, read_to);
             parsed.errors.push(NativeError {
                 line,
                 message: format!(

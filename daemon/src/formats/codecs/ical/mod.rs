@@ -32,8 +32,8 @@ use std::collections::HashMap;
 use std::ops::Range;
 
 use crate::formats::native::{
-    CalendarItem, Change, Codec, NativeError, NativeRecord, Parsed, Record, Timezone,
-    WriteSettings, line_of, without_stamps,
+    CalendarItem, Change, Codec, Lines, NativeError, NativeRecord, Parsed, Record, Timezone,
+    WriteSettings, without_stamps,
 };
 
 /// The iCalendar codec, for the `ical-dir` and `ical-file` formats.
@@ -117,6 +117,7 @@ impl Codec for IcalCodec {
             spans.push(span);
             tzids.extend(read.tzids);
         }
+        let mut lines = Lines::default();
         let records = items
             .into_iter()
             .map(|(mut item, spans, tzids)| {
@@ -126,7 +127,7 @@ impl Codec for IcalCodec {
                     .cloned()
                     .collect();
                 NativeRecord {
-                    line: spans.first().map_or(1, |s| line_of(text, s.start)),
+                    line: spans.first().map_or(1, |s| lines.at(text, s.start)),
                     record: Record::Calendar(item),
                     spans,
                 }
