@@ -82,15 +82,40 @@ struct Last {
     keys: Vec<String>,
     /// Which of `parsed.records` have no UID in the text (their key was given here).
     uidless: Vec<bool>,
-    /// `parsed`, `keys` and `uidless` are of `text`. After a write they are not: parsing the
-    /// text just written would double what a write costs, and only the next write needs them.
+    /// `parsed`, `keys` and `uidless` are of `text`. Right after a write they are not yet:
+    /// the written text is parsed on a thread of its own (`pending`), so the write is done
+    /// (and the peer's change recorded) without waiting for it.
     fresh: bool,
+    /// The parse of a text just written, under way.
+    pending: Option<std::thread::JoinHandle<(Parsed, Vec<String>)>>,
+    /// `text` is what this device wrote (not what it read).
+    written: bool,
     /// The keys of records without a UID, by the hash of their text (kept across writes,
     /// which leave those records' text as it was).
     uidless_keys: Vec<Known>,
 }
 
 impl Last {
+    /// Makes `parsed`, `keys` and `uidless` those of `text`: the parse under way, or one now.
+    fn settle(&mut self, codec: &dyn Codec) {
+        if self.fresh {
+            return;
+        }
+        let done = self.pending.take().and_then(|parse| parse.join().ok());
+        let (mut parsed, keys) = done.unwrap_or_else(|| {
+            let parsed = codec.parse(&self.text);
+            let keys = keys_of(&self.text, &parsed, &self.uidless_keys);
+            (parsed, keys)
+        });
+        self.uidless = parsed.records.iter().map(|r| r.uid().is_none()).collect();
+        for (r, key) in parsed.records.iter_mut().zip(&keys) {
+            crate::records::set_uid(&mut r.record, key);
+        }
+        self.parsed = parsed;
+        self.keys = keys;
+        self.fresh = true;
+    }
+
     /// The keys of records without a UID, by the hash of their text.
     fn uidless_known(&self) -> Vec<Known> {
         if !self.fresh {
@@ -147,46 +172,46 @@ impl FileSource {
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default()
     }
+}
 
-    /// Gives every record of a parse its key: its UID, else the key a record with the same
-    /// text got before, else one made of its text.
-    fn keys(&self, text: &str, parsed: &Parsed, known: &[Known]) -> Vec<String> {
-        let mut by_hash: HashMap<&[u8], &str> = HashMap::new();
-        for k in known.iter().filter(|k| k.place.keyed_here) {
-            by_hash.insert(&k.place.native_hash, &k.key);
-        }
-        parsed
-            .records
-            .iter()
-            .enumerate()
-            .map(|(i, r)| match r.uid() {
-                Some(uid) => uid.to_owned(),
-                None => {
-                    let own = text_of(text, r);
-                    match by_hash.get(native_hash(&own).as_slice()) {
-                        Some(key) => (*key).to_owned(),
-                        None => key_for(format!("{i}\n{own}").as_bytes()),
-                    }
-                }
-            })
-            .collect()
+/// Gives every record of a parse its key: its UID, else the key a record with the same text
+/// got before (`known`), else one made of its text.
+fn keys_of(text: &str, parsed: &Parsed, known: &[Known]) -> Vec<String> {
+    let mut by_hash: HashMap<&[u8], &str> = HashMap::new();
+    for k in known.iter().filter(|k| k.place.keyed_here) {
+        by_hash.insert(&k.place.native_hash, &k.key);
     }
+    parsed
+        .records
+        .iter()
+        .enumerate()
+        .map(|(i, r)| match r.uid() {
+            Some(uid) => uid.to_owned(),
+            None => {
+                let own = text_of(text, r);
+                match by_hash.get(native_hash(&own).as_slice()) {
+                    Some(key) => (*key).to_owned(),
+                    None => key_for(format!("{i}\n{own}").as_bytes()),
+                }
+            }
+        })
+        .collect()
 }
 
 impl FileSource {
     /// The hash of each record's text in the text this device last wrote, by key (empty
     /// unless the last thing done was a write).
-    fn written_hashes(&self) -> HashMap<String, Vec<u8>> {
-        let Some(last) = self.last.as_ref().filter(|l| !l.fresh) else {
+    fn written_hashes(&mut self) -> HashMap<String, Vec<u8>> {
+        let codec = self.codec;
+        let Some(last) = self.last.as_mut().filter(|l| l.written) else {
             return HashMap::new();
         };
-        let parsed = self.codec.parse(&last.text);
-        let keys = self.keys(&last.text, &parsed, &last.uidless_keys);
-        parsed
+        last.settle(codec);
+        last.parsed
             .records
             .iter()
-            .zip(keys)
-            .map(|(r, k)| (k, native_hash(&text_of(&last.text, r))))
+            .zip(&last.keys)
+            .map(|(r, k)| (k.clone(), native_hash(&text_of(&last.text, r))))
             .collect()
     }
 }
@@ -231,7 +256,7 @@ impl RecordSource for FileSource {
                 recorded: known.len(),
             });
         }
-        let keys = self.keys(&text, &parsed, known);
+        let keys = keys_of(&text, &parsed, known);
         let hashes: HashMap<&str, &[u8]> = known
             .iter()
             .map(|k| (k.key.as_str(), k.place.native_hash.as_slice()))
@@ -320,6 +345,8 @@ impl RecordSource for FileSource {
             keys,
             uidless,
             fresh: true,
+            pending: None,
+            written: false,
             uidless_keys: Vec::new(),
         });
         Ok(out)
@@ -355,20 +382,12 @@ impl RecordSource for FileSource {
             keys: Vec::new(),
             uidless: Vec::new(),
             fresh: true,
+            pending: None,
+            written: false,
             uidless_keys: Vec::new(),
         };
         let mut last = self.last.take().unwrap_or(empty);
-        if !last.fresh {
-            let mut parsed = self.codec.parse(&last.text);
-            let keys = self.keys(&last.text, &parsed, &last.uidless_keys);
-            last.uidless = parsed.records.iter().map(|r| r.uid().is_none()).collect();
-            for (r, key) in parsed.records.iter_mut().zip(&keys) {
-                crate::records::set_uid(&mut r.record, key);
-            }
-            last.parsed = parsed;
-            last.keys = keys;
-            last.fresh = true;
-        }
+        last.settle(self.codec);
         let had_text = now.is_some();
         let mut changes = Vec::with_capacity(n);
         for job in &jobs {
@@ -436,6 +455,14 @@ impl RecordSource for FileSource {
             .map(|_| Ok(RecordWritten::Done(Place::default())))
             .collect();
         let uidless_keys = last.uidless_known();
+        let (codec, written, known) = (self.codec, text.clone(), uidless_keys.clone());
+        let spawned = std::thread::Builder::new()
+            .name("record-parse".into())
+            .spawn(move || {
+                let parsed = codec.parse(&written);
+                let keys = keys_of(&written, &parsed, &known);
+                (parsed, keys)
+            });
         self.last = Some(Last {
             stat,
             text,
@@ -443,6 +470,9 @@ impl RecordSource for FileSource {
             keys: Vec::new(),
             uidless: Vec::new(),
             fresh: false,
+            // Without a thread, the parse is done when it is needed.
+            pending: spawned.ok(),
+            written: true,
             uidless_keys,
         });
         results
