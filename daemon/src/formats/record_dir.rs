@@ -16,8 +16,8 @@ use std::path::{Path, PathBuf};
 
 use super::native::{Change, Codec, Parsed, Record, WriteSettings};
 use super::record_io::{
-    Known, Place, ReadOutcome, ReadRecord, RecordIo, RecordJob, RecordRead, RecordSource,
-    RecordSourceError, RecordWritten, decode_text, file_name_for, key_for,
+    Known, KnownLater, Place, ReadOutcome, ReadRecord, RecordIo, RecordJob, RecordRead,
+    RecordSource, RecordSourceError, RecordWritten, decode_text, file_name_for, key_for,
 };
 use crate::apply::ApplyError;
 use crate::layout;
@@ -98,8 +98,10 @@ impl DirSource {
 }
 
 impl RecordSource for DirSource {
-    fn read(&mut self, known: &[Known]) -> Result<ReadOutcome, RecordSourceError> {
+    fn read(&mut self, known: KnownLater<'_>) -> Result<ReadOutcome, RecordSourceError> {
         let files = self.list()?;
+        let known = known()?;
+        let known = known.as_slice();
         if files.is_empty() && !known.is_empty() {
             return Err(RecordSourceError::LooksEmpty {
                 path: self.root.clone(),

@@ -18,8 +18,9 @@ use std::path::{Path, PathBuf};
 
 use super::native::{Change, Codec, NativeRecord, Parsed, WriteSettings};
 use super::record_io::{
-    Known, Place, ReadOutcome, ReadRecord, RecordIo, RecordJob, RecordRead, RecordSource,
-    RecordSourceError, RecordWritten, decode_text, file_name_for, keep_text, key_for, native_hash,
+    Known, KnownLater, Place, ReadOutcome, ReadRecord, RecordIo, RecordJob, RecordRead,
+    RecordSource, RecordSourceError, RecordWritten, decode_text, file_name_for, keep_text, key_for,
+    native_hash,
 };
 use crate::apply::ApplyError;
 use crate::layout;
@@ -217,11 +218,12 @@ impl FileSource {
 }
 
 impl RecordSource for FileSource {
-    fn read(&mut self, known: &[Known]) -> Result<ReadOutcome, RecordSourceError> {
+    fn read(&mut self, known: KnownLater<'_>) -> Result<ReadOutcome, RecordSourceError> {
         let meta = match fs::metadata(&self.file) {
             Ok(m) => m,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 self.last = None;
+                let known = known()?;
                 if known.is_empty() {
                     return Ok(ReadOutcome::default());
                 }
@@ -250,6 +252,8 @@ impl RecordSource for FileSource {
         })?;
         let text = decode_text(&bytes);
         let parsed = self.codec.parse(&text);
+        let known = known()?;
+        let known = known.as_slice();
         if parsed.records.is_empty() && parsed.errors.is_empty() && known.len() > 1 {
             return Err(RecordSourceError::LooksEmpty {
                 path: self.file.clone(),

@@ -87,6 +87,8 @@ pub enum RecordSourceError {
          Restore the file, or delete the records one by one while the agent runs, or remove and re-add the source"
     )]
     LooksEmpty { path: PathBuf, recorded: usize },
+    #[error("cannot read the prior state: {0}; nothing is sent as deleted")]
+    Prior(String),
     #[error("cannot read {path}: {source}; give the agent's user access to it")]
     Unreadable {
         path: PathBuf,
@@ -121,13 +123,18 @@ pub trait RecordIo: Send + Sync + std::fmt::Debug {
     fn open(&self, root: &Path, settings: WriteSettings) -> Box<dyn RecordSource>;
 }
 
+/// The live prior state of a source, asked for when a read needs it.
+pub type KnownLater<'a> = &'a mut dyn FnMut() -> Result<Vec<Known>, RecordSourceError>;
+
 /// One open record source. Blocking.
 pub trait RecordSource: Send + Sync {
-    /// Reads every record that may have changed; `known` is the live prior state.
+    /// Reads every record that may have changed; `known` gives the live prior state, which
+    /// may still be on its way from the store (a read asks for it only once it needs it, so
+    /// the two are read at once; a file that did not change needs it not at all).
     ///
     /// # Errors
     /// The source as a whole cannot be read, or it suddenly holds nothing.
-    fn read(&mut self, known: &[Known]) -> Result<ReadOutcome, RecordSourceError>;
+    fn read(&mut self, known: KnownLater<'_>) -> Result<ReadOutcome, RecordSourceError>;
     /// Writes a batch, each record atomically; one result per job, durable when this returns.
     fn write(&mut self, jobs: Vec<RecordJob>) -> Vec<Result<RecordWritten, ApplyError>>;
 }

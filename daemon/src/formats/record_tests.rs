@@ -79,7 +79,7 @@ fn a_single_file_keeps_untouched_cards_and_writes_a_card_without_uid_once() {
     let cy = card(Some("cy"), "Cy", "+1 300");
     fs::write(&path, format!("{ana}{nouid}{cy}")).unwrap();
     let mut src = FILE.open(&path, WriteSettings::default());
-    let first = src.read(&[]).unwrap();
+    let first = src.read(&mut || Ok(Vec::new())).unwrap();
     let read = records(&first);
     assert_eq!(read.len(), 3);
     let (nouid_key, nouid_record) = read
@@ -88,7 +88,11 @@ fn a_single_file_keeps_untouched_cards_and_writes_a_card_without_uid_once() {
         .cloned()
         .unwrap();
     // Read again unchanged: nothing is read at all.
-    assert!(src.read(&known(&first, |_| None)).unwrap().unchanged);
+    assert!(
+        src.read(&mut || Ok(known(&first, |_| None)))
+            .unwrap()
+            .unchanged
+    );
 
     // The card without a UID is changed: it is written once, with its key as UID.
     let jobs = vec![RecordJob {
@@ -128,7 +132,7 @@ fn a_single_file_keeps_untouched_cards_and_writes_a_card_without_uid_once() {
                 k.place = Default::default();
             }
         }
-        src.read(&recorded).unwrap();
+        src.read(&mut || Ok(recorded.clone())).unwrap();
         let jobs = vec![RecordJob {
             key: nouid_key.clone(),
             record: Some(with_phone(&nouid_record, "+1 298")),
@@ -142,7 +146,7 @@ fn a_single_file_keeps_untouched_cards_and_writes_a_card_without_uid_once() {
                 k.place = Default::default();
             }
         }
-        let outcome = src.read(&recorded).unwrap();
+        let outcome = src.read(&mut || Ok(recorded.clone())).unwrap();
         let placed: Vec<&str> = outcome
             .found
             .iter()
@@ -178,23 +182,23 @@ fn a_single_file_that_vanishes_or_empties_stops_the_source() {
     let path = tmp.path().join("all.vcf");
     // A file not made yet, with nothing recorded, is an empty source.
     let mut src = FILE.open(&path, WriteSettings::default());
-    assert!(src.read(&[]).unwrap().found.is_empty());
+    assert!(src.read(&mut || Ok(Vec::new())).unwrap().found.is_empty());
     fs::write(
         &path,
         format!("{}{}", card(Some("a"), "A", "1"), card(Some("b"), "B", "2")),
     )
     .unwrap();
-    let first = src.read(&[]).unwrap();
+    let first = src.read(&mut || Ok(Vec::new())).unwrap();
     let recorded = known(&first, |_| None);
     assert_eq!(recorded.len(), 2);
     fs::write(&path, "").unwrap();
-    let err = src.read(&recorded).unwrap_err();
+    let err = src.read(&mut || Ok(recorded.clone())).unwrap_err();
     assert!(
         matches!(err, RecordSourceError::LooksEmpty { recorded: 2, .. }),
         "{err}"
     );
     fs::remove_file(&path).unwrap();
-    let err = src.read(&recorded).unwrap_err();
+    let err = src.read(&mut || Ok(recorded.clone())).unwrap_err();
     assert!(matches!(err, RecordSourceError::Missing { .. }), "{err}");
     assert!(
         err.to_string().contains("nothing is sent as deleted"),
@@ -209,13 +213,13 @@ fn a_folder_names_new_files_after_their_uid_and_never_renames_one() {
     crate::layout::create_marker(root).unwrap();
     fs::write(root.join("mine.vcf"), card(Some("ana"), "Ana", "+1 100")).unwrap();
     let mut src = DIR.open(root, WriteSettings::default());
-    let first = src.read(&[]).unwrap();
+    let first = src.read(&mut || Ok(Vec::new())).unwrap();
     let read = records(&first);
     let (key, ana) = read[0].clone();
     let place = known(&first, |_| None)[0].place.clone();
     assert_eq!(place.file, "mine.vcf");
     // Read again unchanged: the file is not read.
-    let again = src.read(&known(&first, |_| None)).unwrap();
+    let again = src.read(&mut || Ok(known(&first, |_| None))).unwrap();
     assert!(matches!(again.found[..], [RecordRead::Unchanged(_)]));
 
     let bob = card(Some("bob/1"), "Bob", "+1 200");

@@ -89,13 +89,21 @@ impl SourceTask {
         Some(io.open(&self.cfg.root, settings))
     }
 
-    /// Every prior record of the source, by key.
-    async fn prior_records(&self) -> Result<HashMap<String, Prior>, Stop> {
-        let items = self
-            .store
-            .prior_items(self.cfg.id.clone(), None)
-            .await
-            .map_err(|e| Stop::Source(e.into()))?;
+    /// The prior records of the source (all, or those of `keys`), by key.
+    async fn prior_records(
+        &self,
+        keys: Option<Vec<String>>,
+    ) -> Result<HashMap<String, Prior>, Stop> {
+        let items = match keys {
+            None => self.store.prior_items(self.cfg.id.clone(), None).await,
+            // A peer's batch needs only its own items: one lookup each, in one trip.
+            Some(keys) => self
+                .store
+                .prior_items_at(self.cfg.id.clone(), keys)
+                .await
+                .map(|found| found.into_iter().flatten().collect()),
+        }
+        .map_err(|e| Stop::Source(e.into()))?;
         let mut out = HashMap::with_capacity(items.len());
         for item in items {
             let Some(bytes) = item.body.record() else {
@@ -125,27 +133,47 @@ impl SourceTask {
             return Ok(ScanSummary::default());
         };
         let codec = io.codec();
-        let priors = self.prior_records().await?;
-        let known: Vec<Known> = priors
-            .values()
-            .filter(|p| !p.item.header.deleted)
-            .map(|p| Known {
-                key: p.item.key.clone(),
-                place: place_of(&p.stored),
-            })
-            .collect();
+        let started = std::time::Instant::now();
         let Some(mut source) = self.record_source() else {
             return Ok(ScanSummary::default());
         };
-        let (source, read) = tokio::task::spawn_blocking(move || {
-            let read = source.read(&known);
+        // The file is read while the store reads the prior state; the read waits for it only
+        // once it needs it.
+        let (tx, rx) = std::sync::mpsc::channel::<Vec<Known>>();
+        let reading = tokio::task::spawn_blocking(move || {
+            let mut later = || {
+                rx.recv().map_err(|_| {
+                    crate::formats::record_io::RecordSourceError::Prior(
+                        "the store did not answer".into(),
+                    )
+                })
+            };
+            let read = source.read(&mut later);
             (source, read)
-        })
-        .await
-        .map_err(|e| Stop::Source(super::SourceError::Crashed(e.to_string())))?;
+        });
+        let priors = self.prior_records(None).await;
+        let priors_ms = started.elapsed().as_millis();
+        if let Ok(priors) = &priors {
+            let known: Vec<Known> = priors
+                .values()
+                .filter(|p| !p.item.header.deleted)
+                .map(|p| Known {
+                    key: p.item.key.clone(),
+                    place: place_of(&p.stored),
+                })
+                .collect();
+            // A read that needs no prior state has gone already.
+            let _ = tx.send(known);
+        }
+        drop(tx);
+        let (source, read) = reading
+            .await
+            .map_err(|e| Stop::Source(super::SourceError::Crashed(e.to_string())))?;
         self.record_source = Some(source);
+        let priors = priors?;
         let outcome =
             read.map_err(|e| Stop::Source(super::SourceError::Records(Box::new(e.into()))))?;
+        let read_ms = started.elapsed().as_millis() - priors_ms;
         let mut summary = ScanSummary::default();
         if outcome.unchanged {
             return Ok(summary);
@@ -294,6 +322,13 @@ impl SourceTask {
                 .emit_with(|| Event::now(&id, kind).item(&diff.key).sequence(*seq));
         }
         let last = seqs.last().copied();
+        debug!(
+            priors_ms,
+            read_ms,
+            ms = started.elapsed().as_millis(),
+            changed = seqs.len(),
+            "records read"
+        );
         for (item, message) in &errors {
             let known = self.status.borrow().item_errors.get(item) == Some(message);
             if !known {
@@ -322,7 +357,8 @@ impl SourceTask {
     /// Merges a peer's batch of records into this source and writes what changed.
     pub(super) async fn apply_records(&mut self, batch: Vec<RemoteApply>) -> Vec<ApplyOutcome> {
         let mut outcomes = vec![ApplyOutcome::Skipped; batch.len()];
-        let priors = match self.prior_records().await {
+        let keys = batch.iter().map(|r| r.item.path.to_string()).collect();
+        let priors = match self.prior_records(Some(keys)).await {
             Ok(p) => p,
             Err(_) => {
                 return vec![
