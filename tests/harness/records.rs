@@ -75,3 +75,38 @@ pub fn files_with(dir: &Path, extension: &str) -> Vec<PathBuf> {
     out.sort();
     out
 }
+
+/// Longest a record file may take to show what its device applied.
+pub const RECORD_SYNC: Duration = Duration::from_secs(90);
+
+/// The text of a file, which must be readable.
+pub fn read_text(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
+}
+
+/// Replaces `from` by `to` in a file, as a user editing it would; `from` must be there.
+pub fn edit_text(path: &Path, from: &str, to: &str) {
+    let text = read_text(path);
+    assert!(
+        text.contains(from),
+        "{} does not hold {from:?}:\n{text}",
+        path.display()
+    );
+    std::fs::write(path, text.replacen(from, to, 1)).expect("write the edit");
+}
+
+/// Waits until `path` holds `want` (a device applies what it received, then says it is in
+/// sync; this only waits for what `wait` already promised); gives the text.
+pub fn text_holding(path: &Path, want: &str) -> String {
+    let mut last = String::new();
+    let found = crate::backoff::retry_with_backoff(RECORD_SYNC, || {
+        last = std::fs::read_to_string(path).unwrap_or_default();
+        last.contains(want).then_some(())
+    });
+    assert!(
+        found.is_some(),
+        "{} never held {want:?}:\n{last}",
+        path.display()
+    );
+    last
+}

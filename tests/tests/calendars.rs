@@ -7,7 +7,10 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use tandem_tests::records::{files_with, validate_with_python, validator_python};
+use tandem_tests::records::{
+    edit_text as edit, files_with, read_text as read, text_holding as holds, validate_with_python,
+    validator_python,
+};
 use tandem_tests::{Agent, backoff, pair, skip};
 
 const SYNC: Duration = Duration::from_secs(90);
@@ -41,34 +44,6 @@ END:VTODO\r\n\
 END:VCALENDAR\r\n";
 
 const STANDUP: &str = "4f1c2a7e9b@google.com";
-
-fn read(path: &Path) -> String {
-    fs::read_to_string(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
-}
-
-fn edit(path: &Path, from: &str, to: &str) {
-    let text = read(path);
-    assert!(
-        text.contains(from),
-        "{} lacks {from:?}:\n{text}",
-        path.display()
-    );
-    fs::write(path, text.replacen(from, to, 1)).expect("write the edit");
-}
-
-fn holds(path: &Path, want: &str) -> String {
-    let mut last = String::new();
-    let found = backoff::retry_with_backoff(SYNC, || {
-        last = fs::read_to_string(path).unwrap_or_default();
-        last.contains(want).then_some(())
-    });
-    assert!(
-        found.is_some(),
-        "{} never held {want:?}:\n{last}",
-        path.display()
-    );
-    last
-}
 
 /// The one file of A's folder that holds `uid`.
 fn file_of(dir: &Path, uid: &str) -> PathBuf {

@@ -7,7 +7,10 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use tandem_tests::records::{files_with, validate_with_python, validator_python};
+use tandem_tests::records::{
+    edit_text as edit, files_with, read_text as read, text_holding as holds, validate_with_python,
+    validator_python,
+};
 use tandem_tests::{Agent, backoff, pair, skip};
 
 const SYNC: Duration = Duration::from_secs(90);
@@ -104,37 +107,6 @@ impl Book {
         files.push(self.csv_b.clone());
         validate_with_python(python, &files);
     }
-}
-
-fn read(path: &Path) -> String {
-    fs::read_to_string(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
-}
-
-/// Replaces `from` by `to` in a file the user edits, and checks it was there.
-fn edit(path: &Path, from: &str, to: &str) {
-    let text = read(path);
-    assert!(
-        text.contains(from),
-        "{} does not hold {from:?}:\n{text}",
-        path.display()
-    );
-    fs::write(path, text.replacen(from, to, 1)).expect("write the edit");
-}
-
-/// Waits until `path` holds `want` (a device applies what it received, then says it is in
-/// sync; the read here only waits for what `wait` already promised).
-fn holds(path: &Path, want: &str) -> String {
-    let mut last = String::new();
-    let found = backoff::retry_with_backoff(SYNC, || {
-        last = fs::read_to_string(path).unwrap_or_default();
-        last.contains(want).then_some(())
-    });
-    assert!(
-        found.is_some(),
-        "{} never held {want:?}:\n{last}",
-        path.display()
-    );
-    last
 }
 
 fn conflicts(agent: &Agent) -> serde_json::Value {

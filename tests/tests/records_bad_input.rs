@@ -242,3 +242,52 @@ fn differing_duplicate_uids_are_named_and_identical_ones_are_one() {
     let errors = s["item_errors"].as_array().map_or(0, Vec::len);
     assert_eq!(errors, 1, "only Bob's UID is in error: {s:#}");
 }
+
+/// The `last_error` of `source`'s progress with `peer`, once it says something.
+fn progress_error(agent: &Agent, source: &str, peer: &Agent) -> String {
+    let mut last = Value::Null;
+    let said = backoff::retry_with_backoff(SYNC, || {
+        last = agent.progress(source, peer);
+        last["last_error"]
+            .as_str()
+            .filter(|e| e.contains("keeps it as"))
+            .map(str::to_owned)
+    });
+    said.unwrap_or_else(|| panic!("no refusal of {source:?} in its progress:\n{last:#}"))
+}
+
+#[test]
+fn contacts_against_a_calendar_or_files_are_refused_on_both_sides() {
+    let (a, b, c) = (Agent::start(), Agent::start(), Agent::start());
+    let book = a.data_dir("book");
+    fs::write(book.join("ana.vcf"), card("ana", "Ana Lima", "+1 555 0100")).expect("write");
+    let cal = b.data_dir("cal");
+    let files = c.data_dir("files");
+    fs::write(files.join("notes.txt"), "notes").expect("write");
+    pair(&a, &b);
+    pair(&a, &c);
+    a.share_as("shared", &book, "vcard-dir", &[&b, &c]);
+    b.share_as("shared", &cal, "ical-dir", &[&a]);
+    c.share_as("shared", &files, "files", &[&a]);
+    for (agent, peer, ours, theirs) in [
+        (&a, &b, "contacts", "calendar"),
+        (&b, &a, "calendar", "contacts"),
+        (&a, &c, "contacts", "files"),
+        (&c, &a, "files", "contacts"),
+    ] {
+        let why = progress_error(agent, "shared", peer);
+        assert!(
+            why.contains(&format!("keeps it as {theirs}"))
+                && why.contains(&format!("this device as {ours}")),
+            "{why}"
+        );
+    }
+    // Nothing crossed: B's calendar and C's folder hold only their own.
+    let in_cal: Vec<_> = fs::read_dir(&cal)
+        .expect("B's folder")
+        .filter_map(Result::ok)
+        .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+        .collect();
+    assert!(in_cal.is_empty(), "{in_cal:?}");
+    assert!(!files.join("ana.vcf").exists());
+}

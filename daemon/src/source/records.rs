@@ -302,12 +302,6 @@ impl SourceTask {
                 });
             }
         }
-        if !places.is_empty() {
-            self.store
-                .set_record_places(id.clone(), places)
-                .await
-                .map_err(|e| Stop::Source(e.into()))?;
-        }
         let seqs = if diffs.is_empty() {
             Vec::new()
         } else {
@@ -351,6 +345,13 @@ impl SourceTask {
             }
             s.item_errors = errors.into_iter().collect();
         });
+        // After the differences are out (peers wait for those): places are this device's own.
+        if !places.is_empty() {
+            self.store
+                .set_record_places(id.clone(), places)
+                .await
+                .map_err(|e| Stop::Source(e.into()))?;
+        }
         Ok(summary)
     }
 
