@@ -10,7 +10,7 @@ use std::time::Instant;
 use tandem::formats::codecs::csv::CsvCodec;
 use tandem::formats::codecs::ical::IcalCodec;
 use tandem::formats::codecs::vcard::VCardCodec;
-use tandem::formats::native::Codec;
+use tandem::formats::native::{Change, Codec, WriteSettings};
 use tandem::formats::record_io::decode_text;
 
 fn main() -> anyhow::Result<()> {
@@ -41,11 +41,26 @@ fn main() -> anyhow::Result<()> {
             records = parsed.records.len();
         }
         times.sort_by(f64::total_cmp);
+        // What a write of one changed record into the whole text costs (the splice).
+        let text = decode_text(&bytes);
+        let parsed = codec.parse(&text);
+        let mut writes = Vec::new();
+        if let Some(first) = parsed.records.first() {
+            let change = [Change::Put(Box::new(first.record.clone()))];
+            for _ in 0..7 {
+                let started = Instant::now();
+                let out = codec.write(Some((&text, &parsed)), &change, &WriteSettings::default());
+                writes.push(started.elapsed().as_secs_f64() * 1000.0);
+                assert!(!out.is_empty());
+            }
+        }
+        writes.sort_by(f64::total_cmp);
         println!(
-            "{{\"file\": {:?}, \"bytes\": {}, \"records\": {records}, \"parse_ms\": {:.2}}}",
+            "{{\"file\": {:?}, \"bytes\": {}, \"records\": {records}, \"parse_ms\": {:.2}, \"write_one_ms\": {:.2}}}",
             file,
             bytes.len(),
-            times[times.len() / 2]
+            times[times.len() / 2],
+            writes.get(writes.len() / 2).copied().unwrap_or(0.0)
         );
     }
     Ok(())

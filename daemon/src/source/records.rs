@@ -357,6 +357,7 @@ impl SourceTask {
 
     /// Merges a peer's batch of records into this source and writes what changed.
     pub(super) async fn apply_records(&mut self, batch: Vec<RemoteApply>) -> Vec<ApplyOutcome> {
+        let started = std::time::Instant::now();
         let mut outcomes = vec![ApplyOutcome::Skipped; batch.len()];
         let keys = batch.iter().map(|r| r.item.path.to_string()).collect();
         let priors = match self.prior_records(Some(keys)).await {
@@ -549,6 +550,7 @@ impl SourceTask {
             self.queue_applied(diff, event, from);
             outcomes[i] = ApplyOutcome::Applied;
         }
+        let written_ms = started.elapsed().as_millis();
         if let Err(failure) = self.flush_applied().await {
             for o in &mut outcomes {
                 if o.is_applied() {
@@ -561,6 +563,12 @@ impl SourceTask {
         {
             self.publish(|s| s.totals = totals);
         }
+        debug!(
+            items = outcomes.len(),
+            written_ms,
+            ms = started.elapsed().as_millis(),
+            "records applied"
+        );
         if rescan {
             // Someone changed the file since it was read: it is read first, then the items
             // come again.
