@@ -249,6 +249,8 @@ def run(args, work):
     print("|---|---:|---|")
     print(f"| parse the .vcf once ({parse['.vcf']['records']} records) | {pv:.1f} ms | |")
     print(f"| parse the .csv once ({parse['.csv']['records']} records) | {pc:.1f} ms | |")
+    print(f"| write one changed record into the .vcf text (the splice) | {parse['.vcf']['write_one_ms']:.1f} ms | |")
+    print(f"| write one changed record into the .csv text (the splice) | {parse['.csv']['write_one_ms']:.1f} ms | |")
     out = []
     for direction, ms, sent, received, numbered in rows:
         # The edited file is read on one side, the change written on the other: the time of
