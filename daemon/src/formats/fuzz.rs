@@ -184,7 +184,7 @@ fn mutate(text: &str, mutations: &[Mutation]) -> String {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(96))]
+    #![proptest_config(super::test_cases(96))]
 
     #[test]
     fn fuzz_codecs_take_arbitrary_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..2048), which in 0usize..3) {

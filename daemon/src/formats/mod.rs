@@ -172,6 +172,17 @@ impl Format for RecordFormat {
     }
 }
 
+/// A property test's config: `n` cases, unless `PROPTEST_CASES` asks for another number (the
+/// long fuzz run, `tests/fuzz-records`, does).
+#[cfg(test)]
+pub(crate) fn test_cases(n: u32) -> proptest::prelude::ProptestConfig {
+    let mut config = proptest::prelude::ProptestConfig::default();
+    if std::env::var_os("PROPTEST_CASES").is_none() {
+        config.cases = n;
+    }
+    config
+}
+
 /// Every format this build can read and write. Adding a format adds one line here.
 static REGISTRY: &[&dyn Format] = &[
     &files::Files,

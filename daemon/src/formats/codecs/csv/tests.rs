@@ -458,14 +458,6 @@ fn a_record_from_elsewhere_loses_what_csv_cannot_hold() {
 // ---- property tests ----
 
 /// `n` cases, unless PROPTEST_CASES asks for another number (for a longer run by hand).
-fn cases(n: u32) -> ProptestConfig {
-    let mut config = ProptestConfig::default();
-    if std::env::var_os("PROPTEST_CASES").is_none() {
-        config.cases = n;
-    }
-    config
-}
-
 fn free_text() -> impl Strategy<Value = String> {
     "[a-zA-Z0-9 ,;:\"\n=äöüß€日本-]{0,16}"
 }
@@ -560,7 +552,7 @@ prop_compose! {
 }
 
 proptest! {
-    #![proptest_config(cases(64))]
+    #![proptest_config(crate::formats::test_cases(64))]
 
     #[test]
     fn what_it_holds_survives_a_write_and_a_read(c in contact()) {
@@ -636,7 +628,7 @@ fn check_any(text: &str) {
 }
 
 proptest! {
-    #![proptest_config(cases(32))]
+    #![proptest_config(crate::formats::test_cases(32))]
 
     /// A put replaces one record where it is, every other record reads back as it was, and a
     /// remove takes exactly one away.
@@ -674,7 +666,7 @@ proptest! {
 }
 
 proptest! {
-    #![proptest_config(cases(256))]
+    #![proptest_config(crate::formats::test_cases(256))]
 
     /// Texts made of the pieces contacts CSV is made of reach far more of the reader than bytes.
     #[test]

@@ -817,7 +817,7 @@ fn mutated() -> impl Strategy<Value = String> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(64))]
+    #![proptest_config(crate::formats::test_cases(64))]
 
     #[test]
     fn held_items_come_back_whole(item in any_item()) {

@@ -431,14 +431,6 @@ fn a_label_is_taken_only_from_a_group_of_one_value() {
 // ---- property tests ----
 
 /// `n` cases, unless PROPTEST_CASES asks for another number (for a longer run by hand).
-fn cases(n: u32) -> ProptestConfig {
-    let mut config = ProptestConfig::default();
-    if std::env::var_os("PROPTEST_CASES").is_none() {
-        config.cases = n;
-    }
-    config
-}
-
 fn free_text() -> impl Strategy<Value = String> {
     "[a-zA-Z0-9 ,;:\\\\\"\n=äöüßé€日本]{0,16}"
 }
@@ -561,7 +553,7 @@ prop_compose! {
 }
 
 proptest! {
-    #![proptest_config(cases(64))]
+    #![proptest_config(crate::formats::test_cases(64))]
 
     #[test]
     fn what_it_holds_survives_a_write_and_a_read(c in contact()) {
@@ -626,7 +618,7 @@ fn check_any(text: &str) {
 }
 
 proptest! {
-    #![proptest_config(cases(64))]
+    #![proptest_config(crate::formats::test_cases(64))]
 
     /// `holds` is a write and a read; this checks it loses none of what a vCard carries.
     #[test]
@@ -670,7 +662,7 @@ proptest! {
 }
 
 proptest! {
-    #![proptest_config(cases(32))]
+    #![proptest_config(crate::formats::test_cases(32))]
 
     /// A put replaces one record where it is, every other record reads back as it was, and a
     /// remove takes exactly one away.
@@ -708,7 +700,7 @@ proptest! {
 }
 
 proptest! {
-    #![proptest_config(cases(256))]
+    #![proptest_config(crate::formats::test_cases(256))]
 
     /// Texts made of the pieces vCards are made of reach far more of the reader than bytes.
     #[test]
