@@ -13,9 +13,9 @@ use super::{
     AppliedRecord, ApplyFailure, ApplyOutcome, RemoteApply, SourceTask, Stop, TotalsDelta,
 };
 use crate::events::{Event, EventKind, unix_ms_now};
+use crate::formats::Layout;
 use crate::formats::native::{Record, Stamp};
 use crate::formats::record_io::{Known, Place, RecordJob, RecordRead, RecordSource, RecordWritten};
-use crate::formats::{Kind, Layout};
 use crate::index::{Ordering, VersionVector};
 use crate::item::{Body, Difference, Header, PriorItem};
 use crate::records::{self, stamp_all};
@@ -592,10 +592,4 @@ impl SourceTask {
 fn refuse(key: &str, why: &str) -> ApplyOutcome {
     warn!(item = %key, why, "record refused");
     ApplyOutcome::Skipped
-}
-
-/// The kind a record source holds, for messages.
-#[allow(dead_code)]
-fn kind_name(kind: Kind) -> &'static str {
-    kind.as_str()
 }
