@@ -162,6 +162,41 @@ fn one_calendar_as_a_folder_and_as_one_file() {
         );
     }
 
+    // The same field of one event set on both sides: one winner in both files, and the loser
+    // listed by `conflicts` on both devices.
+    for agent in [&a, &c] {
+        agent.json(&["pause", "work"]);
+    }
+    let christmas_file = file_of(&dir_a, "7d0e55c1a2@google.com");
+    edit(
+        &christmas_file,
+        "SUMMARY:Christmas",
+        "SUMMARY:Christmas at home",
+    );
+    edit(&ics_c, "SUMMARY:Christmas", "SUMMARY:Christmas in Lisbon");
+    for agent in [&a, &c] {
+        agent.json(&["resume", "work"]);
+    }
+    settle(&a, &c);
+    let on_a = read(&christmas_file);
+    let (winner, loser) = if on_a.contains("SUMMARY:Christmas at home") {
+        ("Christmas at home", "Christmas in Lisbon")
+    } else {
+        ("Christmas in Lisbon", "Christmas at home")
+    };
+    holds(&ics_c, &format!("SUMMARY:{winner}"));
+    for agent in [&a, &c] {
+        let listed = agent.json(&["conflicts", "work"])["conflicts"].clone();
+        let found = listed.as_array().is_some_and(|all| {
+            all.iter()
+                .any(|x| x["field"] == "summary" && x["lost"] == loser && x["kept"] == winner)
+        });
+        assert!(
+            found,
+            "conflicts must list {loser:?} losing to {winner:?}: {listed:#}"
+        );
+    }
+
     match &python {
         Ok(python) => {
             let mut files = files_with(&dir_a, "ics");
