@@ -100,6 +100,39 @@ pub trait Codec: Send + Sync + std::fmt::Debug + 'static {
     ) -> String;
 }
 
+/// The contacts a batch of changes puts and removes, by key: the last change for each key
+/// wins; contacts without a key are only added (in order). Calendar items are left out.
+#[derive(Debug, Default)]
+pub struct ContactChanges<'a> {
+    /// Keys in the order their first change came.
+    pub order: Vec<String>,
+    /// The contact put under each key, or `None` for a removal.
+    pub by_uid: std::collections::HashMap<String, Option<&'a Contact>>,
+    pub keyless: Vec<&'a Contact>,
+}
+
+/// Sorts a batch of changes for a contacts codec's write.
+pub fn contact_changes(changes: &[Change]) -> ContactChanges<'_> {
+    let mut out = ContactChanges::default();
+    for change in changes {
+        let (uid, put) = match change {
+            Change::Put(record) => match record.as_ref() {
+                Record::Contact(c) if c.uid.is_empty() => {
+                    out.keyless.push(c);
+                    continue;
+                }
+                Record::Contact(c) => (c.uid.clone(), Some(c)),
+                Record::Calendar(_) => continue,
+            },
+            Change::Remove(uid) => (uid.clone(), None),
+        };
+        if out.by_uid.insert(uid.clone(), put).is_none() {
+            out.order.push(uid);
+        }
+    }
+    out
+}
+
 /// Clears every stamp in a record, for codecs' [`Codec::holds`] and tests.
 pub fn without_stamps(record: &Record) -> Record {
     let mut r = record.clone();

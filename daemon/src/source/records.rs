@@ -49,17 +49,14 @@ fn place_of(stored: &pb::StoredRecord) -> Place {
 }
 
 fn stored(record: Record, place: &Place) -> pb::StoredRecord {
-    pb::StoredRecord {
+    let mut stored = pb::StoredRecord {
         body: Some(pb::RecordBody {
             record: Some(record),
         }),
-        file: place.file.clone(),
-        size: place.size,
-        mtime_ns: place.mtime_ns,
-        inode: place.inode,
-        keyed_here: place.keyed_here,
-        native_hash: place.native_hash.clone(),
-    }
+        ..pb::StoredRecord::default()
+    };
+    set_place(&mut stored, place);
+    stored
 }
 
 /// Puts a place into a stored record.

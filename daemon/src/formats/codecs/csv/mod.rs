@@ -15,8 +15,8 @@ use std::collections::{HashMap, HashSet};
 use std::ops::Range;
 
 use crate::formats::native::{
-    Change, Codec, Contact, Lines, NativeError, NativeRecord, Parsed, Record, WriteSettings,
-    without_stamps,
+    Change, Codec, Contact, ContactChanges, Lines, NativeError, NativeRecord, Parsed, Record,
+    WriteSettings, contact_changes, without_stamps,
 };
 use columns::{BLOCKS, Col, GOOGLE_HEAD, block_headers, classify, numbered};
 
@@ -205,26 +205,11 @@ impl Codec for CsvCodec {
         let eol = line_end(prev_text);
         let prev_header = header_of(prev_text);
 
-        let mut order: Vec<String> = Vec::new();
-        let mut by_uid: HashMap<String, Option<&Contact>> = HashMap::new();
-        let mut keyless: Vec<&Contact> = Vec::new();
-        for change in changes {
-            let (uid, put) = match change {
-                Change::Put(record) => match record.as_ref() {
-                    Record::Contact(c) if c.uid.is_empty() => {
-                        keyless.push(c);
-                        continue;
-                    }
-                    Record::Contact(c) => (c.uid.clone(), Some(c)),
-                    // A calendar item has no place in a contacts CSV.
-                    Record::Calendar(_) => continue,
-                },
-                Change::Remove(uid) => (uid.clone(), None),
-            };
-            if by_uid.insert(uid.clone(), put).is_none() {
-                order.push(uid);
-            }
-        }
+        let ContactChanges {
+            order,
+            by_uid,
+            keyless,
+        } = contact_changes(changes);
 
         // The parts of the new text in order: kept bytes, rows kept, rows written anew.
         let mut parts: Vec<Part<'_>> = Vec::new();

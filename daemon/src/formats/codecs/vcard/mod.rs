@@ -12,12 +12,12 @@ mod write;
 #[cfg(test)]
 mod tests;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::ops::Range;
 
 use crate::formats::native::{
-    Change, Codec, Contact, NativeError, NativeRecord, Parsed, Record, WriteSettings,
-    without_stamps,
+    Change, Codec, Contact, ContactChanges, NativeError, NativeRecord, Parsed, Record,
+    WriteSettings, contact_changes, without_stamps,
 };
 use lex::BlockKind;
 use write::Version;
@@ -91,26 +91,11 @@ impl Codec for VCardCodec {
         let eol = line_end(prev_text);
 
         // The last change for each key wins; records without a key are only added.
-        let mut order: Vec<String> = Vec::new();
-        let mut by_uid: HashMap<String, Option<&Contact>> = HashMap::new();
-        let mut keyless: Vec<&Contact> = Vec::new();
-        for change in changes {
-            let (uid, put) = match change {
-                Change::Put(record) => match record.as_ref() {
-                    Record::Contact(c) if c.uid.is_empty() => {
-                        keyless.push(c);
-                        continue;
-                    }
-                    Record::Contact(c) => (c.uid.clone(), Some(c)),
-                    // A calendar item has no place in a vCard text.
-                    Record::Calendar(_) => continue,
-                },
-                Change::Remove(uid) => (uid.clone(), None),
-            };
-            if by_uid.insert(uid.clone(), put).is_none() {
-                order.push(uid);
-            }
-        }
+        let ContactChanges {
+            order,
+            by_uid,
+            keyless,
+        } = contact_changes(changes);
 
         let mut out = String::new();
         let mut written: HashSet<String> = HashSet::new();
