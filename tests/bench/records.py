@@ -195,6 +195,7 @@ def main():
     p.add_argument("--workdir", type=Path, default=None)
     p.add_argument("--json", type=Path, default=None)
     p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--keep", action="store_true", help="keep the work folder (homes, logs)")
     args = p.parse_args()
     if not (args.bin_dir / "tandemd").exists():
         subprocess.run(["cargo", "build", "--release", "--workspace"], cwd=ROOT, check=True)
@@ -202,7 +203,10 @@ def main():
     try:
         run(args, work)
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        if args.keep:
+            print(f"kept {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
 
 
 def run(args, work):

@@ -59,6 +59,7 @@ fn place_of(file: &str, meta: &fs::Metadata) -> Place {
         inode: meta.ino(),
         keyed_here: false,
         native_hash: Vec::new(),
+        ordinal: 0,
     }
 }
 

@@ -25,6 +25,10 @@ use super::record_io::{
 use crate::apply::ApplyError;
 use crate::layout;
 
+/// A batch of at least this many records is parsed back right after it is written (see
+/// `FileSource::write`).
+const SETTLE_AT_ONCE: usize = 64;
+
 /// One file holding every record; `extension` names kept versions.
 #[derive(Debug)]
 pub struct RecordFile {
@@ -127,12 +131,14 @@ impl Last {
             .iter()
             .zip(&self.keys)
             .zip(&self.uidless)
-            .filter(|(_, uidless)| **uidless)
-            .map(|((r, k), _)| Known {
+            .enumerate()
+            .filter(|(_, (_, uidless))| **uidless)
+            .map(|(i, ((r, k), _))| Known {
                 key: k.clone(),
                 place: Place {
                     keyed_here: true,
                     native_hash: native_hash(&text_of(&self.text, r)),
+                    ordinal: ordinal_of(i),
                     ..Place::default()
                 },
             })
@@ -176,27 +182,54 @@ impl FileSource {
 }
 
 /// Gives every record of a parse its key: its UID, else the key a record with the same text
-/// got before (`known`), else one made of its text.
+/// got before (`known`), else the key of the record without a UID that was at the same
+/// position and is not found anywhere else (its text was edited in place), else one made of
+/// its text.
 fn keys_of(text: &str, parsed: &Parsed, known: &[Known]) -> Vec<String> {
     let mut by_hash: HashMap<&[u8], &str> = HashMap::new();
+    let mut by_ordinal: HashMap<u32, &str> = HashMap::new();
     for k in known.iter().filter(|k| k.place.keyed_here) {
         by_hash.insert(&k.place.native_hash, &k.key);
+        if k.place.ordinal > 0 {
+            by_ordinal.insert(k.place.ordinal, &k.key);
+        }
     }
-    parsed
+    let mut texts: Vec<Option<String>> = Vec::with_capacity(parsed.records.len());
+    let mut keys: Vec<Option<String>> = parsed
         .records
         .iter()
-        .enumerate()
-        .map(|(i, r)| match r.uid() {
-            Some(uid) => uid.to_owned(),
+        .map(|r| match r.uid() {
+            Some(uid) => {
+                texts.push(None);
+                Some(uid.to_owned())
+            }
             None => {
                 let own = text_of(text, r);
-                match by_hash.get(native_hash(&own).as_slice()) {
-                    Some(key) => (*key).to_owned(),
-                    None => key_for(format!("{i}\n{own}").as_bytes()),
-                }
+                let key = by_hash
+                    .get(native_hash(&own).as_slice())
+                    .map(|k| (*k).to_owned());
+                texts.push(Some(own));
+                key
             }
         })
-        .collect()
+        .collect();
+    let mut taken: std::collections::HashSet<String> = keys.iter().flatten().cloned().collect();
+    for (i, (key, own)) in keys.iter_mut().zip(&texts).enumerate() {
+        let Some(own) = own.as_deref().filter(|_| key.is_none()) else {
+            continue;
+        };
+        let at = ordinal_of(i);
+        *key = Some(match by_ordinal.get(&at) {
+            Some(k) if taken.insert((*k).to_owned()) => (*k).to_owned(),
+            _ => key_for(format!("{i}\n{own}").as_bytes()),
+        });
+    }
+    keys.into_iter().map(Option::unwrap_or_default).collect()
+}
+
+/// The position of the `i`th record as a place records it (0 is "not recorded").
+fn ordinal_of(i: usize) -> u32 {
+    u32::try_from(i).map_or(0, |i| i.saturating_add(1))
 }
 
 impl FileSource {
@@ -265,9 +298,9 @@ impl RecordSource for FileSource {
             .iter()
             .map(|k| (k.key.as_str(), k.place.native_hash.as_slice()))
             .collect();
-        // Records this device wrote were recorded without the hash of their text (a write
-        // does not parse what it wrote): the text it wrote tells it now, once.
-        let written = self.written_hashes();
+        // The hash of each record's text as this device last wrote it, learnt once, when a
+        // record's hash does not match.
+        let mut written: Option<HashMap<String, Vec<u8>>> = None;
         let name = self.name();
         let mut out = ReadOutcome {
             hold_deletions: !parsed.errors.is_empty(),
@@ -285,7 +318,7 @@ impl RecordSource for FileSource {
         }
         let mut first_line: HashMap<&str, (u32, String)> = HashMap::new();
         let mut refused: Vec<String> = Vec::new();
-        for (r, key) in parsed.records.iter().zip(&keys) {
+        for (i, (r, key)) in parsed.records.iter().zip(&keys).enumerate() {
             let own = text_of(&text, r);
             let hash = native_hash(&own);
             if let Some((line, earlier)) = first_line.get(key.as_str()) {
@@ -309,11 +342,21 @@ impl RecordSource for FileSource {
                 out.found.push(RecordRead::Unchanged(key.clone()));
                 continue;
             }
-            if recorded.is_empty() && written.get(key.as_str()) == Some(&hash) {
+            // A text this device wrote itself holds the values it recorded: only its place
+            // is new. That covers records written in a small batch (recorded with no hash) and
+            // records a later write re-rendered without a change of value (a CSV whose
+            // columns grew rewrites every row).
+            if written
+                .get_or_insert_with(|| self.written_hashes())
+                .get(key.as_str())
+                == Some(&hash)
+            {
                 out.found.push(RecordRead::Placed(
                     key.clone(),
                     Place {
                         native_hash: hash,
+                        keyed_here: r.uid().is_none(),
+                        ordinal: if r.uid().is_none() { ordinal_of(i) } else { 0 },
                         ..Place::default()
                     },
                 ));
@@ -327,6 +370,7 @@ impl RecordSource for FileSource {
                 place: Place {
                     keyed_here: r.uid().is_none(),
                     native_hash: hash,
+                    ordinal: if r.uid().is_none() { ordinal_of(i) } else { 0 },
                     ..Place::default()
                 },
                 changed_unix_s: stat.1 / 1_000_000_000,
@@ -452,33 +496,59 @@ impl RecordSource for FileSource {
                     .collect();
             }
         };
-        // Records this batch wrote carry their key as UID; their text is hashed by the next
-        // read that finds the file changed.
-        let results = jobs
-            .iter()
-            .map(|_| Ok(RecordWritten::Done(Place::default())))
-            .collect();
         let uidless_keys = last.uidless_known();
-        let (codec, written, known) = (self.codec, text.clone(), uidless_keys.clone());
-        let spawned = std::thread::Builder::new()
-            .name("record-parse".into())
-            .spawn(move || {
-                let parsed = codec.parse(&written);
-                let keys = keys_of(&written, &parsed, &known);
-                (parsed, keys)
-            });
-        self.last = Some(Last {
+        let mut next = Last {
             stat,
             text,
             parsed: Parsed::default(),
             keys: Vec::new(),
             uidless: Vec::new(),
             fresh: false,
-            // Without a thread, the parse is done when it is needed.
-            pending: spawned.ok(),
+            pending: None,
             written: true,
             uidless_keys,
-        });
+        };
+        if n < SETTLE_AT_ONCE {
+            // Records this batch wrote carry their key as UID; their text is hashed by the
+            // next read that finds the file changed, from a parse that runs meanwhile (so one
+            // change is applied without waiting for a parse of the whole text).
+            let (codec, written, known) =
+                (self.codec, next.text.clone(), next.uidless_keys.clone());
+            next.pending = std::thread::Builder::new()
+                .name("record-parse".into())
+                .spawn(move || {
+                    let parsed = codec.parse(&written);
+                    let keys = keys_of(&written, &parsed, &known);
+                    (parsed, keys)
+                })
+                .ok();
+            self.last = Some(next);
+            return jobs
+                .iter()
+                .map(|_| Ok(RecordWritten::Done(Place::default())))
+                .collect();
+        }
+        // A large batch (a first sync) learns the hash of each record it wrote now, so the
+        // records are stored with it. Left to the next read, that read would record the place
+        // of every one of them, and it is the read of the user's next change.
+        next.settle(self.codec);
+        let hashes: HashMap<&str, Vec<u8>> = next
+            .parsed
+            .records
+            .iter()
+            .zip(&next.keys)
+            .map(|(r, k)| (k.as_str(), native_hash(&text_of(&next.text, r))))
+            .collect();
+        let results = jobs
+            .iter()
+            .map(|j| {
+                Ok(RecordWritten::Done(Place {
+                    native_hash: hashes.get(j.key.as_str()).cloned().unwrap_or_default(),
+                    ..Place::default()
+                }))
+            })
+            .collect();
+        self.last = Some(next);
         results
     }
 }

@@ -24,6 +24,8 @@ pub struct Place {
     pub keyed_here: bool,
     /// For a record without a UID in a single file: a hash of its native text.
     pub native_hash: Vec<u8>,
+    /// For a record without a UID in a single file: its position among the file's records.
+    pub ordinal: u32,
 }
 
 /// A live record of the prior state, as a read needs it.

@@ -177,6 +177,105 @@ fn a_single_file_keeps_untouched_cards_and_writes_a_card_without_uid_once() {
 }
 
 #[test]
+fn a_card_without_uid_edited_in_place_keeps_its_key() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("all.vcf");
+    let first_two = format!(
+        "{}{}",
+        card(None, "One", "+1 100"),
+        card(None, "Two", "+1 200")
+    );
+    fs::write(
+        &path,
+        format!("{first_two}{}", card(None, "Three", "+1 300")),
+    )
+    .unwrap();
+    let mut src = FILE.open(&path, WriteSettings::default());
+    let first = src.read(&mut || Ok(Vec::new())).unwrap();
+    let keys: Vec<String> = records(&first).into_iter().map(|(k, _)| k).collect();
+    assert_eq!(keys.len(), 3);
+    let recorded = known(&first, |_| None);
+
+    // The second card's phone is edited, and a card is added after it.
+    let text = fs::read_to_string(&path).unwrap();
+    let edited = text.replace("+1 200", "+1 201") + &card(None, "Four", "+1 400");
+    fs::write(&path, edited).unwrap();
+    let outcome = src.read(&mut || Ok(recorded.clone())).unwrap();
+    let read = records(&outcome);
+    assert_eq!(read.len(), 2, "{:?}", outcome.found);
+    let two = read.iter().find(|(_, r)| {
+        matches!(r, Record::Contact(c) if c.phones.first().is_some_and(|p| p.value == "+1 201"))
+    });
+    assert_eq!(
+        two.map(|(k, _)| k),
+        Some(&keys[1]),
+        "same key after the edit"
+    );
+    let four = read.iter().find(|(k, _)| *k != keys[1]).unwrap();
+    assert!(
+        !keys.contains(&four.0),
+        "the added card gets a key of its own"
+    );
+    let unchanged = outcome
+        .found
+        .iter()
+        .filter(|f| matches!(f, RecordRead::Unchanged(_)))
+        .count();
+    assert_eq!(unchanged, 2);
+}
+
+#[test]
+fn a_large_batch_knows_the_hash_of_what_it_wrote() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("all.vcf");
+    let mut src = FILE.open(&path, WriteSettings::default());
+    let template = {
+        fs::write(&path, card(Some("x"), "X", "+1 0")).unwrap();
+        let mut probe = FILE.open(&path, WriteSettings::default());
+        let read = records(&probe.read(&mut || Ok(Vec::new())).unwrap());
+        fs::remove_file(&path).unwrap();
+        read[0].1.clone()
+    };
+    let jobs: Vec<RecordJob> = (0..100)
+        .map(|i| RecordJob {
+            key: format!("c{i}"),
+            record: Some(with_phone(&template, &format!("+1 {i}"))),
+            place: None,
+        })
+        .collect();
+    let written = src.write(jobs);
+    let recorded: Vec<Known> = written
+        .iter()
+        .enumerate()
+        .map(|(i, w)| match w {
+            Ok(RecordWritten::Done(place)) => {
+                assert!(!place.native_hash.is_empty(), "record {i} has no hash");
+                Known {
+                    key: format!("c{i}"),
+                    place: place.clone(),
+                }
+            }
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    // Another program touches the file without changing a record: every record is found
+    // unchanged by its hash, none is placed again.
+    let text = fs::read_to_string(&path).unwrap();
+    fs::write(&path, text).unwrap();
+    let mut fresh = FILE.open(&path, WriteSettings::default());
+    let outcome = fresh.read(&mut || Ok(recorded.clone())).unwrap();
+    assert_eq!(outcome.found.len(), 100);
+    assert!(
+        outcome
+            .found
+            .iter()
+            .all(|f| matches!(f, RecordRead::Unchanged(_))),
+        "{:?}",
+        outcome.found.first()
+    );
+}
+
+#[test]
 fn a_single_file_that_vanishes_or_empties_stops_the_source() {
     let tmp = tempfile::tempdir().unwrap();
     let path = tmp.path().join("all.vcf");

@@ -45,6 +45,7 @@ fn place_of(stored: &pb::StoredRecord) -> Place {
         inode: stored.inode,
         keyed_here: stored.keyed_here,
         native_hash: stored.native_hash.clone(),
+        ordinal: stored.ordinal,
     }
 }
 
@@ -67,6 +68,7 @@ fn set_place(stored: &mut pb::StoredRecord, place: &Place) {
     stored.inode = place.inode;
     stored.keyed_here = place.keyed_here;
     stored.native_hash.clone_from(&place.native_hash);
+    stored.ordinal = place.ordinal;
 }
 
 fn now_s() -> i64 {
