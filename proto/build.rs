@@ -1,7 +1,7 @@
 //! Compiles the .proto files with protox (pure Rust), so a build needs no protoc binary.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let protos = ["control.proto", "peer.proto", "record.proto"];
+    let protos = ["control.proto", "peer.proto", "record.proto", "hub.proto"];
     for p in &protos {
         println!("cargo:rerun-if-changed={p}");
     }

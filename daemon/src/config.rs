@@ -174,6 +174,54 @@ pub struct Config {
     /// Per source id: the vCard version new contacts are written in ("2.1", "3.0", "4.0").
     /// A source not named here writes the version it already uses, else 3.0.
     pub vcard_versions: std::collections::BTreeMap<String, String>,
+    /// The hub role's settings (`[hub]`), unused by an agent.
+    pub hub: HubConfig,
+}
+
+/// What `tandemd --role hub` serves from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HubConfig {
+    /// Where the objects live.
+    pub storage: HubStorage,
+    /// A member whose cursor has not moved for this long no longer holds back collection;
+    /// it catches up from a snapshot.
+    pub retention: Duration,
+    /// How long a chunk marked unreferenced is kept before it is deleted, so an upload that
+    /// counted on it meanwhile is not hurt.
+    pub chunk_grace: Duration,
+}
+
+impl Default for HubConfig {
+    fn default() -> Self {
+        HubConfig {
+            storage: HubStorage::Local,
+            retention: Duration::from_secs(90 * 86_400),
+            chunk_grace: Duration::from_secs(86_400),
+        }
+    }
+}
+
+/// The object store behind a hub.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HubStorage {
+    /// A folder under the hub's home (`HOME/storage`), served by the hub itself.
+    Local,
+    /// An S3-compatible store.
+    S3(S3Config),
+}
+
+/// An S3-compatible store; credentials not given here come from the environment
+/// (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct S3Config {
+    /// `http(s)://host:port`; empty: AWS itself.
+    pub endpoint: String,
+    pub bucket: String,
+    pub region: String,
+    pub access_key_id: Option<String>,
+    pub secret_access_key: Option<String>,
+    /// Hand agents presigned URLs, so the bulk of the data bypasses the hub.
+    pub presign: bool,
 }
 
 impl Default for Config {
@@ -185,6 +233,7 @@ impl Default for Config {
             rescan_interval: Duration::from_secs(3600),
             versions_keep: Some(Duration::from_secs(30 * 86_400)),
             vcard_versions: std::collections::BTreeMap::new(),
+            hub: HubConfig::default(),
         }
     }
 }
@@ -199,6 +248,85 @@ struct RawConfig {
     rescan_interval_s: Option<u64>,
     versions_keep_days: Option<u64>,
     sources: Option<std::collections::BTreeMap<String, RawSourceConfig>>,
+    hub: Option<RawHubConfig>,
+}
+
+/// `[hub]` in `config.toml`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHubConfig {
+    storage: Option<String>,
+    retention_days: Option<u64>,
+    chunk_grace_s: Option<u64>,
+    s3: Option<RawS3Config>,
+}
+
+/// `[hub.s3]` in `config.toml`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawS3Config {
+    endpoint: Option<String>,
+    bucket: Option<String>,
+    region: Option<String>,
+    access_key_id: Option<String>,
+    secret_access_key: Option<String>,
+    presign: Option<bool>,
+}
+
+impl RawHubConfig {
+    fn validate(self) -> Result<HubConfig, String> {
+        let mut hub = HubConfig::default();
+        if let Some(days) = self.retention_days {
+            if !(1..=36_500).contains(&days) {
+                return Err(format!(
+                    "[hub] retention_days = {days} is outside 1..=36500"
+                ));
+            }
+            hub.retention = Duration::from_secs(days * 86_400);
+        }
+        if let Some(s) = self.chunk_grace_s {
+            if !(1..=30 * 86_400).contains(&s) {
+                return Err(format!("[hub] chunk_grace_s = {s} is outside 1..=2592000"));
+            }
+            hub.chunk_grace = Duration::from_secs(s);
+        }
+        match (self.storage.as_deref().unwrap_or("local"), self.s3) {
+            ("local", None) => {}
+            ("local", Some(_)) => {
+                return Err("[hub.s3] is set but [hub] storage is not \"s3\"".into());
+            }
+            ("s3", s3) => {
+                let s3 = s3.unwrap_or_default();
+                let bucket = s3
+                    .bucket
+                    .filter(|b| !b.is_empty())
+                    .ok_or("[hub] storage = \"s3\" needs [hub.s3] bucket = \"NAME\"")?;
+                let endpoint = s3.endpoint.unwrap_or_default();
+                if !(endpoint.is_empty()
+                    || endpoint.starts_with("http://")
+                    || endpoint.starts_with("https://"))
+                {
+                    return Err(format!(
+                        "[hub.s3] endpoint = {endpoint:?} is not an http:// or https:// URL"
+                    ));
+                }
+                hub.storage = HubStorage::S3(S3Config {
+                    endpoint,
+                    bucket,
+                    region: s3.region.unwrap_or_else(|| "us-east-1".into()),
+                    access_key_id: s3.access_key_id,
+                    secret_access_key: s3.secret_access_key,
+                    presign: s3.presign.unwrap_or(true),
+                });
+            }
+            (other, _) => {
+                return Err(format!(
+                    "[hub] storage = {other:?} is not \"local\" or \"s3\""
+                ));
+            }
+        }
+        Ok(hub)
+    }
 }
 
 /// `[sources.ID]` in `config.toml`: settings of one source.
@@ -232,6 +360,19 @@ const DEFAULT_CONFIG: &str = "\
 # Google and khard all read.
 # [sources.contacts]
 # vcard_version = \"4.0\"
+
+# Only for `tandemd --role hub`: where bundles and chunks are stored. \"local\" keeps
+# them in HOME/storage; \"s3\" uses an S3-compatible store (credentials from here or
+# from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY).
+# [hub]
+# storage = \"local\"
+# retention_days = 90
+# chunk_grace_s = 86400
+# [hub.s3]
+# endpoint = \"https://s3.example.com\"
+# bucket = \"tandem\"
+# region = \"us-east-1\"
+# presign = true
 ";
 
 impl Config {
@@ -305,6 +446,9 @@ impl Config {
                 config.vcard_versions.insert(id, v);
             }
         }
+        if let Some(hub) = raw.hub {
+            config.hub = hub.validate()?;
+        }
         Ok(config)
     }
 }
@@ -332,6 +476,33 @@ mod tests {
         assert!(e.contains("sources.book") && e.contains("5.0"), "{e}");
         let e = Config::parse("[sources.book]\ncolour = \"red\"\n").unwrap_err();
         assert!(e.contains("colour"), "{e}");
+    }
+
+    #[test]
+    fn a_hub_may_use_s3_and_bad_hub_settings_are_named() {
+        let c = Config::parse(
+            "[hub]\nstorage = \"s3\"\nretention_days = 7\n[hub.s3]\nbucket = \"b\"\nendpoint = \"http://127.0.0.1:9000\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.hub.retention, Duration::from_secs(7 * 86_400));
+        let HubStorage::S3(s3) = c.hub.storage else {
+            panic!("not s3")
+        };
+        assert_eq!((s3.bucket.as_str(), s3.presign), ("b", true));
+        for (bad, names) in [
+            ("[hub]\nstorage = \"s3\"\n", "bucket"),
+            ("[hub]\nstorage = \"ftp\"\n", "ftp"),
+            ("[hub.s3]\nbucket = \"b\"\n", "hub.s3"),
+            (
+                "[hub]\nstorage = \"s3\"\n[hub.s3]\nbucket = \"b\"\nendpoint = \"x\"\n",
+                "endpoint",
+            ),
+            ("[hub]\nretention_days = 0\n", "retention_days"),
+        ] {
+            let e = Config::parse(bad).unwrap_err();
+            assert!(e.contains(names), "{bad}: {e}");
+        }
+        assert_eq!(Config::parse("").unwrap().hub.storage, HubStorage::Local);
     }
 
     #[test]

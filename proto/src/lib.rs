@@ -18,3 +18,9 @@ pub mod peer {
     #![allow(missing_docs, clippy::all)]
     tonic::include_proto!("tandem.peer.v1");
 }
+
+/// Messages and service of `hub.proto`: device ⇄ hub (membership, object access).
+pub mod hub {
+    #![allow(missing_docs, clippy::all)]
+    tonic::include_proto!("tandem.hub.v1");
+}
