@@ -39,6 +39,9 @@ pub enum Command {
     /// Add, list or remove the devices this device talks to
     #[command(subcommand)]
     Peer(PeerCommand),
+    /// Add, list or remove the hubs this device leaves sealed bundles at
+    #[command(subcommand)]
+    Hub(HubCommand),
     /// List or restore kept versions of files replaced or deleted by other devices
     #[command(subcommand)]
     Versions(VersionsCommand),
@@ -79,6 +82,15 @@ pub enum SourceCommand {
         /// Device to share the source with; repeat for several
         #[arg(long = "peer", value_name = "DEVICE")]
         peers: Vec<String>,
+        /// The source's key, from `tandemctl source key ID` on a device that has the source;
+        /// without it this device makes a new key (it is the source's first)
+        #[arg(long, value_name = "KEY")]
+        key: Option<String>,
+    },
+    /// Print the key of source ID, to give to `source add … --key` on another member
+    Key {
+        /// Source
+        id: String,
     },
     /// List the sources
     List,
@@ -108,6 +120,26 @@ pub enum VersionsCommand {
         /// YYYYMMDD-HHMMSS (UTC), as `versions list` shows it
         #[arg(long, value_name = "TIME")]
         at: Option<String>,
+    },
+}
+
+/// `hub …` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum HubCommand {
+    /// Use the hub at ADDR (host:port) whose device ID is HUB_DEVICE (`tandemctl --home
+    /// HUB-HOME id` prints it); its certificate is pinned to that ID
+    Add {
+        /// Where to reach the hub
+        address: String,
+        /// The hub's device ID
+        hub_device: String,
+    },
+    /// List the hubs
+    List,
+    /// Stop using hub HUB_DEVICE
+    Remove {
+        /// The hub's device ID
+        hub_device: String,
     },
 }
 
@@ -229,11 +261,13 @@ mod tests {
                 path,
                 format,
                 peers,
+                key,
             }) => {
                 assert_eq!(id, "docs");
                 assert_eq!(path, PathBuf::from("d"));
                 assert_eq!(format, "files");
                 assert_eq!(peers, ["A", "B"]);
+                assert_eq!(key, None);
             }
             other => panic!("parsed as {other:?}"),
         }

@@ -8,12 +8,14 @@ use std::path::Path;
 
 use tandem_proto::control::control_client::ControlClient;
 use tandem_proto::control::{
-    Ack, IdRequest, PeerAddRequest, PeerListRequest, PeerRequest, SourceAddRequest,
-    SourceListRequest, SourceRequest, StatusRequest, WaitRequest, WatchRequest,
+    Ack, HubAddRequest, HubListRequest, IdRequest, PeerAddRequest, PeerListRequest, PeerRequest,
+    SourceAddRequest, SourceListRequest, SourceRequest, StatusRequest, WaitRequest, WatchRequest,
 };
 use tonic::transport::Channel;
 
-use crate::cli::{self, Command, OptionalSource, PeerCommand, SourceCommand, VersionsCommand};
+use crate::cli::{
+    self, Command, HubCommand, OptionalSource, PeerCommand, SourceCommand, VersionsCommand,
+};
 use crate::output;
 use crate::{Failure, Outcome};
 
@@ -40,7 +42,70 @@ pub async fn run<W: Write>(ctx: &mut Ctx<W>, command: Command) -> Result<Outcome
             path,
             format,
             peers,
-        }) => source_add(ctx, id, &path, format, peers).await,
+            key,
+        }) => source_add(ctx, id, &path, format, peers, key.unwrap_or_default()).await,
+        Command::Source(SourceCommand::Key { id }) => {
+            let reply = ctx
+                .client
+                .source_key(SourceRequest { id })
+                .await?
+                .into_inner();
+            if ctx.json {
+                output::json_document(&mut ctx.out, &reply)?;
+            } else {
+                writeln!(ctx.out, "{}", reply.key)?;
+            }
+            Ok(Outcome::Success)
+        }
+        Command::Hub(HubCommand::Add {
+            address,
+            hub_device,
+        }) => {
+            let reply = ctx
+                .client
+                .hub_add(HubAddRequest {
+                    address,
+                    device_id: hub_device,
+                })
+                .await?
+                .into_inner();
+            if ctx.json {
+                output::json_document(&mut ctx.out, &reply)?;
+            } else {
+                writeln!(
+                    ctx.out,
+                    "added hub {} at {}",
+                    reply.device_id, reply.address
+                )?;
+            }
+            Ok(Outcome::Success)
+        }
+        Command::Hub(HubCommand::List) => {
+            let reply = ctx.client.hub_list(HubListRequest {}).await?.into_inner();
+            if ctx.json {
+                output::json_document(&mut ctx.out, &reply)?;
+            } else if reply.hubs.is_empty() {
+                writeln!(
+                    ctx.out,
+                    "no hubs; add one with: tandemctl hub add ADDR HUB-DEVICE"
+                )?;
+            } else {
+                for h in &reply.hubs {
+                    writeln!(ctx.out, "{}  {}", h.device_id, h.address)?;
+                }
+            }
+            Ok(Outcome::Success)
+        }
+        Command::Hub(HubCommand::Remove { hub_device }) => {
+            let ack = ctx
+                .client
+                .hub_remove(PeerRequest {
+                    device_id: hub_device.clone(),
+                })
+                .await?
+                .into_inner();
+            print_ack(ctx, &ack, &format!("removed hub {hub_device}"))
+        }
         Command::Source(SourceCommand::List) => source_list(ctx).await,
         Command::Source(SourceCommand::Remove { id }) => {
             let ack = ctx
@@ -200,6 +265,7 @@ async fn source_add<W: Write>(
     path: &Path,
     format: String,
     peers: Vec<String>,
+    key: String,
 ) -> Result<Outcome, Failure> {
     // The agent has a different working directory, so a relative PATH must be resolved here.
     let absolute = std::path::absolute(path)
@@ -220,6 +286,7 @@ async fn source_add<W: Write>(
             path,
             format,
             peers,
+            key,
         })
         .await?
         .into_inner();

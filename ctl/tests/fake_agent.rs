@@ -177,6 +177,37 @@ impl Control for Fake {
         Err(Status::not_found("no kept version"))
     }
 
+    async fn source_key(
+        &self,
+        req: Request<SourceRequest>,
+    ) -> Result<Response<tandem_proto::control::SourceKeyReply>, Status> {
+        Err(Status::not_found(format!(
+            "no source {:?}",
+            req.into_inner().id
+        )))
+    }
+
+    async fn hub_add(
+        &self,
+        _: Request<tandem_proto::control::HubAddRequest>,
+    ) -> Result<Response<tandem_proto::control::HubInfo>, Status> {
+        Err(Status::unimplemented("the fake agent has no hubs"))
+    }
+
+    async fn hub_list(
+        &self,
+        _: Request<tandem_proto::control::HubListRequest>,
+    ) -> Result<Response<tandem_proto::control::HubListReply>, Status> {
+        Ok(Response::new(tandem_proto::control::HubListReply::default()))
+    }
+
+    async fn hub_remove(
+        &self,
+        _: Request<tandem_proto::control::PeerRequest>,
+    ) -> Result<Response<Ack>, Status> {
+        Err(Status::unimplemented("the fake agent has no hubs"))
+    }
+
     type WatchStream = ReceiverStream<Result<Event, Status>>;
 
     async fn watch(&self, _: Request<WatchRequest>) -> Result<Response<Self::WatchStream>, Status> {

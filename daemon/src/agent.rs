@@ -20,8 +20,9 @@ use crate::config::{Config, Home};
 use crate::events::{Event, EventBus, EventKind, unix_ms_now};
 use crate::identity::{DeviceId, Identity};
 use crate::peer::{self, PeerHandle, SharedSource, Sources};
+use crate::sealed::SourceKey;
 use crate::source::{self, SourceCommander, SourceConfig, SourceHandle, SourceStatus};
-use crate::store::{self, PeerRow, SourceRow, StoreHandle};
+use crate::store::{self, HubRow, PeerRow, SourceRow, StoreHandle};
 
 /// Why the agent could not start, or refused a request.
 #[derive(Debug, thiserror::Error)]
@@ -60,6 +61,8 @@ pub struct AddSource {
     pub path: PathBuf,
     pub format: String,
     pub peers: Vec<String>,
+    /// The source key from a member (`tk1-…`); empty: this device makes one.
+    pub key: String,
 }
 
 enum Msg {
@@ -124,6 +127,8 @@ pub struct AgentHandle {
     pub info: Arc<AgentInfo>,
     /// The peer side: connections and their progress.
     pub peers: PeerHandle,
+    /// The hubs: links and their progress.
+    pub hubs: crate::hub_client::HubClients,
 }
 
 impl AgentHandle {
@@ -207,6 +212,72 @@ impl AgentHandle {
             .ok_or(Error::ShuttingDown)?;
         self.peers.added(stored.clone()).await;
         Ok(stored)
+    }
+
+    /// The newest key of a source, to give to another member (`source add … --key`).
+    pub async fn source_key(&self, id: &str) -> Result<SourceKey, Error> {
+        let keys = self.store.source_keys(id.to_owned()).await?;
+        if let Some((generation, bytes)) = keys.last() {
+            let bytes: [u8; crate::sealed::KEY_LEN] =
+                bytes.as_slice().try_into().map_err(|_| {
+                    Error::Invalid(format!("the stored key of source {id:?} is damaged"))
+                })?;
+            return Ok(SourceKey::from_bytes(*generation, bytes));
+        }
+        if !self.store.sources().await?.iter().any(|s| s.id == id) {
+            return Err(Error::UnknownSource(id.to_owned()));
+        }
+        // A source added before sources had keys gets one now, on first use.
+        let key = SourceKey::generate(0).map_err(|e| Error::Invalid(e.to_string()))?;
+        self.store
+            .add_source_key(id.to_owned(), key.generation, key.bytes().to_vec())
+            .await?;
+        Ok(key)
+    }
+
+    /// Adds a hub (pinned to its device ID), or changes its address.
+    pub async fn add_hub(&self, address: &str, device_id: &str) -> Result<HubRow, Error> {
+        let id: DeviceId = device_id
+            .parse()
+            .map_err(|e: crate::identity::ParseDeviceIdError| Error::Invalid(e.to_string()))?;
+        if id == self.info.device_id {
+            return Err(Error::Invalid(format!(
+                "{id} is this device's own ID; give the ID that `tandemctl --home HUB-HOME id` \
+                 prints for the hub"
+            )));
+        }
+        let address = validate_address(address)?.ok_or_else(|| {
+            Error::Invalid("a hub needs an address to dial, host:port".to_owned())
+        })?;
+        let row = HubRow {
+            device_id: id.to_string(),
+            address,
+            added_unix_ms: unix_ms_now(),
+        };
+        self.store.add_hub(row.clone()).await?;
+        info!(hub = %id.short_string(), address = %row.address, "hub added");
+        self.hubs.changed();
+        Ok(row)
+    }
+
+    /// The hubs this device uses.
+    pub async fn hubs(&self) -> Result<Vec<HubRow>, Error> {
+        Ok(self.store.hubs().await?)
+    }
+
+    /// Stops using a hub.
+    pub async fn remove_hub(&self, device_id: &str) -> Result<(), Error> {
+        let canonical = device_id
+            .parse::<DeviceId>()
+            .map_err(|e| Error::Invalid(e.to_string()))?
+            .to_string();
+        if !self.store.remove_hub(canonical.clone()).await? {
+            return Err(Error::NotFound(format!(
+                "no hub with device ID {canonical}; `tandemctl hub list` shows them"
+            )));
+        }
+        self.hubs.changed();
+        Ok(())
     }
 
     /// Forgets a device.
@@ -371,6 +442,7 @@ const PEER_STOP_LIMIT: std::time::Duration = std::time::Duration::from_secs(3);
 pub struct Running {
     handle: AgentHandle,
     peers: PeerHandle,
+    hubs: crate::hub_client::HubClients,
     agent: tokio::task::JoinHandle<()>,
     cancel: CancellationToken,
     store: StoreHandle,
@@ -398,6 +470,12 @@ impl Running {
             .is_err()
         {
             warn!("peer connections did not stop within {PEER_STOP_LIMIT:?}; closing anyway");
+        }
+        if tokio::time::timeout(PEER_STOP_LIMIT, self.hubs.stopped())
+            .await
+            .is_err()
+        {
+            warn!("hub links did not stop within {PEER_STOP_LIMIT:?}; closing anyway");
         }
         drop(self.store);
         // Joining a thread blocks: not on the runtime's own threads.
@@ -448,6 +526,14 @@ pub async fn start(home: &Home, listen: Option<SocketAddr>) -> Result<Running, E
     )
     .map_err(|e| Error::Invalid(e.to_string()))?;
     info!(listen = %listen, "peer service listening");
+    let hubs = crate::hub_client::start(
+        Arc::new(identity.clone()),
+        store.clone(),
+        Arc::new(Directory { tx: tx.clone() }),
+        peers.clone(),
+        changed.clone(),
+        sources_cancel.clone(),
+    );
     let handle = AgentHandle {
         tx,
         store: store.clone(),
@@ -455,6 +541,7 @@ pub async fn start(home: &Home, listen: Option<SocketAddr>) -> Result<Running, E
         events: EventBus::new(4096),
         info,
         peers: peers.clone(),
+        hubs: hubs.clone(),
     };
     let mut task = AgentTask {
         rx,
@@ -473,6 +560,7 @@ pub async fn start(home: &Home, listen: Option<SocketAddr>) -> Result<Running, E
     let agent = tokio::spawn(task.run());
     Ok(Running {
         peers: handle.peers.clone(),
+        hubs,
         handle,
         agent,
         cancel: sources_cancel,
@@ -653,6 +741,11 @@ impl AgentTask {
                 )));
             }
         }
+        let key = if req.key.trim().is_empty() {
+            SourceKey::generate(0).map_err(|e| Error::Invalid(e.to_string()))?
+        } else {
+            SourceKey::from_text(&req.key).map_err(|e| Error::Invalid(e.to_string()))?
+        };
         let mut peers = Vec::new();
         for p in &req.peers {
             let id: DeviceId = p
@@ -692,6 +785,9 @@ impl AgentTask {
             ))
         })?;
         self.store.add_source(row.clone()).await?;
+        self.store
+            .add_source_key(row.id.clone(), key.generation, key.bytes().to_vec())
+            .await?;
         self.start(&row);
         info!(source = %row.id, path = %row.path, "source added");
         self.events

@@ -11,6 +11,7 @@ pub mod events;
 pub mod feed;
 pub mod formats;
 pub mod hub;
+pub mod hub_client;
 pub mod identity;
 pub mod ignores;
 pub mod index;

@@ -19,6 +19,16 @@ struct Args {
     /// Address for the peer service (overrides `listen` in config.toml).
     #[arg(long, value_name = "ADDR")]
     listen: Option<SocketAddr>,
+    /// What this process is: an agent that syncs sources, or a hub that keeps sealed
+    /// bundles for agents that are never online together.
+    #[arg(long, value_enum, default_value_t = Role::Agent)]
+    role: Role,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Role {
+    Agent,
+    Hub,
 }
 
 fn main() -> ExitCode {
@@ -51,6 +61,9 @@ fn run(args: Args) -> anyhow::Result<()> {
             wait_for_signal().await;
             on_signal.cancel();
         });
+        if args.role == Role::Hub {
+            return run_hub(&home, args.listen, shutdown).await;
+        }
         let running = tandem::agent::start(&home, args.listen)
             .await
             .map_err(anyhow::Error::from)?;
@@ -64,6 +77,24 @@ fn run(args: Args) -> anyhow::Result<()> {
     })?;
     drop(lock);
     Ok(())
+}
+
+async fn run_hub(
+    home: &tandem::config::Home,
+    listen: Option<SocketAddr>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let hub = std::sync::Arc::new(tandem::hub::run::start(home, listen).await?);
+    let control = tandem::hub::control::HubControl::new(hub.clone());
+    let served = tandem::control::serve_service(&home.control_socket(), control, shutdown).await;
+    if let Err(e) = &served {
+        tracing::warn!(error = %e, "control socket failed; shutting down");
+    }
+    match std::sync::Arc::try_unwrap(hub) {
+        Ok(hub) => hub.stop().await,
+        Err(_) => tracing::warn!("hub still in use at shutdown"),
+    }
+    served.map_err(anyhow::Error::from)
 }
 
 async fn wait_for_signal() {

@@ -9,6 +9,7 @@
 
 use std::fmt;
 
+use crate::hub_client::HubBoard;
 use crate::peer::{Board, PeerState};
 use crate::source::{SourceStatus, State};
 
@@ -61,6 +62,8 @@ pub enum Why {
         peer_applied: u64,
         local: u64,
     },
+    /// Not reached directly, but through a hub, with bundles still to upload or to apply.
+    BehindHub,
 }
 
 impl Why {
@@ -114,6 +117,11 @@ impl fmt::Display for Pending {
                     why.unreached_reason().unwrap_or_default()
                 )
             }
+            Why::BehindHub => write!(
+                f,
+                "reached through a hub only; its bundles are not all applied here yet, or this \
+                 device's changes are not all uploaded"
+            ),
             Why::NotShared => write!(
                 f,
                 "connected, but it has not shared this source with this device yet; add it \
@@ -142,7 +150,16 @@ impl fmt::Display for Pending {
 }
 
 /// Everything that keeps the given sources out of sync; empty when all are in sync.
-pub fn pending(statuses: &[SourceStatus], board: &Board, members: Members) -> Vec<Pending> {
+///
+/// A device reached only through a hub counts once a listing of its bundles begun at or after
+/// `hubs_since` was applied (`wait` passes when it began; `None` takes any listing).
+pub fn pending(
+    statuses: &[SourceStatus],
+    board: &Board,
+    hubs: &HubBoard,
+    hubs_since: Option<std::time::Instant>,
+    members: Members,
+) -> Vec<Pending> {
     let mut out = Vec::new();
     for s in statuses {
         if !s.settled() {
@@ -166,7 +183,7 @@ pub fn pending(statuses: &[SourceStatus], board: &Board, members: Members) -> Ve
             continue;
         }
         for device in &s.peers {
-            if let Some(why) = with_device(s, board.peers.get(device), members) {
+            if let Some(why) = with_device(s, device, board, hubs, hubs_since, members) {
                 out.push(Pending {
                     source: s.id.clone(),
                     device: Some(device.clone()),
@@ -178,13 +195,34 @@ pub fn pending(statuses: &[SourceStatus], board: &Board, members: Members) -> Ve
     out
 }
 
-/// Whether `source` is in sync with `device` (for `status`): reached, sharing, caught up.
-pub fn in_sync_with(s: &SourceStatus, device: &str, board: &Board) -> bool {
-    with_device(s, board.peers.get(device), Members::All).is_none()
+/// Whether `source` is in sync with `device` (for `status`): reached (directly or through a
+/// hub), sharing, caught up.
+pub fn in_sync_with(s: &SourceStatus, device: &str, board: &Board, hubs: &HubBoard) -> bool {
+    with_device(s, device, board, hubs, None, Members::All).is_none()
 }
 
-/// What keeps one source out of sync with one device, if anything.
-fn with_device(s: &SourceStatus, peer: Option<&PeerState>, members: Members) -> Option<Why> {
+/// What keeps one source out of sync with one device, if anything: directly, else through a
+/// hub that serves both (every bundle of the device applied here, every change of this
+/// device uploaded).
+fn with_device(
+    s: &SourceStatus,
+    device: &str,
+    board: &Board,
+    hubs: &HubBoard,
+    hubs_since: Option<std::time::Instant>,
+    members: Members,
+) -> Option<Why> {
+    let peer = board.peers.get(device);
+    let directly = peer.is_some_and(|p| p.connected);
+    if !directly && hubs.reaches(&s.id, device) {
+        let synced = hubs.in_sync(&s.id, device, s.totals.sequence, hubs_since);
+        return (!synced).then_some(Why::BehindHub);
+    }
+    directly_with(s, peer, members)
+}
+
+/// What keeps one source out of sync with one device over a direct connection.
+fn directly_with(s: &SourceStatus, peer: Option<&PeerState>, members: Members) -> Option<Why> {
     let Some(peer) = peer else {
         return (members == Members::All).then_some(Why::NotAPeer);
     };
@@ -277,10 +315,16 @@ mod tests {
     }
 
     fn check(board: &Board, members: Members) -> Vec<Why> {
-        pending(&[source(&["B"])], board, members)
-            .into_iter()
-            .map(|p| p.why)
-            .collect()
+        pending(
+            &[source(&["B"])],
+            board,
+            &HubBoard::default(),
+            None,
+            members,
+        )
+        .into_iter()
+        .map(|p| p.why)
+        .collect()
     }
 
     #[test]
@@ -338,7 +382,12 @@ mod tests {
         peer.sources.insert("docs".into(), caught_up());
         board.peers.insert("B".into(), peer);
         assert!(check(&board, Members::All).is_empty());
-        assert!(in_sync_with(&source(&["B"]), "B", &board));
+        assert!(in_sync_with(
+            &source(&["B"]),
+            "B",
+            &board,
+            &HubBoard::default()
+        ));
     }
 
     #[test]
@@ -346,10 +395,19 @@ mod tests {
         let board = Board::default();
         let mut s = source(&["B"]);
         s.state = State::Paused;
-        assert!(pending(&[s.clone()], &board, Members::All).is_empty());
+        assert!(
+            pending(
+                &[s.clone()],
+                &board,
+                &HubBoard::default(),
+                None,
+                Members::All
+            )
+            .is_empty()
+        );
         s.state = State::Error;
         s.error = Some("marker missing".into());
-        let p = pending(&[s], &board, Members::All);
+        let p = pending(&[s], &board, &HubBoard::default(), None, Members::All);
         assert_eq!(p[0].why, Why::Stopped("marker missing".into()));
         assert_eq!(p[0].to_string(), "docs: stopped: marker missing");
     }

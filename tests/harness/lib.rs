@@ -13,6 +13,7 @@
 pub mod backoff;
 pub mod bins;
 pub mod hostile;
+pub mod hubs;
 pub mod peers;
 pub mod prior;
 pub mod process;
@@ -73,6 +74,8 @@ pub struct Agent {
     watches: AtomicUsize,
     /// Extra environment for the next starts (a test's fault plan, say).
     env: Vec<(String, String)>,
+    /// Extra arguments for `tandemd` (`--role hub`).
+    args: Vec<String>,
 }
 
 impl Agent {
@@ -133,9 +136,40 @@ impl Agent {
             child: None,
             watches: AtomicUsize::new(0),
             env,
+            args: Vec::new(),
         };
         agent.spawn();
         agent
+    }
+
+    /// Starts a hub (`tandemd --role hub`) on a fresh temp home, storing in a folder under
+    /// it, and waits until it answers.
+    pub fn start_hub() -> Agent {
+        Agent::start_hub_with_config("")
+    }
+
+    /// Starts a hub whose home's `config.toml` is `config` (an S3 store, say).
+    pub fn start_hub_with_config(config: &str) -> Agent {
+        let dir = tempfile::Builder::new()
+            .prefix("tandem-hub-")
+            .tempdir()
+            .expect("create a temp folder for the hub");
+        let home = dir.path().join("home");
+        if !config.is_empty() {
+            fs::create_dir_all(&home).expect("create the hub's home");
+            fs::write(home.join("config.toml"), config).expect("write the hub's config.toml");
+        }
+        let mut hub = Agent {
+            dir,
+            home,
+            launch: Launch::Direct,
+            child: None,
+            watches: AtomicUsize::new(0),
+            env: Vec::new(),
+            args: vec!["--role".to_owned(), "hub".to_owned()],
+        };
+        hub.spawn();
+        hub
     }
 
     /// Starts an agent whose `tandemd` runs with these extra environment variables.
@@ -189,6 +223,7 @@ impl Agent {
             .env_remove("TANDEM_HOME")
             .env("RUST_LOG", "info,tandem=debug")
             .env("NO_COLOR", "1")
+            .args(&self.args)
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
         cmd
     }

@@ -28,14 +28,31 @@ pub struct ServeError {
     reason: String,
 }
 use crate::events::{Event, unix_ms_now};
+use crate::hub_client::HubBoard;
 use crate::peer::Board;
 use crate::source::{SourceStatus, State};
 use crate::sync_state::{self, Members};
 
 /// Serves the control socket until `shutdown` is cancelled; removes the socket afterwards.
+///
+/// # Errors
+/// The socket cannot be made or served.
 pub async fn serve(
     path: &Path,
     agent: AgentHandle,
+    shutdown: CancellationToken,
+) -> Result<(), ServeError> {
+    serve_service(path, ControlService { agent }, shutdown).await
+}
+
+/// Serves `service` (an agent's, or a hub's) on the control socket at `path` until
+/// `shutdown`, owner-only; removes the socket afterwards.
+///
+/// # Errors
+/// The socket cannot be made or served.
+pub async fn serve_service(
+    path: &Path,
+    service: impl Control,
     shutdown: CancellationToken,
 ) -> Result<(), ServeError> {
     let err = |reason: String| ServeError {
@@ -57,7 +74,6 @@ pub async fn serve(
         .await
         .map_err(|e| err(e.to_string()))?;
     tracing::info!(socket = %path.display(), "control socket ready");
-    let service = ControlService { agent };
     let result = tonic::transport::Server::builder()
         .add_service(ControlServer::new(service))
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown.cancelled())
@@ -84,7 +100,7 @@ fn status_of(e: Error) -> Status {
 }
 
 /// Progress of one source with each device it is shared with.
-fn progress_pb(s: &SourceStatus, board: &Board) -> Vec<pb::PeerProgress> {
+fn progress_pb(s: &SourceStatus, board: &Board, hubs: &HubBoard) -> Vec<pb::PeerProgress> {
     s.peers
         .iter()
         .map(|device| {
@@ -97,7 +113,7 @@ fn progress_pb(s: &SourceStatus, board: &Board) -> Vec<pb::PeerProgress> {
             pb::PeerProgress {
                 device_id: device.clone(),
                 connected,
-                in_sync: sync_state::in_sync_with(s, device, board),
+                in_sync: sync_state::in_sync_with(s, device, board, hubs),
                 needed_items: p.needed_items,
                 needed_bytes: p.needed_bytes,
                 in_flight: p.in_flight,
@@ -118,9 +134,9 @@ fn progress_pb(s: &SourceStatus, board: &Board) -> Vec<pb::PeerProgress> {
         .collect()
 }
 
-fn source_pb(s: &SourceStatus, board: &Board) -> pb::SourceStatus {
+fn source_pb(s: &SourceStatus, board: &Board, hubs: &HubBoard) -> pb::SourceStatus {
     pb::SourceStatus {
-        progress: progress_pb(s, board),
+        progress: progress_pb(s, board, hubs),
         id: s.id.clone(),
         path: s.path.display().to_string(),
         format: s.format.clone(),
@@ -225,12 +241,16 @@ impl Control for ControlService {
     ) -> Result<Response<pb::StatusReply>, Status> {
         let statuses = self.agent.statuses().await.map_err(status_of)?;
         let board = self.agent.peers.board();
+        let hubs = self.agent.hubs.board();
         let info = &self.agent.info;
         Ok(Response::new(pb::StatusReply {
             device_id: info.device_id.to_string(),
             uptime_ms: u64::try_from(info.started.elapsed().as_millis()).unwrap_or(u64::MAX),
             hashed_bytes: statuses.iter().map(|s| s.hashed_bytes).sum(),
-            sources: statuses.iter().map(|s| source_pb(s, &board)).collect(),
+            sources: statuses
+                .iter()
+                .map(|s| source_pb(s, &board, &hubs))
+                .collect(),
             peers: board
                 .peers
                 .iter()
@@ -264,10 +284,15 @@ impl Control for ControlService {
                 path: req.path.into(),
                 format,
                 peers: req.peers,
+                key: req.key,
             })
             .await
             .map_err(status_of)?;
-        Ok(Response::new(source_pb(&status, &self.agent.peers.board())))
+        Ok(Response::new(source_pb(
+            &status,
+            &self.agent.peers.board(),
+            &self.agent.hubs.board(),
+        )))
     }
 
     async fn source_list(
@@ -276,8 +301,12 @@ impl Control for ControlService {
     ) -> Result<Response<pb::SourceListReply>, Status> {
         let statuses = self.agent.statuses().await.map_err(status_of)?;
         let board = self.agent.peers.board();
+        let hubs = self.agent.hubs.board();
         Ok(Response::new(pb::SourceListReply {
-            sources: statuses.iter().map(|s| source_pb(s, &board)).collect(),
+            sources: statuses
+                .iter()
+                .map(|s| source_pb(s, &board, &hubs))
+                .collect(),
         }))
     }
 
@@ -336,6 +365,7 @@ impl Control for ControlService {
         let deadline = (timeout_ms > 0)
             .then(|| tokio::time::Instant::now() + Duration::from_millis(timeout_ms));
         let receivers = self.agent.subscribe().await.map_err(status_of)?;
+        let began = std::time::Instant::now();
         loop {
             // Register interest before reading, so a change between the read and the await
             // still wakes us.
@@ -344,7 +374,13 @@ impl Control for ControlService {
             notified.as_mut().enable();
             let statuses: Vec<SourceStatus> =
                 receivers.iter().map(|r| r.borrow().clone()).collect();
-            let pending = sync_state::pending(&statuses, &self.agent.peers.board(), members);
+            let pending = sync_state::pending(
+                &statuses,
+                &self.agent.peers.board(),
+                &self.agent.hubs.board(),
+                Some(began),
+                members,
+            );
             // A stopped source will not sync by waiting; say so at once.
             let stopped = statuses.iter().any(|s| s.state == State::Error);
             if pending.is_empty() || stopped {
@@ -463,6 +499,50 @@ impl Control for ControlService {
         }))
     }
 
+    async fn source_key(
+        &self,
+        req: Request<pb::SourceRequest>,
+    ) -> Result<Response<pb::SourceKeyReply>, Status> {
+        let id = req.into_inner().id;
+        let key = self.agent.source_key(&id).await.map_err(status_of)?;
+        Ok(Response::new(pb::SourceKeyReply {
+            id,
+            key: key.to_text(),
+            generation: key.generation,
+        }))
+    }
+
+    async fn hub_add(
+        &self,
+        req: Request<pb::HubAddRequest>,
+    ) -> Result<Response<pb::HubInfo>, Status> {
+        let req = req.into_inner();
+        let row = self
+            .agent
+            .add_hub(&req.address, &req.device_id)
+            .await
+            .map_err(status_of)?;
+        Ok(Response::new(hub_pb(row)))
+    }
+
+    async fn hub_list(
+        &self,
+        _: Request<pb::HubListRequest>,
+    ) -> Result<Response<pb::HubListReply>, Status> {
+        let hubs = self.agent.hubs().await.map_err(status_of)?;
+        Ok(Response::new(pb::HubListReply {
+            hubs: hubs.into_iter().map(hub_pb).collect(),
+        }))
+    }
+
+    async fn hub_remove(&self, req: Request<pb::PeerRequest>) -> Result<Response<pb::Ack>, Status> {
+        let id = req.into_inner().device_id;
+        self.agent.remove_hub(&id).await.map_err(status_of)?;
+        Ok(Response::new(pb::Ack {
+            message: format!("removed hub {id}"),
+        }))
+    }
+
     type WatchStream = EventStream;
 
     async fn watch(
@@ -479,5 +559,13 @@ impl Control for ControlService {
             }),
         });
         Ok(Response::new(Box::pin(stream)))
+    }
+}
+
+fn hub_pb(row: crate::store::HubRow) -> pb::HubInfo {
+    pb::HubInfo {
+        device_id: row.device_id,
+        address: row.address,
+        added_unix_ms: row.added_unix_ms,
     }
 }

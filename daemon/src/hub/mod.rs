@@ -7,7 +7,10 @@
 //! Must not: open or need a source key; keep state outside the object store; let a device
 //! write an object another member owns.
 
+pub mod control;
 pub mod members;
 pub mod names;
+pub mod run;
+pub mod service;
 pub mod space;
 pub mod storage;

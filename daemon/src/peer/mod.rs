@@ -6,7 +6,7 @@
 
 mod connection;
 mod hello;
-mod io;
+pub mod io;
 mod receiving;
 mod sender;
 mod serve;
@@ -32,7 +32,8 @@ pub use crate::source::SharedSource;
 use crate::store::{PeerRow, StoreHandle};
 
 pub use connection::MAX_FRAME_BYTES;
-use io::{PeerConnInfo, PeerIo};
+use io::PeerConnInfo;
+pub(crate) use sender::remote_item;
 
 /// Progress of one source with one peer, as `status` shows it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -146,9 +147,16 @@ pub struct PeerHandle {
     board: Arc<watch::Sender<Board>>,
     generation: Arc<watch::Sender<u64>>,
     tasks: TaskTracker,
+    claims: crate::feed::Claims,
 }
 
 impl PeerHandle {
+    /// Content being fetched right now, shared with the hubs' feeds so two paths do not fetch
+    /// the same content at once.
+    pub fn claims(&self) -> crate::feed::Claims {
+        self.claims.clone()
+    }
+
     /// The latest board.
     pub fn board(&self) -> Board {
         self.board.borrow().clone()
@@ -268,6 +276,7 @@ pub fn start(
             .instrument(tracing::info_span!("peer-listener")),
     );
     let tasks = ctx.tasks.clone();
+    let claims = ctx.claims.clone();
     let manager = Manager {
         ctx,
         rx,
@@ -281,6 +290,7 @@ pub fn start(
         board,
         generation,
         tasks: tasks.clone(),
+        claims,
     };
     tasks.spawn(manager.run(peers));
     Ok(handle)
@@ -412,63 +422,26 @@ async fn serve(
     known: watch::Receiver<Arc<BTreeSet<String>>>,
     ctx: Ctx,
 ) {
-    let acceptor = tokio_rustls::TlsAcceptor::from(config);
-    let (conn_tx, conn_rx) = mpsc::channel::<Result<PeerIo, std::io::Error>>(16);
-    let accept_ctx = ctx.clone();
-    let cancel = ctx.cancel.clone();
-    ctx.tasks.spawn(async move {
-        loop {
-            let (tcp, addr) = tokio::select! {
-                () = cancel.cancelled() => break,
-                res = listener.accept() => match res {
-                    Ok(x) => x,
-                    Err(e) => {
-                        warn!(error = %e, "accepting a peer connection failed");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                        continue;
-                    }
-                },
-            };
-            let (acceptor, conn_tx, known, ctx) = (
-                acceptor.clone(),
-                conn_tx.clone(),
-                known.clone(),
-                accept_ctx.clone(),
-            );
-            accept_ctx.tasks.clone().spawn(async move {
-                let _ = tcp.set_nodelay(true);
-                let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp))
-                    .await
-                {
-                    Ok(Ok(tls)) => tls,
-                    Ok(Err(e)) => {
-                        debug!(peer_addr = %addr, error = %e, "TLS handshake failed");
-                        return;
-                    }
-                    Err(_) => {
-                        debug!(peer_addr = %addr, "TLS handshake timed out");
-                        return;
-                    }
-                };
-                let Some(device) = tls::peer_device_id(tls.get_ref().1) else {
-                    return;
-                };
-                let id = device.to_string();
-                if !known.borrow().contains(&id) {
-                    warn!(device = %id, peer_addr = %addr, "refused a device that was not added; add it with `tandemctl peer add {id}` to trust it");
-                    ctx.board.send_modify(|b| {
-                        if !b.refused_devices.contains(&id) {
-                            b.refused_devices.push(id.clone());
-                        }
-                    });
-                    return;
+    let admit_ctx = ctx.clone();
+    let conn_rx = io::accept(
+        listener,
+        config,
+        &ctx.tasks,
+        ctx.cancel.clone(),
+        move |info| {
+            let id = info.device.to_string();
+            if known.borrow().contains(&id) {
+                return true;
+            }
+            warn!(device = %id, peer_addr = %info.addr, "refused a device that was not added; add it with `tandemctl peer add {id}` to trust it");
+            admit_ctx.board.send_modify(|b| {
+                if !b.refused_devices.contains(&id) {
+                    b.refused_devices.push(id.clone());
                 }
-                let _ = conn_tx
-                    .send(Ok(PeerIo::new(tls, PeerConnInfo { device, addr })))
-                    .await;
             });
-        }
-    });
+            false
+        },
+    );
     let service = PeerService { ctx: ctx.clone() };
     let result = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(10)))

@@ -308,7 +308,7 @@ impl Sender {
 
 /// An entry of the index as a peer is sent it; `None` for a key no peer would take (a path
 /// that is no item path, a record key that is no UID).
-fn remote_item(entry: IndexEntry) -> Option<RemoteItem> {
+pub(crate) fn remote_item(entry: IndexEntry) -> Option<RemoteItem> {
     let (prior, chunks) = (entry.item, entry.chunks);
     if let Some(record) = prior.body.record() {
         return Some(RemoteItem {

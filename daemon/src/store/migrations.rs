@@ -18,6 +18,7 @@ pub(super) fn all() -> Migrations<'static> {
         )),
         M::up(include_str!("../../../migrations/0008_apply_batches.sql")),
         M::up(include_str!("../../../migrations/0009_folder_moves.sql")),
+        M::up(include_str!("../../../migrations/0010_hubs.sql")),
     ])
 }
 

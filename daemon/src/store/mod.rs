@@ -14,8 +14,8 @@ use std::thread::JoinHandle;
 use tokio::sync::oneshot;
 
 pub use queries::{
-    ChunkSource, IndexEntry, IndexPage, IndexRead, MoveAt, MoveNote, PeerRow, Settles, SourceRow,
-    Totals,
+    ChunkSource, HubRow, IndexEntry, IndexPage, IndexRead, MoveAt, MoveNote, PeerRow, Settles,
+    SourceRow, Totals,
 };
 
 /// Files of at most this many bytes are not indexed by chunk, so no local copy of their
@@ -342,6 +342,55 @@ impl StoreHandle {
     /// All peers, in device ID order.
     pub async fn peers(&self) -> Result<Vec<PeerRow>> {
         self.call(queries::peers).await
+    }
+
+    /// Adds a hub, or changes its address.
+    pub async fn add_hub(&self, hub: HubRow) -> Result<()> {
+        self.call(move |c| queries::add_hub(c, &hub)).await
+    }
+
+    /// Forgets a hub and how far it has this device's index; false if it was not there.
+    pub async fn remove_hub(&self, device_id: String) -> Result<bool> {
+        self.call(move |c| queries::remove_hub(c, &device_id)).await
+    }
+
+    /// All hubs, in device ID order.
+    pub async fn hubs(&self) -> Result<Vec<HubRow>> {
+        self.call(queries::hubs).await
+    }
+
+    /// Keeps a key of a source (a generation already kept is left as it is).
+    pub async fn add_source_key(
+        &self,
+        source_id: String,
+        generation: u32,
+        key: Vec<u8>,
+    ) -> Result<()> {
+        self.call(move |c| queries::add_source_key(c, &source_id, generation, &key))
+            .await
+    }
+
+    /// A source's keys, oldest generation first.
+    pub async fn source_keys(&self, source_id: String) -> Result<Vec<(u32, Vec<u8>)>> {
+        self.call(move |c| queries::source_keys(c, &source_id))
+            .await
+    }
+
+    /// How far this device's index of a source is uploaded to a hub.
+    pub async fn hub_uploaded(&self, hub_id: String, source_id: String) -> Result<u64> {
+        self.call(move |c| queries::hub_uploaded(c, &hub_id, &source_id))
+            .await
+    }
+
+    /// Records how far this device's index of a source is uploaded to a hub.
+    pub async fn set_hub_uploaded(
+        &self,
+        hub_id: String,
+        source_id: String,
+        seq: u64,
+    ) -> Result<()> {
+        self.call(move |c| queries::set_hub_uploaded(c, &hub_id, &source_id, seq))
+            .await
     }
 
     /// Up to `limit` items of a source changed after local sequence `after`, in order, with

@@ -1376,3 +1376,105 @@ pub(super) fn set_record_places(
     tx.commit().map_err(&err)?;
     Ok(())
 }
+
+/// A hub this device uses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HubRow {
+    pub device_id: String,
+    /// host:port to dial.
+    pub address: String,
+    pub added_unix_ms: u64,
+}
+
+pub(super) fn add_hub(c: &mut Connection, hub: &HubRow) -> Result<()> {
+    c.execute(
+        "INSERT INTO hubs (device_id, address, added_unix_ms) VALUES (?1, ?2, ?3)
+         ON CONFLICT (device_id) DO UPDATE SET address = excluded.address",
+        params![hub.device_id, hub.address, to_i64(hub.added_unix_ms)],
+    )
+    .map_err(sql("adding a hub"))?;
+    Ok(())
+}
+
+pub(super) fn remove_hub(c: &mut Connection, device_id: &str) -> Result<bool> {
+    let n = c
+        .execute("DELETE FROM hubs WHERE device_id = ?1", [device_id])
+        .map_err(sql("removing a hub"))?;
+    Ok(n > 0)
+}
+
+pub(super) fn hubs(c: &mut Connection) -> Result<Vec<HubRow>> {
+    let err = sql("listing hubs");
+    let mut stmt = c
+        .prepare_cached("SELECT device_id, address, added_unix_ms FROM hubs ORDER BY device_id")
+        .map_err(&err)?;
+    stmt.query_map([], |r| {
+        Ok(HubRow {
+            device_id: r.get(0)?,
+            address: r.get(1)?,
+            added_unix_ms: to_u64(r.get(2)?),
+        })
+    })
+    .map_err(&err)?
+    .collect::<rusqlite::Result<Vec<_>>>()
+    .map_err(&err)
+}
+
+pub(super) fn add_source_key(
+    c: &mut Connection,
+    source_id: &str,
+    generation: u32,
+    key: &[u8],
+) -> Result<()> {
+    c.execute(
+        "INSERT INTO source_keys (source_id, generation, key) VALUES (?1, ?2, ?3)
+         ON CONFLICT (source_id, generation) DO NOTHING",
+        params![source_id, i64::from(generation), key],
+    )
+    .map_err(sql("keeping a source key"))?;
+    Ok(())
+}
+
+/// A source's keys, oldest generation first.
+pub(super) fn source_keys(c: &mut Connection, source_id: &str) -> Result<Vec<(u32, Vec<u8>)>> {
+    let err = sql("reading a source's keys");
+    let mut stmt = c
+        .prepare_cached(
+            "SELECT generation, key FROM source_keys WHERE source_id = ?1 ORDER BY generation",
+        )
+        .map_err(&err)?;
+    stmt.query_map([source_id], |r| {
+        let generation: i64 = r.get(0)?;
+        Ok((u32::try_from(generation).unwrap_or(0), r.get(1)?))
+    })
+    .map_err(&err)?
+    .collect::<rusqlite::Result<Vec<_>>>()
+    .map_err(&err)
+}
+
+pub(super) fn hub_uploaded(c: &mut Connection, hub_id: &str, source_id: &str) -> Result<u64> {
+    let v: Option<i64> = c
+        .query_row(
+            "SELECT sequence FROM hub_uploads WHERE hub_id = ?1 AND source_id = ?2",
+            params![hub_id, source_id],
+            |r| r.get(0),
+        )
+        .optional()
+        .map_err(sql("reading how far a hub has this device's index"))?;
+    Ok(v.map(to_u64).unwrap_or(0))
+}
+
+pub(super) fn set_hub_uploaded(
+    c: &mut Connection,
+    hub_id: &str,
+    source_id: &str,
+    seq: u64,
+) -> Result<()> {
+    c.execute(
+        "INSERT INTO hub_uploads (hub_id, source_id, sequence) VALUES (?1, ?2, ?3)
+         ON CONFLICT (hub_id, source_id) DO UPDATE SET sequence = excluded.sequence",
+        params![hub_id, source_id, to_i64(seq)],
+    )
+    .map_err(sql("saving how far a hub has this device's index"))?;
+    Ok(())
+}

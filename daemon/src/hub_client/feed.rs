@@ -1,0 +1,429 @@
+//! The other members' bundles at one hub, as feeds into the receiving pipeline: listed after
+//! each member's cursor, opened only as the bundle asked for (that member, that sequence),
+//! checked for gaps, and handed to a [`Receiver`] per member; chunks come from the hub,
+//! sealed, by their keyed names.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use prost::Message;
+use tandem_proto::hub as pb;
+use tandem_proto::hub::hub_client::HubClient;
+use tandem_proto::peer as peer_pb;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
+use tracing::warn;
+
+use super::Ctx;
+use crate::chunker::Hash128;
+use crate::feed::{
+    BoxFuture, ChunkChain, ChunkProvider, ChunkWanted, Feed, LocalChunks, Origin, Progress,
+    Receiver, Update,
+};
+use crate::hub::names::{Object, bundles_of};
+use crate::sealed::{Binding, Sealer};
+use crate::store::SourceRow;
+use crate::universal;
+
+/// Bundles of one member handed over per round, so one member's backlog does not hold up
+/// the others (and the receiver's queue stays short).
+const BUNDLES_PER_ROUND: u32 = 16;
+
+/// A member's bundles flowing into a receiver.
+struct Receiving {
+    tx: mpsc::Sender<Update>,
+    /// Handed over through this sequence.
+    fed: u64,
+    stop: CancellationToken,
+}
+
+/// The other members of one source at one hub.
+pub(super) struct Members {
+    ctx: Ctx,
+    hub: String,
+    source: String,
+    members: BTreeMap<String, Option<Receiving>>,
+}
+
+impl Members {
+    pub(super) fn new(ctx: Ctx, hub: String, source: String) -> Members {
+        Members {
+            ctx,
+            hub,
+            source,
+            members: BTreeMap::new(),
+        }
+    }
+
+    /// The members are now `members` (this device, `me`, left out).
+    pub(super) fn set(&mut self, members: &[String], me: &str) {
+        self.members.retain(|m, r| {
+            let keep = members.contains(m);
+            if !keep && let Some(r) = r.take() {
+                r.stop.cancel();
+            }
+            keep
+        });
+        for m in members.iter().filter(|m| *m != me) {
+            self.members.entry(m.clone()).or_insert(None);
+        }
+        let listed: Vec<String> = self.members.keys().cloned().collect();
+        self.ctx.update_source(&self.hub, &self.source, |s| {
+            s.members.retain(|m, _| listed.contains(m));
+            for m in listed {
+                s.members.entry(m).or_default();
+            }
+        });
+    }
+
+    /// Ends every receiver.
+    pub(super) fn stop_all(&mut self) {
+        for r in self.members.values_mut() {
+            if let Some(r) = r.take() {
+                r.stop.cancel();
+            }
+        }
+    }
+
+    /// Hands every member's new bundles to its receiver (members reached directly are left
+    /// to the direct path).
+    pub(super) async fn pull(
+        &mut self,
+        client: &mut HubClient<Channel>,
+        sealer: &Arc<Sealer>,
+        row: &SourceRow,
+    ) -> Result<(), tonic::Status> {
+        let board = self.ctx.peers.board();
+        let names: Vec<String> = self.members.keys().cloned().collect();
+        for member in names {
+            let direct = board.peers.get(&member).is_some_and(|p| {
+                p.connected
+                    && p.sources
+                        .get(&self.source)
+                        .is_some_and(|s| s.shared_by_peer)
+            });
+            self.ctx.update_source(&self.hub, &self.source, |s| {
+                s.members.entry(member.clone()).or_default().direct = direct;
+            });
+            if direct {
+                if let Some(Some(r)) = self.members.get_mut(&member).map(Option::take) {
+                    r.stop.cancel();
+                }
+                continue;
+            }
+            if !row.peers.contains(&member) {
+                // A member another device added: this device does not share the source
+                // with it, so it keeps no cursor for it.
+                continue;
+            }
+            if matches!(self.members.get(&member), Some(None)) {
+                let Some(r) = self.receive(client, sealer, &member).await else {
+                    continue;
+                };
+                self.members.insert(member.clone(), Some(r));
+            }
+            self.pull_member(client, sealer, &member).await?;
+        }
+        Ok(())
+    }
+
+    /// Starts a receiver for `member`'s bundles after its saved cursor.
+    async fn receive(
+        &self,
+        client: &HubClient<Channel>,
+        sealer: &Arc<Sealer>,
+        member: &str,
+    ) -> Option<Receiving> {
+        let shared = self
+            .ctx
+            .sources
+            .shared_with(member.to_owned())
+            .await
+            .into_iter()
+            .find(|s| s.id == self.source)?;
+        let applied = self
+            .ctx
+            .store
+            .cursor(member.to_owned(), self.source.clone())
+            .await
+            .ok()?;
+        let origin = Origin {
+            device: member.to_owned(),
+            short: member
+                .parse::<crate::identity::DeviceId>()
+                .map_or_else(|_| member.to_owned(), |d| d.short_string()),
+        };
+        let feed = Arc::new(HubFeed {
+            ctx: self.ctx.clone(),
+            hub: self.hub.clone(),
+            source: self.source.clone(),
+            origin,
+        });
+        let chunks = ChunkChain::new(vec![
+            Arc::new(LocalChunks::new(self.ctx.store.clone())),
+            Arc::new(HubChunks {
+                client: client.clone(),
+                sealer: sealer.clone(),
+            }),
+        ]);
+        let receiver = Receiver::new(
+            shared,
+            feed,
+            chunks,
+            self.ctx.peers.claims(),
+            self.ctx.store.clone(),
+            applied,
+        );
+        let (tx, rx) = mpsc::channel(BUNDLES_PER_ROUND as usize * 2);
+        let stop = self.ctx.cancel.child_token();
+        let until = stop.clone();
+        self.ctx.tasks.spawn(async move {
+            tokio::select! {
+                () = until.cancelled() => {}
+                () = receiver.run(rx) => {}
+            }
+        });
+        self.ctx.update_source(&self.hub, &self.source, |s| {
+            let m = s.members.entry(member.to_owned()).or_default();
+            m.applied = applied;
+            m.fed = applied;
+        });
+        Some(Receiving {
+            tx,
+            fed: applied,
+            stop,
+        })
+    }
+
+    /// Lists `member`'s bundles after what was handed over, opens each as exactly that
+    /// bundle, and hands it to the receiver; stops at the first that is refused.
+    async fn pull_member(
+        &mut self,
+        client: &mut HubClient<Channel>,
+        sealer: &Sealer,
+        member: &str,
+    ) -> Result<(), tonic::Status> {
+        let Some(Some(r)) = self.members.get_mut(member) else {
+            return Ok(());
+        };
+        let space = sealer.space().to_owned();
+        let began = std::time::Instant::now();
+        let listed = client
+            .list(pb::ListRequest {
+                space: space.clone(),
+                prefix: bundles_of(member),
+                after: Object::Bundle {
+                    device: member.to_owned(),
+                    through: r.fed,
+                }
+                .name(),
+                limit: BUNDLES_PER_ROUND,
+            })
+            .await?
+            .into_inner();
+        let mut latest = r.fed;
+        let mut refusal: Option<String> = None;
+        let count = listed.objects.len();
+        for (i, object) in listed.objects.iter().enumerate() {
+            let through = match Object::parse(&object.name) {
+                Ok(Object::Bundle { device, through }) if device == member && through > r.fed => {
+                    through
+                }
+                _ => {
+                    refusal = Some(format!(
+                        "the hub listed {:?} among {member}'s bundles",
+                        object.name
+                    ));
+                    break;
+                }
+            };
+            latest = latest.max(through);
+            let got = client
+                .get(pb::GetRequest {
+                    space: space.clone(),
+                    name: object.name.clone(),
+                })
+                .await?
+                .into_inner();
+            if !got.found {
+                // Collected meanwhile: the next round lists again.
+                break;
+            }
+            let update = match open_bundle(sealer, member, through, r.fed, &got.data) {
+                Ok(update) => update,
+                Err(why) => {
+                    refusal = Some(why);
+                    break;
+                }
+            };
+            let last = i + 1 == count && !listed.more;
+            if r.tx.send(update_of(update, through, last)).await.is_err() {
+                break;
+            }
+            r.fed = through;
+        }
+        let fed = r.fed;
+        if let Some(why) = &refusal {
+            warn!(source = %self.source, member, error = %why, "refused a bundle from the hub; nothing of it is applied");
+        }
+        self.ctx.update_source(&self.hub, &self.source, |s| {
+            let m = s.members.entry(member.to_owned()).or_default();
+            // A listing cut short (more to come, or a refusal) has not seen the latest.
+            if !listed.more && refusal.is_none() {
+                m.listed_at = Some(began);
+            }
+            m.fed = fed;
+            m.latest = m.latest.max(latest);
+            if let Some(why) = refusal {
+                s.error = why;
+            }
+        });
+        Ok(())
+    }
+}
+
+/// Opens a member's bundle as the one named `through`, checks it follows what came before
+/// (`after` no later than what was handed over), and decodes its update.
+fn open_bundle(
+    sealer: &Sealer,
+    member: &str,
+    through: u64,
+    fed: u64,
+    data: &[u8],
+) -> Result<peer_pb::IndexUpdate, String> {
+    let plain = sealer
+        .open(&Binding::bundle(member, through), data)
+        .map_err(|e| format!("bundle {through} of {member}: {e}"))?;
+    let bundle = pb::Bundle::decode(plain.as_slice())
+        .map_err(|e| format!("bundle {through} of {member} does not decode: {e}"))?;
+    if bundle.after > fed {
+        return Err(format!(
+            "bundles of {member} from {fed} to {} are missing on the hub",
+            bundle.after
+        ));
+    }
+    let update = peer_pb::IndexUpdate::decode(bundle.update.as_slice())
+        .map_err(|e| format!("bundle {through} of {member} does not decode: {e}"))?;
+    if update.through_sequence != through || !update.moves.is_empty() {
+        return Err(format!(
+            "bundle {through} of {member} says it covers {} (or carries folder moves)",
+            update.through_sequence
+        ));
+    }
+    Ok(update)
+}
+
+/// A checked update for the receiver; an update refused whole keeps only its sequence.
+fn update_of(update: peer_pb::IndexUpdate, through: u64, caught_up: bool) -> Update {
+    let items = universal::update_from_pb(&update).unwrap_or_else(|e| vec![Err(e)]);
+    Update {
+        items,
+        moves: Vec::new(),
+        expands: None,
+        through,
+        caught_up,
+    }
+}
+
+/// One member's index through one hub.
+struct HubFeed {
+    ctx: Ctx,
+    hub: String,
+    source: String,
+    origin: Origin,
+}
+
+impl HubFeed {
+    fn member(&self, f: impl FnOnce(&mut super::HubMember)) {
+        let device = self.origin.device.clone();
+        self.ctx.update_source(&self.hub, &self.source, |s| {
+            f(s.members.entry(device).or_default());
+        });
+    }
+}
+
+impl Feed for HubFeed {
+    fn origin(&self) -> &Origin {
+        &self.origin
+    }
+
+    fn acknowledge(&self, applied: u64, _received: u64) -> BoxFuture<'_, ()> {
+        // The receiver saved the cursor; a hub needs no acknowledgement to go on.
+        Box::pin(async move { self.member(|m| m.applied = m.applied.max(applied)) })
+    }
+
+    fn progress(&self, progress: Progress) {
+        match progress {
+            Progress::Needed { items, .. } => self.member(|m| m.needed_items += items),
+            Progress::Dealt { items, .. } => {
+                self.member(|m| m.needed_items = m.needed_items.saturating_sub(items));
+            }
+            Progress::Acknowledged { applied, .. } => {
+                self.member(|m| m.applied = m.applied.max(applied));
+            }
+            Progress::Error(e) => {
+                self.ctx
+                    .update_source(&self.hub, &self.source, |s| s.error = e);
+            }
+            Progress::Done(_)
+            | Progress::Reused(_)
+            | Progress::CaughtUp(_)
+            | Progress::Moved(_) => {}
+        }
+    }
+
+    fn refused(&self, what: &str) {
+        warn!(source = %self.source, member = %self.origin.device, what, "refused an item of a bundle");
+    }
+
+    fn expand(&self, first_sequence: u64) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            // Bundles carry entries only; a move in one was refused when it was opened.
+            warn!(source = %self.source, first_sequence, "a bundle cannot expand a folder move");
+        })
+    }
+}
+
+/// Chunks from the hub: fetched by keyed name, opened, checked against their hash.
+struct HubChunks {
+    client: HubClient<Channel>,
+    sealer: Arc<Sealer>,
+}
+
+impl ChunkProvider for HubChunks {
+    fn is_local(&self) -> bool {
+        false
+    }
+
+    fn get<'a>(&'a self, want: &'a ChunkWanted) -> BoxFuture<'a, Result<Vec<u8>, String>> {
+        Box::pin(async move {
+            let name = self.sealer.chunk_name(&want.chunk.hash.0);
+            let object = Object::Chunk(name.clone()).name();
+            let got = self
+                .client
+                .clone()
+                .get(pb::GetRequest {
+                    space: self.sealer.space().to_owned(),
+                    name: object,
+                })
+                .await
+                .map_err(|e| format!("the hub did not give a chunk: {}", e.message()))?
+                .into_inner();
+            if !got.found {
+                return Err("the chunk is not on the hub (yet)".to_owned());
+            }
+            let data = self
+                .sealer
+                .open(&Binding::chunk(&name), &got.data)
+                .map_err(|e| format!("a chunk from the hub: {e}"))?;
+            let chunk = want.chunk;
+            if Hash128::of(&data) != chunk.hash
+                || data.len() != usize::try_from(chunk.len).unwrap_or(0)
+            {
+                return Err("a chunk from the hub does not match its hash".to_owned());
+            }
+            Ok(data)
+        })
+    }
+}
