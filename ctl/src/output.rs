@@ -37,6 +37,45 @@ pub fn status(out: &mut impl Write, reply: &StatusReply, now_ms: u64) -> io::Res
         writeln!(out)?;
         source_block(out, source, now_ms)?;
     }
+    for hub in &reply.hubs {
+        writeln!(out)?;
+        hub_block(out, hub)?;
+    }
+    Ok(())
+}
+
+/// Writes one hub's block: where it is, whether it is reached, each source there.
+fn hub_block(out: &mut impl Write, h: &tandem_proto::control::HubStatus) -> io::Result<()> {
+    let state = if h.connected {
+        "connected"
+    } else {
+        "not connected"
+    };
+    writeln!(out, "hub {} at {} ({state})", h.device_id, h.address)?;
+    if !h.last_error.is_empty() {
+        writeln!(out, "  error     {}", h.last_error)?;
+    }
+    for s in &h.sources {
+        writeln!(
+            out,
+            "  source {}: uploaded through {} ({}, {})",
+            s.id,
+            s.uploaded,
+            count(s.uploaded_bundles, "bundle", "bundles"),
+            bytes(s.uploaded_bytes)
+        )?;
+        if !s.error.is_empty() {
+            writeln!(out, "    error   {}", s.error)?;
+        }
+        for m in &s.members {
+            let how = if m.direct { ", reached directly" } else { "" };
+            writeln!(
+                out,
+                "    member {}: applied {} of {}{how}",
+                m.device_id, m.applied, m.latest
+            )?;
+        }
+    }
     Ok(())
 }
 

@@ -608,6 +608,13 @@ impl AgentTask {
     /// Starts a task for every source recorded in the database.
     async fn start_recorded(&mut self) -> Result<(), Error> {
         for row in self.store.sources().await? {
+            // A source added before sources had keys gets one (hubs need it).
+            if self.store.source_keys(row.id.clone()).await?.is_empty() {
+                let key = SourceKey::generate(0).map_err(|e| Error::Invalid(e.to_string()))?;
+                self.store
+                    .add_source_key(row.id.clone(), key.generation, key.bytes().to_vec())
+                    .await?;
+            }
             self.start(&row);
         }
         Ok(())

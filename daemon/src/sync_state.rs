@@ -64,6 +64,8 @@ pub enum Why {
     },
     /// Not reached directly, but through a hub, with bundles still to upload or to apply.
     BehindHub,
+    /// This device's changes are not all at a hub it uses yet (or the hub is not reached).
+    Hub(String),
 }
 
 impl Why {
@@ -117,6 +119,7 @@ impl fmt::Display for Pending {
                     why.unreached_reason().unwrap_or_default()
                 )
             }
+            Why::Hub(why) => write!(f, "{why}"),
             Why::BehindHub => write!(
                 f,
                 "reached through a hub only; its bundles are not all applied here yet, or this \
@@ -181,6 +184,13 @@ pub fn pending(
         }
         if s.state == State::Paused {
             continue;
+        }
+        if let Some(why) = hubs.not_uploaded(&s.id, s.totals.sequence, members == Members::All) {
+            out.push(Pending {
+                source: s.id.clone(),
+                device: None,
+                why: Why::Hub(why),
+            });
         }
         for device in &s.peers {
             if let Some(why) = with_device(s, device, board, hubs, hubs_since, members) {

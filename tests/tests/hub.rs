@@ -4,10 +4,11 @@
 //! hub as in sync once its bundles are applied and this device's changes are uploaded.
 
 use std::fs;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use tandem_tests::Agent;
 use tandem_tests::tree;
+use tandem_tests::{Agent, backoff};
 
 /// Longest a small source may take to go through the hub.
 const SYNC: Duration = Duration::from_secs(60);
@@ -51,4 +52,289 @@ fn a_device_converges_through_the_hub_alone_after_the_other_stopped() {
         fs::read(b_docs.join("notes/new.txt")).expect("new.txt on B"),
         b"added while B was away\n"
     );
+}
+
+/// Every byte string of `needles` that occurs in any file under `root`, with the file.
+fn plaintext_under(root: &Path, needles: &[&str]) -> Vec<String> {
+    let mut found = Vec::new();
+    for entry in walk(root) {
+        let Ok(bytes) = fs::read(&entry) else {
+            continue;
+        };
+        for needle in needles {
+            if bytes.windows(needle.len()).any(|w| w == needle.as_bytes()) {
+                found.push(format!("{needle:?} in {}", entry.display()));
+            }
+        }
+        let name = entry.to_string_lossy();
+        for needle in needles {
+            if name.contains(needle) {
+                found.push(format!("{needle:?} in the name {name}"));
+            }
+        }
+    }
+    found
+}
+
+fn walk(root: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = fs::read_dir(&dir) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let path = e.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                out.push(path);
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn the_hub_holds_no_name_path_source_id_or_content_in_plaintext() {
+    let hub = Agent::start_hub();
+    let a = Agent::start();
+    let b = Agent::start();
+    a.use_hub(&hub);
+    b.use_hub(&hub);
+    a.know(&b);
+    b.know(&a);
+    let source = "ledger-source-q7x";
+    let a_docs = a.data_dir("ledger");
+    let secret = "the secret figure is 4242-ALPHA-BRAVO";
+    tree::write(
+        &a_docs.join("accounts-folder-zz/quarterly-report-x9.txt"),
+        format!("{secret}\n"),
+    );
+    // A larger file goes by sealed chunks, not inline.
+    let mut big = Vec::new();
+    while big.len() < 600_000 {
+        big.extend_from_slice(format!("{secret} row {}\n", big.len()).as_bytes());
+    }
+    tree::write(&a_docs.join("blueprint-omega.dat"), &big);
+    a.share_keyed(source, &a_docs, "files", &[&b], "");
+    let key = a.source_key(source);
+    let b_docs = b.data_dir("ledger");
+    b.share_keyed(source, &b_docs, "files", &[&a], &key);
+    a.wait(SYNC);
+    b.wait(SYNC);
+    tree::assert_same_trees(&a_docs, &b_docs);
+
+    let needles = [
+        source,
+        "accounts-folder-zz",
+        "quarterly-report-x9",
+        "blueprint-omega",
+        "4242-ALPHA-BRAVO",
+        &key,
+    ];
+    let found = plaintext_under(hub.home(), &needles);
+    assert!(
+        found.is_empty(),
+        "the hub holds plaintext:\n{}",
+        found.join("\n")
+    );
+    // The check itself finds what is there: the agents' own homes hold the source id.
+    assert!(!plaintext_under(a.home(), &[source]).is_empty());
+}
+
+/// The files of `device`'s bundles in a hub's local storage, oldest first.
+fn bundle_files(hub: &Agent, device: &str) -> Vec<PathBuf> {
+    let spaces = hub.home().join("storage/spaces");
+    let mut files: Vec<PathBuf> = walk(&spaces)
+        .into_iter()
+        .filter(|p| {
+            p.parent()
+                .is_some_and(|d| d.ends_with(format!("{device}/bundles")))
+        })
+        .collect();
+    files.sort();
+    files
+}
+
+/// Waits until `agent`'s status shows an error for `source` at its hub that contains `text`.
+fn await_hub_error(agent: &Agent, source: &str, text: &str) {
+    let mut last = serde_json::Value::Null;
+    let seen = backoff::retry_with_backoff(SYNC, || {
+        last = agent.status();
+        let errors: Vec<String> = last["hubs"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|h| h["sources"].as_array().into_iter().flatten())
+            .filter(|s| s["id"] == source)
+            .filter_map(|s| s["error"].as_str().map(str::to_owned))
+            .collect();
+        errors.iter().any(|e| e.contains(text)).then_some(())
+    });
+    assert!(
+        seen.is_some(),
+        "no hub error with {text:?} for {source}; status:\n{last:#}"
+    );
+}
+
+#[test]
+fn a_hostile_hub_that_changes_replays_or_swaps_bundles_lands_nothing() {
+    let hub = Agent::start_hub();
+    let a = Agent::start();
+    let mut b = Agent::start();
+    let c = Agent::start();
+    for agent in [&a, &b, &c] {
+        agent.use_hub(&hub);
+    }
+    for (x, y) in [(&a, &b), (&a, &c), (&b, &c)] {
+        x.know(y);
+        y.know(x);
+    }
+    let a_docs = a.data_dir("docs");
+    tree::write(&a_docs.join("start.txt"), b"start\n");
+    a.share_keyed("docs", &a_docs, "files", &[&b, &c], "");
+    let key = a.source_key("docs");
+    let b_docs = b.data_dir("docs");
+    b.share_keyed("docs", &b_docs, "files", &[&a, &c], &key);
+    let c_docs = c.data_dir("docs");
+    c.share_keyed("docs", &c_docs, "files", &[&a, &b], &key);
+    tree::write(&c_docs.join("from-c.txt"), b"written on C\n");
+    c.wait(SYNC);
+    a.wait(SYNC);
+    b.wait(SYNC);
+
+    // B is away while A writes twice: two bundles.
+    b.kill();
+    tree::write(&a_docs.join("first.txt"), b"first\n");
+    a.wait(SYNC);
+    tree::write(&a_docs.join("second.txt"), b"second\n");
+    a.wait(SYNC);
+    let a_id = a.device_id();
+    let bundles = bundle_files(&hub, &a_id);
+    assert!(bundles.len() >= 3, "{bundles:?}");
+    let newest = bundles.last().expect("a bundle").clone();
+    let older = bundles[bundles.len() - 2].clone();
+    let original = fs::read(&newest).expect("read the newest bundle");
+    let c_bundle = bundle_files(&hub, &c.device_id())
+        .last()
+        .map(|p| fs::read(p).expect("read C's bundle"))
+        .expect("C has a bundle");
+
+    // A flipped byte, an older bundle under the newer name, C's bundle under A's name.
+    let mut flipped = original.clone();
+    let middle = flipped.len() / 2;
+    flipped[middle] ^= 0x01;
+    let older_bytes = fs::read(&older).expect("read the older bundle");
+    for forged in [flipped, older_bytes, c_bundle] {
+        fs::write(&newest, &forged).expect("forge the newest bundle");
+        b.start_again();
+        await_hub_error(&b, "docs", "fails authentication");
+        assert!(
+            !b_docs.join("second.txt").exists(),
+            "a refused bundle landed"
+        );
+        b.kill();
+    }
+    // The hub serves the real bundle again: B takes it.
+    fs::write(&newest, &original).expect("restore the bundle");
+    b.start_again();
+    b.wait(SYNC);
+    assert_eq!(
+        fs::read(b_docs.join("second.txt")).expect("second.txt"),
+        b"second\n"
+    );
+    tree::assert_same_trees(&a_docs, &b_docs);
+}
+
+/// A, B and C know each other only through the hub, and share `docs` with A's key.
+fn three_through_a_hub() -> (Agent, Agent, Agent, Agent, [PathBuf; 3]) {
+    let hub = Agent::start_hub();
+    let (a, b, c) = (Agent::start(), Agent::start(), Agent::start());
+    for agent in [&a, &b, &c] {
+        agent.use_hub(&hub);
+    }
+    for (x, y) in [(&a, &b), (&a, &c), (&b, &c)] {
+        x.know(y);
+        y.know(x);
+    }
+    let dirs = [a.data_dir("docs"), b.data_dir("docs"), c.data_dir("docs")];
+    a.share_keyed("docs", &dirs[0], "files", &[&b, &c], "");
+    let key = a.source_key("docs");
+    b.share_keyed("docs", &dirs[1], "files", &[&a, &c], &key);
+    c.share_keyed("docs", &dirs[2], "files", &[&a, &b], &key);
+    for agent in [&a, &b, &c] {
+        agent.wait(SYNC);
+    }
+    (hub, a, b, c, dirs)
+}
+
+#[test]
+fn three_devices_never_online_in_pairs_converge_through_the_hub() {
+    let (_hub, mut a, mut b, mut c, [a_docs, b_docs, c_docs]) = three_through_a_hub();
+    b.kill();
+    c.kill();
+    tree::write(&a_docs.join("from-a.txt"), b"A was here\n");
+    a.wait(SYNC);
+    a.kill();
+
+    b.start_again();
+    b.wait(SYNC);
+    assert!(b_docs.join("from-a.txt").exists());
+    tree::write(&b_docs.join("from-b.txt"), b"B was here\n");
+    tree::write(&b_docs.join("from-a.txt"), b"A was here, B edited\n");
+    b.wait(SYNC);
+    b.kill();
+
+    c.start_again();
+    c.wait(SYNC);
+    tree::write(&c_docs.join("from-c.txt"), b"C was here\n");
+    fs::remove_file(c_docs.join("from-b.txt")).expect("C deletes B's file");
+    c.wait(SYNC);
+    c.kill();
+
+    a.start_again();
+    a.wait(SYNC);
+    b.start_again();
+    b.wait(SYNC);
+    tree::assert_same_trees(&a_docs, &c_docs);
+    tree::assert_same_trees(&b_docs, &c_docs);
+    assert_eq!(
+        fs::read(a_docs.join("from-a.txt")).expect("from-a.txt"),
+        b"A was here, B edited\n"
+    );
+    assert!(!a_docs.join("from-b.txt").exists());
+}
+
+#[test]
+fn devices_that_also_meet_directly_apply_every_file_once() {
+    let hub = Agent::start_hub();
+    let a = Agent::start();
+    let b = Agent::start();
+    a.use_hub(&hub);
+    b.use_hub(&hub);
+    tandem_tests::pair(&a, &b);
+    let a_docs = a.data_dir("docs");
+    for i in 0..40 {
+        tree::write(
+            &a_docs.join(format!("d{}/f{i}.txt", i % 4)),
+            format!("file {i}\n"),
+        );
+    }
+    a.share_keyed("docs", &a_docs, "files", &[&b], "");
+    let key = a.source_key("docs");
+    let b_docs = b.data_dir("docs");
+    b.share_keyed("docs", &b_docs, "files", &[&a], &key);
+    a.sync_with(&[&b], SYNC);
+    b.sync_with(&[&a], SYNC);
+    tree::assert_same_trees(&a_docs, &b_docs);
+    // Applied once each: B numbered one change per item, and replaced nothing.
+    let a_seq = tandem_tests::num(&a.source("docs"), "sequence");
+    let b_seq = tandem_tests::num(&b.source("docs"), "sequence");
+    assert_eq!(b_seq, a_seq, "B: {:#}", b.source("docs"));
+    let versions = b_docs.join(".tandem/versions");
+    let kept = walk(&versions);
+    assert!(kept.is_empty(), "B kept versions of: {kept:?}");
+    // And the hub has A's index too, for a device that is away.
+    assert!(!bundle_files(&hub, &a.device_id()).is_empty());
 }

@@ -264,6 +264,7 @@ impl Control for ControlService {
                 })
                 .collect(),
             refused_devices: board.refused_devices.clone(),
+            hubs: hubs_pb(&hubs),
         }))
     }
 
@@ -568,4 +569,38 @@ fn hub_pb(row: crate::store::HubRow) -> pb::HubInfo {
         address: row.address,
         added_unix_ms: row.added_unix_ms,
     }
+}
+
+fn hubs_pb(hubs: &HubBoard) -> Vec<pb::HubStatus> {
+    hubs.hubs
+        .iter()
+        .map(|(device, h)| pb::HubStatus {
+            device_id: device.clone(),
+            address: h.address.clone(),
+            connected: h.connected,
+            last_error: h.last_error.clone(),
+            sources: h
+                .sources
+                .iter()
+                .map(|(id, s)| pb::HubSourceStatus {
+                    id: id.clone(),
+                    uploaded: s.uploaded,
+                    uploaded_bundles: s.uploaded_bundles,
+                    uploaded_bytes: s.uploaded_bytes,
+                    error: s.error.clone(),
+                    members: s
+                        .members
+                        .iter()
+                        .map(|(m, p)| pb::HubMemberStatus {
+                            device_id: m.clone(),
+                            latest: p.latest,
+                            applied: p.applied,
+                            needed_items: p.needed_items,
+                            direct: p.direct,
+                        })
+                        .collect(),
+                })
+                .collect(),
+        })
+        .collect()
 }

@@ -36,6 +36,8 @@ struct Receiving {
     /// Handed over through this sequence.
     fed: u64,
     stop: CancellationToken,
+    /// The last bundle refused, so it is logged once, not every round.
+    refused: Option<String>,
 }
 
 /// The other members of one source at one hub.
@@ -193,6 +195,7 @@ impl Members {
             tx,
             fed: applied,
             stop,
+            refused: None,
         })
     }
 
@@ -264,9 +267,13 @@ impl Members {
             r.fed = through;
         }
         let fed = r.fed;
-        if let Some(why) = &refusal {
+        if let Some(why) = &refusal
+            && r.refused.as_ref() != Some(why)
+        {
             warn!(source = %self.source, member, error = %why, "refused a bundle from the hub; nothing of it is applied");
         }
+        let cleared = refusal.is_none() && r.refused.is_some();
+        r.refused.clone_from(&refusal);
         self.ctx.update_source(&self.hub, &self.source, |s| {
             let m = s.members.entry(member.to_owned()).or_default();
             // A listing cut short (more to come, or a refusal) has not seen the latest.
@@ -277,6 +284,8 @@ impl Members {
             m.latest = m.latest.max(latest);
             if let Some(why) = refusal {
                 s.error = why;
+            } else if cleared {
+                s.error.clear();
             }
         });
         Ok(())

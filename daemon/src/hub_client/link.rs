@@ -170,10 +170,8 @@ impl Link {
                 continue;
             }
             match self.source_step(&row).await {
-                Ok(()) => {
-                    self.ctx
-                        .update_source(&self.hub, &row.id, |s| s.error.clear());
-                }
+                // A refused bundle keeps its error until it is past (see `feed`).
+                Ok(()) => {}
                 Err(status) if connection_lost(&status) => {
                     return Err(format!("hub connection lost: {}", status.message()));
                 }
@@ -216,6 +214,9 @@ impl Link {
             let sealer =
                 Arc::new(Sealer::new(&keys).map_err(|e| tonic::Status::internal(e.to_string()))?);
             let members = self.join(&sealer, row).await?;
+            info!(source = %row.id, members = members.len(), "joined at the hub");
+            self.ctx
+                .update_source(&self.hub, &row.id, |s| s.error.clear());
             let link = SourceLink {
                 sealer,
                 generation,
@@ -277,7 +278,7 @@ impl Link {
                 .await?
                 .into_inner();
         }
-        info!(source = %row.id, members = members.members.len(), "joined at the hub");
+        tracing::debug!(source = %row.id, members = members.members.len(), "members at the hub");
         Ok(members.members)
     }
 }

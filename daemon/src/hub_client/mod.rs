@@ -103,6 +103,41 @@ impl HubBoard {
         })
     }
 
+    /// Why this device's changes to `source` through `local` are not all at every hub it
+    /// uses, if they are not: a hub not reached (only with `all`), or one still uploading.
+    #[must_use]
+    pub fn not_uploaded(&self, source: &str, local: u64, all: bool) -> Option<String> {
+        for (id, h) in &self.hubs {
+            if !h.connected {
+                if all {
+                    let why = if h.last_error.is_empty() {
+                        "not connected yet"
+                    } else {
+                        h.last_error.as_str()
+                    };
+                    return Some(format!("hub {id} not reached: {why}"));
+                }
+                continue;
+            }
+            let Some(s) = h.sources.get(source) else {
+                // Every keyed source is joined at every hub the device uses.
+                return Some(format!("hub {id}: the source is not joined there yet"));
+            };
+            if s.uploaded < local {
+                let error = if s.error.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({})", s.error)
+                };
+                return Some(format!(
+                    "hub {id} has this device's changes through {} of {local}{error}",
+                    s.uploaded
+                ));
+            }
+        }
+        None
+    }
+
     /// Whether any connected hub serves `source` with `member` in it.
     #[must_use]
     pub fn reaches(&self, source: &str, member: &str) -> bool {
