@@ -19,6 +19,7 @@ pub mod prior;
 pub mod process;
 pub mod proxy;
 pub mod records;
+pub mod s3;
 pub mod skip;
 pub mod tree;
 mod watch;

@@ -338,3 +338,74 @@ fn devices_that_also_meet_directly_apply_every_file_once() {
     // And the hub has A's index too, for a device that is away.
     assert!(!bundle_files(&hub, &a.device_id()).is_empty());
 }
+
+/// A moto S3 server, or the test is skipped with the reason.
+fn s3_or_skip() -> Option<tandem_tests::s3::S3> {
+    match tandem_tests::s3::S3::start() {
+        Ok(s3) => Some(s3),
+        Err(why) => {
+            tandem_tests::skip(&why);
+            None
+        }
+    }
+}
+
+#[test]
+fn two_hubs_over_one_s3_bucket_carry_a_and_b_to_the_same_tree() {
+    let Some(s3) = s3_or_skip() else {
+        return;
+    };
+    let config = s3.hub_config();
+    let hub_one = Agent::start_hub_with_config(&config);
+    let hub_two = Agent::start_hub_with_config(&config);
+    let mut a = Agent::start();
+    let b = Agent::start();
+    // A uses one hub, B the other; both hubs serve both (the allowed list is in the bucket).
+    a.use_hub(&hub_one);
+    b.use_hub(&hub_two);
+    a.know(&b);
+    b.know(&a);
+    let a_docs = a.data_dir("docs");
+    tree::write(&a_docs.join("notes/one.txt"), b"one\n");
+    tree::write_pseudo_random(&a_docs.join("big.bin"), 11, 2 << 20);
+    a.share_keyed("docs", &a_docs, "files", &[&b], "");
+    let key = a.source_key("docs");
+    let b_docs = b.data_dir("docs");
+    tree::write(&b_docs.join("from-b.txt"), b"B's own\n");
+    b.share_keyed("docs", &b_docs, "files", &[&a], &key);
+    a.wait(SYNC);
+    b.wait(SYNC);
+    a.wait(SYNC);
+    tree::assert_same_trees(&a_docs, &b_docs);
+
+    // A is away; B's change reaches A through the other hub when it is back.
+    a.kill();
+    tree::write(&b_docs.join("notes/one.txt"), b"one, edited on B\n");
+    b.wait(SYNC);
+    a.start_again();
+    a.wait(SYNC);
+    tree::assert_same_trees(&a_docs, &b_docs);
+
+    // The bulk went straight between the agents and the bucket, past the hubs: B fetched
+    // A's big file that way (A's counter started again with its restart).
+    for (agent, least) in [(&b, 1 << 20), (&a, 1)] {
+        let status = agent.status();
+        let direct = status["hubs"][0]["sources"][0]["direct_bytes"]
+            .as_u64()
+            .unwrap_or(0);
+        assert!(direct >= least, "{status:#}");
+    }
+    // The bucket holds no plaintext either.
+    let keys = s3.keys();
+    assert!(keys.iter().any(|k| k.contains("/chunks/")), "{keys:?}");
+    for k in &keys {
+        for needle in ["docs", "notes", "one.txt", "from-b"] {
+            assert!(!k.contains(needle), "object name {k} holds {needle:?}");
+        }
+        let body = s3.object(k);
+        assert!(
+            !body.windows(8).any(|w| w == b"B's own\n"),
+            "object {k} holds content"
+        );
+    }
+}

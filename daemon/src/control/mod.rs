@@ -587,6 +587,7 @@ fn hubs_pb(hubs: &HubBoard) -> Vec<pb::HubStatus> {
                     uploaded: s.uploaded,
                     uploaded_bundles: s.uploaded_bundles,
                     uploaded_bytes: s.uploaded_bytes,
+                    direct_bytes: s.direct_bytes,
                     error: s.error.clone(),
                     members: s
                         .members

@@ -76,6 +76,9 @@ impl Storage {
                 })
             }
             HubStorage::S3(s3) => {
+                // reqwest's TLS takes the process's provider: ring, as everywhere else here
+                // (an error only means one is installed already).
+                let _ = rustls::crypto::ring::default_provider().install_default();
                 let mut builder = AmazonS3Builder::from_env()
                     .with_bucket_name(&s3.bucket)
                     .with_region(&s3.region);

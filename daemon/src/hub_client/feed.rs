@@ -16,6 +16,7 @@ use tonic::transport::Channel;
 use tracing::warn;
 
 use super::Ctx;
+use super::objects::Objects;
 use crate::chunker::Hash128;
 use crate::feed::{
     BoxFuture, ChunkChain, ChunkProvider, ChunkWanted, Feed, LocalChunks, Origin, Progress,
@@ -93,6 +94,7 @@ impl Members {
     pub(super) async fn pull(
         &mut self,
         client: &mut HubClient<Channel>,
+        objects: &Objects,
         sealer: &Arc<Sealer>,
         row: &SourceRow,
     ) -> Result<(), tonic::Status> {
@@ -120,12 +122,12 @@ impl Members {
                 continue;
             }
             if matches!(self.members.get(&member), Some(None)) {
-                let Some(r) = self.receive(client, sealer, &member).await else {
+                let Some(r) = self.receive(objects, sealer, &member).await else {
                     continue;
                 };
                 self.members.insert(member.clone(), Some(r));
             }
-            self.pull_member(client, sealer, &member).await?;
+            self.pull_member(client, objects, sealer, &member).await?;
         }
         Ok(())
     }
@@ -133,7 +135,7 @@ impl Members {
     /// Starts a receiver for `member`'s bundles after its saved cursor.
     async fn receive(
         &self,
-        client: &HubClient<Channel>,
+        objects: &Objects,
         sealer: &Arc<Sealer>,
         member: &str,
     ) -> Option<Receiving> {
@@ -165,7 +167,7 @@ impl Members {
         let chunks = ChunkChain::new(vec![
             Arc::new(LocalChunks::new(self.ctx.store.clone())),
             Arc::new(HubChunks {
-                client: client.clone(),
+                objects: objects.clone(),
                 sealer: sealer.clone(),
             }),
         ]);
@@ -204,6 +206,7 @@ impl Members {
     async fn pull_member(
         &mut self,
         client: &mut HubClient<Channel>,
+        objects: &Objects,
         sealer: &Sealer,
         member: &str,
     ) -> Result<(), tonic::Status> {
@@ -242,18 +245,11 @@ impl Members {
                 }
             };
             latest = latest.max(through);
-            let got = client
-                .get(pb::GetRequest {
-                    space: space.clone(),
-                    name: object.name.clone(),
-                })
-                .await?
-                .into_inner();
-            if !got.found {
+            let Some(data) = objects.get(&object.name).await? else {
                 // Collected meanwhile: the next round lists again.
                 break;
-            }
-            let update = match open_bundle(sealer, member, through, r.fed, &got.data) {
+            };
+            let update = match open_bundle(sealer, member, through, r.fed, &data) {
                 Ok(update) => update,
                 Err(why) => {
                     refusal = Some(why);
@@ -396,7 +392,7 @@ impl Feed for HubFeed {
 
 /// Chunks from the hub: fetched by keyed name, opened, checked against their hash.
 struct HubChunks {
-    client: HubClient<Channel>,
+    objects: Objects,
     sealer: Arc<Sealer>,
 }
 
@@ -410,21 +406,14 @@ impl ChunkProvider for HubChunks {
             let name = self.sealer.chunk_name(&want.chunk.hash.0);
             let object = Object::Chunk(name.clone()).name();
             let got = self
-                .client
-                .clone()
-                .get(pb::GetRequest {
-                    space: self.sealer.space().to_owned(),
-                    name: object,
-                })
+                .objects
+                .get(&object)
                 .await
                 .map_err(|e| format!("the hub did not give a chunk: {}", e.message()))?
-                .into_inner();
-            if !got.found {
-                return Err("the chunk is not on the hub (yet)".to_owned());
-            }
+                .ok_or_else(|| "the chunk is not on the hub (yet)".to_owned())?;
             let data = self
                 .sealer
-                .open(&Binding::chunk(&name), &got.data)
+                .open(&Binding::chunk(&name), &got)
                 .map_err(|e| format!("a chunk from the hub: {e}"))?;
             let chunk = want.chunk;
             if Hash128::of(&data) != chunk.hash

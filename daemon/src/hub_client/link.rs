@@ -107,6 +107,8 @@ async fn connect(ctx: &Ctx, hub: &str, address: &str) -> Result<HubClient<Channe
 /// One source at this hub, while the link is up.
 pub(super) struct SourceLink {
     pub sealer: Arc<Sealer>,
+    /// The space's objects, straight from the store when the hub allows.
+    pub objects: super::objects::Objects,
     /// The key generation the sealer was made with: a new one rebuilds it.
     generation: u32,
     /// The other members' bundles, each into a receiver.
@@ -218,6 +220,11 @@ impl Link {
             self.ctx
                 .update_source(&self.hub, &row.id, |s| s.error.clear());
             let link = SourceLink {
+                objects: super::objects::Objects::new(
+                    self.client.clone(),
+                    self.ctx.http.clone(),
+                    sealer.space(),
+                ),
                 sealer,
                 generation,
                 members: Members::new(self.ctx.clone(), self.hub.clone(), row.id.clone()),
@@ -247,7 +254,14 @@ impl Link {
             return Ok(());
         };
         super::upload::step(&self.ctx, &self.hub, &mut self.client, link, row, &self.me).await?;
-        link.members.pull(&mut self.client, &link.sealer, row).await
+        let pulled = link
+            .members
+            .pull(&mut self.client, &link.objects, &link.sealer, row)
+            .await;
+        let direct = link.objects.direct_bytes();
+        self.ctx
+            .update_source(&self.hub, &row.id, |s| s.direct_bytes = direct);
+        pulled
     }
 
     /// Joins the source's space and adds the devices the source is shared with as members;

@@ -10,6 +10,7 @@
 
 mod feed;
 mod link;
+mod objects;
 mod upload;
 
 use std::collections::BTreeMap;
@@ -54,6 +55,8 @@ pub struct HubSource {
     /// Bundles and chunks this link uploaded, and their bytes (sealed, as stored).
     pub uploaded_bundles: u64,
     pub uploaded_bytes: u64,
+    /// Bytes moved straight to and from the hub's store with presigned URLs, past the hub.
+    pub direct_bytes: u64,
     /// By member device ID (members other than this device).
     pub members: BTreeMap<String, HubMember>,
     /// The last thing that went wrong with the source at this hub.
@@ -161,6 +164,8 @@ pub(crate) struct Ctx {
     pub changed: Arc<Notify>,
     pub cancel: CancellationToken,
     pub tasks: TaskTracker,
+    /// For presigned URLs into a hub's S3 store.
+    pub http: Option<reqwest::Client>,
 }
 
 impl Ctx {
@@ -214,6 +219,15 @@ pub fn start(
     let board = Arc::new(watch::Sender::new(HubBoard::default()));
     let wake = Arc::new(Notify::new());
     let tasks = TaskTracker::new();
+    // reqwest's TLS takes the process's provider: ring, as everywhere else here (an error
+    // only means one is installed already).
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let http = reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(10))
+        .timeout(Duration::from_secs(300))
+        .build()
+        .map_err(|e| tracing::warn!(error = %e, "no HTTP client; hub objects go through the hubs"))
+        .ok();
     let ctx = Ctx {
         identity,
         store,
@@ -223,6 +237,7 @@ pub fn start(
         changed,
         cancel,
         tasks: tasks.clone(),
+        http,
     };
     let woken = wake.clone();
     tasks.spawn(async move { supervise(ctx, woken).await }.instrument(tracing::info_span!("hubs")));

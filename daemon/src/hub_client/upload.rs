@@ -109,14 +109,7 @@ pub(super) async fn step(
         }
         .name();
         // Already there: an earlier upload got it in and this device did not record it.
-        client
-            .put(pb::PutRequest {
-                space: link.sealer.space().to_owned(),
-                name,
-                data: sealed,
-                create_only: true,
-            })
-            .await?;
+        link.objects.put(&name, sealed, true).await?;
         ctx.store
             .set_hub_uploaded(hub.to_owned(), row.id.clone(), through)
             .await
@@ -228,13 +221,8 @@ async fn upload_chunks(
                 .seal(&Binding::chunk(name), &data)
                 .map_err(internal)?;
             sent += sealed.len() as u64;
-            client
-                .put(pb::PutRequest {
-                    space: space.clone(),
-                    name: Object::Chunk(name.clone()).name(),
-                    data: sealed,
-                    create_only: true,
-                })
+            link.objects
+                .put(&Object::Chunk(name.clone()).name(), sealed, true)
                 .await?;
             link.chunks_there.insert(name.clone());
         }

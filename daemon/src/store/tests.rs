@@ -136,7 +136,7 @@ fn migrates_from_an_empty_database() {
     let version: i64 = conn
         .pragma_query_value(None, "user_version", |r| r.get(0))
         .unwrap();
-    assert_eq!(version, 9);
+    assert_eq!(version, 10);
     migrations::all().validate().unwrap();
 }
 
@@ -767,6 +767,71 @@ async fn an_index_read_stops_before_a_noted_move_and_gives_it_whole() {
     assert_eq!(trees[0].len(), 2);
     assert!(trees[0].iter().all(|e| e.item.header.deleted));
     assert_eq!(trees[1].len(), 2);
+    drop(store);
+    thread.join();
+}
+
+#[tokio::test]
+async fn hubs_keys_and_uploads_are_kept_and_go_with_their_source_or_hub() {
+    let (store, thread) = open_in_memory().unwrap();
+    store.add_source(row("docs")).await.unwrap();
+    let hub = |address: &str| HubRow {
+        device_id: "HUB".into(),
+        address: address.into(),
+        added_unix_ms: 1,
+    };
+    store.add_hub(hub("127.0.0.1:1")).await.unwrap();
+    store.add_hub(hub("127.0.0.1:2")).await.unwrap();
+    let hubs = store.hubs().await.unwrap();
+    assert_eq!(hubs.len(), 1);
+    assert_eq!(hubs[0].address, "127.0.0.1:2");
+
+    store
+        .add_source_key("docs".into(), 1, vec![2; 32])
+        .await
+        .unwrap();
+    store
+        .add_source_key("docs".into(), 0, vec![1; 32])
+        .await
+        .unwrap();
+    // A generation already kept is not replaced.
+    store
+        .add_source_key("docs".into(), 0, vec![9; 32])
+        .await
+        .unwrap();
+    let keys = store.source_keys("docs".into()).await.unwrap();
+    assert_eq!(keys, vec![(0, vec![1; 32]), (1, vec![2; 32])]);
+
+    assert_eq!(
+        store
+            .hub_uploaded("HUB".into(), "docs".into())
+            .await
+            .unwrap(),
+        0
+    );
+    store
+        .set_hub_uploaded("HUB".into(), "docs".into(), 42)
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .hub_uploaded("HUB".into(), "docs".into())
+            .await
+            .unwrap(),
+        42
+    );
+    assert!(store.remove_hub("HUB".into()).await.unwrap());
+    assert!(!store.remove_hub("HUB".into()).await.unwrap());
+    assert_eq!(
+        store
+            .hub_uploaded("HUB".into(), "docs".into())
+            .await
+            .unwrap(),
+        0,
+        "a removed hub's mark goes with it"
+    );
+    store.remove_source("docs".into()).await.unwrap();
+    assert!(store.source_keys("docs".into()).await.unwrap().is_empty());
     drop(store);
     thread.join();
 }

@@ -1,0 +1,153 @@
+//! A real S3-compatible server for the hub tests: `moto` in server mode (from PyPI, installed
+//! by `tests/run` into `target/pyenv`), on 127.0.0.1, one per test, with one bucket. Killed on
+//! drop. Must not: mock the S3 client; the hub talks to it over HTTP as to any store.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use crate::backoff;
+
+/// The bucket every server is made with.
+pub const BUCKET: &str = "tandem-hub";
+
+/// A running `moto_server`.
+pub struct S3 {
+    child: Child,
+    port: u16,
+    _log: tempfile::TempDir,
+}
+
+/// `moto_server`: `TANDEM_MOTO`, else `target/pyenv/bin/moto_server`.
+fn moto_server() -> Result<PathBuf, String> {
+    let candidates: Vec<PathBuf> = std::env::var_os("TANDEM_MOTO")
+        .map(PathBuf::from)
+        .into_iter()
+        .chain([Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/pyenv/bin/moto_server")])
+        .collect();
+    candidates
+        .iter()
+        .find(|p| p.is_file())
+        .cloned()
+        .ok_or_else(|| {
+            format!(
+                "no moto_server (tried {candidates:?}); tests/run installs moto[server] into \
+                 target/pyenv"
+            )
+        })
+}
+
+impl S3 {
+    /// Starts a server with [`BUCKET`] in it; `Err` says why it cannot run here.
+    pub fn start() -> Result<S3, String> {
+        let bin = moto_server()?;
+        // A free port now; moto cannot report the one it picked.
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map_err(|e| format!("no free port: {e}"))?
+            .port();
+        let log = tempfile::Builder::new()
+            .prefix("tandem-moto-")
+            .tempdir()
+            .map_err(|e| e.to_string())?;
+        let stderr =
+            std::fs::File::create(log.path().join("moto.log")).map_err(|e| e.to_string())?;
+        let child = Command::new(&bin)
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .map_err(|e| format!("cannot start {}: {e}", bin.display()))?;
+        let mut s3 = S3 {
+            child,
+            port,
+            _log: log,
+        };
+        let up = backoff::retry_with_backoff(Duration::from_secs(30), || {
+            s3.request("PUT", &format!("/{BUCKET}"))
+                .ok()
+                .filter(|code| *code == 200)
+        });
+        if up.is_none() {
+            let _ = s3.child.kill();
+            return Err(format!("moto_server did not come up on port {port}"));
+        }
+        Ok(s3)
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// A hub `config.toml` that stores in this server's bucket (presigned URLs on).
+    pub fn hub_config(&self) -> String {
+        format!(
+            "[hub]\nstorage = \"s3\"\n[hub.s3]\nendpoint = \"{}\"\nbucket = \"{BUCKET}\"\n\
+             region = \"us-east-1\"\naccess_key_id = \"testing\"\nsecret_access_key = \"testing\"\n",
+            self.endpoint()
+        )
+    }
+
+    /// Every object in the bucket, as moto's own listing gives them (keys only).
+    pub fn keys(&self) -> Vec<String> {
+        let body = self.get(&format!("/{BUCKET}?list-type=2&max-keys=100000"));
+        body.split("<Key>")
+            .skip(1)
+            .filter_map(|part| part.split("</Key>").next())
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// The bytes of one object.
+    pub fn object(&self, key: &str) -> Vec<u8> {
+        self.get_bytes(&format!("/{BUCKET}/{key}"))
+    }
+
+    fn request(&self, method: &str, path: &str) -> std::io::Result<u16> {
+        let mut tcp = TcpStream::connect(("127.0.0.1", self.port))?;
+        write!(
+            tcp,
+            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            self.port
+        )?;
+        let mut reply = String::new();
+        tcp.read_to_string(&mut reply)?;
+        Ok(reply
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0))
+    }
+
+    fn get(&self, path: &str) -> String {
+        String::from_utf8_lossy(&self.get_bytes(path)).into_owned()
+    }
+
+    fn get_bytes(&self, path: &str) -> Vec<u8> {
+        let mut tcp = TcpStream::connect(("127.0.0.1", self.port)).expect("connect to moto");
+        write!(
+            tcp,
+            "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nConnection: close\r\n\r\n",
+            self.port
+        )
+        .expect("ask moto");
+        let mut reply = Vec::new();
+        tcp.read_to_end(&mut reply).expect("read moto's answer");
+        let at = reply
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .map_or(reply.len(), |i| i + 4);
+        reply.split_off(at)
+    }
+}
+
+impl Drop for S3 {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
