@@ -7,6 +7,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use tandem_tests::records::{edit_text as edit, read_text as read};
 use tandem_tests::tree;
 use tandem_tests::{Agent, backoff};
 
@@ -406,6 +407,174 @@ fn two_hubs_over_one_s3_bucket_carry_a_and_b_to_the_same_tree() {
         assert!(
             !body.windows(8).any(|w| w == b"B's own\n"),
             "object {k} holds content"
+        );
+    }
+}
+
+#[test]
+fn contacts_in_three_formats_meet_only_through_the_hub() {
+    let hub = Agent::start_hub();
+    let (a, b, mut c) = (Agent::start(), Agent::start(), Agent::start());
+    for agent in [&a, &b, &c] {
+        agent.use_hub(&hub);
+    }
+    for (x, y) in [(&a, &b), (&a, &c), (&b, &c)] {
+        x.know(y);
+        y.know(x);
+    }
+    let dir_a = a.data_dir("book");
+    fs::write(
+        dir_a.join("ana.vcf"),
+        "BEGIN:VCARD\r\nVERSION:3.0\r\nUID:ana-0001\r\nFN:Ana Lima\r\nN:Lima;Ana;;;\r\n\
+         TEL;TYPE=CELL:+1 555 0100\r\nPHOTO;ENCODING=b;TYPE=JPEG:/9j/4AAQSkZJRgABAgMEBQYH\r\n\
+         END:VCARD\r\n",
+    )
+    .expect("write ana.vcf");
+    let csv_b = b.data_dir("exports").join("contacts.csv");
+    let vcf_c = c.data_dir("phone").join("contacts.vcf");
+    a.share_keyed("book", &dir_a, "vcard-dir", &[&b, &c], "");
+    let key = a.source_key("book");
+    b.share_keyed("book", &csv_b, "csv-contacts", &[&a, &c], &key);
+    c.share_keyed("book", &vcf_c, "vcard-file", &[&a, &b], &key);
+    for agent in [&a, &b, &c, &a] {
+        agent.wait(SYNC);
+    }
+    assert!(read(&csv_b).contains("+1 555 0100"), "{}", read(&csv_b));
+    assert!(read(&vcf_c).contains("Ana Lima"));
+
+    // B edits the phone in its CSV while C is away; C gets it from the hub later, and A's
+    // photo (which a CSV cannot hold) stays.
+    c.kill();
+    edit(&csv_b, "+1 555 0100", "+1 555 0199");
+    b.wait(SYNC);
+    a.wait(SYNC);
+    c.start_again();
+    c.wait(SYNC);
+    let on_c = read(&vcf_c);
+    assert!(on_c.contains("+1 555 0199"), "{on_c}");
+    assert!(on_c.contains("PHOTO"), "{on_c}");
+    let on_a = read(&dir_a.join("ana.vcf"));
+    assert!(
+        on_a.contains("+1 555 0199") && on_a.contains("PHOTO"),
+        "{on_a}"
+    );
+}
+
+/// How many chunks a hub's local storage holds.
+fn chunk_count(hub: &Agent) -> usize {
+    walk(&hub.home().join("storage/spaces"))
+        .iter()
+        .filter(|p| p.parent().is_some_and(|d| d.ends_with("chunks")))
+        .count()
+}
+
+#[test]
+fn a_hub_restarted_in_the_middle_of_an_upload_loses_nothing() {
+    let mut hub = Agent::start_hub();
+    let a = Agent::start();
+    let b = Agent::start();
+    a.use_hub(&hub);
+    b.use_hub(&hub);
+    a.know(&b);
+    b.know(&a);
+    let a_docs = a.data_dir("docs");
+    let b_docs = b.data_dir("docs");
+    tree::write(&a_docs.join("small.txt"), b"small\n");
+    a.share_keyed("docs", &a_docs, "files", &[&b], "");
+    let key = a.source_key("docs");
+    b.share_keyed("docs", &b_docs, "files", &[&a], &key);
+    a.wait(SYNC);
+    b.wait(SYNC);
+    let a_id = a.device_id();
+    let bundles_before = bundle_files(&hub, &a_id).len();
+
+    // A large file goes up chunk by chunk; the hub dies once some chunks are in and before
+    // the bundle that names them.
+    tree::write_pseudo_random(&a_docs.join("large.bin"), 5, 96 << 20);
+    let some = backoff::retry_with_backoff(SYNC, || (chunk_count(&hub) >= 8).then_some(()));
+    assert!(some.is_some(), "no chunk reached the hub");
+    hub.crash();
+    assert_eq!(
+        bundle_files(&hub, &a_id).len(),
+        bundles_before,
+        "the upload finished before the hub was stopped"
+    );
+
+    // Back at a new address: the agents are told, and the upload goes on.
+    hub.start_again();
+    a.use_hub(&hub);
+    b.use_hub(&hub);
+    a.wait(Duration::from_secs(180));
+    b.wait(Duration::from_secs(180));
+    tree::assert_same_trees(&a_docs, &b_docs);
+}
+
+/// Waits until `agent`'s status shows an error for the hub itself or for `source` at it
+/// that contains `text`.
+fn await_hub_refusal(agent: &Agent, source: &str, text: &str) {
+    let mut last = serde_json::Value::Null;
+    let seen = backoff::retry_with_backoff(SYNC, || {
+        last = agent.status();
+        let hubs = last["hubs"].as_array().cloned().unwrap_or_default();
+        let found = hubs.iter().any(|h| {
+            h["last_error"].as_str().is_some_and(|e| e.contains(text))
+                || h["sources"].as_array().into_iter().flatten().any(|s| {
+                    s["id"] == source && s["error"].as_str().is_some_and(|e| e.contains(text))
+                })
+        });
+        found.then_some(())
+    });
+    assert!(
+        seen.is_some(),
+        "no hub refusal with {text:?}; status:\n{last:#}"
+    );
+}
+
+#[test]
+fn the_hub_refuses_an_unknown_device_and_a_device_that_is_not_a_member() {
+    let hub = Agent::start_hub();
+    let a = Agent::start();
+    let b = Agent::start();
+    a.use_hub(&hub);
+    b.use_hub(&hub);
+    a.know(&b);
+    b.know(&a);
+    let a_docs = a.data_dir("docs");
+    tree::write(&a_docs.join("private.txt"), b"for A and B only\n");
+    a.share_keyed("docs", &a_docs, "files", &[&b], "");
+    let key = a.source_key("docs");
+    let b_docs = b.data_dir("docs");
+    b.share_keyed("docs", &b_docs, "files", &[&a], &key);
+    a.wait(SYNC);
+    b.wait(SYNC);
+
+    // Unknown: a device the hub's operator never allowed, even with the key.
+    let stranger = Agent::start();
+    let hub_id = hub.json(&["id"]);
+    stranger.json(&[
+        "hub",
+        "add",
+        hub_id["listen"].as_str().expect("listen"),
+        hub_id["device_id"].as_str().expect("device_id"),
+    ]);
+    stranger.know(&a);
+    let s_docs = stranger.data_dir("docs");
+    stranger.share_keyed("docs", &s_docs, "files", &[&a], &key);
+    await_hub_refusal(&stranger, "docs", "does not serve device");
+
+    // Not a member: allowed at the hub and holding the key, but no member added it.
+    let outsider = Agent::start();
+    outsider.use_hub(&hub);
+    outsider.know(&a);
+    let o_docs = outsider.data_dir("docs");
+    outsider.share_keyed("docs", &o_docs, "files", &[&a], &key);
+    await_hub_refusal(&outsider, "docs", "not a member");
+
+    for dir in [&s_docs, &o_docs] {
+        assert!(
+            !dir.join("private.txt").exists(),
+            "{} got A's file",
+            dir.display()
         );
     }
 }
