@@ -126,6 +126,18 @@ impl SourceKey {
     }
 }
 
+/// Of two keys that members hold for one source, the one both keep: the later generation, and
+/// between two of one generation (made on two devices before they met), the one whose space
+/// sorts first, so both devices choose alike without another round.
+#[must_use]
+pub fn prefer<'k>(a: &'k SourceKey, b: &'k SourceKey) -> &'k SourceKey {
+    if a.generation != b.generation {
+        return if a.generation > b.generation { a } else { b };
+    }
+    let space = |k: &SourceKey| derive(&k.bytes, "space");
+    if space(b) < space(a) { b } else { a }
+}
+
 /// What a sealed object is; bound into its associated data.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -500,6 +512,18 @@ mod tests {
             old.open(&Binding::cursor("A"), &sealed_new),
             Err(SealError::UnknownGeneration { found: 1 })
         );
+    }
+
+    #[test]
+    fn two_members_prefer_the_same_key() {
+        let (x, y) = (
+            SourceKey::from_bytes(0, [1; KEY_LEN]),
+            SourceKey::from_bytes(0, [2; KEY_LEN]),
+        );
+        assert_eq!(prefer(&x, &y), prefer(&y, &x));
+        let later = SourceKey::from_bytes(1, [0; KEY_LEN]);
+        assert_eq!(prefer(&x, &later), &later);
+        assert_eq!(prefer(&later, &y), &later);
     }
 
     #[test]

@@ -174,6 +174,7 @@ impl HostilePeer {
                 local: self.next_sequence,
                 kind: kind.to_owned(),
                 format: "hostile".to_owned(),
+                ..pb::SourceCursor::default()
             })
             .collect();
         self.send(Body::Hello(pb::Hello {

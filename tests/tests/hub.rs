@@ -578,3 +578,40 @@ fn the_hub_refuses_an_unknown_device_and_a_device_that_is_not_a_member() {
         );
     }
 }
+
+#[test]
+fn members_that_made_their_own_keys_take_one_key_when_they_meet_and_then_use_the_hub() {
+    let hub = Agent::start_hub();
+    let mut a = Agent::start();
+    let mut b = Agent::start();
+    a.use_hub(&hub);
+    b.use_hub(&hub);
+    // They meet directly first, each with a key of its own (no --key).
+    tandem_tests::pair(&a, &b);
+    let a_docs = a.data_dir("docs");
+    let b_docs = b.data_dir("docs");
+    tree::write(&a_docs.join("met.txt"), b"we met\n");
+    a.share_keyed("docs", &a_docs, "files", &[&b], "");
+    b.share_keyed("docs", &b_docs, "files", &[&a], "");
+    a.sync_with(&[&b], SYNC);
+    b.sync_with(&[&a], SYNC);
+    assert_eq!(
+        a.source_key("docs"),
+        b.source_key("docs"),
+        "one key after they met"
+    );
+    a.wait(SYNC);
+    b.wait(SYNC);
+
+    // Then never online together: only the hub carries A's change to B.
+    b.kill();
+    tree::write(&a_docs.join("later.txt"), b"through the hub\n");
+    a.wait(SYNC);
+    a.kill();
+    b.start_again();
+    b.wait(SYNC);
+    assert_eq!(
+        fs::read(b_docs.join("later.txt")).expect("later.txt on B"),
+        b"through the hub\n"
+    );
+}

@@ -208,13 +208,14 @@ impl Link {
         let Some(generation) = keys.iter().map(|k| k.generation).max() else {
             return Ok(());
         };
+        let sealer =
+            Arc::new(Sealer::new(&keys).map_err(|e| tonic::Status::internal(e.to_string()))?);
+        // A new generation, or a key taken from a member (another space): joined anew.
         let stale = self
             .sources
             .get(&row.id)
-            .is_none_or(|s| s.generation != generation);
+            .is_none_or(|s| s.generation != generation || s.sealer.space() != sealer.space());
         if stale {
-            let sealer =
-                Arc::new(Sealer::new(&keys).map_err(|e| tonic::Status::internal(e.to_string()))?);
             let members = self.join(&sealer, row).await?;
             info!(source = %row.id, members = members.len(), "joined at the hub");
             self.ctx

@@ -262,6 +262,14 @@ impl Conn {
                 let status = s.status.borrow();
                 (status.totals.sequence, status.format.clone())
             };
+            let (key_generation, key) = self
+                .ctx
+                .store
+                .source_keys(id.clone())
+                .await
+                .ok()
+                .and_then(|keys| keys.into_iter().last())
+                .unwrap_or_default();
             sources.push(pb::SourceCursor {
                 source: id.clone(),
                 applied,
@@ -270,6 +278,8 @@ impl Conn {
                     .map(|k| k.as_str().to_owned())
                     .unwrap_or_default(),
                 format,
+                key,
+                key_generation,
             });
         }
         let hello = pb::Hello {
@@ -397,6 +407,43 @@ impl Conn {
         Ok(())
     }
 
+    /// Takes the peer's key of a source when both should keep it (`sealed::prefer`): a member
+    /// that made its own key before it met the others seals for a hub as they do from now on.
+    async fn adopt_key(&self, c: &pb::SourceCursor) {
+        let Ok(bytes) = <[u8; crate::sealed::KEY_LEN]>::try_from(c.key.as_slice()) else {
+            return;
+        };
+        let theirs = crate::sealed::SourceKey::from_bytes(c.key_generation, bytes);
+        let ours = self
+            .ctx
+            .store
+            .source_keys(c.source.clone())
+            .await
+            .ok()
+            .and_then(|keys| keys.into_iter().last())
+            .and_then(|(g, k)| Some(crate::sealed::SourceKey::from_bytes(g, k.try_into().ok()?)));
+        let take = match &ours {
+            None => true,
+            Some(ours) => crate::sealed::prefer(ours, &theirs) == &theirs && *ours != theirs,
+        };
+        if !take {
+            return;
+        }
+        match self
+            .ctx
+            .store
+            .replace_source_key(c.source.clone(), theirs.generation, bytes.to_vec())
+            .await
+        {
+            Ok(()) => {
+                info!(source = %c.source, device = %self.device_text, generation = theirs.generation, "took the source key a member holds");
+            }
+            Err(e) => {
+                warn!(source = %c.source, error = %e, "cannot keep the source key a member holds")
+            }
+        }
+    }
+
     /// Starts a sender and a receiver for every source both sides share and not yet running.
     async fn start_exchanges(&mut self, hello: pb::Hello) {
         let moves = hello.capabilities.iter().any(|c| c == hello::FOLDER_MOVES);
@@ -418,6 +465,7 @@ impl Conn {
                 });
                 continue;
             }
+            self.adopt_key(&c).await;
             // A cursor beyond what this device ever numbered means its database was reset:
             // start over so the peer sees everything again.
             let from = if c.applied > local { 0 } else { c.applied };

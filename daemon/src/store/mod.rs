@@ -370,6 +370,18 @@ impl StoreHandle {
             .await
     }
 
+    /// Puts a key of a source in place of the one of its generation (a member's, preferred to
+    /// the one made here); the hubs get the source again under it.
+    pub async fn replace_source_key(
+        &self,
+        source_id: String,
+        generation: u32,
+        key: Vec<u8>,
+    ) -> Result<()> {
+        self.call(move |c| queries::replace_source_key(c, &source_id, generation, &key))
+            .await
+    }
+
     /// A source's keys, oldest generation first.
     pub async fn source_keys(&self, source_id: String) -> Result<Vec<(u32, Vec<u8>)>> {
         self.call(move |c| queries::source_keys(c, &source_id))

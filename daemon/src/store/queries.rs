@@ -1478,3 +1478,23 @@ pub(super) fn set_hub_uploaded(
     .map_err(sql("saving how far a hub has this device's index"))?;
     Ok(())
 }
+
+/// Puts `key` as the source's key of `generation`, replacing one of that generation, and
+/// forgets how far each hub has the source (a new key is a new space there).
+pub(super) fn replace_source_key(
+    c: &mut Connection,
+    source_id: &str,
+    generation: u32,
+    key: &[u8],
+) -> Result<()> {
+    let tx = c.transaction().map_err(sql("replacing a source key"))?;
+    tx.execute(
+        "INSERT INTO source_keys (source_id, generation, key) VALUES (?1, ?2, ?3)
+         ON CONFLICT (source_id, generation) DO UPDATE SET key = excluded.key",
+        params![source_id, i64::from(generation), key],
+    )
+    .map_err(sql("replacing a source key"))?;
+    tx.execute("DELETE FROM hub_uploads WHERE source_id = ?1", [source_id])
+        .map_err(sql("replacing a source key"))?;
+    tx.commit().map_err(sql("replacing a source key"))
+}
