@@ -189,6 +189,8 @@ pub struct HubConfig {
     /// How long a chunk marked unreferenced is kept before it is deleted, so an upload that
     /// counted on it meanwhile is not hurt.
     pub chunk_grace: Duration,
+    /// How often the hub collects what every member has passed.
+    pub gc_interval: Duration,
 }
 
 impl Default for HubConfig {
@@ -197,6 +199,7 @@ impl Default for HubConfig {
             storage: HubStorage::Local,
             retention: Duration::from_secs(90 * 86_400),
             chunk_grace: Duration::from_secs(86_400),
+            gc_interval: Duration::from_secs(600),
         }
     }
 }
@@ -257,7 +260,10 @@ struct RawConfig {
 struct RawHubConfig {
     storage: Option<String>,
     retention_days: Option<u64>,
+    /// Seconds; overrides `retention_days` (for tests and small setups).
+    retention_s: Option<u64>,
     chunk_grace_s: Option<u64>,
+    gc_interval_s: Option<u64>,
     s3: Option<RawS3Config>,
 }
 
@@ -283,6 +289,18 @@ impl RawHubConfig {
                 ));
             }
             hub.retention = Duration::from_secs(days * 86_400);
+        }
+        if let Some(s) = self.retention_s {
+            if !(1..=36_500 * 86_400).contains(&s) {
+                return Err(format!("[hub] retention_s = {s} is outside 1..=3153600000"));
+            }
+            hub.retention = Duration::from_secs(s);
+        }
+        if let Some(s) = self.gc_interval_s {
+            if !(1..=86_400).contains(&s) {
+                return Err(format!("[hub] gc_interval_s = {s} is outside 1..=86400"));
+            }
+            hub.gc_interval = Duration::from_secs(s);
         }
         if let Some(s) = self.chunk_grace_s {
             if !(1..=30 * 86_400).contains(&s) {
@@ -368,6 +386,7 @@ const DEFAULT_CONFIG: &str = "\
 # storage = \"local\"
 # retention_days = 90
 # chunk_grace_s = 86400
+# gc_interval_s = 600
 # [hub.s3]
 # endpoint = \"https://s3.example.com\"
 # bucket = \"tandem\"

@@ -20,29 +20,34 @@ pub struct S3 {
     _log: tempfile::TempDir,
 }
 
-/// `moto_server`: `TANDEM_MOTO`, else `target/pyenv/bin/moto_server`.
-fn moto_server() -> Result<PathBuf, String> {
-    let candidates: Vec<PathBuf> = std::env::var_os("TANDEM_MOTO")
+/// A Python with moto's server: `TANDEM_PYTHON`, else `target/pyenv/bin/python`.
+fn moto_python() -> Result<PathBuf, String> {
+    let candidates: Vec<PathBuf> = std::env::var_os("TANDEM_PYTHON")
         .map(PathBuf::from)
         .into_iter()
-        .chain([Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/pyenv/bin/moto_server")])
+        .chain([Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/pyenv/bin/python")])
         .collect();
-    candidates
-        .iter()
-        .find(|p| p.is_file())
-        .cloned()
-        .ok_or_else(|| {
-            format!(
-                "no moto_server (tried {candidates:?}); tests/run installs moto[server] into \
-                 target/pyenv"
-            )
-        })
+    for python in &candidates {
+        let has = Command::new(python)
+            .args(["-c", "import moto.server"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if has {
+            return Ok(python.clone());
+        }
+    }
+    Err(format!(
+        "no Python with moto's server (tried {candidates:?}); tests/run installs moto[server] \
+         into target/pyenv"
+    ))
 }
 
 impl S3 {
     /// Starts a server with [`BUCKET`] in it; `Err` says why it cannot run here.
     pub fn start() -> Result<S3, String> {
-        let bin = moto_server()?;
+        let python = moto_python()?;
         // A free port now; moto cannot report the one it picked.
         let port = TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
@@ -54,13 +59,20 @@ impl S3 {
             .map_err(|e| e.to_string())?;
         let stderr =
             std::fs::File::create(log.path().join("moto.log")).map_err(|e| e.to_string())?;
-        let child = Command::new(&bin)
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+        let child = Command::new(&python)
+            .args([
+                "-m",
+                "moto.server",
+                "-H",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+            ])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(stderr)
             .spawn()
-            .map_err(|e| format!("cannot start {}: {e}", bin.display()))?;
+            .map_err(|e| format!("cannot start moto with {}: {e}", python.display()))?;
         let mut s3 = S3 {
             child,
             port,

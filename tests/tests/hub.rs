@@ -615,3 +615,99 @@ fn members_that_made_their_own_keys_take_one_key_when_they_meet_and_then_use_the
         b"through the hub\n"
     );
 }
+
+/// Bytes of every object in a hub's local storage whose folder ends with `folder`.
+fn stored_bytes(hub: &Agent, folder: &str) -> u64 {
+    walk(&hub.home().join("storage/spaces"))
+        .iter()
+        .filter(|p| p.parent().is_some_and(|d| d.ends_with(folder)))
+        .filter_map(|p| fs::metadata(p).ok())
+        .map(|m| m.len())
+        .sum()
+}
+
+/// A hub that collects every second, with a second's grace for chunks, and an 8 s retention
+/// (members write their cursors every 2 s and renew snapshots after 1 s).
+const FAST_GC: &str = "[hub]\ngc_interval_s = 1\nchunk_grace_s = 1\nretention_s = 8\n";
+
+#[test]
+fn once_every_member_caught_up_the_hub_keeps_only_what_is_still_needed() {
+    let hub = Agent::start_hub_with_config(FAST_GC);
+    let a = Agent::start();
+    let b = Agent::start();
+    a.use_hub(&hub);
+    b.use_hub(&hub);
+    a.know(&b);
+    b.know(&a);
+    let a_docs = a.data_dir("docs");
+    let b_docs = b.data_dir("docs");
+    a.share_keyed("docs", &a_docs, "files", &[&b], "");
+    let key = a.source_key("docs");
+    b.share_keyed("docs", &b_docs, "files", &[&a], &key);
+    // Five versions of a 2 MiB file, each synced: the hub gets every version's chunks.
+    for seed in 0..5 {
+        tree::write_pseudo_random(&a_docs.join("big.bin"), 100 + seed, 2 << 20);
+        a.wait(SYNC);
+        b.wait(SYNC);
+    }
+    tree::assert_same_trees(&a_docs, &b_docs);
+    // What is still needed: the current version's chunks (sealed: padded into buckets).
+    let needed = 2u64 << 20;
+    let mut last = 0;
+    let shrunk = backoff::retry_with_backoff(SYNC, || {
+        last = stored_bytes(&hub, "chunks");
+        (last <= needed + needed / 4).then_some(())
+    });
+    assert!(
+        shrunk.is_some(),
+        "chunks on the hub: {last} bytes for {needed} bytes of data"
+    );
+    let bundles = bundle_files(&hub, &a.device_id());
+    assert!(bundles.len() <= 1, "bundles of A left: {bundles:?}");
+    // And what is left still serves a newcomer's needs: B, restarted, is still in sync.
+    b.wait(SYNC);
+}
+
+#[test]
+fn a_member_away_past_the_retention_catches_up_from_a_snapshot() {
+    let hub = Agent::start_hub_with_config(FAST_GC);
+    let (a, b, mut c) = (Agent::start(), Agent::start(), Agent::start());
+    for agent in [&a, &b, &c] {
+        agent.use_hub(&hub);
+    }
+    for (x, y) in [(&a, &b), (&a, &c), (&b, &c)] {
+        x.know(y);
+        y.know(x);
+    }
+    let dirs = [a.data_dir("docs"), b.data_dir("docs"), c.data_dir("docs")];
+    tree::write(&dirs[0].join("first.txt"), b"before C left\n");
+    a.share_keyed("docs", &dirs[0], "files", &[&b, &c], "");
+    let key = a.source_key("docs");
+    b.share_keyed("docs", &dirs[1], "files", &[&a, &c], &key);
+    c.share_keyed("docs", &dirs[2], "files", &[&a, &b], &key);
+    for agent in [&a, &b, &c] {
+        agent.wait(SYNC);
+    }
+    let a_id = a.device_id();
+    c.kill();
+    // While C is away (past the eight seconds of retention), A writes; once B has it, the
+    // hub collects every bundle of A, even those C never saw.
+    for i in 0..3 {
+        tree::write(
+            &dirs[0].join(format!("while-away-{i}.txt")),
+            format!("{i}\n"),
+        );
+        a.wait(SYNC);
+        b.wait(SYNC);
+    }
+    let gone =
+        backoff::retry_with_backoff(SYNC, || bundle_files(&hub, &a_id).is_empty().then_some(()));
+    assert!(
+        gone.is_some(),
+        "A's bundles were not collected: {:?}",
+        bundle_files(&hub, &a_id)
+    );
+    c.start_again();
+    c.wait(SYNC);
+    tree::assert_same_trees(&dirs[0], &dirs[2]);
+}

@@ -8,6 +8,7 @@
 //! write an object another member owns.
 
 pub mod control;
+pub mod gc;
 pub mod members;
 pub mod names;
 pub mod run;

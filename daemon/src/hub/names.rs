@@ -10,11 +10,14 @@
 //! spaces/<space>/devices/<device>/snapshots/<s> a member's sealed whole index at s
 //! spaces/<space>/devices/<device>/cursor        how far the member applied each other
 //!                                               member's bundles (sequences only)
-//! spaces/<space>/devices/<device>/marks/<t>     chunks a member found unreferenced at t
-//!                                               (the first phase of chunk collection)
+//! spaces/<space>/devices/<device>/bundle-refs/<s>   the chunk names bundle s needs, and
+//! spaces/<space>/devices/<device>/snapshot-refs/<s> snapshot s (opaque names, in plaintext,
+//!                                               so the hub can tell which chunks are live)
 //! spaces/<space>/chunks/<name>                  sealed content under its keyed name,
 //!                                               written by any member (create-only: the
 //!                                               same name is the same content)
+//! spaces/<space>/gc/marks/<t>                   chunks a hub found unreferenced at t, the
+//!                                               first phase of their collection (hubs)
 //! ```
 //!
 //! Sequences are zero-padded to 20 digits so names sort as numbers. Must not: do I/O.
@@ -43,8 +46,12 @@ pub enum Object {
     Snapshot { device: String, through: u64 },
     /// A member's cursor.
     Cursor { device: String },
-    /// A member's mark of unreferenced chunks, made at Unix time `at`.
-    Mark { device: String, at: u64 },
+    /// The chunk names a member's bundle needs.
+    BundleRefs { device: String, through: u64 },
+    /// The chunk names a member's snapshot needs.
+    SnapshotRefs { device: String, through: u64 },
+    /// A hub's mark of unreferenced chunks, made at Unix time `at`.
+    GcMark(u64),
     /// Content under its keyed name.
     Chunk(String),
 }
@@ -77,7 +84,13 @@ impl Object {
                 format!("devices/{device}/snapshots/{}", seq(*through))
             }
             Object::Cursor { device } => format!("devices/{device}/cursor"),
-            Object::Mark { device, at } => format!("devices/{device}/marks/{}", seq(*at)),
+            Object::BundleRefs { device, through } => {
+                format!("devices/{device}/bundle-refs/{}", seq(*through))
+            }
+            Object::SnapshotRefs { device, through } => {
+                format!("devices/{device}/snapshot-refs/{}", seq(*through))
+            }
+            Object::GcMark(at) => format!("gc/marks/{}", seq(*at)),
             Object::Chunk(name) => format!("chunks/{name}"),
         }
     }
@@ -102,10 +115,15 @@ impl Object {
             ["devices", device, "cursor"] if safe_part(device) => Object::Cursor {
                 device: (*device).to_owned(),
             },
-            ["devices", device, "marks", n] if safe_part(device) => Object::Mark {
+            ["devices", device, "bundle-refs", n] if safe_part(device) => Object::BundleRefs {
                 device: (*device).to_owned(),
-                at: parse_seq(n).ok_or_else(bad)?,
+                through: parse_seq(n).ok_or_else(bad)?,
             },
+            ["devices", device, "snapshot-refs", n] if safe_part(device) => Object::SnapshotRefs {
+                device: (*device).to_owned(),
+                through: parse_seq(n).ok_or_else(bad)?,
+            },
+            ["gc", "marks", n] => Object::GcMark(parse_seq(n).ok_or_else(bad)?),
             ["chunks", chunk] if safe_part(chunk) => Object::Chunk((*chunk).to_owned()),
             _ => return Err(bad()),
         };
@@ -120,8 +138,9 @@ impl Object {
             Object::Bundle { device, .. }
             | Object::Snapshot { device, .. }
             | Object::Cursor { device }
-            | Object::Mark { device, .. } => Some(device),
-            Object::Log(_) | Object::Chunk(_) => None,
+            | Object::BundleRefs { device, .. }
+            | Object::SnapshotRefs { device, .. } => Some(device),
+            Object::Log(_) | Object::Chunk(_) | Object::GcMark(_) => None,
         }
     }
 
@@ -129,7 +148,7 @@ impl Object {
     #[must_use]
     pub fn member_may_write(&self, device: &str) -> bool {
         match self {
-            Object::Log(_) => false,
+            Object::Log(_) | Object::GcMark(_) => false,
             Object::Chunk(_) => true,
             _ => self.owner() == Some(device),
         }
@@ -166,6 +185,18 @@ pub fn bundles_of(device: &str) -> String {
     format!("devices/{device}/bundles/")
 }
 
+/// The prefix under which the chunk names of a member's bundles are listed.
+#[must_use]
+pub fn bundle_refs_of(device: &str) -> String {
+    format!("devices/{device}/bundle-refs/")
+}
+
+/// The prefix under which the chunk names of a member's snapshots are listed.
+#[must_use]
+pub fn snapshot_refs_of(device: &str) -> String {
+    format!("devices/{device}/snapshot-refs/")
+}
+
 /// The prefix under which a member's snapshots are listed.
 #[must_use]
 pub fn snapshots_of(device: &str) -> String {
@@ -192,10 +223,15 @@ mod tests {
             Object::Cursor {
                 device: "AAAA".into(),
             },
-            Object::Mark {
+            Object::BundleRefs {
                 device: "AAAA".into(),
-                at: 1_700_000_000,
+                through: 7,
             },
+            Object::SnapshotRefs {
+                device: "AAAA".into(),
+                through: 7,
+            },
+            Object::GcMark(1_700_000_000),
             Object::Chunk("abc123".into()),
         ];
         for o in objects {

@@ -77,7 +77,7 @@ pub async fn start(home: &Home, listen: Option<SocketAddr>) -> Result<RunningHub
         HubStorage::S3(s3) => format!("s3 bucket {} at {}", s3.bucket, s3.endpoint),
     };
     let spaces = Arc::new(Spaces::new(storage));
-    let service = HubService::new(spaces);
+    let service = HubService::new(spaces.clone(), config.hub.retention);
     let addr = listen.unwrap_or(config.listen);
     let (listener, bound) = crate::peer::bind(addr)
         .await
@@ -96,6 +96,7 @@ pub async fn start(home: &Home, listen: Option<SocketAddr>) -> Result<RunningHub
                 .max_decoding_message_size(MAX_OBJECT_BYTES + 4096)
                 .max_encoding_message_size(MAX_OBJECT_BYTES + 4096),
         );
+    tasks.spawn(super::gc::run(spaces, config.hub.clone(), cancel.clone()));
     let shutdown = cancel.clone();
     tasks.spawn(async move {
         if let Err(e) = server

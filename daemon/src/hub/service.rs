@@ -37,6 +37,8 @@ fn allowed_name(device: &str) -> String {
 #[derive(Debug, Clone)]
 pub struct HubService {
     spaces: Arc<Spaces>,
+    /// Told to members, who write their cursors well within it.
+    retention: Duration,
 }
 
 fn status_of(e: SpaceError) -> Status {
@@ -60,8 +62,8 @@ fn name_status(e: BadName) -> Status {
 impl HubService {
     /// A service over the spaces in one storage.
     #[must_use]
-    pub fn new(spaces: Arc<Spaces>) -> HubService {
-        HubService { spaces }
+    pub fn new(spaces: Arc<Spaces>, retention: Duration) -> HubService {
+        HubService { spaces, retention }
     }
 
     /// Lets `device` use this hub (and every hub over the same storage).
@@ -134,11 +136,12 @@ impl HubService {
         Ok(device)
     }
 
-    fn members_reply(space: &str, m: &super::members::Members) -> pb::Members {
+    fn members_reply(&self, space: &str, m: &super::members::Members) -> pb::Members {
         pb::Members {
             space: space.to_owned(),
             members: m.members.iter().cloned().collect(),
             removed: m.removed.iter().cloned().collect(),
+            retention_s: self.retention.as_secs(),
         }
     }
 
@@ -161,7 +164,7 @@ impl Hub for HubService {
             .await
             .map_err(status_of)?;
         info!(device = %device, space = %space, "joined");
-        Ok(Response::new(Self::members_reply(&space, &m)))
+        Ok(Response::new(self.members_reply(&space, &m)))
     }
 
     async fn add_member(
@@ -175,7 +178,7 @@ impl Hub for HubService {
             .change(&r.space, |m| m.add(&by, &r.device))
             .await
             .map_err(status_of)?;
-        Ok(Response::new(Self::members_reply(&r.space, &m)))
+        Ok(Response::new(self.members_reply(&r.space, &m)))
     }
 
     async fn remove_member(
@@ -190,7 +193,7 @@ impl Hub for HubService {
             .await
             .map_err(status_of)?;
         info!(by = %by, device = %r.device, space = %r.space, "member removed");
-        Ok(Response::new(Self::members_reply(&r.space, &m)))
+        Ok(Response::new(self.members_reply(&r.space, &m)))
     }
 
     async fn locate(
@@ -305,7 +308,12 @@ impl Hub for HubService {
         let parts: Vec<&str> = folder.split('/').collect();
         let allowed = matches!(
             parts.as_slice(),
-            ["chunks"] | ["devices", _, "bundles" | "snapshots" | "marks"]
+            ["chunks"]
+                | [
+                    "devices",
+                    _,
+                    "bundles" | "snapshots" | "bundle-refs" | "snapshot-refs"
+                ]
         ) && parts
             .iter()
             .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'));

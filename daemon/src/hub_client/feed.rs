@@ -39,6 +39,9 @@ struct Receiving {
     stop: CancellationToken,
     /// The last bundle refused, so it is logged once, not every round.
     refused: Option<String>,
+    /// Whether the member's snapshots were looked at since this receiver started: a device
+    /// back after the hub collected every bundle it missed finds no bundle to tell it so.
+    looked_at_snapshots: bool,
 }
 
 /// The other members of one source at one hub.
@@ -198,6 +201,7 @@ impl Members {
             fed: applied,
             stop,
             refused: None,
+            looked_at_snapshots: false,
         })
     }
 
@@ -230,6 +234,20 @@ impl Members {
             .into_inner();
         let mut latest = r.fed;
         let mut refusal: Option<String> = None;
+        if listed.objects.is_empty() && !r.looked_at_snapshots {
+            r.looked_at_snapshots = true;
+            if let Ok((updates, at)) =
+                from_snapshot(client, objects, sealer, member, r.fed + 1).await?
+            {
+                for update in updates {
+                    if r.tx.send(update).await.is_err() {
+                        break;
+                    }
+                }
+                r.fed = at;
+                latest = latest.max(at);
+            }
+        }
         let count = listed.objects.len();
         for (i, object) in listed.objects.iter().enumerate() {
             let through = match Object::parse(&object.name) {
@@ -251,7 +269,23 @@ impl Members {
             };
             let update = match open_bundle(sealer, member, through, r.fed, &data) {
                 Ok(update) => update,
-                Err(why) => {
+                Err(Opened::Gap { after }) => {
+                    // Collected before this device took them: start from a snapshot.
+                    match from_snapshot(client, objects, sealer, member, after).await? {
+                        Ok((updates, at)) => {
+                            for update in updates {
+                                if r.tx.send(update).await.is_err() {
+                                    break;
+                                }
+                            }
+                            r.fed = at;
+                            latest = latest.max(at);
+                        }
+                        Err(why) => refusal = Some(why),
+                    }
+                    break;
+                }
+                Err(Opened::Refused(why)) => {
                     refusal = Some(why);
                     break;
                 }
@@ -288,6 +322,14 @@ impl Members {
     }
 }
 
+/// Why a bundle is not handed over.
+enum Opened {
+    /// It follows bundles the hub no longer has (collected): it starts after `after`.
+    Gap { after: u64 },
+    /// It is not the bundle asked for, or not a bundle at all.
+    Refused(String),
+}
+
 /// Opens a member's bundle as the one named `through`, checks it follows what came before
 /// (`after` no later than what was handed over), and decodes its update.
 fn open_bundle(
@@ -296,27 +338,108 @@ fn open_bundle(
     through: u64,
     fed: u64,
     data: &[u8],
-) -> Result<peer_pb::IndexUpdate, String> {
+) -> Result<peer_pb::IndexUpdate, Opened> {
+    let refused = Opened::Refused;
     let plain = sealer
         .open(&Binding::bundle(member, through), data)
-        .map_err(|e| format!("bundle {through} of {member}: {e}"))?;
+        .map_err(|e| refused(format!("bundle {through} of {member}: {e}")))?;
     let bundle = pb::Bundle::decode(plain.as_slice())
-        .map_err(|e| format!("bundle {through} of {member} does not decode: {e}"))?;
+        .map_err(|e| refused(format!("bundle {through} of {member} does not decode: {e}")))?;
     if bundle.after > fed {
-        return Err(format!(
-            "bundles of {member} from {fed} to {} are missing on the hub",
-            bundle.after
-        ));
+        return Err(Opened::Gap {
+            after: bundle.after,
+        });
     }
     let update = peer_pb::IndexUpdate::decode(bundle.update.as_slice())
-        .map_err(|e| format!("bundle {through} of {member} does not decode: {e}"))?;
+        .map_err(|e| refused(format!("bundle {through} of {member} does not decode: {e}")))?;
     if update.through_sequence != through || !update.moves.is_empty() {
-        return Err(format!(
+        return Err(refused(format!(
             "bundle {through} of {member} says it covers {} (or carries folder moves)",
             update.through_sequence
-        ));
+        )));
     }
     Ok(update)
+}
+
+/// The member's newest snapshot, which must reach at least `after`, as updates for the
+/// receiver (cut to the size one update may have), and the sequence it covers.
+async fn from_snapshot(
+    client: &mut HubClient<Channel>,
+    objects: &Objects,
+    sealer: &Sealer,
+    member: &str,
+    after: u64,
+) -> Result<Result<(Vec<Update>, u64), String>, tonic::Status> {
+    let listed = client
+        .list(pb::ListRequest {
+            space: sealer.space().to_owned(),
+            prefix: crate::hub::names::snapshots_of(member),
+            after: String::new(),
+            limit: 0,
+        })
+        .await?
+        .into_inner();
+    let newest = listed
+        .objects
+        .iter()
+        .filter_map(|o| match Object::parse(&o.name) {
+            Ok(Object::Snapshot { device, through }) if device == member => Some(through),
+            _ => None,
+        })
+        .max();
+    let Some(through) = newest.filter(|t| *t >= after) else {
+        return Ok(Err(format!(
+            "bundles of {member} before {after} are gone from the hub and no snapshot of it \
+             reaches that far"
+        )));
+    };
+    let name = Object::Snapshot {
+        device: member.to_owned(),
+        through,
+    }
+    .name();
+    let Some(data) = objects.get(&name).await? else {
+        return Ok(Err(format!(
+            "snapshot {through} of {member} is gone from the hub"
+        )));
+    };
+    let opened = sealer
+        .open(&Binding::snapshot(member, through), &data)
+        .map_err(|e| format!("snapshot {through} of {member}: {e}"))
+        .and_then(|plain| {
+            let bundle = pb::Bundle::decode(plain.as_slice()).map_err(|e| e.to_string())?;
+            peer_pb::IndexUpdate::decode(bundle.update.as_slice()).map_err(|e| e.to_string())
+        });
+    let mut update = match opened {
+        Ok(u) if u.through_sequence == through && u.moves.is_empty() => u,
+        Ok(_) => {
+            return Ok(Err(format!(
+                "snapshot {through} of {member} says it is another"
+            )));
+        }
+        Err(why) => return Ok(Err(why)),
+    };
+    // Parts below the size limit of one update; only the last says how far it reaches.
+    let mut parts = Vec::new();
+    let items = std::mem::take(&mut update.items);
+    let count = items.len().div_ceil(universal::MAX_ITEMS_PER_UPDATE).max(1);
+    let mut items = items.into_iter();
+    for i in 0..count {
+        let part = peer_pb::IndexUpdate {
+            items: items
+                .by_ref()
+                .take(universal::MAX_ITEMS_PER_UPDATE)
+                .collect(),
+            through_sequence: through,
+            ..peer_pb::IndexUpdate::default()
+        };
+        let mut u = update_of(part, through, false);
+        if i + 1 < count {
+            u.through = 0;
+        }
+        parts.push(u);
+    }
+    Ok(Ok((parts, through)))
 }
 
 /// A checked update for the receiver; an update refused whole keeps only its sequence.

@@ -113,10 +113,14 @@ pub(super) struct SourceLink {
     generation: u32,
     /// The other members' bundles, each into a receiver.
     pub members: Members,
-    /// Chunks known to be on the hub already.
+    /// Chunks known to be on the hub already, as of `chunks_seen` (forgotten after a minute:
+    /// the hub collects unreferenced chunks, after a grace period far longer than that).
     pub chunks_there: std::collections::HashSet<String>,
+    pub chunks_seen: std::time::Instant,
     /// When the members were last asked of the hub (another member may add one).
     joined_at: std::time::Instant,
+    /// This device's snapshots and cursor at the hub.
+    pub own: super::upload::Own,
 }
 
 /// How often a link asks the hub for a source's members again.
@@ -216,7 +220,7 @@ impl Link {
             .get(&row.id)
             .is_none_or(|s| s.generation != generation || s.sealer.space() != sealer.space());
         if stale {
-            let members = self.join(&sealer, row).await?;
+            let (members, retention) = self.join(&sealer, row).await?;
             info!(source = %row.id, members = members.len(), "joined at the hub");
             self.ctx
                 .update_source(&self.hub, &row.id, |s| s.error.clear());
@@ -230,7 +234,9 @@ impl Link {
                 generation,
                 members: Members::new(self.ctx.clone(), self.hub.clone(), row.id.clone()),
                 chunks_there: std::collections::HashSet::new(),
+                chunks_seen: std::time::Instant::now(),
                 joined_at: std::time::Instant::now(),
+                own: super::upload::Own::new(retention),
             };
             if let Some(mut old) = self.sources.insert(row.id.clone(), link) {
                 old.members.stop_all();
@@ -245,7 +251,7 @@ impl Link {
             .filter(|s| s.joined_at.elapsed() >= REJOIN_EVERY)
             .map(|s| s.sealer.clone());
         if let Some(sealer) = rejoin {
-            let members = self.join(&sealer, row).await?;
+            let (members, _) = self.join(&sealer, row).await?;
             if let Some(s) = self.sources.get_mut(&row.id) {
                 s.members.set(&members, &self.me);
                 s.joined_at = std::time::Instant::now();
@@ -259,10 +265,20 @@ impl Link {
             .members
             .pull(&mut self.client, &link.objects, &link.sealer, row)
             .await;
+        pulled?;
+        super::upload::snapshot_and_cursor(
+            &self.ctx,
+            &self.hub,
+            &mut self.client,
+            link,
+            row,
+            &self.me,
+        )
+        .await?;
         let direct = link.objects.direct_bytes();
         self.ctx
             .update_source(&self.hub, &row.id, |s| s.direct_bytes = direct);
-        pulled
+        Ok(())
     }
 
     /// Joins the source's space and adds the devices the source is shared with as members;
@@ -271,7 +287,7 @@ impl Link {
         &mut self,
         sealer: &Sealer,
         row: &SourceRow,
-    ) -> Result<Vec<String>, tonic::Status> {
+    ) -> Result<(Vec<String>, Duration), tonic::Status> {
         let space = sealer.space().to_owned();
         let mut members = self
             .client
@@ -294,6 +310,6 @@ impl Link {
                 .into_inner();
         }
         tracing::debug!(source = %row.id, members = members.members.len(), "members at the hub");
-        Ok(members.members)
+        Ok((members.members, Duration::from_secs(members.retention_s)))
     }
 }
