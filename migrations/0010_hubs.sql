@@ -21,3 +21,11 @@ CREATE TABLE hub_uploads (
     sequence   INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (hub_id, source_id)
 ) WITHOUT ROWID;
+
+-- Devices removed from a source (`source unshare`): refused at its hubs and never added
+-- there again by this device.
+CREATE TABLE source_removals (
+    source_id  TEXT NOT NULL REFERENCES sources(id) ON DELETE CASCADE,
+    device_id  TEXT NOT NULL,
+    PRIMARY KEY (source_id, device_id)
+) WITHOUT ROWID;

@@ -92,6 +92,21 @@ pub enum SourceCommand {
         /// Source
         id: String,
     },
+    /// Share source ID with one more device
+    Share {
+        /// Source
+        id: String,
+        /// The device's ID
+        device: String,
+    },
+    /// Remove a device from source ID: its hubs refuse it, and what is written from now on
+    /// uses a new key it does not get
+    Unshare {
+        /// Source
+        id: String,
+        /// The device's ID
+        device: String,
+    },
     /// List the sources
     List,
     /// Stop syncing source ID and forget it (the files stay on disk)

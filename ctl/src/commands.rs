@@ -9,7 +9,8 @@ use std::path::Path;
 use tandem_proto::control::control_client::ControlClient;
 use tandem_proto::control::{
     Ack, HubAddRequest, HubListRequest, IdRequest, PeerAddRequest, PeerListRequest, PeerRequest,
-    SourceAddRequest, SourceListRequest, SourceRequest, StatusRequest, WaitRequest, WatchRequest,
+    SourceAddRequest, SourceListRequest, SourceRequest, SourceShareRequest, StatusRequest,
+    WaitRequest, WatchRequest,
 };
 use tonic::transport::Channel;
 
@@ -56,6 +57,28 @@ pub async fn run<W: Write>(ctx: &mut Ctx<W>, command: Command) -> Result<Outcome
                 writeln!(ctx.out, "{}", reply.key)?;
             }
             Ok(Outcome::Success)
+        }
+        Command::Source(SourceCommand::Share { id, device }) => {
+            let ack = ctx
+                .client
+                .source_share(SourceShareRequest {
+                    id: id.clone(),
+                    device_id: device.clone(),
+                })
+                .await?
+                .into_inner();
+            print_ack(ctx, &ack, &format!("source {id} is shared with {device}"))
+        }
+        Command::Source(SourceCommand::Unshare { id, device }) => {
+            let ack = ctx
+                .client
+                .source_unshare(SourceShareRequest {
+                    id: id.clone(),
+                    device_id: device.clone(),
+                })
+                .await?
+                .into_inner();
+            print_ack(ctx, &ack, &format!("{device} is removed from source {id}"))
         }
         Command::Hub(HubCommand::Add {
             address,

@@ -187,6 +187,20 @@ impl Control for Fake {
         )))
     }
 
+    async fn source_share(
+        &self,
+        _: Request<tandem_proto::control::SourceShareRequest>,
+    ) -> Result<Response<Ack>, Status> {
+        Err(Status::unimplemented("the fake agent cannot share"))
+    }
+
+    async fn source_unshare(
+        &self,
+        _: Request<tandem_proto::control::SourceShareRequest>,
+    ) -> Result<Response<Ack>, Status> {
+        Err(Status::unimplemented("the fake agent cannot share"))
+    }
+
     async fn hub_add(
         &self,
         _: Request<tandem_proto::control::HubAddRequest>,

@@ -235,6 +235,70 @@ impl AgentHandle {
         Ok(key)
     }
 
+    /// Shares a source with one more device.
+    pub async fn share_source(&self, id: &str, device_id: &str) -> Result<(), Error> {
+        let device = canonical_device(device_id)?;
+        if !self
+            .store
+            .share_source(id.to_owned(), device.clone())
+            .await?
+        {
+            return Err(Error::UnknownSource(id.to_owned()));
+        }
+        self.peers_changed(id).await?;
+        info!(source = %id, device = %device, "source shared");
+        Ok(())
+    }
+
+    /// Removes a device from a source: it is refused at the source's hubs from now on, and
+    /// the source gets a new key, which the members that stay get (directly, or sealed for
+    /// each of them at the hubs) and the removed device does not.
+    pub async fn unshare_source(&self, id: &str, device_id: &str) -> Result<(), Error> {
+        let device = canonical_device(device_id)?;
+        if !self
+            .store
+            .unshare_source(id.to_owned(), device.clone(), true)
+            .await?
+        {
+            return Err(Error::UnknownSource(id.to_owned()));
+        }
+        let newest = self
+            .store
+            .source_keys(id.to_owned())
+            .await?
+            .last()
+            .map_or(0, |(g, _)| *g);
+        let key = SourceKey::generate(newest + 1).map_err(|e| Error::Invalid(e.to_string()))?;
+        self.store
+            .add_source_key(id.to_owned(), key.generation, key.bytes().to_vec())
+            .await?;
+        self.peers_changed(id).await?;
+        info!(source = %id, device = %device, generation = key.generation, "device removed from the source; new key");
+        Ok(())
+    }
+
+    /// Tells the source task, the connections and the hub links that a source's devices
+    /// changed.
+    async fn peers_changed(&self, id: &str) -> Result<(), Error> {
+        let peers = self
+            .store
+            .sources()
+            .await?
+            .into_iter()
+            .find(|s| s.id == id)
+            .map(|s| s.peers)
+            .unwrap_or_default();
+        let targets = self
+            .ask(|tx| Msg::Targets(Some(id.to_owned()), tx))
+            .await??;
+        for (_, t) in &targets {
+            t.set_peers(peers.clone()).await;
+        }
+        self.peers.sources_changed();
+        self.hubs.changed();
+        Ok(())
+    }
+
     /// Adds a hub (pinned to its device ID), or changes its address.
     pub async fn add_hub(&self, address: &str, device_id: &str) -> Result<HubRow, Error> {
         let id: DeviceId = device_id
@@ -928,6 +992,14 @@ fn validate_path(path: &Path, home: &Path) -> Result<PathBuf, Error> {
         )));
     }
     Ok(root)
+}
+
+/// A device ID in its canonical form, or why it is not one.
+fn canonical_device(device_id: &str) -> Result<String, Error> {
+    device_id
+        .parse::<DeviceId>()
+        .map(|d| d.to_string())
+        .map_err(|e| Error::Invalid(e.to_string()))
 }
 
 #[cfg(test)]

@@ -138,6 +138,106 @@ pub fn prefer<'k>(a: &'k SourceKey, b: &'k SourceKey) -> &'k SourceKey {
     if space(b) < space(a) { b } else { a }
 }
 
+/// Which key hand-over a sealed key is: the space, the member that sealed it, the member it
+/// is for, and its generation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Handover<'a> {
+    pub space: &'a str,
+    pub from: &'a str,
+    pub to: &'a str,
+    pub generation: u32,
+}
+
+impl Handover<'_> {
+    fn info(&self) -> Vec<u8> {
+        let mut info = b"tandem key handover\0".to_vec();
+        for part in [self.space, self.from, self.to] {
+            info.extend_from_slice(&(part.len() as u64).to_be_bytes());
+            info.extend_from_slice(part.as_bytes());
+        }
+        info.extend_from_slice(&self.generation.to_be_bytes());
+        info
+    }
+}
+
+/// The key two devices share without meeting: ECDH between one's device key (PKCS#8 PEM)
+/// and the other's certificate (DER), through HKDF bound to the hand-over.
+fn pair_key(own_key_pem: &str, their_cert: &[u8], h: &Handover<'_>) -> Result<[u8; 32], SealError> {
+    use p256::pkcs8::DecodePrivateKey;
+    use x509_cert::der::Decode;
+    let secret = p256::SecretKey::from_pkcs8_pem(own_key_pem)
+        .map_err(|e| SealError::BadKey(format!("this device's key: {e}")))?;
+    let cert = x509_cert::Certificate::from_der(their_cert)
+        .map_err(|e| SealError::BadKey(format!("a member's certificate: {e}")))?;
+    let public = p256::PublicKey::from_sec1_bytes(
+        cert.tbs_certificate()
+            .subject_public_key_info()
+            .subject_public_key
+            .raw_bytes(),
+    )
+    .map_err(|e| SealError::BadKey(format!("a member's certificate key: {e}")))?;
+    let shared = p256::ecdh::diffie_hellman(secret.to_nonzero_scalar(), public.as_affine());
+    let hk = Hkdf::<Sha256>::new(Some(b"tandem key handover v1"), shared.raw_secret_bytes());
+    let mut out = [0u8; 32];
+    let _ = hk.expand(&h.info(), &mut out);
+    Ok(out)
+}
+
+/// Seals a source key for one member, so that only that member (and the sealer) can open
+/// it: for members that do not meet the sealer directly after a member was removed.
+///
+/// # Errors
+/// A key or certificate that cannot be read, or no random numbers.
+pub fn hand_over(
+    own_key_pem: &str,
+    their_cert: &[u8],
+    h: &Handover<'_>,
+    key: &SourceKey,
+) -> Result<Vec<u8>, SealError> {
+    let wrap = XChaCha20Poly1305::new(&pair_key(own_key_pem, their_cert, h)?.into());
+    let mut nonce = [0u8; NONCE_LEN];
+    getrandom::fill(&mut nonce).map_err(|e| SealError::NoRandom(e.to_string()))?;
+    let sealed = wrap
+        .encrypt(
+            &XNonce::from(nonce),
+            Payload {
+                msg: key.bytes(),
+                aad: &h.info(),
+            },
+        )
+        .map_err(|_| SealError::TooLarge(KEY_LEN))?;
+    let mut out = nonce.to_vec();
+    out.extend_from_slice(&sealed);
+    Ok(out)
+}
+
+/// Opens a key another member sealed for this device ([`hand_over`]).
+///
+/// # Errors
+/// A key or certificate that cannot be read, or a sealed key that is not this hand-over's.
+pub fn take_over(
+    own_key_pem: &str,
+    their_cert: &[u8],
+    h: &Handover<'_>,
+    sealed: &[u8],
+) -> Result<SourceKey, SealError> {
+    let wrap = XChaCha20Poly1305::new(&pair_key(own_key_pem, their_cert, h)?.into());
+    let (nonce, body) = sealed
+        .split_first_chunk::<NONCE_LEN>()
+        .ok_or(SealError::Malformed)?;
+    let plain = wrap
+        .decrypt(
+            &XNonce::from(*nonce),
+            Payload {
+                msg: body,
+                aad: &h.info(),
+            },
+        )
+        .map_err(|_| SealError::Forged)?;
+    let bytes: [u8; KEY_LEN] = plain.try_into().map_err(|_| SealError::Malformed)?;
+    Ok(SourceKey::from_bytes(h.generation, bytes))
+}
+
 /// What a sealed object is; bound into its associated data.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -512,6 +612,42 @@ mod tests {
             old.open(&Binding::cursor("A"), &sealed_new),
             Err(SealError::UnknownGeneration { found: 1 })
         );
+    }
+
+    #[test]
+    fn a_key_handed_over_opens_only_for_its_member() {
+        let dir = tempfile::tempdir().unwrap();
+        let ids: Vec<crate::identity::Identity> = (0..3)
+            .map(|i| {
+                crate::identity::Identity::load_or_create(&dir.path().join(i.to_string())).unwrap()
+            })
+            .collect();
+        let der = |i: &crate::identity::Identity| {
+            use rustls::pki_types::pem::PemObject;
+            rustls::pki_types::CertificateDer::from_pem_slice(i.cert_pem.as_bytes())
+                .unwrap()
+                .to_vec()
+        };
+        let key = SourceKey::from_bytes(1, [5; KEY_LEN]);
+        let h = Handover {
+            space: "s",
+            from: "A",
+            to: "B",
+            generation: 1,
+        };
+        let sealed = hand_over(&ids[0].key_pem, &der(&ids[1]), &h, &key).unwrap();
+        assert_eq!(
+            take_over(&ids[1].key_pem, &der(&ids[0]), &h, &sealed).unwrap(),
+            key
+        );
+        // The third device (a removed member, say) cannot open it.
+        assert!(take_over(&ids[2].key_pem, &der(&ids[0]), &h, &sealed).is_err());
+        // Nor is it another hand-over.
+        let other = Handover {
+            to: "C",
+            ..h.clone()
+        };
+        assert!(take_over(&ids[1].key_pem, &der(&ids[0]), &other, &sealed).is_err());
     }
 
     #[test]

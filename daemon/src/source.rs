@@ -139,6 +139,9 @@ enum Msg {
     Apply(Vec<RemoteApply>, oneshot::Sender<Vec<ApplyOutcome>>),
     /// A peer's folder move, to apply as one rename if it checks out here.
     ApplyMove(MoveApply, oneshot::Sender<MoveOutcome>),
+    /// The devices the source is shared with changed (`source unshare`, or a removal seen at
+    /// a hub).
+    SetPeers(Vec<String>),
 }
 
 /// A peer's folder move whose entries this device derived from its own prior state, to apply
@@ -277,6 +280,11 @@ impl SourceCommander {
         if self.tx.send(Msg::Resume(tx)).await.is_ok() {
             let _ = rx.await;
         }
+    }
+
+    /// The devices the source is shared with are now `peers`.
+    pub async fn set_peers(&self, peers: Vec<String>) {
+        let _ = self.tx.send(Msg::SetPeers(peers)).await;
     }
 
     /// Applies a peer's folder move as one rename if it checks out here; otherwise nothing
@@ -656,6 +664,7 @@ impl SourceTask {
 
     async fn handle(&mut self, msg: Msg) {
         match msg {
+            Msg::SetPeers(peers) => self.set_peers(peers),
             Msg::Rescan(done) => {
                 if !self.cfg.paused {
                     self.events
@@ -842,6 +851,11 @@ impl SourceTask {
     }
 
     /// Publishes a change to the status snapshot and wakes anyone waiting on it.
+    fn set_peers(&mut self, peers: Vec<String>) {
+        self.cfg.peers.clone_from(&peers);
+        self.publish(|s| s.peers = peers);
+    }
+
     fn publish(&self, f: impl FnOnce(&mut SourceStatus)) {
         self.status.send_modify(f);
         self.changed.notify_waiters();
@@ -1023,6 +1037,7 @@ impl SourceTask {
                     // Applied once this scan is done, so the two never interleave.
                     Some(Msg::Apply(batch, done)) => self.deferred.push((batch, done)),
                     Some(Msg::ApplyMove(mv, done)) => self.deferred_moves.push((mv, done)),
+                    Some(Msg::SetPeers(peers)) => self.set_peers(peers),
                     None => {}
                 },
             }

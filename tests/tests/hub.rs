@@ -711,3 +711,51 @@ fn a_member_away_past_the_retention_catches_up_from_a_snapshot() {
     c.wait(SYNC);
     tree::assert_same_trees(&dirs[0], &dirs[2]);
 }
+
+#[test]
+fn a_removed_member_is_refused_and_what_follows_uses_a_key_it_never_gets() {
+    let (hub, a, b, c, [a_docs, b_docs, c_docs]) = three_through_a_hub();
+    tree::write(&a_docs.join("before.txt"), b"all three\n");
+    for agent in [&a, &b, &c] {
+        agent.wait(SYNC);
+    }
+    let c_id = c.device_id();
+    a.json(&["source", "unshare", "docs", &c_id]);
+    await_hub_refusal(&c, "docs", "removed");
+    tree::write(&a_docs.join("after.txt"), b"A and B only\n");
+    a.wait(SYNC);
+    b.wait(SYNC);
+    assert_eq!(
+        fs::read(b_docs.join("after.txt")).expect("after.txt on B"),
+        b"A and B only\n"
+    );
+    assert!(c_docs.join("before.txt").exists());
+    assert!(
+        !c_docs.join("after.txt").exists(),
+        "the removed member got it"
+    );
+    // B took the new key (handed over at the hub, sealed for B alone); C has only the old.
+    let generation = |agent: &Agent| agent.json(&["source", "key", "docs"])["generation"].as_u64();
+    assert_eq!(generation(&a), Some(1));
+    assert_eq!(generation(&b), Some(1));
+    assert_eq!(generation(&c).unwrap_or(0), 0);
+    // A's newest bundle is sealed under generation 1 (bytes 1..5 of a sealed object).
+    let newest = bundle_files(&hub, &a.device_id())
+        .last()
+        .map(|p| fs::read(p).expect("read A's bundle"))
+        .expect("A has a bundle");
+    assert_eq!(
+        u32::from_be_bytes([newest[1], newest[2], newest[3], newest[4]]),
+        1
+    );
+    // B no longer counts C among the source's devices.
+    let peers = b.source("docs")["peers"].clone();
+    assert!(
+        !peers
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|p| p == c_id.as_str()),
+        "{peers:#}"
+    );
+}

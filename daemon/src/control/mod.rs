@@ -513,6 +513,37 @@ impl Control for ControlService {
         }))
     }
 
+    async fn source_share(
+        &self,
+        req: Request<pb::SourceShareRequest>,
+    ) -> Result<Response<pb::Ack>, Status> {
+        let req = req.into_inner();
+        self.agent
+            .share_source(&req.id, &req.device_id)
+            .await
+            .map_err(status_of)?;
+        Ok(Response::new(pb::Ack {
+            message: format!("source {} is shared with {}", req.id, req.device_id),
+        }))
+    }
+
+    async fn source_unshare(
+        &self,
+        req: Request<pb::SourceShareRequest>,
+    ) -> Result<Response<pb::Ack>, Status> {
+        let req = req.into_inner();
+        self.agent
+            .unshare_source(&req.id, &req.device_id)
+            .await
+            .map_err(status_of)?;
+        Ok(Response::new(pb::Ack {
+            message: format!(
+                "{} is removed from source {}; what is written from now on uses a new key",
+                req.device_id, req.id
+            ),
+        }))
+    }
+
     async fn hub_add(
         &self,
         req: Request<pb::HubAddRequest>,

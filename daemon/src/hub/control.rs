@@ -200,6 +200,20 @@ impl Control for HubControl {
         not_here("source key")
     }
 
+    async fn source_share(
+        &self,
+        _: Request<pb::SourceShareRequest>,
+    ) -> Result<Response<pb::Ack>, Status> {
+        not_here("source share")
+    }
+
+    async fn source_unshare(
+        &self,
+        _: Request<pb::SourceShareRequest>,
+    ) -> Result<Response<pb::Ack>, Status> {
+        not_here("source unshare")
+    }
+
     async fn hub_add(
         &self,
         _: Request<pb::HubAddRequest>,

@@ -52,6 +52,14 @@ pub enum Object {
     SnapshotRefs { device: String, through: u64 },
     /// A hub's mark of unreferenced chunks, made at Unix time `at`.
     GcMark(u64),
+    /// A member's certificate (public), so other members can hand it keys.
+    Cert { device: String },
+    /// A key of a later generation, sealed by `device` for `member`.
+    Handover {
+        device: String,
+        generation: u64,
+        member: String,
+    },
     /// Content under its keyed name.
     Chunk(String),
 }
@@ -91,6 +99,12 @@ impl Object {
                 format!("devices/{device}/snapshot-refs/{}", seq(*through))
             }
             Object::GcMark(at) => format!("gc/marks/{}", seq(*at)),
+            Object::Cert { device } => format!("devices/{device}/cert"),
+            Object::Handover {
+                device,
+                generation,
+                member,
+            } => format!("devices/{device}/handovers/{}-{member}", seq(*generation)),
             Object::Chunk(name) => format!("chunks/{name}"),
         }
     }
@@ -124,6 +138,20 @@ impl Object {
                 through: parse_seq(n).ok_or_else(bad)?,
             },
             ["gc", "marks", n] => Object::GcMark(parse_seq(n).ok_or_else(bad)?),
+            ["devices", device, "cert"] if safe_part(device) => Object::Cert {
+                device: (*device).to_owned(),
+            },
+            ["devices", device, "handovers", h] if safe_part(device) => {
+                let (n, member) = h.split_once('-').ok_or_else(bad)?;
+                if !safe_part(member) {
+                    return Err(bad());
+                }
+                Object::Handover {
+                    device: (*device).to_owned(),
+                    generation: parse_seq(n).ok_or_else(bad)?,
+                    member: member.to_owned(),
+                }
+            }
             ["chunks", chunk] if safe_part(chunk) => Object::Chunk((*chunk).to_owned()),
             _ => return Err(bad()),
         };
@@ -139,7 +167,9 @@ impl Object {
             | Object::Snapshot { device, .. }
             | Object::Cursor { device }
             | Object::BundleRefs { device, .. }
-            | Object::SnapshotRefs { device, .. } => Some(device),
+            | Object::SnapshotRefs { device, .. }
+            | Object::Cert { device }
+            | Object::Handover { device, .. } => Some(device),
             Object::Log(_) | Object::Chunk(_) | Object::GcMark(_) => None,
         }
     }
@@ -197,6 +227,12 @@ pub fn snapshot_refs_of(device: &str) -> String {
     format!("devices/{device}/snapshot-refs/")
 }
 
+/// The prefix under which the keys a member handed over are listed.
+#[must_use]
+pub fn handovers_of(device: &str) -> String {
+    format!("devices/{device}/handovers/")
+}
+
 /// The prefix under which a member's snapshots are listed.
 #[must_use]
 pub fn snapshots_of(device: &str) -> String {
@@ -233,6 +269,14 @@ mod tests {
             },
             Object::GcMark(1_700_000_000),
             Object::Chunk("abc123".into()),
+            Object::Cert {
+                device: "AAAA".into(),
+            },
+            Object::Handover {
+                device: "AAAA-BB".into(),
+                generation: 2,
+                member: "CCCC-DD".into(),
+            },
         ];
         for o in objects {
             assert_eq!(Object::parse(&o.name()).unwrap(), o);

@@ -312,7 +312,7 @@ impl Hub for HubService {
                 | [
                     "devices",
                     _,
-                    "bundles" | "snapshots" | "bundle-refs" | "snapshot-refs"
+                    "bundles" | "snapshots" | "bundle-refs" | "snapshot-refs" | "handovers"
                 ]
         ) && parts
             .iter()

@@ -50,6 +50,9 @@ pub(super) struct Members {
     hub: String,
     source: String,
     members: BTreeMap<String, Option<Receiving>>,
+    /// A bundle was sealed under a key generation this device does not hold yet: the link
+    /// looks for a key handed over to it.
+    pub needs_key: bool,
 }
 
 impl Members {
@@ -59,6 +62,7 @@ impl Members {
             hub,
             source,
             members: BTreeMap::new(),
+            needs_key: false,
         }
     }
 
@@ -285,6 +289,10 @@ impl Members {
                     }
                     break;
                 }
+                Err(Opened::NoKey) => {
+                    self.needs_key = true;
+                    break;
+                }
                 Err(Opened::Refused(why)) => {
                     refusal = Some(why);
                     break;
@@ -326,6 +334,8 @@ impl Members {
 enum Opened {
     /// It follows bundles the hub no longer has (collected): it starts after `after`.
     Gap { after: u64 },
+    /// It is sealed under a key generation this device does not hold (yet).
+    NoKey,
     /// It is not the bundle asked for, or not a bundle at all.
     Refused(String),
 }
@@ -342,7 +352,10 @@ fn open_bundle(
     let refused = Opened::Refused;
     let plain = sealer
         .open(&Binding::bundle(member, through), data)
-        .map_err(|e| refused(format!("bundle {through} of {member}: {e}")))?;
+        .map_err(|e| match e {
+            crate::sealed::SealError::UnknownGeneration { .. } => Opened::NoKey,
+            e => refused(format!("bundle {through} of {member}: {e}")),
+        })?;
     let bundle = pb::Bundle::decode(plain.as_slice())
         .map_err(|e| refused(format!("bundle {through} of {member} does not decode: {e}")))?;
     if bundle.after > fed {

@@ -121,6 +121,11 @@ pub(super) struct SourceLink {
     joined_at: std::time::Instant,
     /// This device's snapshots and cursor at the hub.
     pub own: super::upload::Own,
+    /// The members as the hub last said.
+    hub_members: Vec<String>,
+    /// The newest key, and to whom this device handed it over.
+    newest: SourceKey,
+    handed: std::collections::BTreeSet<(u32, String)>,
 }
 
 /// How often a link asks the hub for a source's members again.
@@ -220,16 +225,30 @@ impl Link {
             .get(&row.id)
             .is_none_or(|s| s.generation != generation || s.sealer.space() != sealer.space());
         if stale {
-            let (members, retention) = self.join(&sealer, row).await?;
+            let joined = self.join(&sealer, row).await?;
+            let (members, retention) = (
+                joined.members.clone(),
+                Duration::from_secs(joined.retention_s),
+            );
             info!(source = %row.id, members = members.len(), "joined at the hub");
             self.ctx
                 .update_source(&self.hub, &row.id, |s| s.error.clear());
+            let objects = super::objects::Objects::new(
+                self.client.clone(),
+                self.ctx.http.clone(),
+                sealer.space(),
+            );
+            super::keys::publish_cert(&self.ctx, &objects, &self.me).await?;
+            let newest = keys
+                .iter()
+                .max_by_key(|k| k.generation)
+                .cloned()
+                .ok_or_else(|| tonic::Status::internal("no key"))?;
             let link = SourceLink {
-                objects: super::objects::Objects::new(
-                    self.client.clone(),
-                    self.ctx.http.clone(),
-                    sealer.space(),
-                ),
+                objects,
+                hub_members: members.clone(),
+                newest,
+                handed: std::collections::BTreeSet::new(),
                 sealer,
                 generation,
                 members: Members::new(self.ctx.clone(), self.hub.clone(), row.id.clone()),
@@ -251,10 +270,13 @@ impl Link {
             .filter(|s| s.joined_at.elapsed() >= REJOIN_EVERY)
             .map(|s| s.sealer.clone());
         if let Some(sealer) = rejoin {
-            let (members, _) = self.join(&sealer, row).await?;
+            let joined = self.join(&sealer, row).await?;
             if let Some(s) = self.sources.get_mut(&row.id) {
-                s.members.set(&members, &self.me);
+                s.members.set(&joined.members, &self.me);
+                s.hub_members = joined.members;
                 s.joined_at = std::time::Instant::now();
+                // A key handed over meanwhile is looked for at each rejoin.
+                s.members.needs_key = true;
             }
         }
         let Some(link) = self.sources.get_mut(&row.id) else {
@@ -266,6 +288,28 @@ impl Link {
             .pull(&mut self.client, &link.objects, &link.sealer, row)
             .await;
         pulled?;
+        super::keys::hand_over(
+            &self.ctx,
+            &link.objects,
+            &link.sealer,
+            &link.newest,
+            &link.hub_members,
+            &self.me,
+            &mut link.handed,
+        )
+        .await?;
+        if std::mem::take(&mut link.members.needs_key) {
+            super::keys::take_over(
+                &self.ctx,
+                &mut self.client,
+                &link.objects,
+                &link.sealer,
+                &row.id,
+                &link.hub_members,
+                &self.me,
+            )
+            .await?;
+        }
         super::upload::snapshot_and_cursor(
             &self.ctx,
             &self.hub,
@@ -287,7 +331,7 @@ impl Link {
         &mut self,
         sealer: &Sealer,
         row: &SourceRow,
-    ) -> Result<(Vec<String>, Duration), tonic::Status> {
+    ) -> Result<pb::Members, tonic::Status> {
         let space = sealer.space().to_owned();
         let mut members = self
             .client
@@ -310,6 +354,56 @@ impl Link {
                 .into_inner();
         }
         tracing::debug!(source = %row.id, members = members.members.len(), "members at the hub");
-        Ok((members.members, Duration::from_secs(members.retention_s)))
+        // Devices this device removed are removed at the hub too.
+        let removals = self
+            .ctx
+            .store
+            .removals(row.id.clone())
+            .await
+            .map_err(|e| tonic::Status::internal(e.to_string()))?;
+        for device in removals {
+            if members.members.contains(&device) {
+                members = self
+                    .client
+                    .remove_member(pb::MemberRequest {
+                        space: space.clone(),
+                        device: device.clone(),
+                    })
+                    .await?
+                    .into_inner();
+                info!(source = %row.id, device = %device, "removed from the source at the hub");
+            }
+        }
+        // Devices another member removed are not shared with from here either.
+        for device in members.removed.iter().filter(|d| row.peers.contains(d)) {
+            self.ctx
+                .store
+                .unshare_source(row.id.clone(), device.clone(), false)
+                .await
+                .map_err(|e| tonic::Status::internal(e.to_string()))?;
+            let peers: Vec<String> = row.peers.iter().filter(|p| *p != device).cloned().collect();
+            if let Some(shared) = self.shared(&row.id, &peers).await {
+                shared.commander.set_peers(peers.clone()).await;
+            }
+            info!(source = %row.id, device = %device, "a member removed this device from the source; no longer shared with it");
+        }
+        Ok(members)
+    }
+
+    /// The running source, found through any device it is shared with.
+    async fn shared(&self, source: &str, peers: &[String]) -> Option<crate::peer::SharedSource> {
+        for p in peers {
+            if let Some(s) = self
+                .ctx
+                .sources
+                .shared_with(p.clone())
+                .await
+                .into_iter()
+                .find(|s| s.id == source)
+            {
+                return Some(s);
+            }
+        }
+        None
     }
 }

@@ -9,6 +9,7 @@
 //! for.
 
 mod feed;
+mod keys;
 mod link;
 mod objects;
 mod upload;

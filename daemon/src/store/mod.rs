@@ -382,6 +382,29 @@ impl StoreHandle {
             .await
     }
 
+    /// Shares a source with one more device; false if there is no such source.
+    pub async fn share_source(&self, source_id: String, device_id: String) -> Result<bool> {
+        self.call(move |c| queries::share_source(c, &source_id, &device_id))
+            .await
+    }
+
+    /// Stops sharing a source with a device, recording a removal when `removal`; false if
+    /// there is no such source.
+    pub async fn unshare_source(
+        &self,
+        source_id: String,
+        device_id: String,
+        removal: bool,
+    ) -> Result<bool> {
+        self.call(move |c| queries::unshare_source(c, &source_id, &device_id, removal))
+            .await
+    }
+
+    /// The devices this device removed from a source.
+    pub async fn removals(&self, source_id: String) -> Result<Vec<String>> {
+        self.call(move |c| queries::removals(c, &source_id)).await
+    }
+
     /// A source's keys, oldest generation first.
     pub async fn source_keys(&self, source_id: String) -> Result<Vec<(u32, Vec<u8>)>> {
         self.call(move |c| queries::source_keys(c, &source_id))

@@ -1498,3 +1498,78 @@ pub(super) fn replace_source_key(
         .map_err(sql("replacing a source key"))?;
     tx.commit().map_err(sql("replacing a source key"))
 }
+
+/// Shares a source with one more device (and forgets a removal of it); false if the source
+/// is not there.
+pub(super) fn share_source(c: &mut Connection, source_id: &str, device_id: &str) -> Result<bool> {
+    let tx = c.transaction().map_err(sql("sharing a source"))?;
+    let exists: Option<String> = tx
+        .query_row("SELECT id FROM sources WHERE id = ?1", [source_id], |r| {
+            r.get(0)
+        })
+        .optional()
+        .map_err(sql("sharing a source"))?;
+    if exists.is_none() {
+        return Ok(false);
+    }
+    tx.execute(
+        "INSERT OR IGNORE INTO source_peers (source_id, device_id) VALUES (?1, ?2)",
+        params![source_id, device_id],
+    )
+    .map_err(sql("sharing a source"))?;
+    tx.execute(
+        "DELETE FROM source_removals WHERE source_id = ?1 AND device_id = ?2",
+        params![source_id, device_id],
+    )
+    .map_err(sql("sharing a source"))?;
+    tx.commit().map_err(sql("sharing a source"))?;
+    Ok(true)
+}
+
+/// Stops sharing a source with a device; with `removal`, records it as removed (this device
+/// removed it, and tells its hubs). False if the source is not there.
+pub(super) fn unshare_source(
+    c: &mut Connection,
+    source_id: &str,
+    device_id: &str,
+    removal: bool,
+) -> Result<bool> {
+    let tx = c.transaction().map_err(sql("unsharing a source"))?;
+    let exists: Option<String> = tx
+        .query_row("SELECT id FROM sources WHERE id = ?1", [source_id], |r| {
+            r.get(0)
+        })
+        .optional()
+        .map_err(sql("unsharing a source"))?;
+    if exists.is_none() {
+        return Ok(false);
+    }
+    tx.execute(
+        "DELETE FROM source_peers WHERE source_id = ?1 AND device_id = ?2",
+        params![source_id, device_id],
+    )
+    .map_err(sql("unsharing a source"))?;
+    if removal {
+        tx.execute(
+            "INSERT OR IGNORE INTO source_removals (source_id, device_id) VALUES (?1, ?2)",
+            params![source_id, device_id],
+        )
+        .map_err(sql("unsharing a source"))?;
+    }
+    tx.commit().map_err(sql("unsharing a source"))?;
+    Ok(true)
+}
+
+/// The devices this device removed from a source.
+pub(super) fn removals(c: &mut Connection, source_id: &str) -> Result<Vec<String>> {
+    let err = sql("reading a source's removed devices");
+    let mut stmt = c
+        .prepare_cached(
+            "SELECT device_id FROM source_removals WHERE source_id = ?1 ORDER BY device_id",
+        )
+        .map_err(&err)?;
+    stmt.query_map([source_id], |r| r.get(0))
+        .map_err(&err)?
+        .collect::<rusqlite::Result<Vec<String>>>()
+        .map_err(&err)
+}
