@@ -21,8 +21,9 @@ use crate::sealed::Binding;
 use crate::store::{IndexPage, SourceRow};
 use crate::universal::{self, RemoteItem};
 
-/// Files up to this size travel inside the bundle.
-const INLINE_MAX: u64 = 64 * 1024;
+/// Files up to this size are read whole for their one chunk (larger ones chunk by chunk
+/// from the store's index of local copies).
+const SMALL_FILE: u64 = 64 * 1024;
 /// A bundle is cut after about this many bytes of entries and inline content.
 const BUNDLE_BUDGET: usize = 4 << 20;
 /// Bundles uploaded per round, so downloads get their turn.
@@ -67,7 +68,7 @@ pub(super) async fn step(
                 IndexPage {
                     items: 1000,
                     bytes: BUNDLE_BUDGET,
-                    with_content_up_to: INLINE_MAX,
+                    with_content_up_to: 0,
                     // Every member reads the bundle: nothing is left out for one of them.
                     except_from: None,
                     moves_after: None,
@@ -86,7 +87,6 @@ pub(super) async fn step(
         if through <= from {
             return Ok(());
         }
-        let items = with_inline(row, items).await;
         let mut bytes = upload_chunks(ctx, client, link, row, &items).await?;
         // The chunks it needs, before the bundle: the hub keeps a chunk a bundle names.
         let refs = Object::BundleRefs {
@@ -317,7 +317,7 @@ async fn snapshot(
                 IndexPage {
                     items: 5000,
                     bytes: BUNDLE_BUDGET,
-                    with_content_up_to: INLINE_MAX,
+                    with_content_up_to: 0,
                     except_from: None,
                     moves_after: None,
                 },
@@ -346,7 +346,6 @@ async fn snapshot(
             return Ok(());
         }
     }
-    let items = with_inline(row, items).await;
     // Chunks the hub collected since they were sent once are sent again.
     link.chunks_there.clear();
     upload_chunks(ctx, client, link, row, &items).await?;
@@ -398,45 +397,49 @@ async fn snapshot(
     Ok(())
 }
 
-/// Puts the content of small live files into their entries (a file changed since its scan
-/// goes without: a later bundle has its new entry).
-async fn with_inline(row: &SourceRow, mut items: Vec<RemoteItem>) -> Vec<RemoteItem> {
+/// The content of the items' small live files, by hash, read whole in one trip (a file
+/// changed since its scan is left out: a later bundle has its new entry). A small file is one
+/// chunk, whose hash is the file's.
+async fn small_contents(
+    row: &SourceRow,
+    items: &[RemoteItem],
+) -> std::collections::HashMap<crate::chunker::Hash128, bytes::Bytes> {
     let wanted: Vec<_> = items
         .iter()
-        .enumerate()
-        .filter_map(|(i, item)| {
+        .filter_map(|item| {
             let file = item.file()?;
             let small = file.meta.kind == ItemKind::File
                 && file.meta.size > 0
-                && file.meta.size <= INLINE_MAX;
+                && file.meta.size <= SMALL_FILE
+                && file.chunks.len() == 1;
             if !small || item.header.deleted {
                 return None;
             }
+            let hash = file.hash?;
             Some((
-                i,
+                hash,
                 item.path.clone(),
                 u32::try_from(file.meta.size).ok()?,
-                file.hash?,
+                hash,
             ))
         })
         .collect();
     if wanted.is_empty() {
-        return items;
+        return std::collections::HashMap::new();
     }
     let root = std::path::PathBuf::from(&row.path);
-    let read =
-        tokio::task::spawn_blocking(move || crate::apply::read_whole_files(&root, wanted)).await;
-    for (i, data) in read.unwrap_or_default() {
-        if let Some(crate::item::Body::File(file)) = items.get_mut(i).map(|item| &mut item.body) {
-            file.inline = Some(data);
-        }
-    }
-    items
+    tokio::task::spawn_blocking(move || crate::apply::read_whole_files(&root, wanted))
+        .await
+        .unwrap_or_default()
+        .into_iter()
+        .collect()
 }
 
-/// Uploads the chunks of the items' larger files that the hub does not have; returns the
-/// sealed bytes sent. A chunk no longer on this device (its file changed since the scan) is
-/// left out: a later bundle carries the file's new entry.
+/// Uploads the chunks of the items' files that the hub does not have (content always goes
+/// as chunks, named by a keyed hash of their content, so every member's bundles and
+/// snapshots share one copy); returns the sealed bytes sent. A chunk no longer on this device
+/// (its file changed since the scan) is left out: a later bundle carries the file's new
+/// entry.
 async fn upload_chunks(
     ctx: &Ctx,
     client: &mut HubClient<Channel>,
@@ -470,6 +473,7 @@ async fn upload_chunks(
     }
     let space = link.sealer.space().to_owned();
     let local = LocalChunks::new(ctx.store.clone());
+    let small = small_contents(row, items).await;
     let mut sent = 0u64;
     for batch in wanted.chunks(HAS_BATCH) {
         let present = client
@@ -491,8 +495,12 @@ async fn upload_chunks(
                 link.chunks_there.insert(name.clone());
                 continue;
             }
-            let Ok(data) = local.get(want).await else {
-                continue;
+            let data = match small.get(&want.chunk.hash) {
+                Some(data) => data.to_vec(),
+                None => match local.get(want).await {
+                    Ok(data) => data,
+                    Err(_) => continue,
+                },
             };
             let sealed = link
                 .sealer
