@@ -17,6 +17,7 @@ pub const BUCKET: &str = "tandem-hub";
 pub struct S3 {
     child: Child,
     port: u16,
+    python: PathBuf,
     _log: tempfile::TempDir,
 }
 
@@ -76,6 +77,7 @@ impl S3 {
         let mut s3 = S3 {
             child,
             port,
+            python,
             _log: log,
         };
         let up = backoff::retry_with_backoff(Duration::from_secs(30), || {
@@ -97,26 +99,68 @@ impl S3 {
 
     /// A hub `config.toml` that stores in this server's bucket (presigned URLs on).
     pub fn hub_config(&self) -> String {
+        self.hub_config_with("")
+    }
+
+    /// The same, with more `[hub]` settings (`key = value` lines).
+    pub fn hub_config_with(&self, hub_lines: &str) -> String {
         format!(
-            "[hub]\nstorage = \"s3\"\n[hub.s3]\nendpoint = \"{}\"\nbucket = \"{BUCKET}\"\n\
+            "[hub]\nstorage = \"s3\"\n{hub_lines}[hub.s3]\nendpoint = \"{}\"\nbucket = \"{BUCKET}\"\n\
              region = \"us-east-1\"\naccess_key_id = \"testing\"\nsecret_access_key = \"testing\"\n",
             self.endpoint()
         )
     }
 
-    /// Every object in the bucket, as moto's own listing gives them (keys only).
-    pub fn keys(&self) -> Vec<String> {
-        let body = self.get(&format!("/{BUCKET}?list-type=2&max-keys=100000"));
-        body.split("<Key>")
-            .skip(1)
-            .filter_map(|part| part.split("</Key>").next())
-            .map(str::to_owned)
+    /// Every object in the bucket, with its bytes, read with an S3 client of its own
+    /// (boto3, which moto's server depends on): what any holder of the bucket could read.
+    pub fn objects(&self) -> Vec<(String, Vec<u8>)> {
+        let script = format!(
+            "import boto3, base64, json\n\
+             s3 = boto3.client('s3', endpoint_url='{}', region_name='us-east-1',\n\
+                 aws_access_key_id='testing', aws_secret_access_key='testing')\n\
+             pages = s3.get_paginator('list_objects_v2').paginate(Bucket='{BUCKET}')\n\
+             for page in pages:\n\
+             \x20   for o in page.get('Contents', []):\n\
+             \x20       body = s3.get_object(Bucket='{BUCKET}', Key=o['Key'])['Body'].read()\n\
+             \x20       print(json.dumps([o['Key'], base64.b64encode(body).decode()]))\n",
+            self.endpoint()
+        );
+        let out = Command::new(&self.python)
+            .args(["-c", &script])
+            .output()
+            .expect("run boto3 against moto");
+        assert!(
+            out.status.success(),
+            "listing the bucket failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|line| {
+                let (key, body): (String, String) =
+                    serde_json::from_str(line).expect("a listed object");
+                (
+                    key,
+                    data_encoding::BASE64
+                        .decode(body.as_bytes())
+                        .expect("base64 from Python"),
+                )
+            })
             .collect()
+    }
+
+    /// Every key in the bucket.
+    pub fn keys(&self) -> Vec<String> {
+        self.objects().into_iter().map(|(k, _)| k).collect()
     }
 
     /// The bytes of one object.
     pub fn object(&self, key: &str) -> Vec<u8> {
-        self.get_bytes(&format!("/{BUCKET}/{key}"))
+        self.objects()
+            .into_iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, b)| b)
+            .unwrap_or_default()
     }
 
     fn request(&self, method: &str, path: &str) -> std::io::Result<u16> {
@@ -133,27 +177,6 @@ impl S3 {
             .nth(1)
             .and_then(|c| c.parse().ok())
             .unwrap_or(0))
-    }
-
-    fn get(&self, path: &str) -> String {
-        String::from_utf8_lossy(&self.get_bytes(path)).into_owned()
-    }
-
-    fn get_bytes(&self, path: &str) -> Vec<u8> {
-        let mut tcp = TcpStream::connect(("127.0.0.1", self.port)).expect("connect to moto");
-        write!(
-            tcp,
-            "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nConnection: close\r\n\r\n",
-            self.port
-        )
-        .expect("ask moto");
-        let mut reply = Vec::new();
-        tcp.read_to_end(&mut reply).expect("read moto's answer");
-        let at = reply
-            .windows(4)
-            .position(|w| w == b"\r\n\r\n")
-            .map_or(reply.len(), |i| i + 4);
-        reply.split_off(at)
     }
 }
 

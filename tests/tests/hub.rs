@@ -14,9 +14,75 @@ use tandem_tests::{Agent, backoff};
 /// Longest a small source may take to go through the hub.
 const SYNC: Duration = Duration::from_secs(60);
 
-#[test]
-fn a_device_converges_through_the_hub_alone_after_the_other_stopped() {
-    let hub = Agent::start_hub();
+/// Where a test's hub keeps its objects: a folder under its home, or a moto S3 bucket.
+enum Store {
+    Local,
+    S3(tandem_tests::s3::S3),
+}
+
+impl Store {
+    /// A hub on this store.
+    fn hub(&self) -> Agent {
+        self.hub_with("")
+    }
+
+    /// A hub on this store with more `[hub]` settings (`key = value` lines).
+    fn hub_with(&self, hub_lines: &str) -> Agent {
+        match self {
+            Store::Local if hub_lines.is_empty() => Agent::start_hub(),
+            Store::Local => Agent::start_hub_with_config(&format!("[hub]\n{hub_lines}")),
+            Store::S3(s3) => Agent::start_hub_with_config(&s3.hub_config_with(hub_lines)),
+        }
+    }
+
+    /// The bytes of `device`'s bundles on the store, oldest first.
+    fn bundles(&self, hub: &Agent, device: &str) -> Vec<Vec<u8>> {
+        match self {
+            Store::Local => bundle_files(hub, device)
+                .iter()
+                .map(|p| fs::read(p).expect("read a bundle"))
+                .collect(),
+            Store::S3(s3) => {
+                let folder = format!("/devices/{device}/bundles/");
+                let mut keys: Vec<String> = s3
+                    .keys()
+                    .into_iter()
+                    .filter(|k| k.contains(&folder))
+                    .collect();
+                keys.sort();
+                keys.iter().map(|k| s3.object(k)).collect()
+            }
+        }
+    }
+}
+
+/// A story run twice: on a hub's local folder, and on a moto S3 bucket (skipped, with the
+/// reason, where moto cannot run).
+macro_rules! on_both_stores {
+    ($story:ident, $local:ident, $s3:ident) => {
+        #[test]
+        fn $local() {
+            $story(&Store::Local);
+        }
+
+        #[test]
+        fn $s3() {
+            let Some(s3) = s3_or_skip() else {
+                return;
+            };
+            $story(&Store::S3(s3));
+        }
+    };
+}
+
+on_both_stores!(
+    converges_through_the_hub_alone,
+    a_device_converges_through_the_hub_alone_after_the_other_stopped,
+    a_device_converges_through_the_hub_alone_after_the_other_stopped_on_s3
+);
+
+fn converges_through_the_hub_alone(store: &Store) {
+    let hub = store.hub();
     let a = Agent::start();
     let mut b = Agent::start();
     a.use_hub(&hub);
@@ -249,8 +315,8 @@ fn a_hostile_hub_that_changes_replays_or_swaps_bundles_lands_nothing() {
 }
 
 /// A, B and C know each other only through the hub, and share `docs` with A's key.
-fn three_through_a_hub() -> (Agent, Agent, Agent, Agent, [PathBuf; 3]) {
-    let hub = Agent::start_hub();
+fn three_through_a_hub(store: &Store) -> (Agent, Agent, Agent, Agent, [PathBuf; 3]) {
+    let hub = store.hub();
     let (a, b, c) = (Agent::start(), Agent::start(), Agent::start());
     for agent in [&a, &b, &c] {
         agent.use_hub(&hub);
@@ -270,9 +336,14 @@ fn three_through_a_hub() -> (Agent, Agent, Agent, Agent, [PathBuf; 3]) {
     (hub, a, b, c, dirs)
 }
 
-#[test]
-fn three_devices_never_online_in_pairs_converge_through_the_hub() {
-    let (_hub, mut a, mut b, mut c, [a_docs, b_docs, c_docs]) = three_through_a_hub();
+on_both_stores!(
+    three_never_online_in_pairs,
+    three_devices_never_online_in_pairs_converge_through_the_hub,
+    three_devices_never_online_in_pairs_converge_through_the_hub_on_s3
+);
+
+fn three_never_online_in_pairs(store: &Store) {
+    let (_hub, mut a, mut b, mut c, [a_docs, b_docs, c_docs]) = three_through_a_hub(store);
     b.kill();
     c.kill();
     tree::write(&a_docs.join("from-a.txt"), b"A was here\n");
@@ -307,9 +378,14 @@ fn three_devices_never_online_in_pairs_converge_through_the_hub() {
     assert!(!a_docs.join("from-b.txt").exists());
 }
 
-#[test]
-fn devices_that_also_meet_directly_apply_every_file_once() {
-    let hub = Agent::start_hub();
+on_both_stores!(
+    meeting_directly_applies_once,
+    devices_that_also_meet_directly_apply_every_file_once,
+    devices_that_also_meet_directly_apply_every_file_once_on_s3
+);
+
+fn meeting_directly_applies_once(store: &Store) {
+    let hub = store.hub();
     let a = Agent::start();
     let b = Agent::start();
     a.use_hub(&hub);
@@ -337,7 +413,7 @@ fn devices_that_also_meet_directly_apply_every_file_once() {
     let kept = walk(&versions);
     assert!(kept.is_empty(), "B kept versions of: {kept:?}");
     // And the hub has A's index too, for a device that is away.
-    assert!(!bundle_files(&hub, &a.device_id()).is_empty());
+    assert!(!store.bundles(&hub, &a.device_id()).is_empty());
 }
 
 /// A moto S3 server, or the test is skipped with the reason.
@@ -397,23 +473,36 @@ fn two_hubs_over_one_s3_bucket_carry_a_and_b_to_the_same_tree() {
         assert!(direct >= least, "{status:#}");
     }
     // The bucket holds no plaintext either.
-    let keys = s3.keys();
-    assert!(keys.iter().any(|k| k.contains("/chunks/")), "{keys:?}");
-    for k in &keys {
+    let objects = s3.objects();
+    assert!(
+        objects
+            .iter()
+            .any(|(k, b)| k.contains("/chunks/") && !b.is_empty()),
+        "no chunk read back from the bucket"
+    );
+    let key_text = key.clone();
+    for (k, body) in &objects {
         for needle in ["docs", "notes", "one.txt", "from-b"] {
             assert!(!k.contains(needle), "object name {k} holds {needle:?}");
         }
-        let body = s3.object(k);
-        assert!(
-            !body.windows(8).any(|w| w == b"B's own\n"),
-            "object {k} holds content"
-        );
+        for needle in [&b"B's own\n"[..], b"one, edited", key_text.as_bytes()] {
+            assert!(
+                !body.windows(needle.len()).any(|w| w == needle),
+                "object {k} holds {:?}",
+                String::from_utf8_lossy(needle)
+            );
+        }
     }
 }
 
-#[test]
-fn contacts_in_three_formats_meet_only_through_the_hub() {
-    let hub = Agent::start_hub();
+on_both_stores!(
+    contacts_through_the_hub,
+    contacts_in_three_formats_meet_only_through_the_hub,
+    contacts_in_three_formats_meet_only_through_the_hub_on_s3
+);
+
+fn contacts_through_the_hub(store: &Store) {
+    let hub = store.hub();
     let (a, b, mut c) = (Agent::start(), Agent::start(), Agent::start());
     for agent in [&a, &b, &c] {
         agent.use_hub(&hub);
@@ -530,9 +619,14 @@ fn await_hub_refusal(agent: &Agent, source: &str, text: &str) {
     );
 }
 
-#[test]
-fn the_hub_refuses_an_unknown_device_and_a_device_that_is_not_a_member() {
-    let hub = Agent::start_hub();
+on_both_stores!(
+    refuses_unknown_and_non_members,
+    the_hub_refuses_an_unknown_device_and_a_device_that_is_not_a_member,
+    the_hub_refuses_an_unknown_device_and_a_device_that_is_not_a_member_on_s3
+);
+
+fn refuses_unknown_and_non_members(store: &Store) {
+    let hub = store.hub();
     let a = Agent::start();
     let b = Agent::start();
     a.use_hub(&hub);
@@ -579,9 +673,14 @@ fn the_hub_refuses_an_unknown_device_and_a_device_that_is_not_a_member() {
     }
 }
 
-#[test]
-fn members_that_made_their_own_keys_take_one_key_when_they_meet_and_then_use_the_hub() {
-    let hub = Agent::start_hub();
+on_both_stores!(
+    own_keys_become_one,
+    members_that_made_their_own_keys_take_one_key_when_they_meet_and_then_use_the_hub,
+    members_that_made_their_own_keys_take_one_key_when_they_meet_and_then_use_the_hub_on_s3
+);
+
+fn own_keys_become_one(store: &Store) {
+    let hub = store.hub();
     let mut a = Agent::start();
     let mut b = Agent::start();
     a.use_hub(&hub);
@@ -628,6 +727,7 @@ fn stored_bytes(hub: &Agent, folder: &str) -> u64 {
 
 /// A hub that collects every second, with a second's grace for chunks, and an 8 s retention
 /// (members write their cursors every 2 s and renew snapshots after 1 s).
+const FAST_GC_LINES: &str = "gc_interval_s = 1\nchunk_grace_s = 1\nretention_s = 8\n";
 const FAST_GC: &str = "[hub]\ngc_interval_s = 1\nchunk_grace_s = 1\nretention_s = 8\n";
 
 #[test]
@@ -668,9 +768,14 @@ fn once_every_member_caught_up_the_hub_keeps_only_what_is_still_needed() {
     b.wait(SYNC);
 }
 
-#[test]
-fn a_member_away_past_the_retention_catches_up_from_a_snapshot() {
-    let hub = Agent::start_hub_with_config(FAST_GC);
+on_both_stores!(
+    catches_up_from_a_snapshot,
+    a_member_away_past_the_retention_catches_up_from_a_snapshot,
+    a_member_away_past_the_retention_catches_up_from_a_snapshot_on_s3
+);
+
+fn catches_up_from_a_snapshot(store: &Store) {
+    let hub = store.hub_with(FAST_GC_LINES);
     let (a, b, mut c) = (Agent::start(), Agent::start(), Agent::start());
     for agent in [&a, &b, &c] {
         agent.use_hub(&hub);
@@ -701,20 +806,25 @@ fn a_member_away_past_the_retention_catches_up_from_a_snapshot() {
         b.wait(SYNC);
     }
     let gone =
-        backoff::retry_with_backoff(SYNC, || bundle_files(&hub, &a_id).is_empty().then_some(()));
+        backoff::retry_with_backoff(SYNC, || store.bundles(&hub, &a_id).is_empty().then_some(()));
     assert!(
         gone.is_some(),
-        "A's bundles were not collected: {:?}",
-        bundle_files(&hub, &a_id)
+        "A's bundles were not collected: {} left",
+        store.bundles(&hub, &a_id).len()
     );
     c.start_again();
     c.wait(SYNC);
     tree::assert_same_trees(&dirs[0], &dirs[2]);
 }
 
-#[test]
-fn a_removed_member_is_refused_and_what_follows_uses_a_key_it_never_gets() {
-    let (hub, a, b, c, [a_docs, b_docs, c_docs]) = three_through_a_hub();
+on_both_stores!(
+    removed_member_refused_and_rekeyed,
+    a_removed_member_is_refused_and_what_follows_uses_a_key_it_never_gets,
+    a_removed_member_is_refused_and_what_follows_uses_a_key_it_never_gets_on_s3
+);
+
+fn removed_member_refused_and_rekeyed(store: &Store) {
+    let (hub, a, b, c, [a_docs, b_docs, c_docs]) = three_through_a_hub(store);
     tree::write(&a_docs.join("before.txt"), b"all three\n");
     for agent in [&a, &b, &c] {
         agent.wait(SYNC);
@@ -740,9 +850,9 @@ fn a_removed_member_is_refused_and_what_follows_uses_a_key_it_never_gets() {
     assert_eq!(generation(&b), Some(1));
     assert_eq!(generation(&c).unwrap_or(0), 0);
     // A's newest bundle is sealed under generation 1 (bytes 1..5 of a sealed object).
-    let newest = bundle_files(&hub, &a.device_id())
-        .last()
-        .map(|p| fs::read(p).expect("read A's bundle"))
+    let newest = store
+        .bundles(&hub, &a.device_id())
+        .pop()
         .expect("A has a bundle");
     assert_eq!(
         u32::from_be_bytes([newest[1], newest[2], newest[3], newest[4]]),
