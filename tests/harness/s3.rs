@@ -112,7 +112,8 @@ impl S3 {
     }
 
     /// Every object in the bucket, with its bytes, read with an S3 client of its own
-    /// (boto3, which moto's server depends on): what any holder of the bucket could read.
+    /// (boto3, which moto's server depends on): what any holder of the bucket could read. An
+    /// object collected between the listing and its read is left out.
     pub fn objects(&self) -> Vec<(String, Vec<u8>)> {
         let script = format!(
             "import boto3, base64, json\n\
@@ -121,7 +122,10 @@ impl S3 {
              pages = s3.get_paginator('list_objects_v2').paginate(Bucket='{BUCKET}')\n\
              for page in pages:\n\
              \x20   for o in page.get('Contents', []):\n\
-             \x20       body = s3.get_object(Bucket='{BUCKET}', Key=o['Key'])['Body'].read()\n\
+             \x20       try:\n\
+             \x20           body = s3.get_object(Bucket='{BUCKET}', Key=o['Key'])['Body'].read()\n\
+             \x20       except s3.exceptions.NoSuchKey:\n\
+             \x20           continue\n\
              \x20       print(json.dumps([o['Key'], base64.b64encode(body).decode()]))\n",
             self.endpoint()
         );

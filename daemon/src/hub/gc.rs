@@ -134,12 +134,15 @@ async fn collect_space(
             Err(e) => warn!(space, device = %device, error = %e, "a cursor does not decode"),
         }
     }
-    // A member that never wrote a cursor has not said what it applied: nothing of the
-    // others goes until it does (or leaves).
+    // A member that wrote objects but no cursor yet (it is joining right now) has not said
+    // what it applied: nothing of the others goes until it does. A member that never wrote
+    // anything is a newcomer, who starts from snapshots and holds nothing back.
     let silent = members.members.iter().any(|m| {
-        !objects
+        let wrote = objects.iter().any(|(o, _)| o.owner() == Some(m.as_str()));
+        let cursor = objects
             .iter()
-            .any(|(o, _)| matches!(o, Object::Cursor { device } if device == m))
+            .any(|(o, _)| matches!(o, Object::Cursor { device } if device == m));
+        wrote && !cursor
     });
 
     let mut bundles: BTreeMap<String, Vec<(u64, u64)>> = BTreeMap::new();
