@@ -27,6 +27,12 @@ impl Agent {
 /// The Python that has `vobject` and `icalendar`: `TANDEM_PYTHON`, else `target/pyenv`. `None`
 /// (with the reason) when neither has them.
 pub fn validator_python() -> Result<PathBuf, String> {
+    python_with("vobject, icalendar")
+}
+
+/// A Python that can import `modules` (comma-separated, as an `import` line has them):
+/// `TANDEM_PYTHON`, else `target/pyenv`, where `tests/run` installs them.
+pub fn python_with(modules: &str) -> Result<PathBuf, String> {
     let candidates: Vec<PathBuf> = std::env::var_os("TANDEM_PYTHON")
         .map(PathBuf::from)
         .into_iter()
@@ -34,7 +40,7 @@ pub fn validator_python() -> Result<PathBuf, String> {
         .collect();
     for python in &candidates {
         let ok = Command::new(python)
-            .args(["-c", "import vobject, icalendar"])
+            .args(["-c", &format!("import {modules}")])
             .output()
             .is_ok_and(|o| o.status.success());
         if ok {
@@ -42,7 +48,7 @@ pub fn validator_python() -> Result<PathBuf, String> {
         }
     }
     Err(format!(
-        "no Python with vobject and icalendar (tried {candidates:?}); tests/run installs them into target/pyenv"
+        "no Python with {modules} (tried {candidates:?}); tests/run installs them into target/pyenv"
     ))
 }
 

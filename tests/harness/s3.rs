@@ -4,7 +4,7 @@
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -21,34 +21,10 @@ pub struct S3 {
     _log: tempfile::TempDir,
 }
 
-/// A Python with moto's server: `TANDEM_PYTHON`, else `target/pyenv/bin/python`.
-fn moto_python() -> Result<PathBuf, String> {
-    let candidates: Vec<PathBuf> = std::env::var_os("TANDEM_PYTHON")
-        .map(PathBuf::from)
-        .into_iter()
-        .chain([Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/pyenv/bin/python")])
-        .collect();
-    for python in &candidates {
-        let has = Command::new(python)
-            .args(["-c", "import moto.server"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        if has {
-            return Ok(python.clone());
-        }
-    }
-    Err(format!(
-        "no Python with moto's server (tried {candidates:?}); tests/run installs moto[server] \
-         into target/pyenv"
-    ))
-}
-
 impl S3 {
     /// Starts a server with [`BUCKET`] in it; `Err` says why it cannot run here.
     pub fn start() -> Result<S3, String> {
-        let python = moto_python()?;
+        let python = crate::records::python_with("moto.server, boto3")?;
         // A free port now; moto cannot report the one it picked.
         let port = TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())

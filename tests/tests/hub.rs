@@ -56,6 +56,26 @@ impl Store {
     }
 }
 
+/// A and B, both using `hub`, knowing each other without an address, sharing `docs` (A's
+/// folder filled by `fill_a` first) with A's key; both waited on.
+fn two_through(hub: &Agent, fill_a: impl FnOnce(&Path)) -> (Agent, Agent, PathBuf, PathBuf) {
+    let a = Agent::start();
+    let b = Agent::start();
+    a.use_hub(hub);
+    b.use_hub(hub);
+    a.know(&b);
+    b.know(&a);
+    let a_docs = a.data_dir("docs");
+    fill_a(&a_docs);
+    a.share_keyed("docs", &a_docs, "files", &[&b], "");
+    let key = a.source_key("docs");
+    let b_docs = b.data_dir("docs");
+    b.share_keyed("docs", &b_docs, "files", &[&a], &key);
+    a.wait(SYNC);
+    b.wait(SYNC);
+    (a, b, a_docs, b_docs)
+}
+
 /// A story run twice: on a hub's local folder, and on a moto S3 bucket (skipped, with the
 /// reason, where moto cannot run).
 macro_rules! on_both_stores {
@@ -83,22 +103,10 @@ on_both_stores!(
 
 fn converges_through_the_hub_alone(store: &Store) {
     let hub = store.hub();
-    let a = Agent::start();
-    let mut b = Agent::start();
-    a.use_hub(&hub);
-    b.use_hub(&hub);
-    a.know(&b);
-    b.know(&a);
-
-    let a_docs = a.data_dir("docs");
-    tree::write(&a_docs.join("notes/plan.txt"), b"first plan\n");
-    tree::write_pseudo_random(&a_docs.join("big.bin"), 7, 3 << 20);
-    a.share_keyed("docs", &a_docs, "files", &[&b], "");
-    let key = a.source_key("docs");
-    let b_docs = b.data_dir("docs");
-    b.share_keyed("docs", &b_docs, "files", &[&a], &key);
-    a.wait(SYNC);
-    b.wait(SYNC);
+    let (a, mut b, a_docs, b_docs) = two_through(&hub, |a_docs| {
+        tree::write(&a_docs.join("notes/plan.txt"), b"first plan\n");
+        tree::write_pseudo_random(&a_docs.join("big.bin"), 7, 3 << 20);
+    });
     tree::assert_same_trees(&a_docs, &b_docs);
 
     // B is off while A changes things; then A is off and B comes back: only the hub has them.
@@ -560,20 +568,9 @@ fn chunk_count(hub: &Agent) -> usize {
 #[test]
 fn a_hub_restarted_in_the_middle_of_an_upload_loses_nothing() {
     let mut hub = Agent::start_hub();
-    let a = Agent::start();
-    let b = Agent::start();
-    a.use_hub(&hub);
-    b.use_hub(&hub);
-    a.know(&b);
-    b.know(&a);
-    let a_docs = a.data_dir("docs");
-    let b_docs = b.data_dir("docs");
-    tree::write(&a_docs.join("small.txt"), b"small\n");
-    a.share_keyed("docs", &a_docs, "files", &[&b], "");
-    let key = a.source_key("docs");
-    b.share_keyed("docs", &b_docs, "files", &[&a], &key);
-    a.wait(SYNC);
-    b.wait(SYNC);
+    let (a, b, a_docs, b_docs) = two_through(&hub, |a_docs| {
+        tree::write(&a_docs.join("small.txt"), b"small\n");
+    });
     let a_id = a.device_id();
     let bundles_before = bundle_files(&hub, &a_id).len();
 
@@ -627,20 +624,10 @@ on_both_stores!(
 
 fn refuses_unknown_and_non_members(store: &Store) {
     let hub = store.hub();
-    let a = Agent::start();
-    let b = Agent::start();
-    a.use_hub(&hub);
-    b.use_hub(&hub);
-    a.know(&b);
-    b.know(&a);
-    let a_docs = a.data_dir("docs");
-    tree::write(&a_docs.join("private.txt"), b"for A and B only\n");
-    a.share_keyed("docs", &a_docs, "files", &[&b], "");
+    let (a, _b, _, _) = two_through(&hub, |a_docs| {
+        tree::write(&a_docs.join("private.txt"), b"for A and B only\n");
+    });
     let key = a.source_key("docs");
-    let b_docs = b.data_dir("docs");
-    b.share_keyed("docs", &b_docs, "files", &[&a], &key);
-    a.wait(SYNC);
-    b.wait(SYNC);
 
     // Unknown: a device the hub's operator never allowed, even with the key.
     let stranger = Agent::start();
@@ -733,17 +720,7 @@ const FAST_GC: &str = "[hub]\ngc_interval_s = 1\nchunk_grace_s = 1\nretention_s 
 #[test]
 fn once_every_member_caught_up_the_hub_keeps_only_what_is_still_needed() {
     let hub = Agent::start_hub_with_config(FAST_GC);
-    let a = Agent::start();
-    let b = Agent::start();
-    a.use_hub(&hub);
-    b.use_hub(&hub);
-    a.know(&b);
-    b.know(&a);
-    let a_docs = a.data_dir("docs");
-    let b_docs = b.data_dir("docs");
-    a.share_keyed("docs", &a_docs, "files", &[&b], "");
-    let key = a.source_key("docs");
-    b.share_keyed("docs", &b_docs, "files", &[&a], &key);
+    let (a, b, a_docs, b_docs) = two_through(&hub, |_| {});
     // Five versions of a 2 MiB file, each synced: the hub gets every version's chunks.
     for seed in 0..5 {
         tree::write_pseudo_random(&a_docs.join("big.bin"), 100 + seed, 2 << 20);
@@ -868,4 +845,27 @@ fn removed_member_refused_and_rekeyed(store: &Store) {
             .any(|p| p == c_id.as_str()),
         "{peers:#}"
     );
+}
+
+#[test]
+fn bad_keys_and_hub_addresses_are_refused_with_what_to_do() {
+    let a = Agent::start();
+    let docs = a.data_dir("docs");
+    let path = docs.to_str().expect("utf-8");
+    let bad_key = a.fails(&["source", "add", "docs", path, "--key", "tk1-nonsense"], 1);
+    assert!(
+        bad_key.contains("not a source key") && bad_key.contains("source key"),
+        "{bad_key}"
+    );
+    // Nothing was added by the refused command.
+    assert!(a.fails(&["source", "key", "docs"], 1).contains("docs"));
+    let me = a.device_id();
+    let own = a.fails(&["hub", "add", "127.0.0.1:1", &me], 1);
+    assert!(own.contains("own ID"), "{own}");
+    let hub = Agent::start_hub();
+    let hub_id = hub.device_id();
+    let no_port = a.fails(&["hub", "add", "nowhere", &hub_id], 1);
+    assert!(no_port.contains("host:port"), "{no_port}");
+    let not_agent = hub.fails(&["source", "add", "docs", path], 1);
+    assert!(not_agent.contains("hub"), "{not_agent}");
 }

@@ -96,22 +96,12 @@ pub(super) async fn step(
         link.objects
             .put(&refs.name(), refs_of(link, &items), true)
             .await?;
-        let update = peer_pb::IndexUpdate {
-            // The bundle is sealed, and its space stands for the source.
-            source: String::new(),
-            items: items.iter().map(universal::item_to_pb).collect(),
-            caught_up: false,
-            through_sequence: through,
-            moves: Vec::new(),
-            expands: 0,
-        };
-        let bundle = pb::Bundle {
-            after: from,
-            update: update.encode_to_vec(),
-        };
         let sealed = link
             .sealer
-            .seal(&Binding::bundle(me, through), &bundle.encode_to_vec())
+            .seal(
+                &Binding::bundle(me, through),
+                &bundle_bytes(&items, from, through),
+            )
             .map_err(internal)?;
         bytes += sealed.len() as u64;
         let name = Object::Bundle {
@@ -134,6 +124,25 @@ pub(super) async fn step(
         });
     }
     Ok(())
+}
+
+/// What a bundle or snapshot holds before it is sealed: the entries as one index update
+/// through `through`, following what came up to `after`. The update names no source: its
+/// space stands for it.
+fn bundle_bytes(items: &[RemoteItem], after: u64, through: u64) -> Vec<u8> {
+    let update = peer_pb::IndexUpdate {
+        source: String::new(),
+        items: items.iter().map(universal::item_to_pb).collect(),
+        caught_up: false,
+        through_sequence: through,
+        moves: Vec::new(),
+        expands: 0,
+    };
+    pb::Bundle {
+        after,
+        update: update.encode_to_vec(),
+    }
+    .encode_to_vec()
 }
 
 /// The names of the chunks live larger files of `items` need, one a line.
@@ -349,19 +358,7 @@ async fn snapshot(
     // Chunks the hub collected since they were sent once are sent again.
     link.chunks_there.clear();
     upload_chunks(ctx, client, link, row, &items).await?;
-    let update = peer_pb::IndexUpdate {
-        source: String::new(),
-        items: items.iter().map(universal::item_to_pb).collect(),
-        caught_up: true,
-        through_sequence: after,
-        moves: Vec::new(),
-        expands: 0,
-    };
-    let bundle = pb::Bundle {
-        after: 0,
-        update: update.encode_to_vec(),
-    };
-    let plain = bundle.encode_to_vec();
+    let plain = bundle_bytes(&items, 0, after);
     if plain.len() > crate::hub::service::MAX_OBJECT_BYTES - 1024 {
         tracing::warn!(source = %row.id, bytes = plain.len(), "the index is too large for one snapshot; the hub keeps every bundle of this device");
         return Ok(());
