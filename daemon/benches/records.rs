@@ -46,7 +46,14 @@ fn main() -> anyhow::Result<()> {
         let parsed = codec.parse(&text);
         let mut writes = Vec::new();
         if let Some(first) = parsed.records.first() {
-            let change = [Change::Put(Box::new(first.record.clone()))];
+            // The change a user makes: one phone number, as the sync bench does.
+            let mut record = first.record.clone();
+            if let tandem::formats::native::Record::Contact(c) = &mut record
+                && let Some(phone) = c.phones.first_mut()
+            {
+                phone.value = "+1 555 9999".into();
+            }
+            let change = [Change::Put(Box::new(record))];
             for _ in 0..7 {
                 let started = Instant::now();
                 let out = codec.write(Some((&text, &parsed)), &change, &WriteSettings::default());
