@@ -129,9 +129,30 @@ impl S3 {
             .collect()
     }
 
-    /// Every key in the bucket.
+    /// Every key in the bucket (listed only, no object read).
     pub fn keys(&self) -> Vec<String> {
-        self.objects().into_iter().map(|(k, _)| k).collect()
+        let script = format!(
+            "import boto3\n\
+             s3 = boto3.client('s3', endpoint_url='{}', region_name='us-east-1',\n\
+                 aws_access_key_id='testing', aws_secret_access_key='testing')\n\
+             for page in s3.get_paginator('list_objects_v2').paginate(Bucket='{BUCKET}'):\n\
+             \x20   for o in page.get('Contents', []):\n\
+             \x20       print(o['Key'])\n",
+            self.endpoint()
+        );
+        let out = Command::new(&self.python)
+            .args(["-c", &script])
+            .output()
+            .expect("run boto3 against moto");
+        assert!(
+            out.status.success(),
+            "listing the bucket failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::to_owned)
+            .collect()
     }
 
     /// The bytes of one object.
