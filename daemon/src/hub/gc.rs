@@ -301,3 +301,133 @@ async fn collect_space(
     }
     Ok(c)
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::hub::storage::Storage;
+
+    async fn put(spaces: &Spaces, object: &Object, data: &[u8]) {
+        spaces
+            .storage()
+            .put(
+                &format!("spaces/s/{}", object.name()),
+                Bytes::copy_from_slice(data),
+            )
+            .await
+            .unwrap();
+    }
+
+    async fn names(spaces: &Spaces) -> Vec<String> {
+        spaces
+            .storage()
+            .list("spaces/s/", None)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|l| l.name.trim_start_matches("spaces/s/").to_owned())
+            .collect()
+    }
+
+    fn cursor(applied: &[(&str, u64)]) -> Vec<u8> {
+        pb::Cursor {
+            applied: applied.iter().map(|(d, s)| ((*d).to_owned(), *s)).collect(),
+            at_unix_s: 0,
+        }
+        .encode_to_vec()
+    }
+
+    /// A space with members A, B and C; A wrote bundles 1..=3 (each naming chunk `c<n>`) and
+    /// a snapshot at 3 (naming `c3`); B applied A through 3.
+    async fn space() -> (Spaces, HubConfig) {
+        let spaces = Spaces::new(Storage::in_memory());
+        spaces.change("s", |m| m.join("A")).await.unwrap();
+        spaces.change("s", |m| m.add("A", "B")).await.unwrap();
+        spaces.change("s", |m| m.add("A", "C")).await.unwrap();
+        for n in 1..=3u64 {
+            let device = "A".to_owned();
+            put(
+                &spaces,
+                &Object::Bundle {
+                    device: device.clone(),
+                    through: n,
+                },
+                b"x",
+            )
+            .await;
+            put(
+                &spaces,
+                &Object::BundleRefs { device, through: n },
+                format!("c{n}").as_bytes(),
+            )
+            .await;
+            put(&spaces, &Object::Chunk(format!("c{n}")), b"chunk").await;
+        }
+        put(
+            &spaces,
+            &Object::Snapshot {
+                device: "A".into(),
+                through: 3,
+            },
+            b"s",
+        )
+        .await;
+        put(
+            &spaces,
+            &Object::SnapshotRefs {
+                device: "A".into(),
+                through: 3,
+            },
+            b"c3",
+        )
+        .await;
+        put(
+            &spaces,
+            &Object::Cursor { device: "A".into() },
+            &cursor(&[("B", 0)]),
+        )
+        .await;
+        put(
+            &spaces,
+            &Object::Cursor { device: "B".into() },
+            &cursor(&[("A", 3)]),
+        )
+        .await;
+        let config = HubConfig {
+            chunk_grace: std::time::Duration::ZERO,
+            ..HubConfig::default()
+        };
+        (spaces, config)
+    }
+
+    #[tokio::test]
+    async fn a_member_that_never_wrote_anything_holds_nothing_back() {
+        let (spaces, config) = space().await;
+        // C never joined: A's bundles go (B has them, the snapshot covers them), and the
+        // chunks only they named are marked, then deleted in the next pass.
+        let first = collect_all(&spaces, &config).await.unwrap();
+        assert_eq!(first.bundles, 3);
+        let left = names(&spaces).await;
+        assert!(!left.iter().any(|n| n.contains("/bundles/")), "{left:?}");
+        let second = collect_all(&spaces, &config).await.unwrap();
+        assert_eq!(
+            second.chunks, 2,
+            "c1 and c2 go, c3 is named by the snapshot"
+        );
+        let left = names(&spaces).await;
+        assert!(left.contains(&"chunks/c3".to_owned()), "{left:?}");
+        assert!(!left.contains(&"chunks/c1".to_owned()), "{left:?}");
+    }
+
+    #[tokio::test]
+    async fn a_member_joining_right_now_holds_everything_back() {
+        let (spaces, config) = space().await;
+        // C has written its certificate but no cursor yet: it has not said what it applied.
+        put(&spaces, &Object::Cert { device: "C".into() }, b"cert").await;
+        let pass = collect_all(&spaces, &config).await.unwrap();
+        assert_eq!(pass.bundles, 0);
+        let again = collect_all(&spaces, &config).await.unwrap();
+        assert_eq!(again.chunks, 0, "chunks bundles still name stay");
+    }
+}
