@@ -109,8 +109,9 @@ pub(super) struct SourceLink {
     pub sealer: Arc<Sealer>,
     /// The space's objects, straight from the store when the hub allows.
     pub objects: super::objects::Objects,
-    /// The key generation the sealer was made with: a new one rebuilds it.
-    generation: u32,
+    /// The keys the sealer was made with: other keys (a new generation, or a key taken from
+    /// a member) rebuild it.
+    keys: Vec<SourceKey>,
     /// The other members' bundles, each into a receiver.
     pub members: Members,
     /// Chunks known to be on the hub already, as of `chunks_seen` (forgotten after a minute:
@@ -123,8 +124,7 @@ pub(super) struct SourceLink {
     pub own: super::upload::Own,
     /// The members as the hub last said.
     hub_members: Vec<String>,
-    /// The newest key, and to whom this device handed it over.
-    newest: SourceKey,
+    /// To whom this device handed over which key generation.
     handed: std::collections::BTreeSet<(u32, String)>,
 }
 
@@ -214,17 +214,14 @@ impl Link {
                 Some(SourceKey::from_bytes(generation, bytes.try_into().ok()?))
             })
             .collect();
-        let Some(generation) = keys.iter().map(|k| k.generation).max() else {
+        if keys.is_empty() {
             return Ok(());
-        };
-        let sealer =
-            Arc::new(Sealer::new(&keys).map_err(|e| tonic::Status::internal(e.to_string()))?);
+        }
         // A new generation, or a key taken from a member (another space): joined anew.
-        let stale = self
-            .sources
-            .get(&row.id)
-            .is_none_or(|s| s.generation != generation || s.sealer.space() != sealer.space());
+        let stale = self.sources.get(&row.id).is_none_or(|s| s.keys != keys);
         if stale {
+            let sealer =
+                Arc::new(Sealer::new(&keys).map_err(|e| tonic::Status::internal(e.to_string()))?);
             let joined = self.join(&sealer, row).await?;
             let (members, retention) = (
                 joined.members.clone(),
@@ -239,18 +236,12 @@ impl Link {
                 sealer.space(),
             );
             super::keys::publish_cert(&self.ctx, &objects, &self.me).await?;
-            let newest = keys
-                .iter()
-                .max_by_key(|k| k.generation)
-                .cloned()
-                .ok_or_else(|| tonic::Status::internal("no key"))?;
             let link = SourceLink {
                 objects,
                 hub_members: members.clone(),
-                newest,
                 handed: std::collections::BTreeSet::new(),
                 sealer,
-                generation,
+                keys,
                 members: Members::new(self.ctx.clone(), self.hub.clone(), row.id.clone()),
                 chunks_there: std::collections::HashSet::new(),
                 chunks_seen: std::time::Instant::now(),
@@ -288,16 +279,18 @@ impl Link {
             .pull(&mut self.client, &link.objects, &link.sealer, row)
             .await;
         pulled?;
-        super::keys::hand_over(
-            &self.ctx,
-            &link.objects,
-            &link.sealer,
-            &link.newest,
-            &link.hub_members,
-            &self.me,
-            &mut link.handed,
-        )
-        .await?;
+        if let Some(newest) = link.keys.iter().max_by_key(|k| k.generation) {
+            super::keys::hand_over(
+                &self.ctx,
+                &link.objects,
+                &link.sealer,
+                newest,
+                &link.hub_members,
+                &self.me,
+                &mut link.handed,
+            )
+            .await?;
+        }
         if std::mem::take(&mut link.members.needs_key) {
             super::keys::take_over(
                 &self.ctx,

@@ -1499,17 +1499,21 @@ pub(super) fn replace_source_key(
     tx.commit().map_err(sql("replacing a source key"))
 }
 
+/// Whether a source of that id is recorded.
+fn source_exists(c: &Connection, source_id: &str) -> Result<bool> {
+    c.query_row("SELECT 1 FROM sources WHERE id = ?1", [source_id], |_| {
+        Ok(())
+    })
+    .optional()
+    .map(|found| found.is_some())
+    .map_err(sql("looking a source up"))
+}
+
 /// Shares a source with one more device (and forgets a removal of it); false if the source
 /// is not there.
 pub(super) fn share_source(c: &mut Connection, source_id: &str, device_id: &str) -> Result<bool> {
     let tx = c.transaction().map_err(sql("sharing a source"))?;
-    let exists: Option<String> = tx
-        .query_row("SELECT id FROM sources WHERE id = ?1", [source_id], |r| {
-            r.get(0)
-        })
-        .optional()
-        .map_err(sql("sharing a source"))?;
-    if exists.is_none() {
+    if !source_exists(&tx, source_id)? {
         return Ok(false);
     }
     tx.execute(
@@ -1535,13 +1539,7 @@ pub(super) fn unshare_source(
     removal: bool,
 ) -> Result<bool> {
     let tx = c.transaction().map_err(sql("unsharing a source"))?;
-    let exists: Option<String> = tx
-        .query_row("SELECT id FROM sources WHERE id = ?1", [source_id], |r| {
-            r.get(0)
-        })
-        .optional()
-        .map_err(sql("unsharing a source"))?;
-    if exists.is_none() {
+    if !source_exists(&tx, source_id)? {
         return Ok(false);
     }
     tx.execute(
