@@ -2,6 +2,14 @@
 //!
 //! ARCHITECTURE.md at the top of the repository maps the modules and how data flows.
 
+/// The allocator of every program built on this library (the agent, the hub, the benches and
+/// tests): a record source of 10,000 contacts allocates and frees hundreds of thousands of
+/// small values per read, and glibc's allocator spent a third of a read's time consolidating
+/// them (perf, `tests/bench/records.py`). Set here, not in `tandemd` alone, so the parse the
+/// record bench compares a sync against runs on the same allocator as the agent.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 pub mod agent;
 pub mod apply;
 pub mod chunker;

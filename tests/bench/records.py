@@ -202,6 +202,9 @@ def edit_and_time(edited, path_from, old, new, watched, agents, proxy, limit):
     applied = time.perf_counter()
     for a in agents:
         a.ctl("wait", "--timeout", str(limit))
+    # A change is a replacement: the old number must be gone on the other side too.
+    if old in watched.read_bytes().decode("utf-8"):
+        sys.exit(f"{watched} still holds the old value {old!r} beside {new!r}")
     sent, received = proxy.total()
     numbered = [a.sequence() - b for a, b in zip(agents, before)]
     return (applied - start) * 1000.0, sent, received, numbered

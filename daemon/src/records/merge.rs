@@ -175,14 +175,17 @@ fn news_for(c: &Component, version: &VersionVector) -> bool {
 /// The values of two lists that survive a merge, each once, in order of place.
 fn merge_list<T: Value>(a: &[T], va: &VersionVector, b: &[T], vb: &VersionVector) -> Vec<T> {
     let mut out: Vec<T> = Vec::with_capacity(a.len().max(b.len()));
+    // A stamp names the change that set a value, and one change sets many values (every value
+    // of a record read for the first time shares one): a value is the same on both sides when
+    // its stamp and its content are.
+    let held = |list: &[T], v: &T| list.iter().any(|w| w.stamp() == v.stamp() && same(w, v));
     for x in a {
-        let in_b = b.iter().any(|y| y.stamp() == x.stamp());
-        if in_b || !covered(x.stamp(), vb) {
+        if held(b, x) || !covered(x.stamp(), vb) {
             out.push(x.clone());
         }
     }
     for y in b {
-        let in_a = a.iter().any(|x| x.stamp() == y.stamp());
+        let in_a = held(a, y);
         if !in_a && !covered(y.stamp(), va) {
             out.push(y.clone());
         }

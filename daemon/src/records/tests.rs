@@ -236,6 +236,40 @@ fn an_email_added_on_each_side_keeps_both_and_a_removal_is_kept() {
 }
 
 #[test]
+fn a_value_edited_beside_others_of_the_same_change_replaces_only_itself() {
+    // Every value read in one change carries the same stamp: the old phone must not pass for
+    // the work phone that shares its stamp (the 10,000-contact bench found a CSV keeping
+    // both the old and the new mobile number).
+    let mut base = base();
+    if let Record::Contact(c) = &mut base {
+        let mut work = c.phones[0].clone();
+        work.value = "+1 555 0900".into();
+        work.types = vec!["work".into()];
+        work.pos = 6;
+        c.phones.push(work);
+    }
+    let base_version = version(&[(A, 1)]);
+    let on_a = edit(&base, &base_version, A, 200, |c| {
+        c.phones[0].value = "+1 555 0101".into();
+    });
+    let unchanged = (base.clone(), base_version.clone());
+    let merged = both_ways(&on_a, &unchanged);
+    let phones: Vec<&str> = contact(&merged)
+        .phones
+        .iter()
+        .map(|p| p.value.as_str())
+        .collect();
+    assert_eq!(phones, ["+1 555 0101", "+1 555 0900"]);
+    // And a removal of one of them, against a device that edited nothing.
+    let on_a = edit(&base, &base_version, A, 200, |c| {
+        c.phones.remove(1);
+    });
+    let merged = both_ways(&on_a, &unchanged);
+    assert_eq!(contact(&merged).phones.len(), 1);
+    assert_eq!(contact(&merged).phones[0].value, "+1 555 0100");
+}
+
+#[test]
 fn the_same_field_set_on_both_sides_keeps_the_later_and_notes_the_loser() {
     let base_version = version(&[(A, 1)]);
     let base = base();
