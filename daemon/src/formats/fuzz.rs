@@ -204,6 +204,19 @@ proptest! {
     }
 
     #[test]
+    fn fuzz_a_text_read_again_after_an_edit_parses_as_the_whole_text(
+        which in 0..FIXTURES.len(),
+        before in proptest::collection::vec(mutation(), 0..2),
+        edits in proptest::collection::vec(mutation(), 1..4),
+    ) {
+        let (ext, text) = FIXTURES[which];
+        let old = mutate(text, &before);
+        let new = mutate(&old, &edits);
+        let codec = codec(ext);
+        prop_assert_eq!(codec.reparse(&old, codec.parse(&old), &new), codec.parse(&new));
+    }
+
+    #[test]
     fn fuzz_peer_frames_of_arbitrary_bytes_are_refused_or_checked(
         bytes in proptest::collection::vec(any::<u8>(), 0..4096),
     ) {

@@ -19,6 +19,7 @@ pub mod record_file;
 pub mod record_io;
 #[cfg(test)]
 mod record_tests;
+pub mod reparse;
 pub mod vcard_dir;
 pub mod vcard_file;
 

@@ -83,6 +83,14 @@ pub trait Codec: Send + Sync + std::fmt::Debug + 'static {
     /// [`NativeError`] naming its line, and every other record is read.
     fn parse(&self, text: &str) -> Parsed;
 
+    /// `text` read again after `previous` (an earlier text) parsed into `parsed`: the same as
+    /// `parse(text)`, read only where the two texts differ where the codec can tell (see
+    /// [`super::reparse`]). This default reads it whole.
+    fn reparse(&self, previous: &str, parsed: Parsed, text: &str) -> Parsed {
+        let _ = (previous, parsed);
+        self.parse(text)
+    }
+
     /// The part of `record` this codec can hold: what a write and a read back give. Values it
     /// has no place for are left out (a CSV has no photo), and `pos` is the order it writes
     /// them in. Stamps are cleared.

@@ -48,6 +48,7 @@ impl RecordIo for RecordFile {
             extension: self.extension,
             settings,
             last: None,
+            written: None,
         })
     }
 }
@@ -152,6 +153,9 @@ struct FileSource {
     extension: &'static str,
     settings: WriteSettings,
     last: Option<Last>,
+    /// The hash of each record's text as this device last wrote it, by key: kept from the
+    /// last text when it was a write, for the read that follows (empty otherwise).
+    written: Option<HashMap<String, Vec<u8>>>,
 }
 
 fn stat_of(meta: &fs::Metadata) -> (u64, i64, u64) {
@@ -162,14 +166,19 @@ fn stat_of(meta: &fs::Metadata) -> (u64, i64, u64) {
     )
 }
 
-/// The text of a record as it lies in its file.
-fn text_of<'t>(text: &'t str, record: &NativeRecord) -> String {
-    record
-        .spans
-        .iter()
-        .filter_map(|s| text.get(s.clone()))
-        .collect::<Vec<&'t str>>()
-        .concat()
+/// The text of a record as it lies in its file (borrowed when it lies in one piece, as all
+/// but calendar items with overrides apart do: a read of 10,000 records copies none).
+fn text_of<'t>(text: &'t str, record: &NativeRecord) -> std::borrow::Cow<'t, str> {
+    match record.spans.as_slice() {
+        [one] => std::borrow::Cow::Borrowed(text.get(one.clone()).unwrap_or_default()),
+        spans => std::borrow::Cow::Owned(
+            spans
+                .iter()
+                .filter_map(|s| text.get(s.clone()))
+                .collect::<Vec<&'t str>>()
+                .concat(),
+        ),
+    }
 }
 
 impl FileSource {
@@ -194,7 +203,7 @@ fn keys_of(text: &str, parsed: &Parsed, known: &[Known]) -> Vec<String> {
             by_ordinal.insert(k.place.ordinal, &k.key);
         }
     }
-    let mut texts: Vec<Option<String>> = Vec::with_capacity(parsed.records.len());
+    let mut texts: Vec<Option<std::borrow::Cow<str>>> = Vec::with_capacity(parsed.records.len());
     let mut keys: Vec<Option<String>> = parsed
         .records
         .iter()
@@ -232,22 +241,14 @@ fn ordinal_of(i: usize) -> u32 {
     u32::try_from(i).map_or(0, |i| i.saturating_add(1))
 }
 
-impl FileSource {
-    /// The hash of each record's text in the text this device last wrote, by key (empty
-    /// unless the last thing done was a write).
-    fn written_hashes(&mut self) -> HashMap<String, Vec<u8>> {
-        let codec = self.codec;
-        let Some(last) = self.last.as_mut().filter(|l| l.written) else {
-            return HashMap::new();
-        };
-        last.settle(codec);
-        last.parsed
-            .records
-            .iter()
-            .zip(&last.keys)
-            .map(|(r, k)| (k.clone(), native_hash(&text_of(&last.text, r))))
-            .collect()
-    }
+/// The hash of each record's text in a text this device wrote, by key.
+fn written_hashes(last: &Last) -> HashMap<String, Vec<u8>> {
+    last.parsed
+        .records
+        .iter()
+        .zip(&last.keys)
+        .map(|(r, k)| (k.clone(), native_hash(&text_of(&last.text, r))))
+        .collect()
 }
 
 impl RecordSource for FileSource {
@@ -272,19 +273,29 @@ impl RecordSource for FileSource {
                 });
             }
         };
-        let stat = stat_of(&meta);
+        let mut stat = stat_of(&meta);
         if self.last.as_ref().is_some_and(|l| l.stat == stat) {
             return Ok(ReadOutcome {
                 unchanged: true,
                 ..ReadOutcome::default()
             });
         }
-        let bytes = fs::read(&self.file).map_err(|source| RecordSourceError::Unreadable {
-            path: self.file.clone(),
-            source,
-        })?;
-        let text = decode_text(&bytes);
-        let parsed = self.codec.parse(&text);
+        let mut waits = 0;
+        let (text, parsed) = loop {
+            let (text, parsed) = self.read_text()?;
+            // A file just emptied is most often one being written in place (truncated, then
+            // filled): it is read again once its size or time moves, before the guard that
+            // stops the source for a file that holds nothing judges it.
+            let empty = parsed.records.is_empty() && parsed.errors.is_empty();
+            if empty && waits < EMPTY_WAITS && just_changed(stat) {
+                waits += 1;
+                if let Some(moved) = stat_moved(&self.file, stat) {
+                    stat = moved;
+                    continue;
+                }
+            }
+            break (text, parsed);
+        };
         let known = known()?;
         let known = known.as_slice();
         if parsed.records.is_empty() && parsed.errors.is_empty() && known.len() > 1 {
@@ -316,7 +327,7 @@ impl RecordSource for FileSource {
                 holds: Vec::new(),
             });
         }
-        let mut first_line: HashMap<&str, (u32, String)> = HashMap::new();
+        let mut first_line: HashMap<&str, (u32, std::borrow::Cow<str>)> = HashMap::new();
         let mut refused: Vec<String> = Vec::new();
         for (i, (r, key)) in parsed.records.iter().zip(&keys).enumerate() {
             let own = text_of(&text, r);
@@ -347,7 +358,7 @@ impl RecordSource for FileSource {
             // records a later write re-rendered without a change of value (a CSV whose
             // columns grew rewrites every row).
             if written
-                .get_or_insert_with(|| self.written_hashes())
+                .get_or_insert_with(|| self.written.take().unwrap_or_default())
                 .get(key.as_str())
                 == Some(&hash)
             {
@@ -551,6 +562,67 @@ impl RecordSource for FileSource {
         self.last = Some(next);
         results
     }
+}
+
+impl FileSource {
+    /// Reads the file's text and parses it: anew where it changed since the text last read or
+    /// written, which is given up here.
+    fn read_text(&mut self) -> Result<(String, Parsed), RecordSourceError> {
+        let bytes = fs::read(&self.file).map_err(|source| RecordSourceError::Unreadable {
+            path: self.file.clone(),
+            source,
+        })?;
+        let text = decode_text(&bytes);
+        let parsed = match self.last.take() {
+            // Read again where it changed since last read or written (one phone edited in a
+            // book of 10,000 reads one card); the keys given to records without a UID are
+            // taken back first, so the old parse is what a parse gives.
+            Some(mut last) => {
+                last.settle(self.codec);
+                self.written = last.written.then(|| written_hashes(&last));
+                let Last {
+                    text: old,
+                    mut parsed,
+                    uidless,
+                    ..
+                } = last;
+                for (r, _) in parsed.records.iter_mut().zip(uidless).filter(|(_, u)| *u) {
+                    crate::records::set_uid(&mut r.record, "");
+                }
+                self.codec.reparse(&old, parsed, &text)
+            }
+            None => {
+                self.written = None;
+                self.codec.parse(&text)
+            }
+        };
+        Ok((text, parsed))
+    }
+}
+
+/// How many times a read that found the file empty waits for it to be filled.
+const EMPTY_WAITS: u32 = 3;
+
+/// True when a file's time is within the last two seconds (a writer may still be at it).
+fn just_changed(stat: (u64, i64, u64)) -> bool {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX));
+    now.saturating_sub(stat.1) < 2_000_000_000
+}
+
+/// Waits up to half a second for the file's size, time or inode to move from `stat`; the new
+/// one, or `None` when it stayed (or the file is gone).
+fn stat_moved(file: &Path, stat: (u64, i64, u64)) -> Option<(u64, i64, u64)> {
+    let until = std::time::Instant::now() + std::time::Duration::from_millis(500);
+    while std::time::Instant::now() < until {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+        let now = stat_of(&fs::metadata(file).ok()?);
+        if now != stat {
+            return Some(now);
+        }
+    }
+    None
 }
 
 /// `text` without the bytes of `spans`.

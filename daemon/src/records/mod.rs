@@ -57,6 +57,17 @@ pub fn decode_stored(key: &str, bytes: &[u8]) -> Result<pb::StoredRecord, BadSto
     Ok(stored)
 }
 
+/// Decodes only the place of a record as the store keeps it (its body is skipped, not read).
+///
+/// # Errors
+/// [`BadStoredRecord`] when the bytes are not a stored record.
+pub fn decode_place(key: &str, bytes: &[u8]) -> Result<pb::StoredPlace, BadStoredRecord> {
+    pb::StoredPlace::decode(bytes).map_err(|e| BadStoredRecord {
+        key: key.to_owned(),
+        why: e.to_string(),
+    })
+}
+
 /// The record of a stored record (`None` only for one [`decode_stored`] refuses).
 pub fn record_of(stored: &pb::StoredRecord) -> Option<&Record> {
     stored.body.as_ref().and_then(|b| b.record.as_ref())

@@ -31,10 +31,35 @@ pub enum RecordsError {
     Stored(#[from] records::BadStoredRecord),
 }
 
-/// A prior item with its stored record decoded.
+/// A prior item with its stored record decoded: whole, or (for a scan, which needs the body
+/// only of the few records that changed) just its place until [`Prior::full`] is asked.
 struct Prior {
     item: PriorItem,
-    stored: pb::StoredRecord,
+    place: Place,
+    stored: Option<pb::StoredRecord>,
+}
+
+impl Prior {
+    /// The stored record whole (empty when its body cannot be decoded: it is read again).
+    fn full(&self) -> std::borrow::Cow<'_, pb::StoredRecord> {
+        use std::borrow::Cow;
+        if let Some(s) = &self.stored {
+            return Cow::Borrowed(s);
+        }
+        let decoded = self
+            .item
+            .body
+            .record()
+            .map(|bytes| records::decode_stored(&self.item.key, bytes));
+        match decoded {
+            Some(Ok(s)) => Cow::Owned(s),
+            Some(Err(e)) => {
+                warn!(error = %e, "a stored record cannot be read");
+                Cow::Owned(pb::StoredRecord::default())
+            }
+            None => Cow::Owned(pb::StoredRecord::default()),
+        }
+    }
 }
 
 fn place_of(stored: &pb::StoredRecord) -> Place {
@@ -46,6 +71,18 @@ fn place_of(stored: &pb::StoredRecord) -> Place {
         keyed_here: stored.keyed_here,
         native_hash: stored.native_hash.clone(),
         ordinal: stored.ordinal,
+    }
+}
+
+fn place_from(p: pb::StoredPlace) -> Place {
+    Place {
+        file: p.file,
+        size: p.size,
+        mtime_ns: p.mtime_ns,
+        inode: p.inode,
+        keyed_here: p.keyed_here,
+        native_hash: p.native_hash,
+        ordinal: p.ordinal,
     }
 }
 
@@ -88,11 +125,13 @@ impl SourceTask {
         Some(io.open(&self.cfg.root, settings))
     }
 
-    /// The prior records of the source (all, or those of `keys`), by key.
+    /// The prior records of the source (all, only their places; or those of `keys`, whole),
+    /// by key.
     async fn prior_records(
         &self,
         keys: Option<Vec<String>>,
     ) -> Result<HashMap<String, Prior>, Stop> {
+        let light = keys.is_none();
         let items = match keys {
             None => self.store.prior_items(self.cfg.id.clone(), None).await,
             // A peer's batch needs only its own items: one lookup each, in one trip.
@@ -108,9 +147,21 @@ impl SourceTask {
             let Some(bytes) = item.body.record() else {
                 continue;
             };
-            match records::decode_stored(&item.key, bytes) {
-                Ok(stored) => {
-                    out.insert(item.key.clone(), Prior { item, stored });
+            let decoded = if light {
+                records::decode_place(&item.key, bytes).map(|place| (place_from(place), None))
+            } else {
+                records::decode_stored(&item.key, bytes).map(|s| (place_of(&s), Some(s)))
+            };
+            match decoded {
+                Ok((place, stored)) => {
+                    out.insert(
+                        item.key.clone(),
+                        Prior {
+                            item,
+                            place,
+                            stored,
+                        },
+                    );
                 }
                 // One bad row must not stop the source: its record is read again.
                 Err(e) => warn!(error = %e, "a stored record cannot be read"),
@@ -158,7 +209,7 @@ impl SourceTask {
                 .filter(|p| !p.item.header.deleted)
                 .map(|p| Known {
                     key: p.item.key.clone(),
-                    place: place_of(&p.stored),
+                    place: p.place.clone(),
                 })
                 .collect();
             // A read that needs no prior state has gone already.
@@ -193,7 +244,7 @@ impl SourceTask {
                 }
                 RecordRead::Placed(key, place) => {
                     if let Some(p) = priors.get(&key).filter(|p| !p.item.header.deleted) {
-                        let mut moved = p.stored.clone();
+                        let mut moved = p.full().into_owned();
                         set_place(&mut moved, &place);
                         places.push((key.clone(), records::encode_stored(&moved)));
                     }
@@ -227,7 +278,8 @@ impl SourceTask {
                             now_s()
                         },
                     };
-                    let prior_record = live.and_then(|p| records::record_of(&p.stored));
+                    let prior_stored = live.map(Prior::full);
+                    let prior_record = prior_stored.as_deref().and_then(records::record_of);
                     let new = match prior_record {
                         None => Some(stamp_all(read.record, &dot)),
                         Some(old) => records::restamp(old, &read.record, &|r| codec.holds(r), &dot),
@@ -262,8 +314,8 @@ impl SourceTask {
                         }
                         // The same values in another place (a renamed file, other line ends):
                         // recorded here only, under the same version and sequence.
-                        (None, Some(p)) if place_of(&p.stored) != read.place => {
-                            let mut moved = p.stored.clone();
+                        (None, Some(p)) if p.place != read.place => {
+                            let mut moved = p.full().into_owned();
                             set_place(&mut moved, &read.place);
                             places.push((read.key, records::encode_stored(&moved)));
                         }
@@ -295,7 +347,7 @@ impl SourceTask {
                     // The last record goes with its tombstone: a peer that edited it at the
                     // same time merges against it.
                     body: Body::Record(records::encode_stored(&pb::StoredRecord {
-                        body: p.stored.body.clone(),
+                        body: p.full().into_owned().body,
                         ..pb::StoredRecord::default()
                     })),
                 });
@@ -407,7 +459,9 @@ impl SourceTask {
                     if req.item.header.deleted {
                         (remote_version.clone(), None, true)
                     } else {
-                        let record = match local_live.and_then(|p| records::record_of(&p.stored)) {
+                        let record = match local_live
+                            .and_then(|p| p.stored.as_ref().and_then(records::record_of))
+                        {
                             // Local places kept for what both hold.
                             Some(local) => records::merge(
                                 local,
@@ -434,7 +488,8 @@ impl SourceTask {
                     // Edited here, deleted there: the edit wins, and the peer takes it.
                     Some(_) if req.item.header.deleted => continue,
                     Some(local) => {
-                        let Some(local_record) = records::record_of(&local.stored) else {
+                        let Some(local_record) = local.stored.as_ref().and_then(records::record_of)
+                        else {
                             continue;
                         };
                         let merged = records::merge(
@@ -453,7 +508,7 @@ impl SourceTask {
                 (false, true) => EventKind::Modified,
                 (false, false) => EventKind::Added,
             };
-            let place = local_live.map(|p| place_of(&p.stored));
+            let place = local_live.map(|p| p.place.clone());
             let diff = |record: Option<Record>, place: &Place| Difference {
                 key: key.clone(),
                 header: Header {
@@ -473,12 +528,14 @@ impl SourceTask {
             };
             // A record whose values this format holds did not change is not rewritten.
             let unchanged_here = match (&record, local_live, codec) {
-                (Some(new), Some(p), Some(codec)) => {
-                    records::record_of(&p.stored).is_some_and(|old| {
+                (Some(new), Some(p), Some(codec)) => p
+                    .stored
+                    .as_ref()
+                    .and_then(records::record_of)
+                    .is_some_and(|old| {
                         records::normalized(&codec.holds(old))
                             == records::normalized(&codec.holds(new))
-                    })
-                }
+                    }),
                 (None, None, _) => true,
                 _ => false,
             };

@@ -128,6 +128,40 @@ fn not_csv(text: &str) -> Parsed {
 }
 
 impl Codec for CsvCodec {
+    fn reparse(&self, previous: &str, parsed: Parsed, text: &str) -> Parsed {
+        // A row reads alone under its header: the changed rows are read again under it, and
+        // their places given back relative to the window.
+        let head = parsed
+            .records
+            .first()
+            .and_then(|r| r.spans.first())
+            .map(|s| s.start);
+        let Some(header) = head.and_then(|h| text.get(..h)) else {
+            return self.parse(text);
+        };
+        let header_lines =
+            u32::try_from(header.bytes().filter(|b| *b == b'\n').count()).unwrap_or(u32::MAX);
+        let window = |w: &str| {
+            let mut p = self.parse(&format!("{header}{w}"));
+            for r in &mut p.records {
+                r.line = r.line.saturating_sub(header_lines);
+                for s in &mut r.spans {
+                    *s = s.start.saturating_sub(header.len())..s.end.saturating_sub(header.len());
+                }
+            }
+            if p.records.iter().any(|r| r.line == 0) {
+                p.errors.push(NativeError {
+                    line: 1,
+                    message: "a row reached into the header".into(),
+                    span: 0..0,
+                });
+            }
+            p
+        };
+        crate::formats::reparse::reparse_flat(previous, parsed, text, header.len(), window)
+            .unwrap_or_else(|| self.parse(text))
+    }
+
     fn parse(&self, text: &str) -> Parsed {
         let (rows, read_to) = rows(text);
         let Some((head, body)) = rows.split_first() else {

@@ -29,6 +29,12 @@ pub(in crate::formats::codecs) use value::normalize_date;
 pub struct VCardCodec;
 
 impl Codec for VCardCodec {
+    fn reparse(&self, previous: &str, parsed: Parsed, text: &str) -> Parsed {
+        // Cards read alone, so only the changed ones are read again.
+        crate::formats::reparse::reparse_flat(previous, parsed, text, 0, |w| self.parse(w))
+            .unwrap_or_else(|| self.parse(text))
+    }
+
     fn parse(&self, text: &str) -> Parsed {
         let mut parsed = Parsed::default();
         for b in lex::blocks(text) {
