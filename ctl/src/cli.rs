@@ -65,6 +65,42 @@ pub enum Command {
     },
     /// Print live events, one line each, until interrupted (times are UTC)
     Watch,
+    /// Install or remove the agent as a service (systemd on Linux, launchd on macOS)
+    #[command(subcommand)]
+    Service(ServiceCommand),
+    /// Print a completion script for SHELL (bash, zsh, fish, elvish, powershell)
+    Completions {
+        /// The shell to complete for
+        shell: clap_complete::Shell,
+    },
+    /// Write the manual pages of tandemctl and its subcommands (for packagers)
+    #[command(hide = true)]
+    Man {
+        /// Folder to write NAME.1 files into
+        dir: PathBuf,
+    },
+}
+
+/// `service …` subcommands. They change this machine, not the agent, so they run without one.
+#[derive(Debug, Subcommand)]
+pub enum ServiceCommand {
+    /// Write the service for this platform, enable it and start it; prints each step
+    Install(ServiceArgs),
+    /// Stop and disable the service and remove what `install` wrote (the agent's home and
+    /// its data stay)
+    Uninstall(ServiceArgs),
+}
+
+/// What `service install` and `service uninstall` act on.
+#[derive(Debug, Args)]
+pub struct ServiceArgs {
+    /// The service of the user running this (systemd --user, a launchd agent) instead of the
+    /// system's (which runs as the user `tandem` and needs root)
+    #[arg(long)]
+    pub user: bool,
+    /// Print what would be written and run, and change nothing
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 /// `source …` subcommands.

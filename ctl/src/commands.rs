@@ -258,6 +258,10 @@ pub async fn run<W: Write>(ctx: &mut Ctx<W>, command: Command) -> Result<Outcome
             wait(ctx, req).await
         }
         Command::Watch => watch(ctx).await,
+        // `main` runs these without an agent; they never come here.
+        Command::Service(_) | Command::Completions { .. } | Command::Man { .. } => {
+            Err(Failure::Usage("this command runs without the agent".into()))
+        }
     }
 }
 

@@ -16,7 +16,9 @@
 mod cli;
 mod commands;
 mod connect;
+mod local;
 mod output;
+mod service;
 
 use std::io;
 use std::path::PathBuf;
@@ -24,7 +26,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-use crate::cli::Cli;
+use crate::cli::{Cli, Command};
 
 /// How a command ended when it did what was asked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,6 +75,13 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> Result<Outcome, Failure> {
+    // Commands about this machine or this program, not the agent: no socket is needed.
+    match cli.command {
+        Command::Completions { shell } => return local::completions(shell),
+        Command::Man { dir } => return local::man(&dir),
+        Command::Service(cmd) => return service::run(&cmd, cli.home.as_deref()),
+        _ => {}
+    }
     let home = connect::resolve_home(cli.home)?;
     // One RPC at a time: a single-threaded runtime is all a client needs.
     let runtime = tokio::runtime::Builder::new_current_thread()

@@ -913,7 +913,7 @@ fn validate_address(address: &str) -> Result<Option<String>, Error> {
     }
     let bad = || {
         Error::Invalid(format!(
-            "address {address:?} is not host:port (for example 192.168.1.20:22000 or nas.local:22000)"
+            "address {address:?} is not host:port (for example 192.168.1.20:27480 or nas.local:27480)"
         ))
     };
     if address.parse::<SocketAddr>().is_ok() {

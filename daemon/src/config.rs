@@ -230,7 +230,7 @@ pub struct S3Config {
 impl Default for Config {
     fn default() -> Self {
         Config {
-            listen: SocketAddr::from(([0, 0, 0, 0], 22000)),
+            listen: SocketAddr::from(([0, 0, 0, 0], 27480)),
             debounce: Duration::from_millis(50),
             debounce_max: Duration::from_millis(500),
             rescan_interval: Duration::from_secs(3600),
@@ -358,7 +358,7 @@ const DEFAULT_CONFIG: &str = "\
 # Tandem agent settings. Every key is optional; delete one to get its default back.
 
 # Address the peer service listens on (the --listen flag overrides it).
-# listen = \"0.0.0.0:22000\"
+# listen = \"0.0.0.0:27480\"
 
 # Milliseconds to let a burst of file events settle before scanning.
 # debounce_ms = 50
@@ -419,7 +419,7 @@ impl Config {
         if let Some(listen) = raw.listen {
             config.listen = listen
                 .parse()
-                .map_err(|_| format!("listen = {listen:?} is not an address like 0.0.0.0:22000"))?;
+                .map_err(|_| format!("listen = {listen:?} is not an address like 0.0.0.0:27480"))?;
         }
         if let Some(ms) = raw.debounce_ms {
             if !(1..=60_000).contains(&ms) {

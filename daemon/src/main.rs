@@ -23,6 +23,9 @@ struct Args {
     /// bundles for agents that are never online together.
     #[arg(long, value_enum, default_value_t = Role::Agent)]
     role: Role,
+    /// Print this program's manual page (roff) and exit, for packagers.
+    #[arg(long, hide = true)]
+    man: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -33,6 +36,17 @@ enum Role {
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    if args.man {
+        use clap::CommandFactory;
+        let mut out = std::io::stdout().lock();
+        return match clap_mangen::Man::new(Args::command()).render(&mut out) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("tandemd: writing the manual page: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     match run(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
