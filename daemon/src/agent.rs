@@ -33,6 +33,8 @@ pub enum Error {
     Identity(#[from] crate::identity::Error),
     #[error(transparent)]
     Store(#[from] store::Error),
+    #[error(transparent)]
+    Metrics(#[from] crate::metrics::Error),
     #[error("no source with id {0:?}; `tandemctl source list` shows the ids")]
     UnknownSource(String),
     #[error("no peer with device ID {0}; `tandemctl peer list` shows the known devices")]
@@ -51,6 +53,8 @@ pub struct AgentInfo {
     pub device_id: DeviceId,
     pub home: PathBuf,
     pub listen: SocketAddr,
+    /// Where the metrics endpoint listens, when it serves one.
+    pub metrics: Option<SocketAddr>,
     pub started: Instant,
 }
 
@@ -75,6 +79,7 @@ enum Msg {
     ),
     Subscribe(oneshot::Sender<Vec<watch::Receiver<SourceStatus>>>),
     SharedWith(String, oneshot::Sender<Vec<SharedSource>>),
+    Reload(Box<Config>, oneshot::Sender<Result<Vec<String>, Error>>),
 }
 
 /// The agent as the peer side sees it: which sources a device may exchange.
@@ -144,6 +149,13 @@ impl AgentHandle {
     /// Status snapshots of every source, in id order.
     pub async fn statuses(&self) -> Result<Vec<SourceStatus>, Error> {
         self.ask(Msg::Statuses).await
+    }
+
+    /// Takes the settings of a `config.toml` read again (SIGHUP): sources whose settings
+    /// changed are restarted with them; says what changed. The listen address is kept until
+    /// the next start.
+    pub async fn reload(&self, config: Config) -> Result<Vec<String>, Error> {
+        self.ask(|tx| Msg::Reload(Box::new(config), tx)).await?
     }
 
     /// Adds and starts a source.
@@ -499,6 +511,27 @@ impl AgentHandle {
     }
 }
 
+/// A metrics scrape reads what `status` and `conflicts` show.
+impl crate::metrics::Gather for AgentHandle {
+    fn gather(
+        &self,
+    ) -> Pin<Box<dyn Future<Output = Result<crate::metrics::Snapshot, String>> + Send + '_>> {
+        Box::pin(async move {
+            let sources = self.statuses().await.map_err(|e| e.to_string())?;
+            let mut conflicts = BTreeMap::new();
+            for c in self.conflicts(None).await.map_err(|e| e.to_string())? {
+                *conflicts.entry(c.source).or_insert(0) += 1;
+            }
+            Ok(crate::metrics::Snapshot {
+                sources,
+                conflicts,
+                peers: self.peers.board(),
+                hubs: self.hubs.board(),
+            })
+        })
+    }
+}
+
 /// Longest shutdown waits for the peer side's tasks.
 const PEER_STOP_LIMIT: std::time::Duration = std::time::Duration::from_secs(3);
 
@@ -511,6 +544,8 @@ pub struct Running {
     cancel: CancellationToken,
     store: StoreHandle,
     store_thread: store::StoreThread,
+    /// The metrics endpoint, when `[metrics] listen` asks for one.
+    metrics: Option<crate::metrics::Endpoint>,
 }
 
 impl Running {
@@ -541,6 +576,13 @@ impl Running {
         {
             warn!("hub links did not stop within {PEER_STOP_LIMIT:?}; closing anyway");
         }
+        if let Some(metrics) = &self.metrics
+            && tokio::time::timeout(PEER_STOP_LIMIT, metrics.stopped())
+                .await
+                .is_err()
+        {
+            warn!("the metrics endpoint did not stop within {PEER_STOP_LIMIT:?}; closing anyway");
+        }
         drop(self.store);
         // Joining a thread blocks: not on the runtime's own threads.
         let thread = self.store_thread;
@@ -559,6 +601,12 @@ pub async fn start(home: &Home, listen: Option<SocketAddr>) -> Result<Running, E
     let (listener, listen) = peer::bind(listen).await.map_err(|e| {
         Error::Invalid(format!("cannot listen for peers on {listen}: {e}; pick another address with --listen or `listen` in config.toml"))
     })?;
+    // Bound now, with the peer listener, so a taken port stops the start-up before anything
+    // runs; served once the agent can answer.
+    let metrics_listener = match config.metrics {
+        Some(addr) => Some(crate::metrics::bind(addr).await?),
+        None => None,
+    };
     let (identity, opened) = Identity::open(&home.identity_dir())?;
     if opened.created {
         info!(device = %identity.device_id, "created a new device identity");
@@ -574,6 +622,7 @@ pub async fn start(home: &Home, listen: Option<SocketAddr>) -> Result<Running, E
         device_id: identity.device_id,
         home: home.root().to_path_buf(),
         listen,
+        metrics: metrics_listener.as_ref().map(|(_, addr)| *addr),
         started: Instant::now(),
     });
     let (tx, rx) = mpsc::channel(64);
@@ -622,6 +671,14 @@ pub async fn start(home: &Home, listen: Option<SocketAddr>) -> Result<Running, E
     };
     task.start_recorded().await?;
     let agent = tokio::spawn(task.run());
+    let metrics = metrics_listener.map(|(listener, addr)| {
+        crate::metrics::serve(
+            listener,
+            addr,
+            Arc::new(handle.clone()),
+            sources_cancel.child_token(),
+        )
+    });
     Ok(Running {
         peers: handle.peers.clone(),
         hubs,
@@ -630,6 +687,7 @@ pub async fn start(home: &Home, listen: Option<SocketAddr>) -> Result<Running, E
         cancel: sources_cancel,
         store,
         store_thread,
+        metrics,
     })
 }
 
@@ -682,6 +740,46 @@ impl AgentTask {
             self.start(&row);
         }
         Ok(())
+    }
+
+    /// See [`AgentHandle::reload`].
+    async fn reload(&mut self, mut config: Config) -> Result<Vec<String>, Error> {
+        let mut said = Vec::new();
+        if config.listen != self.config.listen {
+            said.push(format!(
+                "listen = {} takes effect when the agent starts again (it listens on {} until then)",
+                config.listen, self.config.listen
+            ));
+            config.listen = self.config.listen;
+        }
+        if config.metrics != self.config.metrics {
+            said.push(
+                "[metrics] listen takes effect when the agent starts again (the endpoint stays as it is until then)".to_owned(),
+            );
+            config.metrics = self.config.metrics;
+        }
+        let old = std::mem::replace(&mut self.config, config);
+        let settings = |c: &Config, id: &str| {
+            (
+                c.debounce,
+                c.debounce_max,
+                c.rescan_interval,
+                c.versions_keep,
+                c.vcard_versions.get(id).cloned(),
+            )
+        };
+        for row in self.store.sources().await? {
+            if settings(&old, &row.id) == settings(&self.config, &row.id) {
+                continue;
+            }
+            if let Some(handle) = self.sources.remove(&row.id) {
+                handle.stop().await;
+            }
+            self.start(&row);
+            said.push(format!("source {} restarted with the new settings", row.id));
+        }
+        self.changed.notify_waiters();
+        Ok(said)
     }
 
     fn start(&mut self, row: &SourceRow) {
@@ -741,6 +839,9 @@ impl AgentTask {
             }
             Msg::Remove(id, reply) => {
                 let _ = reply.send(self.remove(id).await);
+            }
+            Msg::Reload(config, reply) => {
+                let _ = reply.send(self.reload(*config).await);
             }
             Msg::Targets(id, reply) => {
                 let targets = match id {

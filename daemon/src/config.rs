@@ -176,6 +176,9 @@ pub struct Config {
     pub vcard_versions: std::collections::BTreeMap<String, String>,
     /// The hub role's settings (`[hub]`), unused by an agent.
     pub hub: HubConfig,
+    /// Where the Prometheus metrics endpoint listens (`[metrics] listen`); `None`, the
+    /// default, serves none.
+    pub metrics: Option<SocketAddr>,
 }
 
 /// What `tandemd --role hub` serves from.
@@ -237,6 +240,7 @@ impl Default for Config {
             versions_keep: Some(Duration::from_secs(30 * 86_400)),
             vcard_versions: std::collections::BTreeMap::new(),
             hub: HubConfig::default(),
+            metrics: None,
         }
     }
 }
@@ -252,6 +256,14 @@ struct RawConfig {
     versions_keep_days: Option<u64>,
     sources: Option<std::collections::BTreeMap<String, RawSourceConfig>>,
     hub: Option<RawHubConfig>,
+    metrics: Option<RawMetricsConfig>,
+}
+
+/// `[metrics]` in `config.toml`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMetricsConfig {
+    listen: Option<String>,
 }
 
 /// `[hub]` in `config.toml`.
@@ -392,6 +404,13 @@ const DEFAULT_CONFIG: &str = "\
 # bucket = \"tandem\"
 # region = \"us-east-1\"
 # presign = true
+
+# A Prometheus metrics endpoint (GET /metrics): items, bytes, conflicts, errors and
+# queues per source and device. Off unless an address is given; keep it on 127.0.0.1
+# unless something on another machine must scrape it (anyone who reaches it can read
+# the numbers, source ids and device names).
+# [metrics]
+# listen = \"127.0.0.1:27481\"
 ";
 
 impl Config {
@@ -468,6 +487,14 @@ impl Config {
         if let Some(hub) = raw.hub {
             config.hub = hub.validate()?;
         }
+        if let Some(listen) = raw.metrics.and_then(|m| m.listen) {
+            config.metrics = Some(listen.parse().map_err(|_| {
+                format!(
+                    "metrics.listen = {listen:?} is not an address like 127.0.0.1:27481; \
+                     give one, or remove it to serve no metrics"
+                )
+            })?);
+        }
         Ok(config)
     }
 }
@@ -532,6 +559,24 @@ mod tests {
         assert!(e.contains("rescan_interval_s"), "{e}");
         let e = Config::parse("colour = 3").unwrap_err();
         assert!(e.contains("colour"), "{e}");
+    }
+
+    #[test]
+    fn metrics_are_off_unless_an_address_is_given() {
+        assert_eq!(Config::parse(DEFAULT_CONFIG).unwrap().metrics, None);
+        assert_eq!(Config::parse("[metrics]\n").unwrap().metrics, None);
+        let c = Config::parse("[metrics]\nlisten = \"127.0.0.1:27481\"\n").unwrap();
+        assert_eq!(c.metrics, Some(SocketAddr::from(([127, 0, 0, 1], 27481))));
+        for bad in ["localhost", "127.0.0.1", "127.0.0.1:99999", ""] {
+            let text = format!("[metrics]\nlisten = {bad:?}\n");
+            let e = Config::parse(&text).unwrap_err();
+            assert!(
+                e.contains("metrics.listen") && e.contains(bad),
+                "{bad}: {e}"
+            );
+        }
+        let e = Config::parse("[metrics]\nport = 1\n").unwrap_err();
+        assert!(e.contains("port"), "{e}");
     }
 
     #[test]

@@ -26,6 +26,7 @@ pub mod index;
 pub mod item;
 pub mod layout;
 pub mod logging;
+pub mod metrics;
 pub mod moves;
 pub mod peer;
 pub mod records;

@@ -81,8 +81,10 @@ fn run(args: Args) -> anyhow::Result<()> {
         let running = tandem::agent::start(&home, args.listen)
             .await
             .map_err(anyhow::Error::from)?;
+        let reloads = tokio::spawn(reload_on_hangup(home.clone(), running.handle()));
         let served =
             tandem::control::serve(&home.control_socket(), running.handle(), shutdown).await;
+        reloads.abort();
         if let Err(e) = &served {
             tracing::warn!(error = %e, "control socket failed; shutting down");
         }
@@ -99,8 +101,20 @@ async fn run_hub(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let hub = std::sync::Arc::new(tandem::hub::run::start(home, listen).await?);
+    // A hub's settings are its storage; it reads them at start, and a SIGHUP must not end it.
+    let hangups = tokio::spawn(async {
+        use tokio::signal::unix::{SignalKind, signal};
+        if let Ok(mut hangups) = signal(SignalKind::hangup()) {
+            while hangups.recv().await.is_some() {
+                tracing::info!(
+                    "a hub reads config.toml at start only; restart it to change settings"
+                );
+            }
+        }
+    });
     let control = tandem::hub::control::HubControl::new(hub.clone());
     let served = tandem::control::serve_service(&home.control_socket(), control, shutdown).await;
+    hangups.abort();
     if let Err(e) = &served {
         tracing::warn!(error = %e, "control socket failed; shutting down");
     }
@@ -109,6 +123,42 @@ async fn run_hub(
         Err(_) => tracing::warn!("hub still in use at shutdown"),
     }
     served.map_err(anyhow::Error::from)
+}
+
+/// Reads `config.toml` again on every SIGHUP and hands it to the agent; a file that does not
+/// parse is refused, and the agent goes on with the settings it has.
+async fn reload_on_hangup(home: tandem::config::Home, agent: tandem::agent::AgentHandle) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hangups = match signal(SignalKind::hangup()) {
+        Ok(h) => h,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for SIGHUP; config.toml is read at start only");
+            return;
+        }
+    };
+    while hangups.recv().await.is_some() {
+        let config = match tandem::config::Config::load(&home) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(
+                    error = %e,
+                    "config.toml not reloaded: fix it and send SIGHUP again; the agent goes on with the settings it had"
+                );
+                continue;
+            }
+        };
+        match agent.reload(config).await {
+            Ok(said) if said.is_empty() => {
+                tracing::info!("config.toml reloaded: nothing changed");
+            }
+            Ok(said) => {
+                for line in said {
+                    tracing::info!("config.toml reloaded: {line}");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "config.toml not reloaded"),
+        }
+    }
 }
 
 async fn wait_for_signal() {

@@ -270,9 +270,36 @@ impl Agent {
             .and_then(|c| c.try_wait().expect("check whether tandemd is running"))
     }
 
+    /// Sends `signal` (a name `kill` takes: `HUP`, `TERM`) to the running agent.
+    pub fn signal(&self, signal: &str) {
+        let pid = self
+            .child
+            .as_ref()
+            .expect("tandemd is running")
+            .id()
+            .to_string();
+        let sent = Command::new("kill")
+            .args([&format!("-{signal}"), &pid])
+            .status()
+            .expect("run kill");
+        assert!(sent.success(), "kill -{signal} {pid} failed: {sent}");
+    }
+
+    /// The agent's log file as written so far.
+    pub fn log_text(&self) -> String {
+        fs::read_to_string(self.home.join("logs").join("tandemd.log")).unwrap_or_default()
+    }
+
     /// Stops the agent cleanly (SIGTERM) and checks that it exits successfully.
     pub fn kill(&mut self) {
+        self.stop_timed();
+    }
+
+    /// Stops the agent cleanly (SIGTERM), checks that it exits successfully, and returns how
+    /// long it took from the signal to its exit.
+    pub fn stop_timed(&mut self) -> Duration {
         let mut child = self.child.take().expect("tandemd is running");
+        let signalled = std::time::Instant::now();
         let pid = child.id().to_string();
         let sent = Command::new("kill")
             .args(["-TERM", &pid])
@@ -288,7 +315,9 @@ impl Agent {
             let _ = child.wait();
             panic!("tandemd did not stop within {SHUTDOWN_LIMIT:?} of SIGTERM");
         };
+        let took = signalled.elapsed();
         assert!(exit.success(), "tandemd exited with {exit} after SIGTERM");
+        took
     }
 
     /// Kills the agent with SIGKILL, as a crash or power cut would, and reaps it.

@@ -45,6 +45,9 @@ pub async fn serve(
     serve_service(path, ControlService { agent }, shutdown).await
 }
 
+/// How long calls still in flight at shutdown may go on before they are cut.
+const CALLS_GRACE: std::time::Duration = std::time::Duration::from_millis(500);
+
 /// Serves `service` (an agent's, or a hub's) on the control socket at `path` until
 /// `shutdown`, owner-only; removes the socket afterwards.
 ///
@@ -74,11 +77,19 @@ pub async fn serve_service(
         .await
         .map_err(|e| err(e.to_string()))?;
     tracing::info!(socket = %path.display(), "control socket ready");
-    let result = tonic::transport::Server::builder()
+    let server = tonic::transport::Server::builder()
         .add_service(ControlServer::new(service))
-        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown.cancelled())
-        .await
-        .map_err(|e| err(e.to_string()));
+        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown.cancelled());
+    // A graceful shutdown waits for calls in flight, and `watch`, `status --follow` or a long
+    // `wait` never end on their own: they get a moment, then are cut, so a stop stays quick.
+    let cut = async {
+        shutdown.cancelled().await;
+        tokio::time::sleep(CALLS_GRACE).await;
+    };
+    let result = tokio::select! {
+        served = server => served.map_err(|e| err(e.to_string())),
+        () = cut => Ok(()),
+    };
     // Leaving the socket behind would only mislead the next `tandemctl` into connecting.
     let _ = tokio::fs::remove_file(path).await;
     result
@@ -232,6 +243,7 @@ impl Control for ControlService {
             home: info.home.display().to_string(),
             listen: info.listen.to_string(),
             version: env!("CARGO_PKG_VERSION").to_owned(),
+            metrics: info.metrics.map(|a| a.to_string()).unwrap_or_default(),
         }))
     }
 

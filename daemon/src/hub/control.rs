@@ -53,6 +53,8 @@ impl Control for HubControl {
             home: self.hub.home.display().to_string(),
             listen: self.hub.listen.to_string(),
             version: env!("CARGO_PKG_VERSION").to_owned(),
+            // A hub serves no metrics endpoint.
+            metrics: String::new(),
         }))
     }
 

@@ -52,21 +52,38 @@ pub(super) enum Disconnect {
 }
 
 /// Where outgoing frames go: the response stream (accepted) or the request stream (dialled).
-#[derive(Clone)]
-pub enum Outbound {
+pub enum Channel {
     Server(mpsc::Sender<Result<Frame, Status>>),
     Client(mpsc::Sender<Frame>),
+}
+
+/// The outgoing side of one exchange: its channel, and the board that counts the bytes sent.
+#[derive(Clone)]
+pub struct Outbound {
+    channel: Arc<Channel>,
+    board: Arc<watch::Sender<super::Board>>,
+    device: Arc<str>,
 }
 
 impl Outbound {
     /// Sends one frame; false once the connection is closed.
     pub(super) async fn send(&self, body: Body) -> bool {
         let frame = Frame { body: Some(body) };
-        match self {
-            Outbound::Server(tx) => tx.send(Ok(frame)).await.is_ok(),
-            Outbound::Client(tx) => tx.send(frame).await.is_ok(),
+        let bytes = frame_bytes(&frame);
+        let sent = match &*self.channel {
+            Channel::Server(tx) => tx.send(Ok(frame)).await.is_ok(),
+            Channel::Client(tx) => tx.send(frame).await.is_ok(),
+        };
+        if sent {
+            super::count_bytes(&self.board, &self.device, bytes, 0);
         }
+        sent
     }
+}
+
+/// A frame's encoded size: what the exchange moves, before HTTP/2 and TLS add their framing.
+fn frame_bytes(frame: &Frame) -> u64 {
+    u64::try_from(prost::Message::encoded_len(frame)).unwrap_or(u64::MAX)
 }
 
 /// A chunk wanted from the peer.
@@ -101,10 +118,15 @@ pub async fn run(
     conn_id: u64,
     remote_addr: String,
     mut inbound: Streaming<Frame>,
-    out: Outbound,
+    out: Channel,
     cancel: CancellationToken,
 ) {
     let device_text = device.to_string();
+    let out = Outbound {
+        channel: Arc::new(out),
+        board: ctx.board.clone(),
+        device: Arc::from(device_text.as_str()),
+    };
     ctx.board.send_modify(|b| {
         let p = b.peers.entry(device_text.clone()).or_default();
         // Connection numbers grow: when both sides dialled at once, the connection that
@@ -161,6 +183,7 @@ pub async fn run(
             () = cancel.cancelled() => break Disconnect::Closed,
             frame = inbound.message() => match frame {
                 Ok(Some(frame)) => {
+                    super::count_bytes(&ctx.board, &device_text, 0, frame_bytes(&frame));
                     if let Err(e) = conn.on_frame(frame).await {
                         break e;
                     }

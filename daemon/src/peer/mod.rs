@@ -107,6 +107,11 @@ pub struct PeerState {
     /// The manager's id of the live connection: a replaced connection that ends later must
     /// not mark the device disconnected.
     pub conn: u64,
+    /// Bytes of exchange frames sent to the peer since the agent started (as encoded, before
+    /// HTTP/2 and TLS framing), over every connection.
+    pub bytes_sent: u64,
+    /// Bytes of exchange frames received from the peer since the agent started.
+    pub bytes_received: u64,
 }
 
 /// Everything the peer side publishes for `status` and `wait`.
@@ -221,6 +226,19 @@ fn board_update(ctx: &Ctx, device: &str, source: &str, f: impl FnOnce(&mut PeerS
         f(p.sources.entry(source.to_owned()).or_default());
     });
     ctx.changed.notify_waiters();
+}
+
+/// Adds to the bytes moved with a peer. Nobody waits on these numbers (only metrics read
+/// them), so the board's watchers are not woken for every frame. A device no longer on the
+/// board (removed while a connection drains) is not added back.
+fn count_bytes(board: &watch::Sender<Board>, device: &str, sent: u64, received: u64) {
+    board.send_if_modified(|b| {
+        if let Some(p) = b.peers.get_mut(device) {
+            p.bytes_sent = p.bytes_sent.saturating_add(sent);
+            p.bytes_received = p.bytes_received.saturating_add(received);
+        }
+        false
+    });
 }
 
 /// Counts and logs something refused from a peer, naming the peer's device ID (connection
@@ -496,7 +514,7 @@ impl Peer for PeerService {
                     conn,
                     info.addr.to_string(),
                     inbound,
-                    connection::Outbound::Server(out_tx),
+                    connection::Channel::Server(out_tx),
                     token,
                 )
                 .await;
@@ -595,7 +613,7 @@ async fn dial_once(ctx: &Ctx, device: DeviceId, address: &str) -> Result<(), Str
         conn,
         address.to_owned(),
         inbound,
-        connection::Outbound::Client(out_tx),
+        connection::Channel::Client(out_tx),
         token,
     )
     .await;

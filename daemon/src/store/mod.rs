@@ -8,6 +8,8 @@ mod migrations;
 mod queries;
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc as std_mpsc;
 use std::thread::JoinHandle;
 
@@ -81,14 +83,25 @@ impl<T> Reply<T> {
     }
 }
 
-/// The store thread; joining it after every handle is dropped closes the database cleanly.
+/// The store thread; [`StoreThread::join`] closes the database cleanly.
 pub struct StoreThread {
     thread: JoinHandle<()>,
+    jobs: std_mpsc::SyncSender<Job>,
+    closing: Arc<AtomicBool>,
 }
 
 impl StoreThread {
-    /// Waits for the store thread to finish its queued work and close the database.
+    /// Lets the store thread finish the work queued so far, then closes the database and
+    /// waits for it. Handles still held elsewhere (a control call cut at shutdown, say) get
+    /// [`Error::Closed`] from then on instead of keeping the database open. Blocking.
     pub fn join(self) {
+        let closing = self.closing.clone();
+        // Queued behind every job sent before; its sender may be gone already if every
+        // handle was dropped, and then the thread ends by itself.
+        let _ = self
+            .jobs
+            .send(Box::new(move |_| closing.store(true, Ordering::SeqCst)));
+        drop(self.jobs);
         // A panic in the store thread was already reported by the panic hook.
         let _ = self.thread.join();
     }
@@ -133,17 +146,30 @@ fn spawn(mut conn: rusqlite::Connection) -> (StoreHandle, StoreThread) {
     // Bounded so a flood of callers waits instead of growing memory.
     let (tx, rx) = std_mpsc::sync_channel::<Job>(256);
     let span = tracing::info_span!("store");
+    let closing = Arc::new(AtomicBool::new(false));
+    let closed = closing.clone();
     let thread = std::thread::Builder::new()
         .name("tandem-store".into())
         .spawn(move || {
             let _enter = span.enter();
             while let Ok(job) = rx.recv() {
                 job(&mut conn);
+                if closed.load(Ordering::SeqCst) {
+                    break;
+                }
             }
+            drop(conn);
             tracing::debug!("store closed");
         })
         .expect("the OS refused to start the store thread");
-    (StoreHandle { jobs: tx }, StoreThread { thread })
+    (
+        StoreHandle { jobs: tx.clone() },
+        StoreThread {
+            thread,
+            jobs: tx,
+            closing,
+        },
+    )
 }
 
 impl StoreHandle {
