@@ -65,6 +65,9 @@ pub enum Command {
     },
     /// Print live events, one line each, until interrupted (times are UTC)
     Watch,
+    /// Check what makes sync fail in the field (inotify limit, file systems, the home, peers,
+    /// hubs, disk space) and say what to do; exits 5 when something fails
+    Doctor,
     /// Install or remove the agent as a service (systemd on Linux, launchd on macOS)
     #[command(subcommand)]
     Service(ServiceCommand),

@@ -258,6 +258,7 @@ pub async fn run<W: Write>(ctx: &mut Ctx<W>, command: Command) -> Result<Outcome
             wait(ctx, req).await
         }
         Command::Watch => watch(ctx).await,
+        Command::Doctor => doctor(ctx).await,
         // `main` runs these without an agent; they never come here.
         Command::Service(_) | Command::Completions { .. } | Command::Man { .. } => {
             Err(Failure::Usage("this command runs without the agent".into()))
@@ -274,6 +275,24 @@ async fn id<W: Write>(ctx: &mut Ctx<W>) -> Result<Outcome, Failure> {
         writeln!(ctx.out, "{}", reply.device_id)?;
     }
     Ok(Outcome::Success)
+}
+
+async fn doctor<W: Write>(ctx: &mut Ctx<W>) -> Result<Outcome, Failure> {
+    let reply = ctx
+        .client
+        .doctor(tandem_proto::control::DoctorRequest {})
+        .await?
+        .into_inner();
+    if ctx.json {
+        output::json_document(&mut ctx.out, &reply)?;
+    } else {
+        output::doctor(&mut ctx.out, &reply)?;
+    }
+    Ok(if reply.findings.iter().any(|f| f.level == "fail") {
+        Outcome::Unhealthy
+    } else {
+        Outcome::Success
+    })
 }
 
 async fn status<W: Write>(ctx: &mut Ctx<W>) -> Result<Outcome, Failure> {

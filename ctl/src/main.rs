@@ -10,6 +10,7 @@
 //! | 2 | usage error (bad flags or arguments) |
 //! | 3 | no agent is running for this home |
 //! | 4 | `wait` timed out before every source was in sync |
+//! | 5 | `doctor` found something that fails |
 //!
 //! Must not: hold daemon logic or state; everything it prints comes from the agent's reply.
 
@@ -35,6 +36,8 @@ pub enum Outcome {
     Success,
     /// `wait` returned before every source was in sync.
     NotInSync,
+    /// `doctor` found something that fails.
+    Unhealthy,
 }
 
 /// Why a command did not do what was asked.
@@ -104,6 +107,7 @@ fn report(result: Result<Outcome, Failure>) -> u8 {
     match result {
         Ok(Outcome::Success) => 0,
         Ok(Outcome::NotInSync) => 4,
+        Ok(Outcome::Unhealthy) => 5,
         // The reader went away (`| head`, a test closing its pipe): a normal stop.
         Err(Failure::Output(err)) if err.kind() == io::ErrorKind::BrokenPipe => 0,
         Err(Failure::NoAgent { home }) => {

@@ -8,7 +8,7 @@ use std::io::{self, Write};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
-use tandem_proto::control::{Event, PeerInfo, SourceStatus, StatusReply, WaitReply};
+use tandem_proto::control::{DoctorReply, Event, PeerInfo, SourceStatus, StatusReply, WaitReply};
 
 /// Writes `value` as one pretty-printed JSON document.
 pub fn json_document(out: &mut impl Write, value: &impl Serialize) -> io::Result<()> {
@@ -20,6 +20,30 @@ pub fn json_document(out: &mut impl Write, value: &impl Serialize) -> io::Result
 pub fn json_line(out: &mut impl Write, value: &impl Serialize) -> io::Result<()> {
     serde_json::to_writer(&mut *out, value)?;
     writeln!(out)
+}
+
+/// Writes one line per finding (`ok`, `warn`, `fail`), with what to do under each that is
+/// not ok, and a closing count.
+pub fn doctor(out: &mut impl Write, reply: &DoctorReply) -> io::Result<()> {
+    for f in &reply.findings {
+        writeln!(
+            out,
+            "{:<4}  {:<10}  {}: {}",
+            f.level, f.check, f.subject, f.message
+        )?;
+        if !f.fix.is_empty() {
+            writeln!(out, "      fix: {}", f.fix)?;
+        }
+    }
+    let count = |level: &str| reply.findings.iter().filter(|f| f.level == level).count();
+    writeln!(
+        out,
+        "{} checks: {} ok, {} warnings, {} failing",
+        reply.findings.len(),
+        count("ok"),
+        count("warn"),
+        count("fail")
+    )
 }
 
 /// Writes the device ID, agent counters and one block per source.

@@ -222,6 +222,13 @@ impl Control for Fake {
         Err(Status::unimplemented("the fake agent has no hubs"))
     }
 
+    async fn doctor(
+        &self,
+        _: Request<tandem_proto::control::DoctorRequest>,
+    ) -> Result<Response<tandem_proto::control::DoctorReply>, Status> {
+        Err(Status::unimplemented("the fake agent has no doctor"))
+    }
+
     type WatchStream = ReceiverStream<Result<Event, Status>>;
 
     async fn watch(&self, _: Request<WatchRequest>) -> Result<Response<Self::WatchStream>, Status> {

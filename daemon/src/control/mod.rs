@@ -579,6 +579,31 @@ impl Control for ControlService {
         }))
     }
 
+    async fn doctor(
+        &self,
+        _: Request<pb::DoctorRequest>,
+    ) -> Result<Response<pb::DoctorReply>, Status> {
+        let inputs = crate::doctor::Inputs {
+            home: self.agent.info.home.clone(),
+            sources: self.agent.statuses().await.map_err(status_of)?,
+            peers: self.agent.peers.board().peers.into_iter().collect(),
+            hubs: self.agent.hubs.board().hubs.into_iter().collect(),
+        };
+        let findings = crate::doctor::run(inputs).await;
+        Ok(Response::new(pb::DoctorReply {
+            findings: findings
+                .into_iter()
+                .map(|f| pb::Finding {
+                    check: f.check.to_owned(),
+                    level: f.level.as_str().to_owned(),
+                    subject: f.subject,
+                    message: f.message,
+                    fix: f.fix,
+                })
+                .collect(),
+        }))
+    }
+
     async fn hub_remove(&self, req: Request<pb::PeerRequest>) -> Result<Response<pb::Ack>, Status> {
         let id = req.into_inner().device_id;
         self.agent.remove_hub(&id).await.map_err(status_of)?;

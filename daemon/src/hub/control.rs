@@ -234,6 +234,13 @@ impl Control for HubControl {
         not_here("hub remove")
     }
 
+    async fn doctor(
+        &self,
+        _: Request<pb::DoctorRequest>,
+    ) -> Result<Response<pb::DoctorReply>, Status> {
+        not_here("doctor")
+    }
+
     async fn versions_restore(
         &self,
         _: Request<pb::VersionsRequest>,

@@ -1,0 +1,83 @@
+//! `tandemctl doctor`: a low inotify limit against the folders watched, and a peer that
+//! refuses the connection, each reported with what to do; a healthy agent passes.
+
+use std::process::Output;
+
+use tandem_tests::{Agent, tree};
+
+fn said(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+#[test]
+fn doctor_reports_a_low_inotify_limit_and_a_refusing_peer() {
+    // The kernel's limit is machine-wide: the agent is given a stand-in of 16 watches.
+    let a = Agent::start_with_env(&[("TANDEM_TEST_INOTIFY_LIMIT", "16")]);
+    let da = a.data_dir("docs");
+    for i in 0..40 {
+        tree::write(&da.join(format!("d{i}/f.txt")), "x");
+    }
+    a.add_source("docs", &da);
+    a.wait(std::time::Duration::from_secs(60));
+
+    // B stops; its address then refuses connections.
+    let mut b = Agent::start();
+    let b_id = b.device_id();
+    let b_addr = b.listen();
+    b.kill();
+    a.json(&["peer", "add", &b_id, &b_addr]);
+
+    let out = a.plain(&["doctor"]);
+    let text = said(&out);
+    assert_eq!(out.status.code(), Some(5), "doctor fails: {text}");
+    let inotify = text
+        .lines()
+        .find(|l| l.contains("inotify"))
+        .unwrap_or_else(|| panic!("an inotify line: {text}"));
+    assert!(inotify.starts_with("fail"), "{text}");
+    assert!(inotify.contains("41 folders watched, limit 16"), "{text}");
+    assert!(
+        text.contains("sysctl fs.inotify.max_user_watches="),
+        "{text}"
+    );
+    let peer = text
+        .lines()
+        .find(|l| l.contains("peer"))
+        .unwrap_or_else(|| panic!("a peer line: {text}"));
+    assert!(peer.starts_with("fail"), "{text}");
+    assert!(peer.contains("refused the connection"), "{text}");
+    assert!(peer.contains(&b_addr), "{text}");
+
+    let out = a.ctl(&["doctor"]);
+    assert_eq!(out.status.code(), Some(5), "{}", said(&out));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("doctor --json");
+    let findings = json["findings"].as_array().expect("findings");
+    assert!(
+        findings
+            .iter()
+            .any(|f| f["check"] == "home" && f["level"] == "ok"),
+        "{json:#}"
+    );
+    assert!(
+        findings
+            .iter()
+            .any(|f| f["check"] == "disk" && f["subject"] == "docs"),
+        "{json:#}"
+    );
+}
+
+#[test]
+fn a_healthy_agent_passes_the_doctor() {
+    let a = Agent::start();
+    let da = a.data_dir("docs");
+    tree::write(&da.join("a.txt"), "a");
+    a.add_source("docs", &da);
+    let out = a.plain(&["doctor"]);
+    let text = said(&out);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("0 failing"), "{text}");
+}
