@@ -148,6 +148,18 @@ pub enum SourceCommand {
     },
     /// List the sources
     List,
+    /// List sources connected devices share with this one that it does not have
+    Pending,
+    /// Take an offered source: keep it at PATH, shared with every device offering it
+    Accept {
+        /// Name of the source, as `source pending` shows it
+        id: String,
+        /// Where to keep it here; a relative path is taken from the current directory
+        path: PathBuf,
+        /// How to keep it here [default: the format of the device offering it]
+        #[arg(long, value_name = "F")]
+        format: Option<String>,
+    },
     /// Stop syncing source ID and forget it (the files stay on disk)
     Remove {
         /// Source to remove
@@ -209,6 +221,8 @@ pub enum PeerCommand {
     },
     /// List the trusted devices
     List,
+    /// List devices that tried to connect without being added (add one with `peer add`)
+    Pending,
     /// Stop trusting device DEVICE
     Remove {
         /// The device's ID

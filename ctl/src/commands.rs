@@ -154,6 +154,87 @@ pub async fn run<W: Write>(ctx: &mut Ctx<W>, command: Command) -> Result<Outcome
             }
             Ok(Outcome::Success)
         }
+        Command::Peer(PeerCommand::Pending) => {
+            let reply = ctx
+                .client
+                .peer_pending(PeerListRequest {})
+                .await?
+                .into_inner();
+            if ctx.json {
+                output::json_document(&mut ctx.out, &reply)?;
+            } else if reply.peers.is_empty() {
+                writeln!(ctx.out, "no device is waiting to be added")?;
+            } else {
+                let now = output::now_unix_ms();
+                for p in &reply.peers {
+                    writeln!(
+                        ctx.out,
+                        "{}  from {}, {}; add it with: tandemctl peer add {}",
+                        p.device_id,
+                        p.address,
+                        output::ago(now, p.last_seen_unix_ms),
+                        p.device_id
+                    )?;
+                }
+            }
+            Ok(Outcome::Success)
+        }
+        Command::Source(SourceCommand::Pending) => {
+            let reply = ctx
+                .client
+                .source_pending(SourceListRequest {})
+                .await?
+                .into_inner();
+            if ctx.json {
+                output::json_document(&mut ctx.out, &reply)?;
+            } else if reply.offers.is_empty() {
+                writeln!(ctx.out, "no source is offered")?;
+            } else {
+                let now = output::now_unix_ms();
+                for o in &reply.offers {
+                    let take = if o.have {
+                        format!("tandemctl source share {} {}", o.source, o.device_id)
+                    } else {
+                        format!("tandemctl source accept {} PATH", o.source)
+                    };
+                    writeln!(
+                        ctx.out,
+                        "{}  {} ({}) from {}, {}; take it with: {take}",
+                        o.source,
+                        o.kind,
+                        o.format,
+                        o.device_id,
+                        output::ago(now, o.last_seen_unix_ms)
+                    )?;
+                }
+            }
+            Ok(Outcome::Success)
+        }
+        Command::Source(SourceCommand::Accept { id, path, format }) => {
+            let path = absolute_path(&path)?;
+            let reply = ctx
+                .client
+                .source_accept(tandem_proto::control::SourceAcceptRequest {
+                    id,
+                    path,
+                    format: format.unwrap_or_default(),
+                })
+                .await?
+                .into_inner();
+            if ctx.json {
+                output::json_document(&mut ctx.out, &reply)?;
+            } else {
+                writeln!(
+                    ctx.out,
+                    "accepted source {}: {} (format {}, shared with {})",
+                    reply.id,
+                    reply.path,
+                    reply.format,
+                    reply.peers.join(", ")
+                )?;
+            }
+            Ok(Outcome::Success)
+        }
         Command::Peer(PeerCommand::List) => {
             let reply = ctx.client.peer_list(PeerListRequest {}).await?.into_inner();
             if ctx.json {
@@ -305,6 +386,18 @@ async fn status<W: Write>(ctx: &mut Ctx<W>) -> Result<Outcome, Failure> {
     Ok(Outcome::Success)
 }
 
+/// PATH made absolute: the agent has a different working directory.
+fn absolute_path(path: &Path) -> Result<String, Failure> {
+    let absolute = std::path::absolute(path)
+        .map_err(|err| Failure::Usage(format!("PATH {}: {err}", path.display())))?;
+    absolute.to_str().map(str::to_owned).ok_or_else(|| {
+        Failure::Usage(format!(
+            "PATH {} is not valid UTF-8; rename it or pick another directory",
+            absolute.display()
+        ))
+    })
+}
+
 async fn source_add<W: Write>(
     ctx: &mut Ctx<W>,
     id: String,
@@ -313,18 +406,7 @@ async fn source_add<W: Write>(
     peers: Vec<String>,
     key: String,
 ) -> Result<Outcome, Failure> {
-    // The agent has a different working directory, so a relative PATH must be resolved here.
-    let absolute = std::path::absolute(path)
-        .map_err(|err| Failure::Usage(format!("PATH {}: {err}", path.display())))?;
-    let path = absolute
-        .to_str()
-        .ok_or_else(|| {
-            Failure::Usage(format!(
-                "PATH {} is not valid UTF-8; rename it or pick another directory",
-                absolute.display()
-            ))
-        })?
-        .to_owned();
+    let path = absolute_path(path)?;
     let reply = ctx
         .client
         .source_add(SourceAddRequest {

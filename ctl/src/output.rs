@@ -255,6 +255,11 @@ fn duration(ms: u64) -> String {
     }
 }
 
+/// When something was last seen, for a person: `seen YYYY-MM-DD HH:MM:SS UTC, 12s ago`.
+pub fn ago(now_ms: u64, unix_ms: u64) -> String {
+    format!("seen {}", last_scan(unix_ms, now_ms))
+}
+
 /// `never`, or `YYYY-MM-DD HH:MM:SS UTC, 12s ago`.
 fn last_scan(unix_ms: u64, now_ms: u64) -> String {
     if unix_ms == 0 {

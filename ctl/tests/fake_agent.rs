@@ -229,6 +229,27 @@ impl Control for Fake {
         Err(Status::unimplemented("the fake agent has no doctor"))
     }
 
+    async fn peer_pending(
+        &self,
+        _: Request<tandem_proto::control::PeerListRequest>,
+    ) -> Result<Response<tandem_proto::control::PendingPeers>, Status> {
+        Err(Status::unimplemented("the fake agent has no peers"))
+    }
+
+    async fn source_pending(
+        &self,
+        _: Request<tandem_proto::control::SourceListRequest>,
+    ) -> Result<Response<tandem_proto::control::SourceOffers>, Status> {
+        Err(Status::unimplemented("the fake agent has no peers"))
+    }
+
+    async fn source_accept(
+        &self,
+        _: Request<tandem_proto::control::SourceAcceptRequest>,
+    ) -> Result<Response<SourceStatus>, Status> {
+        Err(Status::unimplemented("the fake agent has no peers"))
+    }
+
     type WatchStream = ReceiverStream<Result<Event, Status>>;
 
     async fn watch(&self, _: Request<WatchRequest>) -> Result<Response<Self::WatchStream>, Status> {

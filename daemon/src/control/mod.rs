@@ -95,6 +95,29 @@ pub async fn serve_service(
     result
 }
 
+/// The offers on the board that still stand: a source shared back with the device since is
+/// no longer offered.
+fn offers(board: &crate::peer::Board, statuses: &[SourceStatus]) -> Vec<pb::SourceOffer> {
+    board
+        .offers
+        .iter()
+        .filter_map(|((source, device), o)| {
+            let here = statuses.iter().find(|s| s.id == *source);
+            if here.is_some_and(|s| s.peers.contains(device)) {
+                return None;
+            }
+            Some(pb::SourceOffer {
+                source: source.clone(),
+                device_id: device.clone(),
+                kind: o.kind.clone(),
+                format: o.format.clone(),
+                last_seen_unix_ms: o.last_seen_unix_ms,
+                have: here.is_some(),
+            })
+        })
+        .collect()
+}
+
 struct ControlService {
     agent: AgentHandle,
 }
@@ -577,6 +600,81 @@ impl Control for ControlService {
         Ok(Response::new(pb::HubListReply {
             hubs: hubs.into_iter().map(hub_pb).collect(),
         }))
+    }
+
+    async fn peer_pending(
+        &self,
+        _: Request<pb::PeerListRequest>,
+    ) -> Result<Response<pb::PendingPeers>, Status> {
+        let board = self.agent.peers.board();
+        Ok(Response::new(pb::PendingPeers {
+            peers: board
+                .pending
+                .iter()
+                // A device added since it was seen is no longer pending.
+                .filter(|(device, _)| !board.peers.contains_key(*device))
+                .map(|(device, p)| pb::PendingPeer {
+                    device_id: device.clone(),
+                    address: p.address.clone(),
+                    last_seen_unix_ms: p.last_seen_unix_ms,
+                })
+                .collect(),
+        }))
+    }
+
+    async fn source_pending(
+        &self,
+        _: Request<pb::SourceListRequest>,
+    ) -> Result<Response<pb::SourceOffers>, Status> {
+        let statuses = self.agent.statuses().await.map_err(status_of)?;
+        Ok(Response::new(pb::SourceOffers {
+            offers: offers(&self.agent.peers.board(), &statuses),
+        }))
+    }
+
+    async fn source_accept(
+        &self,
+        req: Request<pb::SourceAcceptRequest>,
+    ) -> Result<Response<pb::SourceStatus>, Status> {
+        let req = req.into_inner();
+        let statuses = self.agent.statuses().await.map_err(status_of)?;
+        let offered: Vec<pb::SourceOffer> = offers(&self.agent.peers.board(), &statuses)
+            .into_iter()
+            .filter(|o| o.source == req.id)
+            .collect();
+        let Some(first) = offered.first() else {
+            return Err(Status::not_found(format!(
+                "no device offers a source {:?}; `tandemctl source pending` lists what is offered",
+                req.id
+            )));
+        };
+        if first.have {
+            return Err(Status::already_exists(format!(
+                "source {:?} is here already; share it with the device instead: tandemctl source share {} {}",
+                req.id, req.id, first.device_id
+            )));
+        }
+        let format = if req.format.is_empty() {
+            first.format.clone()
+        } else {
+            req.format
+        };
+        let status = self
+            .agent
+            .add_source(AddSource {
+                id: req.id,
+                path: req.path.into(),
+                format,
+                peers: offered.iter().map(|o| o.device_id.clone()).collect(),
+                key: String::new(),
+            })
+            .await
+            .map_err(status_of)?;
+        Ok(Response::new(source_pb(
+            &status,
+            &self.agent.peers.board(),
+            &self.agent.hubs.board(),
+        )))
     }
 
     async fn doctor(

@@ -241,6 +241,27 @@ impl Control for HubControl {
         not_here("doctor")
     }
 
+    async fn peer_pending(
+        &self,
+        _: Request<pb::PeerListRequest>,
+    ) -> Result<Response<pb::PendingPeers>, Status> {
+        not_here("peer pending")
+    }
+
+    async fn source_pending(
+        &self,
+        _: Request<pb::SourceListRequest>,
+    ) -> Result<Response<pb::SourceOffers>, Status> {
+        not_here("source pending")
+    }
+
+    async fn source_accept(
+        &self,
+        _: Request<pb::SourceAcceptRequest>,
+    ) -> Result<Response<pb::SourceStatus>, Status> {
+        not_here("source accept")
+    }
+
     async fn versions_restore(
         &self,
         _: Request<pb::VersionsRequest>,

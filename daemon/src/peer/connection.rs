@@ -473,8 +473,23 @@ impl Conn {
         for c in hello.sources {
             let Some(src) = self.shared.get(&c.source).cloned() else {
                 debug!(source = %c.source, "peer shares a source we do not share with it");
+                // An offer `source pending` lists, until this device shares it back.
+                self.ctx.board.send_modify(|b| {
+                    b.offers.insert(
+                        (c.source.clone(), self.device_text.clone()),
+                        super::Offer {
+                            kind: c.kind.clone(),
+                            format: c.format.clone(),
+                            last_seen_unix_ms: crate::events::unix_ms_now(),
+                        },
+                    );
+                });
                 continue;
             };
+            self.ctx.board.send_modify(|b| {
+                b.offers
+                    .remove(&(c.source.clone(), self.device_text.clone()));
+            });
             let (local, format) = {
                 let status = src.status.borrow();
                 (status.totals.sequence, status.format.clone())

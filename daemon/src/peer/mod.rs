@@ -120,6 +120,27 @@ pub struct Board {
     pub peers: BTreeMap<String, PeerState>,
     /// Devices that tried to connect without being added, newest last.
     pub refused_devices: Vec<String>,
+    /// The same devices, with where and when they were last seen (`peer pending`).
+    pub pending: BTreeMap<String, PendingDevice>,
+    /// Sources a connected peer shares with this device that this device does not share
+    /// with it, by (source, device) (`source pending`).
+    pub offers: BTreeMap<(String, String), Offer>,
+}
+
+/// A device that tried to connect without being added.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PendingDevice {
+    pub address: String,
+    pub last_seen_unix_ms: u64,
+}
+
+/// A source a peer offers: shared with this device there, not here.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Offer {
+    /// What it holds there ("files", "contacts", "calendar") and in which format.
+    pub kind: String,
+    pub format: String,
+    pub last_seen_unix_ms: u64,
 }
 
 /// What the peer side asks of the agent.
@@ -349,6 +370,7 @@ impl Manager {
             let entry = b.peers.entry(device.clone()).or_default();
             entry.address.clone_from(&row.address);
             b.refused_devices.retain(|d| *d != device);
+            b.pending.remove(&device);
         });
         if let Some(old) = self.dialers.remove(&device) {
             old.cancel();
@@ -456,6 +478,13 @@ async fn serve(
                 if !b.refused_devices.contains(&id) {
                     b.refused_devices.push(id.clone());
                 }
+                b.pending.insert(
+                    id.clone(),
+                    PendingDevice {
+                        address: info.addr.to_string(),
+                        last_seen_unix_ms: crate::events::unix_ms_now(),
+                    },
+                );
             });
             false
         },
