@@ -31,8 +31,13 @@ pub struct Cli {
 pub enum Command {
     /// Print this device's ID
     Id,
-    /// Show every source's state, counters and item errors
-    Status,
+    /// Show every source's state, counters, peers and item errors, with a bar per running
+    /// sync on a terminal
+    Status {
+        /// Keep a live view until interrupted (plain lines of what changes when piped)
+        #[arg(long)]
+        follow: bool,
+    },
     /// Add, list or remove sources
     #[command(subcommand)]
     Source(SourceCommand),

@@ -37,7 +37,8 @@ pub struct Ctx<W> {
 pub async fn run<W: Write>(ctx: &mut Ctx<W>, command: Command) -> Result<Outcome, Failure> {
     match command {
         Command::Id => id(ctx).await,
-        Command::Status => status(ctx).await,
+        Command::Status { follow: true } => crate::live::follow(ctx).await,
+        Command::Status { follow: false } => status(ctx).await,
         Command::Source(SourceCommand::Add {
             id,
             path,
@@ -382,6 +383,9 @@ async fn status<W: Write>(ctx: &mut Ctx<W>) -> Result<Outcome, Failure> {
         output::json_document(&mut ctx.out, &reply)?;
     } else {
         output::status(&mut ctx.out, &reply, output::now_unix_ms())?;
+        if crate::live::on_terminal() {
+            crate::live::bars(ctx, &reply).await?;
+        }
     }
     Ok(Outcome::Success)
 }

@@ -17,6 +17,7 @@
 mod cli;
 mod commands;
 mod connect;
+mod live;
 mod local;
 mod output;
 mod service;

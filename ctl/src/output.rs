@@ -108,7 +108,7 @@ pub fn source_block(out: &mut impl Write, s: &SourceStatus, now_ms: u64) -> io::
     writeln!(out, "source {}", s.id)?;
     writeln!(out, "  path      {}", s.path)?;
     writeln!(out, "  format    {}", s.format)?;
-    writeln!(out, "  state     {}", s.state)?;
+    writeln!(out, "  state     {}", crate::live::state_word(s))?;
     if s.kind.is_empty() || s.kind == "files" {
         writeln!(
             out,
@@ -139,6 +139,9 @@ pub fn source_block(out: &mut impl Write, s: &SourceStatus, now_ms: u64) -> io::
     }
     if !s.error.is_empty() {
         writeln!(out, "  error     {}", s.error)?;
+    }
+    for p in &s.progress {
+        writeln!(out, "  peer      {}", crate::live::peer_line(p))?;
     }
     for e in &s.item_errors {
         writeln!(out, "  ! {}: {}", e.item, e.message)?;
@@ -281,7 +284,7 @@ fn last_scan(unix_ms: u64, now_ms: u64) -> String {
 }
 
 /// `HH:MM:SS.mmm` of a Unix-milliseconds time, in UTC.
-fn time_of_day(unix_ms: u64) -> String {
+pub fn time_of_day(unix_ms: u64) -> String {
     let ms = unix_ms % 86_400_000;
     format!(
         "{:02}:{:02}:{:02}.{:03}",
