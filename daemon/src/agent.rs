@@ -669,8 +669,23 @@ pub async fn start(home: &Home, listen: Option<SocketAddr>) -> Result<Running, E
         peers,
         disk,
     };
+    let discovery = task.config.discovery.clone();
     task.start_recorded().await?;
     let agent = tokio::spawn(task.run());
+    if discovery.enabled && std::env::var_os(crate::discovery::TEST_NO_DISCOVERY).is_none() {
+        let run = crate::discovery::run(
+            identity.device_id,
+            listen.port(),
+            discovery.port,
+            handle.peers.clone(),
+            sources_cancel.child_token(),
+        );
+        tokio::spawn(async move {
+            if let Err(e) = run.await {
+                warn!(error = %e, "LAN discovery is off");
+            }
+        });
+    }
     let metrics = metrics_listener.map(|(listener, addr)| {
         crate::metrics::serve(
             listener,
@@ -751,6 +766,10 @@ impl AgentTask {
                 config.listen, self.config.listen
             ));
             config.listen = self.config.listen;
+        }
+        if config.discovery != self.config.discovery {
+            said.push("[discovery] takes effect when the agent starts again".to_owned());
+            config.discovery = self.config.discovery.clone();
         }
         if config.metrics != self.config.metrics {
             said.push(

@@ -179,6 +179,25 @@ pub struct Config {
     /// Where the Prometheus metrics endpoint listens (`[metrics] listen`); `None`, the
     /// default, serves none.
     pub metrics: Option<SocketAddr>,
+    /// LAN discovery (`[discovery]`): announce this device and hear others.
+    pub discovery: Discovery,
+}
+
+/// LAN discovery settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Discovery {
+    pub enabled: bool,
+    /// The UDP port announcements go to and are heard on.
+    pub port: u16,
+}
+
+impl Default for Discovery {
+    fn default() -> Self {
+        Discovery {
+            enabled: true,
+            port: crate::discovery::DEFAULT_PORT,
+        }
+    }
 }
 
 /// What `tandemd --role hub` serves from.
@@ -241,6 +260,7 @@ impl Default for Config {
             vcard_versions: std::collections::BTreeMap::new(),
             hub: HubConfig::default(),
             metrics: None,
+            discovery: Discovery::default(),
         }
     }
 }
@@ -257,6 +277,15 @@ struct RawConfig {
     sources: Option<std::collections::BTreeMap<String, RawSourceConfig>>,
     hub: Option<RawHubConfig>,
     metrics: Option<RawMetricsConfig>,
+    discovery: Option<RawDiscoveryConfig>,
+}
+
+/// `[discovery]` in `config.toml`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDiscoveryConfig {
+    enabled: Option<bool>,
+    port: Option<u16>,
 }
 
 /// `[metrics]` in `config.toml`.
@@ -411,6 +440,13 @@ const DEFAULT_CONFIG: &str = "\
 # the numbers, source ids and device names).
 # [metrics]
 # listen = \"127.0.0.1:27481\"
+
+# LAN discovery: this device announces its ID and peer port on the local network (IPv4
+# broadcast, IPv6 link-local multicast) and dials peers added without an address where it
+# hears them. Connections are still pinned to device IDs.
+# [discovery]
+# enabled = true
+# port = 27482
 ";
 
 impl Config {
@@ -487,6 +523,17 @@ impl Config {
         if let Some(hub) = raw.hub {
             config.hub = hub.validate()?;
         }
+        if let Some(d) = raw.discovery {
+            if let Some(enabled) = d.enabled {
+                config.discovery.enabled = enabled;
+            }
+            if let Some(port) = d.port {
+                if port == 0 {
+                    return Err("discovery.port = 0 is no port; give one like 27482".into());
+                }
+                config.discovery.port = port;
+            }
+        }
         if let Some(listen) = raw.metrics.and_then(|m| m.listen) {
             config.metrics = Some(listen.parse().map_err(|_| {
                 format!(
@@ -559,6 +606,23 @@ mod tests {
         assert!(e.contains("rescan_interval_s"), "{e}");
         let e = Config::parse("colour = 3").unwrap_err();
         assert!(e.contains("colour"), "{e}");
+    }
+
+    #[test]
+    fn discovery_is_on_unless_turned_off() {
+        let c = Config::parse(DEFAULT_CONFIG).unwrap();
+        assert!(c.discovery.enabled);
+        assert_eq!(c.discovery.port, crate::discovery::DEFAULT_PORT);
+        let c = Config::parse("[discovery]\nenabled = false\nport = 30000\n").unwrap();
+        assert_eq!(
+            c.discovery,
+            Discovery {
+                enabled: false,
+                port: 30000
+            }
+        );
+        let e = Config::parse("[discovery]\nport = 0\n").unwrap_err();
+        assert!(e.contains("discovery.port"), "{e}");
     }
 
     #[test]

@@ -15,6 +15,7 @@ pub mod apply;
 pub mod chunker;
 pub mod config;
 pub mod control;
+pub mod discovery;
 pub mod doctor;
 pub mod events;
 pub mod feed;

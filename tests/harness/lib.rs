@@ -64,6 +64,9 @@ enum Launch {
     Direct,
     /// Under `setpriv`, so that root is subject to file permissions like anyone else.
     WithoutDacOverride,
+    /// In a network namespace the test made, listening on `listen` there, with LAN
+    /// discovery on (everywhere else it is off: test agents send nothing beyond loopback).
+    InNetns { ns: String, listen: String },
 }
 
 /// A running `tandemd` with its own temp home; killed on drop.
@@ -118,6 +121,15 @@ impl Agent {
                 None
             }
         }
+    }
+
+    /// Starts an agent inside network namespace `ns` (made by the test), listening on
+    /// `listen` there, with LAN discovery on.
+    pub fn start_in_netns(ns: &str, listen: &str) -> Agent {
+        Agent::launch(Launch::InNetns {
+            ns: ns.to_owned(),
+            listen: listen.to_owned(),
+        })
     }
 
     fn launch(launch: Launch) -> Agent {
@@ -210,17 +222,29 @@ impl Agent {
 
     /// A `tandemd` command line for this home, as the agent itself is started.
     pub fn tandemd_command(&self) -> Command {
-        let mut cmd = match self.launch {
+        let mut cmd = match &self.launch {
             Launch::Direct => Command::new(bins::tandemd()),
             Launch::WithoutDacOverride => {
                 let mut cmd = Command::new(SETPRIV);
                 cmd.args(SETPRIV_ARGS).arg(bins::tandemd());
                 cmd
             }
+            Launch::InNetns { ns, .. } => {
+                let mut cmd = Command::new("ip");
+                cmd.args(["netns", "exec", ns]).arg(bins::tandemd());
+                cmd
+            }
+        };
+        let listen = match &self.launch {
+            Launch::InNetns { listen, .. } => listen.clone(),
+            _ => {
+                cmd.env("TANDEM_TEST_NO_DISCOVERY", "1");
+                "127.0.0.1:0".to_owned()
+            }
         };
         cmd.arg("--home")
             .arg(&self.home)
-            .args(["--listen", "127.0.0.1:0"])
+            .args(["--listen", &listen])
             .env_remove("TANDEM_HOME")
             .env("RUST_LOG", "info,tandem=debug")
             .env("NO_COLOR", "1")

@@ -93,6 +93,8 @@ impl PeerSourceStatus {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PeerState {
     pub address: Option<String>,
+    /// Where LAN discovery last heard it (dialled when no address was given).
+    pub discovered: Option<String>,
     pub connected: bool,
     /// A connection has been made since the agent started.
     pub ever_connected: bool,
@@ -154,6 +156,10 @@ pub trait Sources: Send + Sync + 'static {
 
 enum Msg {
     Added(PeerRow),
+    Discovered {
+        device: String,
+        address: String,
+    },
     Removed(String),
     Register {
         device: String,
@@ -191,6 +197,12 @@ impl PeerHandle {
     /// A peer was added (or its address changed): dial it if it has an address.
     pub async fn added(&self, row: PeerRow) {
         let _ = self.tx.send(Msg::Added(row)).await;
+    }
+
+    /// LAN discovery heard `device` announce itself at `address`: a peer added without an
+    /// address is dialled there.
+    pub async fn discovered(&self, device: String, address: String) {
+        let _ = self.tx.send(Msg::Discovered { device, address }).await;
     }
 
     /// A peer was removed: drop its connection and stop dialling it.
@@ -323,6 +335,7 @@ pub fn start(
         dialers: BTreeMap::new(),
         live: BTreeMap::new(),
         next_conn: 0,
+        heard: BTreeMap::new(),
     };
     let handle = PeerHandle {
         tx,
@@ -343,6 +356,8 @@ struct Manager {
     /// The live connection per device: its id, who dialled, and how to close it.
     live: BTreeMap<String, (u64, bool, CancellationToken)>,
     next_conn: u64,
+    /// Where LAN discovery last heard each device, added or not.
+    heard: BTreeMap<String, String>,
 }
 
 impl Manager {
@@ -375,6 +390,17 @@ impl Manager {
         if let Some(old) = self.dialers.remove(&device) {
             old.cancel();
         }
+        if row.address.is_none()
+            && let Some(heard) = self.heard.get(&device).cloned()
+        {
+            self.ctx.board.send_modify(|b| {
+                if let Some(p) = b.peers.get_mut(&device) {
+                    p.discovered = None;
+                }
+            });
+            self.discovered(device.clone(), heard);
+            return;
+        }
         if let (Some(address), Ok(id)) = (row.address.clone(), device.parse::<DeviceId>()) {
             let token = self.ctx.cancel.child_token();
             self.dialers.insert(device.clone(), token.clone());
@@ -385,9 +411,46 @@ impl Manager {
         }
     }
 
+    /// Dials a peer added without an address where discovery heard it (again when it moved).
+    fn discovered(&mut self, device: String, address: String) {
+        // Kept for a device not added yet: `peer add` without an address dials it at once.
+        self.heard.insert(device.clone(), address.clone());
+        if !self.known.borrow().contains(&device) {
+            return;
+        }
+        let board = self.ctx.board.borrow();
+        let Some(peer) = board.peers.get(&device) else {
+            return;
+        };
+        // An address the user gave wins over one heard on the LAN.
+        if peer.address.is_some() || peer.discovered.as_deref() == Some(address.as_str()) {
+            return;
+        }
+        drop(board);
+        let Ok(id) = device.parse::<DeviceId>() else {
+            return;
+        };
+        self.ctx.board.send_modify(|b| {
+            if let Some(p) = b.peers.get_mut(&device) {
+                p.discovered = Some(address.clone());
+            }
+        });
+        if let Some(old) = self.dialers.remove(&device) {
+            old.cancel();
+        }
+        info!(device = %id.short_string(), address = %address, "dialling a peer found on the LAN");
+        let token = self.ctx.cancel.child_token();
+        self.dialers.insert(device, token.clone());
+        let span = tracing::info_span!("peer", device = %id.short_string());
+        self.ctx
+            .tasks
+            .spawn(dial_loop(self.ctx.clone(), id, address, token).instrument(span));
+    }
+
     fn handle(&mut self, msg: Msg) {
         match msg {
             Msg::Added(row) => self.add(row),
+            Msg::Discovered { device, address } => self.discovered(device, address),
             Msg::Removed(device) => {
                 self.known.send_modify(|k| {
                     Arc::make_mut(k).remove(&device);
