@@ -37,7 +37,7 @@ impl Level {
 /// One check's result about one thing.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Finding {
-    /// Which check ("inotify", "filesystem", "home", "peer", "hub", "disk", "clock").
+    /// Which check ("inotify", "filesystem", "home", "peer", "clock", "hub", "disk").
     pub check: &'static str,
     pub level: Level,
     /// What it is about: a source, a device, the home.
@@ -68,6 +68,9 @@ impl Finding {
 /// For black-box tests only: the inotify watch limit to check against instead of the
 /// kernel's (a test cannot make a machine's limit low without changing it for everyone).
 pub const TEST_INOTIFY_LIMIT: &str = "TANDEM_TEST_INOTIFY_LIMIT";
+
+/// Clock skew between devices worth a warning.
+const CLOCK_SKEW_MS: u64 = 30_000;
 
 /// What the checks look at: a snapshot of the agent's state.
 #[derive(Debug, Clone)]
@@ -292,8 +295,18 @@ async fn tcp_probe(address: &str) -> Option<String> {
 async fn peer(device: String, p: PeerState) -> Finding {
     let short = device.split('-').next().unwrap_or(&device).to_owned();
     if p.connected {
-        return Finding::new("peer", Level::Ok, short)
-            .says(format!("connected ({})", p.remote_addr), "");
+        return match p.clock_skew_ms.filter(|s| s.unsigned_abs() > CLOCK_SKEW_MS) {
+            Some(skew) => Finding::new("clock", Level::Warn, short).says(
+                format!(
+                    "its clock is {} s {} this device's: conflicts are decided by                      modification times, so the later edit may lose",
+                    skew.unsigned_abs() / 1000,
+                    if skew > 0 { "ahead of" } else { "behind" }
+                ),
+                "keep both clocks in step with NTP: sudo timedatectl set-ntp true (on each device)",
+            ),
+            None => Finding::new("peer", Level::Ok, short)
+                .says(format!("connected ({})", p.remote_addr), ""),
+        };
     }
     let Some(address) = p.address.clone().filter(|a| !a.is_empty()) else {
         return Finding::new("peer", Level::Warn, short).says(

@@ -166,6 +166,28 @@ impl HostilePeer {
     /// Says hello as `device_id` in protocol version `protocol`, claiming to keep `sources`
     /// as data of `kind`.
     pub fn hello_as(&self, device_id: &str, sources: &[&str], protocol: u32, kind: &str) {
+        self.hello_full(device_id, sources, protocol, kind, 0);
+    }
+
+    /// Says hello as `device_id` with its clock at `unix_ms` (0: not said).
+    pub fn hello_at(&self, device_id: &str, sources: &[&str], unix_ms: i64) {
+        self.hello_full(
+            device_id,
+            sources,
+            tandem_proto::PEER_PROTOCOL,
+            "files",
+            unix_ms,
+        );
+    }
+
+    fn hello_full(
+        &self,
+        device_id: &str,
+        sources: &[&str],
+        protocol: u32,
+        kind: &str,
+        unix_ms: i64,
+    ) {
         let sources = sources
             .iter()
             .map(|s| pb::SourceCursor {
@@ -183,6 +205,7 @@ impl HostilePeer {
             sources,
             protocol,
             capabilities: Vec::new(),
+            unix_ms,
         }));
     }
 

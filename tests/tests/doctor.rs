@@ -81,3 +81,48 @@ fn a_healthy_agent_passes_the_doctor() {
     assert!(out.status.success(), "{text}");
     assert!(text.contains("0 failing"), "{text}");
 }
+
+#[test]
+fn doctor_warns_of_a_peer_whose_clock_is_far_off() {
+    use tandem_tests::backoff;
+    use tandem_tests::hostile::{DeviceKey, HostilePeer};
+    const LIMIT: std::time::Duration = std::time::Duration::from_secs(60);
+
+    // M's identity, speaking through a test peer whose clock is 15 minutes behind.
+    let mut m = Agent::start();
+    let m_id = m.device_id();
+    m.kill();
+    let key = DeviceKey::from_home(m.home(), &m_id);
+    let a = Agent::start();
+    a.json(&["peer", "add", &m_id]);
+    let peer = HostilePeer::connect_with_retry(&a.listen(), &key, LIMIT);
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("a clock after 1970")
+        .as_millis();
+    let behind = i64::try_from(now_ms).expect("milliseconds fit") - 15 * 60 * 1000;
+    peer.hello_at(&m_id, &[], behind);
+
+    let clock = backoff::retry_with_backoff(LIMIT, || {
+        let out = a.ctl(&["doctor"]);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        v["findings"]
+            .as_array()?
+            .iter()
+            .find(|f| f["check"] == "clock")
+            .cloned()
+    })
+    .expect("doctor names the clock skew");
+    assert_eq!(clock["level"], "warn", "{clock:#}");
+    let message = clock["message"].as_str().unwrap_or_default();
+    assert!(message.contains("behind"), "{clock:#}");
+    let seconds: u64 = message
+        .split_whitespace()
+        .find_map(|w| w.parse().ok())
+        .unwrap_or(0);
+    assert!((890..=910).contains(&seconds), "about 900 s: {clock:#}");
+    assert!(
+        clock["fix"].as_str().unwrap_or_default().contains("NTP"),
+        "{clock:#}"
+    );
+}

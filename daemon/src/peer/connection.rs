@@ -311,6 +311,7 @@ impl Conn {
             sources,
             protocol: tandem_proto::PEER_PROTOCOL,
             capabilities: hello::capabilities(),
+            unix_ms: i64::try_from(crate::events::unix_ms_now()).unwrap_or(0),
         };
         self.out.send(Body::Hello(hello)).await;
         if let Some(hello) = self.peer_hello.clone() {
@@ -424,6 +425,17 @@ impl Conn {
                 }
             });
             return Err(Disconnect::Incompatible(why));
+        }
+        if hello.unix_ms > 0 {
+            // Latency is left in: on a LAN it is far below what matters here (seconds).
+            let now = i64::try_from(crate::events::unix_ms_now()).unwrap_or(i64::MAX);
+            let skew = hello.unix_ms.saturating_sub(now);
+            self.ctx.board.send_if_modified(|b| {
+                if let Some(p) = b.peers.get_mut(&self.device_text) {
+                    p.clock_skew_ms = Some(skew);
+                }
+                false
+            });
         }
         self.peer_hello = Some(hello.clone());
         self.start_exchanges(hello).await;

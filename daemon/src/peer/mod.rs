@@ -95,6 +95,9 @@ pub struct PeerState {
     pub address: Option<String>,
     /// Where LAN discovery last heard it (dialled when no address was given).
     pub discovered: Option<String>,
+    /// How far its clock is ahead of this device's (negative: behind), as its last hello
+    /// said.
+    pub clock_skew_ms: Option<i64>,
     pub connected: bool,
     /// A connection has been made since the agent started.
     pub ever_connected: bool,
