@@ -34,7 +34,7 @@ use std::time::Duration;
 use serde_json::Value;
 use tempfile::TempDir;
 
-pub use crate::peers::{pair, settle, two_sharing};
+pub use crate::peers::{SlowPair, pair, settle, two_sharing, two_sharing_slowly};
 pub use crate::skip::skip;
 pub use crate::watch::{EVENT_DEADLINE, Watch};
 

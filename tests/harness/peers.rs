@@ -160,6 +160,39 @@ pub fn two_sharing(
     (a, da, b, db)
 }
 
+/// Two agents sharing source `docs` (A's folder filled by `fill_a`) that meet only through a
+/// proxy holding every read back `delay`: a large sync then runs for many seconds, long
+/// enough to look at it or stop an agent in the middle of it. `proxy.delay(ZERO)` ends that.
+pub fn two_sharing_slowly(fill_a: impl FnOnce(&std::path::Path), delay: Duration) -> SlowPair {
+    let (a, b) = (Agent::start(), Agent::start());
+    let (da, db) = (a.data_dir("docs"), b.data_dir("docs"));
+    fill_a(&da);
+    let mut proxy = crate::proxy::Proxy::new();
+    let to_a = proxy.route(&a.listen());
+    let to_b = proxy.route(&b.listen());
+    proxy.delay(delay);
+    a.add_peer_at(&b, &to_b);
+    b.add_peer_at(&a, &to_a);
+    a.share("docs", &da, &[&b]);
+    b.share("docs", &db, &[&a]);
+    SlowPair {
+        a,
+        da,
+        b,
+        db,
+        proxy,
+    }
+}
+
+/// What [`two_sharing_slowly`] starts.
+pub struct SlowPair {
+    pub a: Agent,
+    pub da: std::path::PathBuf,
+    pub b: Agent,
+    pub db: std::path::PathBuf,
+    pub proxy: crate::proxy::Proxy,
+}
+
 /// Waits until `first` and then `second` are in sync with each other. The side that changed
 /// goes first: once it is in sync, the other has applied everything it numbered.
 pub fn settle(first: &Agent, second: &Agent, timeout: Duration) {

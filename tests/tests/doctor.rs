@@ -126,3 +126,30 @@ fn doctor_warns_of_a_peer_whose_clock_is_far_off() {
         "{clock:#}"
     );
 }
+
+#[test]
+fn doctor_tells_a_certificate_mismatch_from_a_device_that_has_not_added_this_one() {
+    let a = Agent::start();
+    let b = Agent::start();
+    let c = Agent::start();
+    // C's ID at B's address: B answers with its own certificate.
+    a.json(&["peer", "add", &c.device_id(), &b.listen()]);
+    let mismatch =
+        tandem_tests::backoff::retry_with_backoff(std::time::Duration::from_secs(60), || {
+            let text = said(&a.plain(&["doctor"]));
+            text.contains("certificate mismatch").then_some(text)
+        })
+        .expect("doctor names the certificate mismatch");
+    assert!(mismatch.contains(&b.device_id()), "{mismatch}");
+    assert!(mismatch.contains("tandemctl id"), "{mismatch}");
+
+    // C at its own address, but C has not added A: the exchange is refused there.
+    a.json(&["peer", "add", &c.device_id(), &c.listen()]);
+    let refused =
+        tandem_tests::backoff::retry_with_backoff(std::time::Duration::from_secs(60), || {
+            let text = said(&a.plain(&["doctor"]));
+            text.contains("refused the exchange").then_some(text)
+        })
+        .expect("doctor names the refusal");
+    assert!(refused.contains("tandemctl peer add ID there"), "{refused}");
+}

@@ -3,9 +3,8 @@
 
 use std::time::Duration;
 
-use tandem_tests::proxy::Proxy;
 use tandem_tests::tree::{self, write_pseudo_random};
-use tandem_tests::{Agent, backoff, num};
+use tandem_tests::{Agent, SlowPair, backoff, num};
 
 const MIB: u64 = 1 << 20;
 const FILES: u64 = 8;
@@ -16,21 +15,22 @@ const SYNC: Duration = Duration::from_secs(300);
 
 #[test]
 fn sigterm_mid_transfer_stops_within_five_seconds_and_a_restart_resumes() {
-    let (a, mut b) = (Agent::start(), Agent::start());
-    let (da, db) = (a.data_dir("docs"), b.data_dir("docs"));
-    for i in 0..FILES {
-        write_pseudo_random(&da.join(format!("part-{i}.bin")), 0x5167_0000 + i, EACH);
-    }
     // Every read held back a little: the transfer takes many seconds, so the signal lands in
     // the middle of it.
-    let mut proxy = Proxy::new();
-    let to_a = proxy.route(&a.listen());
-    let to_b = proxy.route(&b.listen());
-    proxy.delay(Duration::from_millis(20));
-    a.add_peer_at(&b, &to_b);
-    b.add_peer_at(&a, &to_a);
-    a.share("docs", &da, &[&b]);
-    b.share("docs", &db, &[&a]);
+    let SlowPair {
+        a,
+        da,
+        mut b,
+        db,
+        proxy,
+    } = tandem_tests::two_sharing_slowly(
+        |da| {
+            for i in 0..FILES {
+                write_pseudo_random(&da.join(format!("part-{i}.bin")), 0x5167_0000 + i, EACH);
+            }
+        },
+        Duration::from_millis(20),
+    );
 
     let fetched = |b: &Agent| num(&b.progress("docs", &a), "fetched_bytes");
     // Past the first file, so files are being built in temp files when the signal comes.

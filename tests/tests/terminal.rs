@@ -5,9 +5,8 @@
 use std::process::Command;
 use std::time::Duration;
 
-use tandem_tests::proxy::Proxy;
 use tandem_tests::tree::write_pseudo_random;
-use tandem_tests::{Agent, backoff, bins, num, skip};
+use tandem_tests::{Agent, SlowPair, backoff, bins, num, skip};
 
 const MIB: u64 = 1 << 20;
 const LIMIT: Duration = Duration::from_secs(120);
@@ -42,20 +41,15 @@ fn a_large_sync_shows_a_bar_on_a_terminal_and_plain_lines_in_a_pipe() {
         skip("`script` (util-linux) is not installed: no pseudo-terminal to draw on");
         return;
     }
-    let (a, b) = (Agent::start(), Agent::start());
-    let (da, db) = (a.data_dir("docs"), b.data_dir("docs"));
-    for i in 0..4 {
-        write_pseudo_random(&da.join(format!("big-{i}.bin")), 0x7E57_0000 + i, 16 * MIB);
-    }
     // Every read held back: the sync runs for many seconds while the terminal is looked at.
-    let mut proxy = Proxy::new();
-    let to_a = proxy.route(&a.listen());
-    let to_b = proxy.route(&b.listen());
-    proxy.delay(Duration::from_millis(20));
-    a.add_peer_at(&b, &to_b);
-    b.add_peer_at(&a, &to_a);
-    a.share("docs", &da, &[&b]);
-    b.share("docs", &db, &[&a]);
+    let SlowPair { a, b, proxy, .. } = tandem_tests::two_sharing_slowly(
+        |da| {
+            for i in 0..4 {
+                write_pseudo_random(&da.join(format!("big-{i}.bin")), 0x7E57_0000 + i, 16 * MIB);
+            }
+        },
+        Duration::from_millis(20),
+    );
     backoff::retry_with_backoff(LIMIT, || {
         (num(&b.progress("docs", &a), "fetched_bytes") > MIB).then_some(())
     })

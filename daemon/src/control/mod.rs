@@ -122,6 +122,18 @@ struct ControlService {
     agent: AgentHandle,
 }
 
+impl ControlService {
+    /// Adds a source (`source add`, `source accept`) and answers with its status.
+    async fn add(&self, req: AddSource) -> Result<Response<pb::SourceStatus>, Status> {
+        let status = self.agent.add_source(req).await.map_err(status_of)?;
+        Ok(Response::new(source_pb(
+            &status,
+            &self.agent.peers.board(),
+            &self.agent.hubs.board(),
+        )))
+    }
+}
+
 fn status_of(e: Error) -> Status {
     match e {
         Error::UnknownSource(_) | Error::UnknownPeer(_) | Error::NotFound(_) => {
@@ -313,22 +325,14 @@ impl Control for ControlService {
         } else {
             req.format
         };
-        let status = self
-            .agent
-            .add_source(AddSource {
-                id: req.id,
-                path: req.path.into(),
-                format,
-                peers: req.peers,
-                key: req.key,
-            })
-            .await
-            .map_err(status_of)?;
-        Ok(Response::new(source_pb(
-            &status,
-            &self.agent.peers.board(),
-            &self.agent.hubs.board(),
-        )))
+        self.add(AddSource {
+            id: req.id,
+            path: req.path.into(),
+            format,
+            peers: req.peers,
+            key: req.key,
+        })
+        .await
     }
 
     async fn source_list(
@@ -659,22 +663,14 @@ impl Control for ControlService {
         } else {
             req.format
         };
-        let status = self
-            .agent
-            .add_source(AddSource {
-                id: req.id,
-                path: req.path.into(),
-                format,
-                peers: offered.iter().map(|o| o.device_id.clone()).collect(),
-                key: String::new(),
-            })
-            .await
-            .map_err(status_of)?;
-        Ok(Response::new(source_pb(
-            &status,
-            &self.agent.peers.board(),
-            &self.agent.hubs.board(),
-        )))
+        self.add(AddSource {
+            id: req.id,
+            path: req.path.into(),
+            format,
+            peers: offered.iter().map(|o| o.device_id.clone()).collect(),
+            key: String::new(),
+        })
+        .await
     }
 
     async fn doctor(

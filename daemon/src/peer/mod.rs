@@ -277,6 +277,22 @@ fn count_bytes(board: &watch::Sender<Board>, device: &str, sent: u64, received: 
     });
 }
 
+/// An error with every cause under it: a transport error alone says "transport error",
+/// its causes say whether the certificate did not match or the other side refused this one.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        cause = c.source();
+    }
+    out
+}
+
 /// Counts and logs something refused from a peer, naming the peer's device ID (connection
 /// tasks do not all run inside the peer's span).
 fn refuse(ctx: &Ctx, device: &str, what: &str) {
@@ -674,7 +690,7 @@ async fn dial_once(ctx: &Ctx, device: DeviceId, address: &str) -> Result<(), Str
             }
         }))
         .await
-        .map_err(|e| format!("cannot connect to {address}: {e}"))?;
+        .map_err(|e| format!("cannot connect to {address}: {}", error_chain(&e)))?;
     let device_text = device.to_string();
     let Some((conn, token)) = register(ctx, &device_text, true).await else {
         return Ok(());
