@@ -174,7 +174,7 @@ fn one_address_book_in_three_formats_edited_anywhere() {
     for path in [&book.dir_a.join("ana.vcf"), &book.vcf_c, &book.csv_b] {
         holds(path, winner);
     }
-    for agent in [&book.a, &book.b, &book.c] {
+    for (name, agent) in [("A", &book.a), ("B", &book.b), ("C", &book.c)] {
         let listed = conflicts(agent);
         let found = listed.as_array().is_some_and(|all| {
             all.iter()
@@ -182,7 +182,7 @@ fn one_address_book_in_three_formats_edited_anywhere() {
         });
         assert!(
             found,
-            "conflicts must list {loser:?} losing to {winner:?}: {listed:#}"
+            "conflicts on {name} must list {loser:?} losing to {winner:?}: {listed:#}"
         );
     }
 

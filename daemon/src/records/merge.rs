@@ -21,6 +21,8 @@ use tandem_proto::peer::{CalendarItem, Component, Contact, Param, RawProperty, S
 
 /// Name of the property that keeps a value that lost a conflict.
 pub const CONFLICT_PROPERTY: &str = "X-TANDEM-CONFLICT";
+/// The parameter of a conflict note naming the winner's change (`DEVICE:COUNTER`, hex device).
+pub const WINNER_PARAM: &str = "WON";
 
 /// A value that lost to another set at the same time on another device.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -179,14 +181,17 @@ fn merge_list<T: Value>(a: &[T], va: &VersionVector, b: &[T], vb: &VersionVector
     // of a record read for the first time shares one): a value is the same on both sides when
     // its stamp and its content are.
     let held = |list: &[T], v: &T| list.iter().any(|w| w.stamp() == v.stamp() && same(w, v));
+    let seen = |v: &T, by: &VersionVector| {
+        covered(v.stamp(), by) && v.also_after().is_none_or(|s| covered(Some(&s), by))
+    };
     for x in a {
-        if held(b, x) || !covered(x.stamp(), vb) {
+        if held(b, x) || !seen(x, vb) {
             out.push(x.clone());
         }
     }
     for y in b {
         let in_a = held(a, y);
-        if !in_a && !covered(y.stamp(), va) {
+        if !in_a && !seen(y, va) {
             out.push(y.clone());
         }
     }
@@ -263,7 +268,7 @@ impl<R> Fields<R> for Merge<'_, R> {
                 } else {
                     (x, y)
                 };
-                self.lost.push(conflict_note(field, loser));
+                self.lost.push(conflict_note(field, loser, winner));
                 let mut v = winner.clone();
                 *v.pos_mut() = x.pos();
                 Some(v)
@@ -283,7 +288,7 @@ impl<R> Fields<R> for Merge<'_, R> {
 }
 
 /// The property that keeps a losing value: the field, the device and time that set it.
-fn conflict_note<T: Value>(field: &str, loser: &T) -> RawProperty {
+fn conflict_note<T: Value>(field: &str, loser: &T, winner: &T) -> RawProperty {
     let (device, unix_s) = loser.stamp().map_or((String::new(), 0), |s| {
         (crate::identity::short_name(s.device), s.unix_s)
     });
@@ -302,6 +307,15 @@ fn conflict_note<T: Value>(field: &str, loser: &T) -> RawProperty {
             Param {
                 name: "TIME".into(),
                 values: vec![unix_s.to_string()],
+            },
+            Param {
+                name: WINNER_PARAM.into(),
+                values: vec![
+                    winner
+                        .stamp()
+                        .map(|w| format!("{:x}:{}", w.device, w.counter))
+                        .unwrap_or_default(),
+                ],
             },
         ],
         value: escape(&loser.show()),

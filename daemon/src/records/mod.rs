@@ -111,6 +111,11 @@ pub trait Value: Clone + PartialEq + std::fmt::Debug {
     /// Takes from `full` (a prior value) what a format could not hold (`held` is what it did
     /// hold of it): a value edited in a CSV keeps its vCard group and parameters.
     fn carry(&mut self, _full: &Self, _held: &Self) {}
+    /// A second change a version must count before it has seen this value, besides its
+    /// stamp's (see [`merge::CONFLICT_PROPERTY`] notes).
+    fn also_after(&self) -> Option<Stamp> {
+        None
+    }
     /// Clears what is not the value itself (stamps, places), so two values compare by content.
     fn normalize(&mut self) {
         *self.stamp_mut() = None;
@@ -269,6 +274,22 @@ impl Value for RawProperty {
     value_basics!();
     fn show(&self) -> String {
         format!("{}:{}", self.name, self.value)
+    }
+    // A conflict note is made by a merge, which numbers no change: it carries the loser's
+    // stamp, and the winner's change in a parameter. A version has seen the note only when it
+    // counts both; the loser's own device counts the loser's change long before the note
+    // exists, and must still take the note when it arrives.
+    fn also_after(&self) -> Option<Stamp> {
+        if self.name != merge::CONFLICT_PROPERTY {
+            return None;
+        }
+        let won = self.params.iter().find(|p| p.name == merge::WINNER_PARAM)?;
+        let (device, counter) = won.values.first()?.split_once(':')?;
+        Some(Stamp {
+            device: u64::from_str_radix(device, 16).ok()?,
+            counter: counter.parse().ok()?,
+            unix_s: 0,
+        })
     }
 }
 

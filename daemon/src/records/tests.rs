@@ -270,6 +270,41 @@ fn a_value_edited_beside_others_of_the_same_change_replaces_only_itself() {
 }
 
 #[test]
+fn the_losers_own_device_keeps_the_note_of_a_merge_made_elsewhere() {
+    // A sets the title, B sets it later; B merges and A then gets B's merged version, which
+    // counts A's change: A must keep the note, though it counts the loser's stamp already.
+    let base_version = version(&[(A, 1)]);
+    let base = base();
+    let on_a = edit(&base, &base_version, A, 200, |c| {
+        c.title = Some(text("CTO"))
+    });
+    let on_b = edit(&base, &base_version, B, 300, |c| {
+        c.title = Some(text("Chief Engineer"));
+    });
+    let at_b = merge(&on_b.0, &on_b.1, &on_a.0, &on_a.1);
+    let joined = on_a.1.merge(&on_b.1);
+    assert_eq!(conflicts_in(&at_b).len(), 1, "B notes the loser");
+    let at_a = merge(&on_a.0, &on_a.1, &at_b, &joined);
+    let notes = conflicts_in(&at_a);
+    assert_eq!(notes.len(), 1, "A keeps the note: {at_a:?}");
+    assert_eq!(notes[0].lost, "CTO");
+    assert_eq!(
+        contact(&at_a).title.as_ref().map(|t| t.value.as_str()),
+        Some("Chief Engineer")
+    );
+    // A device that has seen the note and removed it (a later change of its own) is not given
+    // it back by one that still holds it.
+    let mut removed = at_a.clone();
+    if let Record::Contact(c) = &mut removed {
+        c.raw.clear();
+    }
+    let mut later = joined.clone();
+    later.bump(ShortId(A));
+    let back = merge(&removed, &later, &at_b, &joined);
+    assert!(conflicts_in(&back).is_empty(), "{back:?}");
+}
+
+#[test]
 fn the_same_field_set_on_both_sides_keeps_the_later_and_notes_the_loser() {
     let base_version = version(&[(A, 1)]);
     let base = base();
