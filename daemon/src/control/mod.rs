@@ -310,7 +310,7 @@ impl Control for ControlService {
                     refused: p.refused,
                 })
                 .collect(),
-            refused_devices: board.refused_devices.clone(),
+            refused_devices: board.refused_devices(),
             hubs: hubs_pb(&hubs),
         }))
     }

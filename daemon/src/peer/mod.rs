@@ -123,13 +123,25 @@ pub struct PeerState {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Board {
     pub peers: BTreeMap<String, PeerState>,
-    /// Devices that tried to connect without being added, newest last.
-    pub refused_devices: Vec<String>,
-    /// The same devices, with where and when they were last seen (`peer pending`).
+    /// Devices that tried to connect without being added, with where and when they were last
+    /// seen (`peer pending`, and `status`'s refused devices).
     pub pending: BTreeMap<String, PendingDevice>,
     /// Sources a connected peer shares with this device that this device does not share
     /// with it, by (source, device) (`source pending`).
     pub offers: BTreeMap<(String, String), Offer>,
+}
+
+impl Board {
+    /// Devices that tried to connect without being added, the one seen last, last.
+    pub fn refused_devices(&self) -> Vec<String> {
+        let mut seen: Vec<(&String, u64)> = self
+            .pending
+            .iter()
+            .map(|(d, p)| (d, p.last_seen_unix_ms))
+            .collect();
+        seen.sort_by_key(|(d, at)| (*at, (*d).clone()));
+        seen.into_iter().map(|(d, _)| d.clone()).collect()
+    }
 }
 
 /// A device that tried to connect without being added.
@@ -403,7 +415,6 @@ impl Manager {
         self.ctx.board.send_modify(|b| {
             let entry = b.peers.entry(device.clone()).or_default();
             entry.address.clone_from(&row.address);
-            b.refused_devices.retain(|d| *d != device);
             b.pending.remove(&device);
         });
         if let Some(old) = self.dialers.remove(&device) {
@@ -557,9 +568,6 @@ async fn serve(
             }
             warn!(device = %id, peer_addr = %info.addr, "refused a device that was not added; add it with `tandemctl peer add {id}` to trust it");
             admit_ctx.board.send_modify(|b| {
-                if !b.refused_devices.contains(&id) {
-                    b.refused_devices.push(id.clone());
-                }
                 b.pending.insert(
                     id.clone(),
                     PendingDevice {
